@@ -1,0 +1,300 @@
+"""`cutover`: the operator's front door.
+
+Exit codes: 0 ok, 1 the operation failed (or the cutover did not complete), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from cutover.config import ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Failed(Exception):
+    """An operation that was refused or failed: message for stderr, exit code 1."""
+
+
+def _print(obj: BaseModel | dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        data = obj.model_dump(mode="json") if isinstance(obj, BaseModel) else obj
+        print(json.dumps(data, indent=2))
+    else:
+        print(text)
+
+
+def _workflow_id(ident: str) -> str:
+    from workflows.cutover import workflow_id_for
+
+    return ident if ident.startswith("cutover-") else workflow_id_for(ident)
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from cutover.site import load_runbook, load_site
+
+    problems: list[str] = []
+    site = None
+    if args.site:
+        try:
+            site = load_site(args.site)
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+    valid: list[str] = []
+    for path in args.runbooks:
+        try:
+            load_runbook(path, site, args.site or "")
+            valid.append(path)
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+    for p in problems:
+        print(p, file=sys.stderr)
+    if args.json:
+        print(json.dumps({"valid": valid, "problems": problems}, indent=2))
+    elif not problems:
+        print(f"{len(valid)} runbook(s) valid")
+    return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+    from temporalio.exceptions import WorkflowAlreadyStartedError
+
+    from cutover.models import CutoverInput, Outcome
+    from cutover.site import load_runbook, load_site
+    from cutover.temporal import connect, identity
+    from workflows.cutover import AppCutoverWorkflow, workflow_id_for
+
+    site = load_site(args.site)
+    runbook = load_runbook(args.runbook, site, args.site)
+    client = await connect()
+    wf_id = workflow_id_for(runbook.application)
+    try:
+        handle = await client.start_workflow(
+            AppCutoverWorkflow.run,
+            CutoverInput(runbook=runbook, site=site, requestedBy=identity()),
+            id=wf_id,
+            task_queue=site.taskQueue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"Cutover of {runbook.application} (wave {runbook.wave_name})",
+        )
+    except WorkflowAlreadyStartedError:
+        raise _Failed(
+            f"a cutover of {runbook.application} is already running (workflow {wf_id}); "
+            "one application is cut over by one workflow at a time"
+        ) from None
+    if not args.wait:
+        _print({"workflowId": wf_id, "runId": handle.result_run_id}, args.json, wf_id)
+        return EXIT_OK
+    print(f"started {wf_id}; waiting for the result", file=sys.stderr)
+    result = await handle.result()
+    text = "\n".join(
+        [
+            f"{result.workflowId}: {result.outcome.value} - {result.reason}",
+            *(f"  {line}" for line in result.leftWhere),
+            *(
+                f"  step {s.name:<40} {s.outcome:<7} {s.seconds or 0:7.2f}s"
+                + (f"  {s.error}" if s.error else "")
+                for s in result.steps
+            ),
+        ]
+    )
+    _print(result, args.json, text)
+    return EXIT_OK if result.outcome == Outcome.COMPLETED else EXIT_FAILED
+
+
+async def _status(args: argparse.Namespace) -> int:
+    from cutover.temporal import connect
+    from workflows.cutover import AppCutoverWorkflow
+
+    client = await connect()
+    handle = client.get_workflow_handle(_workflow_id(args.id))
+    st = await handle.query(AppCutoverWorkflow.status)
+    text = "\n".join(
+        [
+            f"{st.workflowId}: phase {st.phase.value}, outcome {st.outcome.value}",
+            *([f"  current step: {st.currentStep}"] if st.currentStep else []),
+            *([f"  approved by: {st.approvedBy}"] if st.approvedBy else []),
+            *([f"  rollback window closes: {st.windowClosesAt}"] if st.windowClosesAt else []),
+            *([f"  rollback reason: {st.rollbackReason}"] if st.rollbackReason else []),
+            *(f"  {s.kind:<12} {s.name:<40} {s.outcome}" for s in st.steps),
+            *(f"  check {c.describe()}" for c in st.checks),
+        ]
+    )
+    _print(st, args.json, text)
+    return EXIT_OK
+
+
+async def _update(args: argparse.Namespace) -> int:
+    from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, RollbackRequest
+    from cutover.temporal import connect, identity
+    from workflows.cutover import AppCutoverWorkflow
+
+    who = identity()
+    client = await connect()
+    handle = client.get_workflow_handle(_workflow_id(args.id))
+    if args.command == "approve":
+        msg = await handle.execute_update(
+            AppCutoverWorkflow.approve, ApprovalRequest(approver=args.as_, comment=args.comment)
+        )
+    elif args.command == "rollback":
+        msg = await handle.execute_update(
+            AppCutoverWorkflow.rollback, RollbackRequest(reason=args.reason, requestedBy=who)
+        )
+    elif args.command == "extend":
+        if not args.minutes > 0:
+            raise ValueError("--minutes: expected a positive number")
+        msg = await handle.execute_update(
+            AppCutoverWorkflow.extend, ExtendRequest(minutes=args.minutes, requestedBy=who)
+        )
+    else:
+        msg = await handle.execute_update(
+            AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy=who)
+        )
+    _print({"workflowId": handle.id, "message": msg}, args.json, msg)
+    return EXIT_OK
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from cutover import server
+
+    argv = server.command(Path(args.db), args.port, None if args.headless else args.ui_port)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    print(f"Temporal dev server on 127.0.0.1:{args.port}, database {args.db}", file=sys.stderr)
+    os.execv(argv[0], argv)
+    return EXIT_FAILED  # pragma: no cover - execv does not return
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from cutover import logs
+    from cutover.temporal import connect
+    from workers.worker import build_worker
+
+    logs.configure(args.log_level)
+    client = await connect()
+    worker = build_worker(client, args.task_queue)
+    logs.get_logger().info("worker started", task_queue=args.task_queue)
+    await worker.run()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- argparse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cutover",
+        description="Durable, auditable application cutovers from vSphere to KVM, on Temporal.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, json_flag: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return sp
+
+    sp = add("validate", "Check runbooks (and optionally a site config) without running anything.")
+    sp.add_argument("runbooks", nargs="+", metavar="RUNBOOK", help="runbook YAML file(s)")
+    sp.add_argument("--site", help="site config: also checks every named check is bound")
+
+    sp = add("run", "Start the cutover of one application; prints the workflow ID.")
+    sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file")
+    sp.add_argument("--site", required=True, help="site config YAML file")
+    sp.add_argument("--wait", action="store_true", help="wait for and print the final result")
+
+    sp = add("status", "Show a cutover's phase, steps and checks.")
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+
+    sp = add("approve", "Approve a cutover waiting at its approval gate.")
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    sp.add_argument("--as", dest="as_", required=True, metavar="NAME", help="approver's name")
+    sp.add_argument("--comment", default="", help="recorded with the approval")
+
+    sp = add("rollback", "Roll a cutover back to the source now.")
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    sp.add_argument("--reason", required=True, help="why; recorded in the history")
+
+    sp = add("extend", "Extend a cutover's rollback window.")
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    sp.add_argument("--minutes", type=float, required=True, help="minutes to add")
+
+    sp = add("finalize", "Finalize a healthy cutover before its rollback window closes.")
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+
+    sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
+    sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
+    sp.add_argument("--port", type=int, default=7233, help="frontend gRPC port")
+    sp.add_argument("--ui-port", type=int, default=8233, help="Web UI port")
+    sp.add_argument("--headless", action="store_true", help="no Web UI")
+
+    sp = add("worker", "Run a worker for cutover workflows and activities.", json_flag=False)
+    sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
+    sp.add_argument("--log-level", default="INFO", help="log level")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "server":
+            return cmd_server(args)
+        if args.command == "run":
+            return asyncio.run(_run(args))
+        if args.command == "status":
+            return asyncio.run(_status(args))
+        if args.command == "worker":
+            return asyncio.run(_worker(args))
+        return asyncio.run(_update(args))
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValueError as exc:
+        print(f"cutover {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except Exception as exc:  # operator-facing: a message, never a traceback
+        print(f"cutover {args.command}: {_explain(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _explain(exc: BaseException) -> str:
+    from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+    from temporalio.service import RPCError, RPCStatusCode
+
+    if isinstance(exc, _Failed):
+        return str(exc)
+    if isinstance(exc, WorkflowUpdateFailedError) and exc.cause is not None:
+        return str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
+    if isinstance(exc, WorkflowFailureError) and exc.cause is not None:
+        return f"the workflow failed: {exc.cause}"
+    if isinstance(exc, RPCError):
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return f"no such running cutover ({exc.message})"
+        if exc.status == RPCStatusCode.UNAVAILABLE:
+            return f"cannot reach Temporal ({exc.message}); is `cutover server` running?"
+        return f"Temporal refused: {exc.message}"
+    if isinstance(exc, RuntimeError) and "Failed client connect" in str(exc):
+        return f"cannot reach Temporal: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

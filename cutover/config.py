@@ -1,0 +1,177 @@
+"""Loading YAML files into pydantic models with errors a person can act on.
+
+Every problem is reported as `FILE: field.path: message (line N)`; nothing here ever lets a
+traceback reach the operator for bad input.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one input file."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        path = self.path or "(document)"
+        return f"{self.file}: {path}: {self.message}{where}"
+
+
+class ConfigError(Exception):
+    """Bad input: carries every problem found, never a partial result."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def format_path(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: with plain YAML the last one silently wins."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key '{key}' (first at line {seen[key]})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """Best line for a pydantic error location: the deepest node the path still reaches."""
+    if node is None:
+        return None
+    line = node.start_mark.line + 1
+    for part in loc:
+        child: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    child = value_node
+                    line = key_node.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if 0 <= part < len(node.value):
+                child = node.value[part]
+                line = child.start_mark.line + 1
+        if child is None:
+            break
+        node = child
+    return line
+
+
+def _field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """Every key a model tree accepts, for "did you mean" hints on unknown keys."""
+    seen = seen if seen is not None else set()
+    if model in seen:
+        return set()
+    seen.add(model)
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(field.alias or name)
+        for arg in _walk_types(field.annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                names |= _field_names(arg, seen)
+    return names
+
+
+def _walk_types(tp: Any) -> Iterable[Any]:
+    yield tp
+    for arg in get_args(tp):
+        yield from _walk_types(arg)
+
+
+def _message(err: Any, model: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
+        key = str(err["loc"][-1]) if err["loc"] else ""
+        close = difflib.get_close_matches(key, sorted(_field_names(model)), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown key (unknown keys are rejected){hint}"
+    if err["type"] == "missing":
+        return "required field is missing"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """Parse one YAML document; raise ConfigError naming the file and line on bad syntax."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = _Loader(text).get_single_data() if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        problem = exc.problem or str(exc)
+        raise ConfigError([Problem(file, "", f"invalid YAML: {problem}", line)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(file, "", f"invalid YAML: {exc}")]) from None
+    return data, node
+
+
+def validate_document(
+    model: type[M],
+    data: Any,
+    file: str,
+    node: yaml.Node | None = None,
+    context: dict[str, Any] | None = None,
+) -> M:
+    """Validate parsed data against a model, turning every error into a located Problem."""
+    if not isinstance(data, dict):
+        kind = "empty document" if data is None else f"a {type(data).__name__}"
+        raise ConfigError([Problem(file, "", f"expected a mapping of keys to values, got {kind}")])
+    try:
+        return model.model_validate(data, context=context)
+    except ValidationError as exc:
+        problems = [
+            Problem(file, format_path(e["loc"]), _message(e, model), _line_of(node, e["loc"]))
+            for e in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+
+
+def load_file(model: type[M], path: str | Path, context: dict[str, Any] | None = None) -> M:
+    """Read, parse and validate one YAML file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(file, "", f"cannot read file: {reason}")]) from None
+    data, node = parse_yaml(text, file)
+    return validate_document(model, data, file, node, context)

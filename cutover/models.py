@@ -1,0 +1,183 @@
+"""What crosses the Temporal boundary: workflow input/output, activity I/O, operator requests.
+
+Shared by workflows and activities; imports nothing that touches the world.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cutover.runbook import Runbook
+from cutover.site import Probe, SiteConfig
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Phase(StrEnum):
+    PENDING = "PENDING"
+    PRE_CHECKS = "PRE_CHECKS"
+    WARM_SYNC = "WARM_SYNC"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    CUTOVER = "CUTOVER"
+    ROLLBACK_WINDOW = "ROLLBACK_WINDOW"
+    ROLLING_BACK = "ROLLING_BACK"
+    FINALIZING = "FINALIZING"
+    DONE = "DONE"
+
+
+class Outcome(StrEnum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    ROLLED_BACK = "ROLLED_BACK"
+    FAILED = "FAILED"
+
+
+class Tuning(_M):
+    """Retry and timeout knobs; the defaults suit production, tests shorten them."""
+
+    maxAttempts: Annotated[int, Field(ge=1)] = 5
+    initialRetrySeconds: Annotated[float, Field(gt=0)] = 1.0
+    maxRetrySeconds: Annotated[float, Field(gt=0)] = 60.0
+    stepTimeoutMinutes: Annotated[float, Field(gt=0)] = 120.0
+    heartbeatSeconds: Annotated[float, Field(gt=0)] = 60.0
+    compensationAttempts: Annotated[int, Field(ge=1)] = 10
+
+
+class CutoverInput(_M):
+    runbook: Runbook
+    site: SiteConfig
+    requestedBy: str = "unknown"
+    tuning: Tuning = Field(default_factory=Tuning)
+
+
+class StepContext(_M):
+    """What every step activity gets: who it is for, and what earlier steps learned."""
+
+    workflowId: str
+    application: str
+    wave: str
+    runbook: Runbook
+    site: SiteConfig
+    #: Facts earlier steps reported (e.g. the target's address for the traffic switch).
+    facts: dict[str, str] = Field(default_factory=dict)
+
+
+class StepInput(_M):
+    step: str
+    context: StepContext
+    #: For repeatable steps (incremental sync): which pass this is, from 1.
+    passNumber: int = 0
+
+
+class StepResult(_M):
+    step: str
+    #: False when the step found the world already as wanted (idempotent re-run).
+    changed: bool = True
+    facts: dict[str, str] = Field(default_factory=dict)
+    details: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    attempt: int = 1
+
+
+CheckPhase = Literal["pre", "post", "criterion"]
+
+
+class CheckInput(_M):
+    name: str
+    phase: CheckPhase
+    application: str
+    probe: Probe
+
+
+class CheckResult(_M):
+    """One evaluation of one check: what was measured, against what, and the verdict."""
+
+    name: str
+    phase: CheckPhase
+    passed: bool
+    measured: str | None = None
+    threshold: str | None = None
+    detail: str = ""
+    at: datetime | None = None
+
+    def describe(self) -> str:
+        parts = [f"{self.name} {'passed' if self.passed else 'failed'}"]
+        if self.measured is not None:
+            parts.append(f"measured {self.measured}")
+        if self.threshold is not None:
+            parts.append(f"expected {self.threshold}")
+        if self.detail:
+            parts.append(self.detail)
+        return ": ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+StepKind = Literal["check", "warm", "step", "compensation", "finalize"]
+
+
+class StepRecord(_M):
+    name: str
+    kind: StepKind
+    startedAt: datetime
+    endedAt: datetime | None = None
+    outcome: Literal["running", "ok", "failed"] = "running"
+    attempts: int | None = None
+    error: str | None = None
+    changed: bool | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        return (self.endedAt - self.startedAt).total_seconds() if self.endedAt else None
+
+
+class CutoverStatus(_M):
+    workflowId: str
+    application: str
+    wave: str
+    phase: Phase
+    outcome: Outcome
+    currentStep: str | None = None
+    approvedBy: str | None = None
+    windowClosesAt: datetime | None = None
+    rollbackReason: str | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    checks: list[CheckResult] = Field(default_factory=list)
+    compensationsRegistered: list[str] = Field(default_factory=list)
+
+
+class CutoverResult(_M):
+    workflowId: str
+    application: str
+    wave: str
+    outcome: Outcome
+    reason: str
+    #: Where each side ends up: an operator reads this first when something went wrong.
+    leftWhere: list[str] = Field(default_factory=list)
+    approvedBy: str | None = None
+    downtimeSeconds: float | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    checks: list[CheckResult] = Field(default_factory=list)
+    compensationFailures: list[str] = Field(default_factory=list)
+
+
+class ApprovalRequest(_M):
+    approver: Annotated[str, Field(min_length=1)]
+    comment: str = ""
+
+
+class RollbackRequest(_M):
+    reason: Annotated[str, Field(min_length=1)]
+    requestedBy: str = "unknown"
+
+
+class ExtendRequest(_M):
+    minutes: Annotated[float, Field(gt=0, le=60 * 24 * 7)]
+    requestedBy: str = "unknown"
+
+
+class FinalizeRequest(_M):
+    requestedBy: str = "unknown"

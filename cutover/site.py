@@ -1,0 +1,208 @@
+"""The site config: binds a runbook's names to the real world.
+
+It holds endpoints and *references* to secrets (an environment variable's name or a file's
+path), never secret values: the whole site config travels in workflow input and history.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from cutover.config import ConfigError, Problem, load_file
+from cutover.runbook import Runbook
+
+_CHECK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_SECRET_KEYS = ("password", "secret", "token", "apikey", "api_key")
+
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Seconds = Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                k = str(key).lower()
+                if any(s in k for s in _SECRET_KEYS) and not k.endswith(("env", "file", "ref")):
+                    raise ValueError(
+                        f"`{key}`: secrets may not be written in the site config; name an "
+                        f"environment variable (`{key}Env`) or a file (`{key}File`) instead"
+                    )
+        return data
+
+
+class SecretRef(_Model):
+    """Where a secret is read at run time, by the worker that needs it."""
+
+    env: NonEmpty | None = None
+    file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("set exactly one of `env` or `file`")
+        return self
+
+    def read(self) -> str:
+        """Resolve the secret. Call only inside an activity, never in a workflow."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise LookupError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        return Path(self.file).read_text(encoding="utf-8").strip()
+
+
+class VCenter(_Model):
+    host: NonEmpty
+    port: Port = 443
+    user: NonEmpty
+    passwordRef: SecretRef
+    datacenter: NonEmpty | None = None
+    #: Labs only: skip TLS verification. Production verifies against `caFile` or the system.
+    insecure: StrictBool = False
+    caFile: NonEmpty | None = None
+
+
+class Libvirt(_Model):
+    uri: NonEmpty = "qemu:///system"
+
+
+class StorageMapping(_Model):
+    sourceDatastore: NonEmpty
+    targetPool: NonEmpty
+    format: Literal["qcow2", "raw"] = "qcow2"
+
+
+class NetworkMapping(_Model):
+    sourceNetwork: NonEmpty
+    targetNetwork: NonEmpty
+    keepMac: StrictBool = True
+
+
+class HAProxy(_Model):
+    type: Literal["haproxy"] = "haproxy"
+    socket: NonEmpty
+
+
+class Dns(_Model):
+    server: NonEmpty
+    port: Port = 53
+    zone: NonEmpty
+    tsigKeyFile: NonEmpty
+    ttlThresholdSeconds: Annotated[StrictInt, Field(ge=0)] = 60
+
+
+class _Probe(_Model):
+    #: Consecutive failures before a rollback criterion fires (1 = the first failure).
+    failAfter: Annotated[StrictInt, Field(ge=1, le=100)] = 1
+    timeoutSeconds: Seconds = 10
+    description: StrictStr | None = None
+
+
+class CommandProbe(_Probe):
+    """Run a program (argv, no shell); passes when it exits with `expectExitCode`."""
+
+    type: Literal["command"]
+    argv: Annotated[list[NonEmpty], Field(min_length=1)]
+    expectExitCode: StrictInt = 0
+
+
+class HttpProbe(_Probe):
+    """GET a URL; passes on the expected status, body text and latency."""
+
+    type: Literal["http"]
+    url: NonEmpty
+    expectStatus: Annotated[StrictInt, Field(ge=100, le=599)] = 200
+    bodyContains: StrictStr | None = None
+    maxLatencyMs: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return v
+
+
+class TcpProbe(_Probe):
+    """Open a TCP connection; passes when it connects within the timeout."""
+
+    type: Literal["tcp"]
+    host: NonEmpty
+    port: Port
+
+
+Probe = Annotated[CommandProbe | HttpProbe | TcpProbe, Field(discriminator="type")]
+
+
+class SiteConfig(_Model):
+    """Everything a cutover needs to know about one site, secrets by reference only."""
+
+    name: NonEmpty = "site"
+    taskQueue: NonEmpty = "cutover"
+    stagingDir: NonEmpty | None = None
+    vcenter: VCenter | None = None
+    libvirt: Libvirt | None = None
+    storageMappings: list[StorageMapping] = Field(default_factory=list)
+    networkMappings: list[NetworkMapping] = Field(default_factory=list)
+    loadBalancer: HAProxy | None = None
+    dns: Dns | None = None
+    checks: dict[StrictStr, Probe] = Field(default_factory=dict)
+
+    @field_validator("checks")
+    @classmethod
+    def _check_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not _CHECK_NAME.match(name):
+                raise ValueError(
+                    f"check name '{name}' must be lowercase letters, digits and '_', "
+                    "starting with a letter"
+                )
+        return v
+
+
+def load_site(path: str | Path) -> SiteConfig:
+    return load_file(SiteConfig, path)
+
+
+def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: str = "") -> Runbook:
+    """Load a runbook; with a site, every check it names must also have a probe there."""
+    context = {"site_checks": frozenset(site.checks)} if site else None
+    runbook = load_file(Runbook, path, context=context)
+    if site is not None:
+        problems = [
+            Problem(
+                str(path),
+                f"{field}[{i}]",
+                f"check '{name}' has no probe in the site config {site_file or ''} "
+                "(add it under `checks`)".replace("  ", " "),
+            )
+            for field in ("preChecks", "postChecks", "rollbackCriteria")
+            for i, name in enumerate(getattr(runbook, field))
+            if name not in site.checks
+        ]
+        if problems:
+            raise ConfigError(problems)
+    return runbook

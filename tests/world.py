@@ -1,0 +1,65 @@
+"""Test activities registered under the real activity names (tests only, never shipped).
+
+`World` records every call in order, and can be told to fail a step or a compensation, or
+to make a check fail on some evaluations. Workflow tests use it to see exactly what the
+workflow asked the world to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from cutover.catalog import RUN_CHECK, Compensation, FinalizeStep, Step, WarmStep
+from cutover.models import CheckInput, CheckResult, StepInput, StepResult
+
+ALL_STEP_NAMES: list[str] = sorted(
+    {s.value for e in (Step, WarmStep, Compensation, FinalizeStep) for s in e}
+)
+
+
+@dataclass
+class World:
+    calls: list[str] = field(default_factory=list)
+    fail: set[str] = field(default_factory=set)
+    #: check name -> verdicts to return in turn (the last one repeats)
+    check_plan: dict[str, list[bool]] = field(default_factory=dict)
+    check_calls: list[str] = field(default_factory=list)
+    delay: float = 0.0
+    target_address: str = "127.0.0.1:18080"
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self._step(n) for n in ALL_STEP_NAMES] + [self._check()]
+
+    def _step(self, name: str) -> Callable[..., Any]:
+        async def run(inp: StepInput) -> StepResult:
+            self.calls.append(name)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if name in self.fail:
+                raise ApplicationError(f"{name} broke (test)", type="InvalidState", non_retryable=True)
+            facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
+            return StepResult(step=name, facts=facts, attempt=activity.info().attempt)
+
+        return activity.defn(name=name)(run)
+
+    def _check(self) -> Callable[..., Any]:
+        async def run(inp: CheckInput) -> CheckResult:
+            self.check_calls.append(inp.name)
+            plan = self.check_plan.get(inp.name, [True])
+            n = sum(1 for c in self.check_calls if c == inp.name) - 1
+            passed = plan[min(n, len(plan) - 1)]
+            return CheckResult(
+                name=inp.name, phase=inp.phase, passed=passed,
+                measured="ok" if passed else "bad", threshold="ok",
+            )
+
+        return activity.defn(name=RUN_CHECK)(run)
+
+    def steps_called(self) -> list[str]:
+        return list(self.calls)

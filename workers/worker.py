@@ -1,0 +1,50 @@
+"""The cutover worker: workflows plus activities on one task queue.
+
+Pydantic data converter (set on the client), the OpenTelemetry tracing interceptor, structlog
+JSON logs. Activities are objects holding their clients, so tests can inject real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.checks import CheckActivities
+from activities.pending import pending_activities
+from cutover.telemetry import tracing_interceptor
+from workflows.cutover import AppCutoverWorkflow
+
+WORKFLOWS: list[type] = [AppCutoverWorkflow]
+#: Our models are pure and deterministic: load them once, outside the sandbox.
+PASSTHROUGH = ("cutover", "pydantic", "pydantic_core", "annotated_types", "yaml")
+
+
+def default_activities() -> list[Callable[..., Any]]:
+    checks = CheckActivities()
+    return [checks.run_check, *pending_activities()]
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    activities: Sequence[Callable[..., Any]] | None = None,
+    workflows: Sequence[type] = WORKFLOWS,
+    **kwargs: Any,
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(workflows),
+        activities=list(activities if activities is not None else default_activities()),
+        activity_executor=ThreadPoolExecutor(max_workers=16),
+        interceptors=[tracing_interceptor()],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+        ),
+        **kwargs,
+    )

@@ -1,0 +1,1 @@
+"""Deterministic Temporal workflows. Nothing here touches the world or imports an adapter."""
