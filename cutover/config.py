@@ -56,9 +56,17 @@ class _Loader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    if not isinstance(node, yaml.MappingNode):  # e.g. `!!map [1]`: let PyYAML report it
+        return loader.construct_mapping(node, deep=deep)
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, merged by PyYAML
+            continue
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:  # a list or mapping as a key: PyYAML reports it with its line
+            continue
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -141,7 +149,38 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         raise ConfigError([Problem(file, "", f"invalid YAML: {problem}", line)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(file, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
+    except Exception as exc:  # PyYAML constructors raise plain errors, e.g. `a: 2024-02-30`
+        msg = f"invalid YAML: cannot read a value ({type(exc).__name__}: {exc})"
+        raise ConfigError([Problem(file, "", msg)]) from None
     return data, node
+
+
+_NOT_FOUND = object()
+
+
+def _input_loc(data: Any, loc: Sequence[int | str], fields: set[str]) -> tuple[int | str, ...]:
+    """An error's location in the file. Pydantic puts union member tags in locations
+    (`float`, `int`, `constrained-int`, a discriminator value such as `command`); they name
+    nothing in the file, so only keys present in the data, list indexes, and field names
+    (a missing or defaulted field) are kept."""
+    out: list[int | str] = []
+    for part in loc:
+        if isinstance(data, dict):
+            key = next((k for k in data if k == part or str(k) == part), _NOT_FOUND)
+            if key is not _NOT_FOUND:
+                out.append(part)
+                data = data[key]
+                continue
+        elif isinstance(data, list) and type(part) is int and 0 <= part < len(data):
+            out.append(part)
+            data = data[part]
+            continue
+        if isinstance(part, str) and part in fields:
+            out.append(part)
+            data = None
+    return tuple(out)
 
 
 def validate_document(
@@ -158,10 +197,13 @@ def validate_document(
     try:
         return model.model_validate(data, context=context)
     except ValidationError as exc:
-        problems = [
-            Problem(file, format_path(e["loc"]), _message(e, model), _line_of(node, e["loc"]))
-            for e in exc.errors()
-        ]
+        problems: list[Problem] = []
+        fields = _field_names(model)
+        for e in exc.errors():
+            loc = _input_loc(data, e["loc"], fields)
+            problem = Problem(file, format_path(loc), _message(e, model), _line_of(node, loc))
+            if problem not in problems:
+                problems.append(problem)
         raise ConfigError(problems) from None
 
 

@@ -34,7 +34,7 @@ class _Model(BaseModel):
 
 
 def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             f"'{value}' is not a DNS-1123 label: expected 1-63 lowercase letters, digits or "
             "'-', starting and ending with a letter or digit (it becomes the workflow ID, "
@@ -115,7 +115,7 @@ class DnsEndpoint(_Model):
     @field_validator("name")
     @classmethod
     def _fqdn(cls, v: str) -> str:
-        if not _DNS_NAME.match(v):
+        if not _DNS_NAME.fullmatch(v):
             raise ValueError(f"'{v}' is not a valid lowercase DNS name")
         return v
 
@@ -151,7 +151,7 @@ class Runbook(_Model):
     vms: list[NonEmpty] | None = None
     vmSelector: VmSelector | None = None
     approval: Approval = Field(default_factory=Approval)
-    endpoint: Endpoint = Field(default_factory=Endpoint)
+    endpoint: Endpoint = Field(default_factory=Endpoint, validate_default=True)
     dataSync: DataSync = Field(default_factory=DataSync)
     checkIntervalSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 60
 
@@ -176,15 +176,28 @@ class Runbook(_Model):
     def _unique(cls, v: list[str] | None) -> list[str] | None:
         return None if v is None else _no_duplicates(v, "entry")
 
-    @model_validator(mode="after")
-    def _vm_source(self) -> Runbook:
-        if self.vms is not None and self.vmSelector is not None:
-            raise ValueError("set either `vms` (explicit list) or `vmSelector`, not both")
-        if self.vms is not None and not self.vms:
+    # Cross-field rules are field validators (reading earlier fields from `info.data`) so
+    # that each problem is reported at a field and line, not at the whole document.
+    @field_validator("vms")
+    @classmethod
+    def _some_vms(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
             raise ValueError("`vms` must list at least one VM")
-        if Step.UPDATE_DNS in self.cutoverSteps and self.endpoint.dns is None:
+        return v
+
+    @field_validator("vmSelector")
+    @classmethod
+    def _one_vm_source(cls, v: VmSelector | None, info: ValidationInfo) -> VmSelector | None:
+        if v is not None and info.data.get("vms") is not None:
+            raise ValueError("set either `vms` (explicit list) or `vmSelector`, not both")
+        return v
+
+    @field_validator("endpoint")
+    @classmethod
+    def _dns_to_switch(cls, v: Endpoint, info: ValidationInfo) -> Endpoint:
+        if Step.UPDATE_DNS in info.data.get("cutoverSteps", ()) and v.dns is None:
             raise ValueError("`update_dns` needs `endpoint.dns.name`: the record to switch")
-        return self
+        return v
 
     @property
     def wave_name(self) -> str:

@@ -44,9 +44,11 @@ class _Model(BaseModel):
             for key in data:
                 k = str(key).lower()
                 if any(s in k for s in _SECRET_KEYS) and not k.endswith(("env", "file", "ref")):
+                    ref = f"`{key}Ref`" if f"{key}Ref" in cls.model_fields else "a reference"
                     raise ValueError(
-                        f"`{key}`: secrets may not be written in the site config; name an "
-                        f"environment variable (`{key}Env`) or a file (`{key}File`) instead"
+                        f"`{key}`: secrets may not be written in the site config; use {ref} "
+                        "naming an environment variable (`env: NAME`) or a file (`file: PATH`) "
+                        "that holds it"
                     )
         return data
 
@@ -175,7 +177,7 @@ class SiteConfig(_Model):
     @classmethod
     def _check_names(cls, v: dict[str, Any]) -> dict[str, Any]:
         for name in v:
-            if not _CHECK_NAME.match(name):
+            if not _CHECK_NAME.fullmatch(name):
                 raise ValueError(
                     f"check name '{name}' must be lowercase letters, digits and '_', "
                     "starting with a letter"

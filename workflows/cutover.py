@@ -107,6 +107,9 @@ class AppCutoverWorkflow:
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._rollback_reason: str | None = None
+        # Steps get the site without its check catalog: checks travel in CheckInput, and
+        # every activity input is stored in the history.
+        self._step_site = inp.site.model_copy(update={"checks": {}})
 
     # ----------------------------------------------------------------- run
 
@@ -336,7 +339,7 @@ class AppCutoverWorkflow:
                 application=self._inp.runbook.application,
                 wave=self._inp.runbook.wave_name,
                 runbook=self._inp.runbook,
-                site=self._inp.site,
+                site=self._step_site,
                 facts=dict(self._facts),
             ),
             passNumber=pass_number,
