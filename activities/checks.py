@@ -31,7 +31,9 @@ class CheckActivities:
         return await _tcp(inp, probe)
 
 
-def _result(inp: CheckInput, passed: bool, measured: str, threshold: str, detail: str = "") -> CheckResult:
+def _result(
+    inp: CheckInput, passed: bool, measured: str, threshold: str, detail: str = ""
+) -> CheckResult:
     return CheckResult(
         name=inp.name,
         phase=inp.phase,
@@ -73,7 +75,7 @@ def _http(inp: CheckInput, probe: HttpProbe) -> CheckResult:
     threshold = ", ".join(want)
     start = time.perf_counter()
     try:
-        with urllib.request.urlopen(probe.url, timeout=probe.timeoutSeconds) as resp:  # noqa: S310
+        with urllib.request.urlopen(probe.url, timeout=probe.timeoutSeconds) as resp:
             status, body = resp.status, resp.read(1 << 20).decode(errors="replace")
     except urllib.error.HTTPError as exc:
         status, body = exc.code, ""
@@ -100,4 +102,6 @@ async def _tcp(inp: CheckInput, probe: TcpProbe) -> CheckResult:
         return _result(inp, False, "no connection", threshold, str(exc) or type(exc).__name__)
     writer.close()
     await writer.wait_closed()
-    return _result(inp, True, f"connected in {(time.perf_counter() - start) * 1000:.1f} ms", threshold)
+    return _result(
+        inp, True, f"connected in {(time.perf_counter() - start) * 1000:.1f} ms", threshold
+    )

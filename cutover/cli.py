@@ -11,11 +11,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 
+from cutover import search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -122,7 +126,7 @@ async def _status(args: argparse.Namespace) -> int:
 
     client = await connect()
     handle = client.get_workflow_handle(_workflow_id(args.id))
-    st = await handle.query(AppCutoverWorkflow.status)
+    st = await handle.query(AppCutoverWorkflow.status, rpc_timeout=timedelta(seconds=15))
     text = "\n".join(
         [
             f"{st.workflowId}: phase {st.phase.value}, outcome {st.outcome.value}",
@@ -139,13 +143,38 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _update(args: argparse.Namespace) -> int:
-    from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, RollbackRequest
     from cutover.temporal import connect, identity
-    from workflows.cutover import AppCutoverWorkflow
 
     who = identity()
     client = await connect()
     handle = client.get_workflow_handle(_workflow_id(args.id))
+    try:
+        msg = await _send_update(args, handle, who)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        raise _Failed(await _why_closed(handle, args.command)) from None
+    _print({"workflowId": handle.id, "message": msg}, args.json, msg)
+    return EXIT_OK
+
+
+async def _why_closed(handle: WorkflowHandle[Any, Any], command: str) -> str:
+    """Updates reach only running workflows: say what the cutover did instead."""
+    try:
+        desc = await handle.describe()
+    except RPCError:
+        return f"no cutover with workflow ID {handle.id}"
+    state = desc.status.name if desc.status else "UNKNOWN"
+    outcome = desc.typed_search_attributes.get(search_attributes.OUTCOME) or state
+    extra = "; after finalize the source is retired" if outcome == "COMPLETED" else ""
+    return f"{command} refused: cutover {handle.id} has already finished ({outcome}){extra}"
+
+
+async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any], who: str) -> str:
+    from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, RollbackRequest
+    from workflows.cutover import AppCutoverWorkflow
+
+    msg: str
     if args.command == "approve":
         msg = await handle.execute_update(
             AppCutoverWorkflow.approve, ApprovalRequest(approver=args.as_, comment=args.comment)
@@ -164,8 +193,7 @@ async def _update(args: argparse.Namespace) -> int:
         msg = await handle.execute_update(
             AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy=who)
         )
-    _print({"workflowId": handle.id, "message": msg}, args.json, msg)
-    return EXIT_OK
+    return msg
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -277,7 +305,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _explain(exc: BaseException) -> str:
     from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
-    from temporalio.service import RPCError, RPCStatusCode
 
     if isinstance(exc, _Failed):
         return str(exc)
@@ -296,5 +323,14 @@ def _explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def entry() -> None:
+    """Console-script entry: exit without interpreter finalization, which can abort while
+    the Temporal core runtime's threads are still alive ("PyGILState_Release")."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -30,7 +30,9 @@ class Problem:
     def __str__(self) -> str:
         where = f" (line {self.line})" if self.line else ""
         path = self.path or "(document)"
-        return f"{self.file}: {path}: {self.message}{where}"
+        # One problem, one line: input echoed in a message may hold line breaks.
+        text = f"{self.file}: {path}: {self.message}{where}"
+        return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 class ConfigError(Exception):
@@ -94,10 +96,13 @@ def _line_of(node: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
                     child = value_node
                     line = key_node.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+            line = child.start_mark.line + 1
         if child is None:
             break
         node = child
@@ -147,8 +152,9 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc)
         raise ConfigError([Problem(file, "", f"invalid YAML: {problem}", line)]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([Problem(file, "", f"invalid YAML: {exc}")]) from None
+    except yaml.YAMLError as exc:  # e.g. a control character: no mark, a multi-line str
+        reason = " ".join(str(exc).split())
+        raise ConfigError([Problem(file, "", f"invalid YAML: {reason}")]) from None
     except RecursionError:
         raise ConfigError([Problem(file, "", "invalid YAML: nested too deeply")]) from None
     except Exception as exc:  # PyYAML constructors raise plain errors, e.g. `a: 2024-02-30`

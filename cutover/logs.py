@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import structlog
-from temporalio import activity
+from temporalio import activity, workflow
 
 _SECRET_HINTS = ("password", "secret", "token", "tsig_key", "authorization")
 
@@ -26,6 +26,12 @@ def _temporal_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         event.setdefault("workflow_id", wf.get("workflow_id"))
         event.setdefault("run_id", wf.get("run_id"))
         event.setdefault("workflow_type", wf.get("workflow_type"))
+    act = getattr(record, "temporal_activity", None) if record is not None else None
+    if isinstance(act, dict):
+        event.setdefault("workflow_id", act.get("workflow_id"))
+        event.setdefault("run_id", act.get("workflow_run_id"))
+        event.setdefault("activity", act.get("activity_type"))
+        event.setdefault("attempt", act.get("attempt"))
     if record is not None:
         for key in ("requested_by", "reason", "outcome", "approver", "compensation"):
             if hasattr(record, key):
@@ -65,6 +71,9 @@ def configure(level: str = "INFO") -> None:
             ],
         )
     )
+    # Context goes into fields (above), not appended to the message text.
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cutover.runbook import Runbook
 from cutover.site import Probe, SiteConfig
@@ -54,6 +54,30 @@ class CutoverInput(_M):
     site: SiteConfig
     requestedBy: str = "unknown"
     tuning: Tuning = Field(default_factory=Tuning)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runbook_against_site(cls, data: Any) -> Any:
+        """Check names the site defines are valid in the runbook (also when decoded)."""
+        if isinstance(data, dict) and isinstance(data.get("runbook"), dict):
+            site = data.get("site")
+            if isinstance(site, dict):
+                site = SiteConfig.model_validate(site)
+            if isinstance(site, SiteConfig):
+                context = {"site_checks": frozenset(site.checks)}
+                runbook = Runbook.model_validate(data["runbook"], context=context)
+                data = {**data, "runbook": runbook, "site": site}
+        return data
+
+    @model_validator(mode="after")
+    def _checks_bound(self) -> CutoverInput:
+        unbound = [n for n in self.runbook.checks if n not in self.site.checks]
+        if unbound:
+            raise ValueError(
+                "checks named in the runbook but without a probe in the site config: "
+                + ", ".join(unbound)
+            )
+        return self
 
 
 class StepContext(_M):

@@ -23,7 +23,10 @@ from pydantic import (
 from cutover.catalog import BUILTIN_CHECKS, Step, ordering_errors
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$")
+_DNS_NAME = re.compile(
+    r"^(?=.{1,253}\.?$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.?$"
+)
+_CHECK_SYNTAX = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _KNOWN_STEPS = ", ".join(s.value for s in Step)
 
 TargetPlatform = Literal["kvm-libvirt", "libvirt", "proxmox", "pextra-cloud", "openstack"]
@@ -50,7 +53,14 @@ def _step_name(value: str) -> str:
 
 
 def _check_name(value: str, info: ValidationInfo) -> str:
-    bound: frozenset[str] = frozenset((info.context or {}).get("site_checks", ()))
+    # Loading a file always passes the catalog (maybe empty) in the context. Without one
+    # (a runbook decoded inside an activity input) it was checked when it was loaded.
+    context = info.context or {}
+    if "site_checks" not in context:
+        if not _CHECK_SYNTAX.fullmatch(value):
+            raise ValueError(f"'{value}' is not a check name")
+        return value
+    bound: frozenset[str] = frozenset(context["site_checks"])
     if value not in BUILTIN_CHECKS and value not in bound:
         known = ", ".join(sorted(BUILTIN_CHECKS | bound))
         raise ValueError(

@@ -191,7 +191,7 @@ def load_site(path: str | Path) -> SiteConfig:
 
 def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: str = "") -> Runbook:
     """Load a runbook; with a site, every check it names must also have a probe there."""
-    context = {"site_checks": frozenset(site.checks)} if site else None
+    context = {"site_checks": frozenset(site.checks) if site else frozenset()}
     runbook = load_file(Runbook, path, context=context)
     if site is not None:
         problems = [

@@ -22,9 +22,7 @@ def tracing_interceptor() -> TracingInterceptor:
     if not _configured:
         kind = os.environ.get("CUTOVER_OTEL_EXPORTER", "none").lower()
         if kind not in ("none", "console", "otlp"):
-            raise ValueError(
-                f"CUTOVER_OTEL_EXPORTER={kind!r}: expected one of none, console, otlp"
-            )
+            raise ValueError(f"CUTOVER_OTEL_EXPORTER={kind!r}: expected one of none, console, otlp")
         provider = TracerProvider(resource=Resource.create({"service.name": "cutover"}))
         exporter: SpanExporter | None = None
         if kind == "console":

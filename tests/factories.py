@@ -52,7 +52,9 @@ def unique_app(prefix: str = "app") -> str:
 
 
 def site(**overrides: Any) -> SiteConfig:
-    checks = {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS}
+    checks: dict[str, dict[str, Any]] = {
+        n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS
+    }
     checks["sustained_latency_regression"]["failAfter"] = 3
     data: dict[str, Any] = {"name": "test", "checks": checks}
     data.update(overrides)
@@ -60,8 +62,13 @@ def site(**overrides: Any) -> SiteConfig:
 
 
 def cutover_input(task_queue: str = "cutover", **runbook: Any) -> CutoverInput:
-    data = {**SEED, "application": unique_app(), "rollbackWindowMinutes": 0.02,
-            "checkIntervalSeconds": 0.3, **runbook}
+    data = {
+        **SEED,
+        "application": unique_app(),
+        "rollbackWindowMinutes": 0.02,
+        "checkIntervalSeconds": 0.3,
+        **runbook,
+    }
     return CutoverInput(
         runbook=Runbook.model_validate(data),
         site=site(taskQueue=task_queue),

@@ -45,15 +45,21 @@ async def main() -> None:
             world = World()
             async with running(client, world) as queue:
                 inp = cutover_input(
-                    queue, rollbackWindowMinutes=5, checkIntervalSeconds=0.2,
+                    queue,
+                    rollbackWindowMinutes=5,
+                    checkIntervalSeconds=0.2,
                     approval={"required": True, "approvers": ["alice"]},
                 )
                 handle = await start(client, inp)
                 await wait_phase(handle, Phase.AWAITING_APPROVAL)
-                await handle.execute_update(AppCutoverWorkflow.approve, ApprovalRequest(approver="alice"))
+                await handle.execute_update(
+                    AppCutoverWorkflow.approve, ApprovalRequest(approver="alice")
+                )
                 await wait_post_checks(handle)
                 await handle.execute_update(AppCutoverWorkflow.extend, ExtendRequest(minutes=5))
-                await handle.execute_update(AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="alice"))
+                await handle.execute_update(
+                    AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="alice")
+                )
                 await handle.result()
                 await write(handle, "approved_extended_finalized_early")
         finally:

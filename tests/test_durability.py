@@ -30,7 +30,8 @@ def spawn_worker(address: str, queue: str, state: Path) -> subprocess.Popen[byte
     (state / "worker_ready").unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.durable_world", address, queue, str(state)],
-        cwd=ROOT, start_new_session=True,
+        cwd=ROOT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 30
     while not (state / "worker_ready").exists():
@@ -56,7 +57,10 @@ async def test_worker_kill9_mid_step_completes_without_double_effects(
     try:
         handle = await start(client, inp)
         async with asyncio.timeout(30):
-            while not (tmp_path / "chunks").exists() or len((tmp_path / "chunks").read_text().split()) < 4:
+            while (
+                not (tmp_path / "chunks").exists()
+                or len((tmp_path / "chunks").read_text().split()) < 4
+            ):
                 await asyncio.sleep(0.05)
         kill9(worker)  # mid pre_copy, after some chunks were heartbeated
         worker = spawn_worker(temporal_server.address, queue, tmp_path)

@@ -42,7 +42,9 @@ class World:
             if self.delay:
                 await asyncio.sleep(self.delay)
             if name in self.fail:
-                raise ApplicationError(f"{name} broke (test)", type="InvalidState", non_retryable=True)
+                raise ApplicationError(
+                    f"{name} broke (test)", type="InvalidState", non_retryable=True
+                )
             facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
             return StepResult(step=name, facts=facts, attempt=activity.info().attempt)
 
@@ -55,8 +57,11 @@ class World:
             n = sum(1 for c in self.check_calls if c == inp.name) - 1
             passed = plan[min(n, len(plan) - 1)]
             return CheckResult(
-                name=inp.name, phase=inp.phase, passed=passed,
-                measured="ok" if passed else "bad", threshold="ok",
+                name=inp.name,
+                phase=inp.phase,
+                passed=passed,
+                measured="ok" if passed else "bad",
+                threshold="ok",
             )
 
         return activity.defn(name=RUN_CHECK)(run)

@@ -21,7 +21,16 @@ from workflows.cutover import AppCutoverWorkflow
 
 WORKFLOWS: list[type] = [AppCutoverWorkflow]
 #: Our models are pure and deterministic: load them once, outside the sandbox.
-PASSTHROUGH = ("cutover", "pydantic", "pydantic_core", "annotated_types", "yaml")
+PASSTHROUGH = (
+    "cutover",
+    "pydantic",
+    "pydantic_core",
+    "annotated_types",
+    "yaml",
+    # Loggers and tracers run inside workflow code paths; they are not workflow state.
+    "structlog",
+    "opentelemetry",
+)
 
 
 def default_activities() -> list[Callable[..., Any]]:

@@ -9,6 +9,7 @@ registered compensations in reverse, shielded from cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -212,7 +213,9 @@ class AppCutoverWorkflow:
         next_eval = workflow.now()
         while True:
             if self._rollback is not None:
-                return f"rollback requested by {self._rollback.requestedBy}: {self._rollback.reason}"
+                return (
+                    f"rollback requested by {self._rollback.requestedBy}: {self._rollback.reason}"
+                )
             if self._finalize is not None:
                 return None
             now = workflow.now()
@@ -225,14 +228,12 @@ class AppCutoverWorkflow:
                 next_eval = workflow.now() + interval
                 continue
             self._wake = False
-            try:
+            with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(
                     lambda: self._wake,
                     timeout=min(next_eval, self._deadline) - now,
                     timeout_summary="rollback window",
                 )
-            except TimeoutError:
-                pass
         failing = [n for n in rb.postChecks if not self._checks[n].passed]
         if failing:
             return "rollback window closed with post-checks failing: " + "; ".join(
@@ -363,7 +364,7 @@ class AppCutoverWorkflow:
         self._current = label
         self._details()
         try:
-            result = await workflow.execute_activity(
+            result: R = await workflow.execute_activity(
                 name,
                 arg,
                 result_type=result_type,
@@ -479,8 +480,12 @@ class AppCutoverWorkflow:
             _refuse("this cutover's runbook does not require approval")
         if self._approved_by is not None:
             _refuse(f"already approved by {self._approved_by}")
-        if self._phase not in (Phase.PENDING, Phase.PRE_CHECKS, Phase.WARM_SYNC,
-                               Phase.AWAITING_APPROVAL):
+        if self._phase not in (
+            Phase.PENDING,
+            Phase.PRE_CHECKS,
+            Phase.WARM_SYNC,
+            Phase.AWAITING_APPROVAL,
+        ):
             _refuse(f"nothing to approve in phase {self._phase.value}")
         if req.approver not in policy.approvers:
             _refuse(
@@ -530,7 +535,8 @@ class AppCutoverWorkflow:
         if not self._inp.runbook.approval.allowEarlyFinalize:
             _refuse("this runbook does not allow finalizing before the window closes")
         failing = [
-            n for n in self._inp.runbook.postChecks
+            n
+            for n in self._inp.runbook.postChecks
             if n not in self._checks or not self._checks[n].passed
         ]
         if failing:

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite: lint, type check, and pytest against real components.
+# Each test starts (and stops) the Temporal dev server and processes it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+exec .venv/bin/pytest -p no:cacheprovider "$@"
