@@ -9,6 +9,7 @@ Kept apart from bench.orchestration, so the workflow sandbox imports only this s
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import activity, workflow
@@ -34,18 +35,27 @@ RAW_ACTIVITIES = [raw_step, raw_undo]
 @workflow.defn(name="BenchRawSaga")
 class RawSagaWorkflow:
     @workflow.run
-    async def run(self, steps: int) -> int:
+    async def run(self, groups: list[int]) -> int:
+        """Run rounds of activities: each round's activities at once, rounds in sequence,
+        mirroring the engine's shape (checks of one phase run concurrently)."""
         compensations: list[int] = []
+        done = 0
         try:
-            for i in range(steps):
-                compensations.append(i)
-                await workflow.execute_activity(
-                    raw_step, i, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+            for size in groups:
+                compensations.append(done)
+                await asyncio.gather(
+                    *(
+                        workflow.execute_activity(
+                            raw_step, done + j, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
+                        )
+                        for j in range(size)
+                    )
                 )
+                done += size
         except BaseException:
             for i in reversed(compensations):
                 await workflow.execute_activity(
                     raw_undo, i, start_to_close_timeout=TIMEOUT, retry_policy=RETRY
                 )
             raise
-        return steps
+        return done
