@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cutover.runbook import Runbook
 from cutover.site import Probe, SiteConfig
@@ -65,7 +65,11 @@ class CutoverInput(_M):
                 site = SiteConfig.model_validate(site)
             if isinstance(site, SiteConfig):
                 context = {"site_checks": frozenset(site.checks)}
-                runbook = Runbook.model_validate(data["runbook"], context=context)
+                try:
+                    runbook = Runbook.model_validate(data["runbook"], context=context)
+                except ValidationError:
+                    # Let field validation report it, located under `runbook.`.
+                    return data
                 data = {**data, "runbook": runbook, "site": site}
         return data
 

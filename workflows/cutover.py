@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field, ValidationError
 
     from cutover import search_attributes as sa
     from cutover.catalog import (
@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         Step,
         WarmStep,
     )
+    from cutover.config import format_path
     from cutover.models import (
         ApprovalRequest,
         CheckInput,
@@ -49,8 +50,13 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         StepResult,
     )
+    from cutover.runbook import Runbook
+    from cutover.site import SiteConfig
 
 R = TypeVar("R", bound=BaseModel)
+
+#: What the workflow accepts: a CutoverInput, or (only when that fails) the raw mapping.
+WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
 
 #: Steps that move data for a long time: they heartbeat, and resume from it on retry.
 _LONG = {
@@ -62,6 +68,22 @@ _LONG = {
 }
 #: Errors no retry can fix; activities raise ApplicationError with these types.
 NON_RETRYABLE = ["ConfigError", "StepNotImplemented", "IntegrityError", "InvalidState"]
+
+
+#: Stands in for an input that failed validation, keeping the instance well-formed (queries
+#: answer) until run() fails the workflow with the validation errors.
+_PLACEHOLDER = CutoverInput(
+    runbook=Runbook(
+        application="invalid-input",
+        wave=0,
+        sourcePlatform="vmware-vsphere",
+        sourceCluster="none",
+        targetPlatform="kvm-libvirt",
+        rollbackWindowMinutes=1,
+        cutoverSteps=[Step.QUIESCE_APPLICATION.value],
+    ),
+    site=SiteConfig(),
+)
 
 
 def workflow_id_for(application: str) -> str:
@@ -87,7 +109,23 @@ def _cause(err: BaseException) -> str:
 @workflow.defn(name="AppCutover")
 class AppCutoverWorkflow:
     @workflow.init
-    def __init__(self, inp: CutoverInput) -> None:
+    def __init__(self, inp: WorkflowInput) -> None:
+        # Input that fails validation (e.g. typed into the Temporal UI's start form) arrives
+        # as a plain dict; run() then fails the workflow with every field named, instead
+        # of the workflow task failing forever on decoding.
+        self._input_error: str | None = None
+        if not isinstance(inp, CutoverInput):
+            try:
+                inp = CutoverInput.model_validate(inp)
+            except ValidationError as exc:
+                problems = [
+                    (format_path(e["loc"]) or "(input)", e["msg"].removeprefix("Value error, "))
+                    for e in exc.errors()
+                ]
+                self._input_error = "invalid cutover input: " + "; ".join(
+                    f"{path}: {msg}" for path, msg in problems
+                )
+                inp = _PLACEHOLDER
         rb = inp.runbook
         self._inp = inp
         self._id = workflow.info().workflow_id
@@ -115,18 +153,20 @@ class AppCutoverWorkflow:
     # ----------------------------------------------------------------- run
 
     @workflow.run
-    async def run(self, inp: CutoverInput) -> CutoverResult:
+    async def run(self, _: WorkflowInput) -> CutoverResult:
+        if self._input_error is not None:
+            raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
+        inp = self._inp
         rb = inp.runbook
-        workflow.upsert_search_attributes(
-            [
-                sa.WAVE.value_set(rb.wave_name),
-                sa.APPLICATION.value_set(rb.application),
-                sa.OUTCOME.value_set(Outcome.RUNNING.value),
-            ]
+        # One upsert per phase change (each is a history event): identity, outcome and phase
+        # go together here.
+        self._set_phase(
+            Phase.PRE_CHECKS,
+            sa.WAVE.value_set(rb.wave_name),
+            sa.APPLICATION.value_set(rb.application),
+            sa.OUTCOME.value_set(Outcome.RUNNING.value),
         )
         workflow.logger.info("cutover started", extra={"requested_by": inp.requestedBy})
-
-        self._set_phase(Phase.PRE_CHECKS)
         failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
         if failed:
             return self._finish(
@@ -404,9 +444,9 @@ class AppCutoverWorkflow:
 
         return list(await asyncio.gather(*(one(n) for n in names)))
 
-    def _set_phase(self, phase: Phase) -> None:
+    def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None:
         self._phase = phase
-        workflow.upsert_search_attributes([sa.PHASE.value_set(phase.value)])
+        workflow.upsert_search_attributes([sa.PHASE.value_set(phase.value), *more])
         self._details()
 
     def _details(self) -> None:
@@ -425,8 +465,7 @@ class AppCutoverWorkflow:
     ) -> CutoverResult:
         self._outcome = outcome
         self._current = None
-        self._set_phase(Phase.DONE)
-        workflow.upsert_search_attributes([sa.OUTCOME.value_set(outcome.value)])
+        self._set_phase(Phase.DONE, sa.OUTCOME.value_set(outcome.value))
         downtime = None
         if self._down_from is not None:
             end = self._down_to or workflow.now()

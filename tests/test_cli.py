@@ -1,0 +1,191 @@
+"""The `cutover` console script against a real Temporal server.
+
+Test activities (tests/world.py) serve the steps in-process; the CLI runs as a real
+subprocess, so exit codes and stderr are what an operator sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from cutover.catalog import BUILTIN_CHECKS
+from cutover.models import Outcome
+from tests.conftest import DevServer
+from tests.factories import SEED, cutover_input, unique_app
+from tests.world import World
+from workers.worker import build_worker
+from workflows.cutover import AppCutoverWorkflow
+
+CUTOVER = str(Path(sys.executable).parent / "cutover")
+
+
+def cli(server: DevServer, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEMPORAL_ADDRESS": server.address}
+    return subprocess.run(
+        [CUTOVER, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+
+
+async def acli(server: DevServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, server, *args)
+
+
+def write_files(tmp: Path, queue: str, **runbook: Any) -> tuple[str, str, str]:
+    app = unique_app("cli")
+    checks = {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS}
+    site = {"name": "cli-test", "taskQueue": queue, "checks": checks}
+    rb = {**SEED, "application": app, "rollbackWindowMinutes": 0.05, "checkIntervalSeconds": 0.3}
+    rb.update(runbook)
+    (tmp / "site.yaml").write_text(yaml.safe_dump(site))
+    (tmp / "runbook.yaml").write_text(yaml.safe_dump(rb))
+    return app, str(tmp / "runbook.yaml"), str(tmp / "site.yaml")
+
+
+async def wait_phase_cli(server: DevServer, app: str, phase: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            res = await acli(server, "status", app, "--json")
+            if res.returncode == 0:
+                status: dict[str, Any] = json.loads(res.stdout)
+                if status["phase"] == phase:
+                    return status
+            await asyncio.sleep(0.2)
+
+
+async def test_cli_drives_a_cutover(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    app, runbook, site = write_files(
+        tmp_path,
+        queue,
+        rollbackWindowMinutes=5,
+        approval={"required": True, "approvers": ["alice"]},
+    )
+    world = World()
+    async with build_worker(client, queue, activities=world.activities()):
+        res = await acli(temporal_server, "run", runbook, "--site", site)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == f"cutover-{app}"
+
+        again = await acli(temporal_server, "run", runbook, "--site", site)
+        assert again.returncode == 1
+        assert f"a cutover of {app} is already running" in again.stderr
+
+        await wait_phase_cli(temporal_server, app, "AWAITING_APPROVAL")
+        bad = await acli(temporal_server, "approve", app, "--as", "mallory")
+        assert bad.returncode == 1
+        assert "'mallory' is not an allowed approver" in bad.stderr
+        assert "Traceback" not in bad.stderr
+        ok = await acli(temporal_server, "approve", f"cutover-{app}", "--as", "alice")
+        assert ok.returncode == 0, ok.stderr
+        assert "approved by alice" in ok.stdout
+
+        status = await wait_phase_cli(temporal_server, app, "ROLLBACK_WINDOW")
+        assert status["approvedBy"] == "alice"
+        ext = await acli(temporal_server, "extend", app, "--minutes", "2")
+        assert ext.returncode == 0, ext.stderr
+        zero = await acli(temporal_server, "extend", app, "--minutes", "0")
+        assert zero.returncode == 2 and "--minutes" in zero.stderr
+
+        rb = await acli(temporal_server, "rollback", app, "--reason", "latency up")
+        assert rb.returncode == 0, rb.stderr
+        handle = client.get_workflow_handle_for(AppCutoverWorkflow.run, f"cutover-{app}")
+        result = await handle.result()
+        assert result.outcome == Outcome.ROLLED_BACK
+        assert result.reason.startswith("rollback requested by ") and "latency up" in result.reason
+
+        late = await acli(temporal_server, "finalize", app)
+        assert late.returncode == 1
+        assert "has already finished (ROLLED_BACK)" in late.stderr
+
+
+async def test_cli_run_wait_and_finalize_refusal(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    app, runbook, site = write_files(tmp_path, queue)
+    world = World()
+    async with build_worker(client, queue, activities=world.activities()):
+        res = await acli(temporal_server, "run", runbook, "--site", site, "--wait", "--json")
+        assert res.returncode == 0, res.stderr
+        result = json.loads(res.stdout)
+        assert result["outcome"] == "COMPLETED"
+        assert [s["name"] for s in result["steps"] if s["kind"] == "step"] == SEED["cutoverSteps"]
+        refused = await acli(temporal_server, "rollback", app, "--reason", "too late")
+        assert refused.returncode == 1
+        assert "after finalize the source is retired" in refused.stderr
+
+        world.fail = {"smoke_test"}
+        failed = await acli(temporal_server, "run", runbook, "--site", site, "--wait")
+        assert failed.returncode == 1
+        assert "ROLLED_BACK - step smoke_test failed" in failed.stdout
+
+
+async def test_cli_errors_are_messages_not_tracebacks(
+    temporal_server: DevServer, tmp_path: Path
+) -> None:
+    missing = await acli(temporal_server, "status", "no-such-app")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    _, runbook, _ = write_files(tmp_path, "q")
+    bad_site = tmp_path / "bad-site.yaml"
+    bad_site.write_text("vcenter:\n  host: vc\n  user: u\n  password: hunter2\n")
+    res = await acli(temporal_server, "run", runbook, "--site", str(bad_site))
+    assert res.returncode == 2
+    assert f"{bad_site}: vcenter" in res.stderr and "hunter2" not in res.stderr
+
+
+def test_cli_without_server_and_help_everywhere() -> None:
+    down = subprocess.run(
+        [CUTOVER, "status", "x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1"},
+    )
+    assert down.returncode == 1 and "cannot reach Temporal" in down.stderr
+    for cmd in (
+        "validate",
+        "run",
+        "status",
+        "approve",
+        "rollback",
+        "extend",
+        "finalize",
+        "server",
+        "worker",
+    ):
+        h = subprocess.run([CUTOVER, cmd, "--help"], capture_output=True, text=True, check=False)
+        assert h.returncode == 0 and "usage: cutover" in h.stdout
+
+
+async def test_bad_input_from_the_ui_fails_the_workflow_with_fields_named(client: Client) -> None:
+    # The Temporal UI's start form sends raw JSON: it must fail clearly, not loop forever.
+    world = World()
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    raw = cutover_input(queue).model_dump(mode="json")
+    raw["runbook"]["application"] = "Bad_Name"
+    raw["runbook"]["cutoverSteps"] = ["smoke_test"]
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow(
+            "AppCutover", raw, id=f"ui-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
+    assert "runbook.application" in cause.message and "runbook.cutoverSteps" in cause.message
+    assert world.calls == [] and world.check_calls == []
