@@ -84,6 +84,26 @@ class CutoverInput(_M):
         return self
 
 
+#: What the workflow accepts: a CutoverInput, or (only when that fails) the raw mapping, so
+#: the workflow can fail with the problems named instead of failing its task forever.
+WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
+
+#: Stands in for an input that failed validation, keeping the workflow instance well-formed
+#: (queries answer) until run() fails the workflow. Built once, here, outside the sandbox.
+INPUT_PLACEHOLDER = CutoverInput(
+    runbook=Runbook(
+        application="invalid-input",
+        wave=0,
+        sourcePlatform="vmware-vsphere",
+        sourceCluster="none",
+        targetPlatform="kvm-libvirt",
+        rollbackWindowMinutes=1,
+        cutoverSteps=["quiesce_application"],
+    ),
+    site=SiteConfig(),
+)
+
+
 class StepContext(_M):
     """What every step activity gets: who it is for, and what earlier steps learned."""
 

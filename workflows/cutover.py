@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, Field, ValidationError
+    from pydantic import BaseModel, ValidationError
 
     from cutover import search_attributes as sa
     from cutover.catalog import (
@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from cutover.config import format_path
     from cutover.models import (
+        INPUT_PLACEHOLDER,
         ApprovalRequest,
         CheckInput,
         CheckPhase,
@@ -49,14 +50,10 @@ with workflow.unsafe.imports_passed_through():
         StepKind,
         StepRecord,
         StepResult,
+        WorkflowInput,
     )
-    from cutover.runbook import Runbook
-    from cutover.site import SiteConfig
 
 R = TypeVar("R", bound=BaseModel)
-
-#: What the workflow accepts: a CutoverInput, or (only when that fails) the raw mapping.
-WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
 
 #: Steps that move data for a long time: they heartbeat, and resume from it on retry.
 _LONG = {
@@ -68,22 +65,6 @@ _LONG = {
 }
 #: Errors no retry can fix; activities raise ApplicationError with these types.
 NON_RETRYABLE = ["ConfigError", "StepNotImplemented", "IntegrityError", "InvalidState"]
-
-
-#: Stands in for an input that failed validation, keeping the instance well-formed (queries
-#: answer) until run() fails the workflow with the validation errors.
-_PLACEHOLDER = CutoverInput(
-    runbook=Runbook(
-        application="invalid-input",
-        wave=0,
-        sourcePlatform="vmware-vsphere",
-        sourceCluster="none",
-        targetPlatform="kvm-libvirt",
-        rollbackWindowMinutes=1,
-        cutoverSteps=[Step.QUIESCE_APPLICATION.value],
-    ),
-    site=SiteConfig(),
-)
 
 
 def workflow_id_for(application: str) -> str:
@@ -125,7 +106,7 @@ class AppCutoverWorkflow:
                 self._input_error = "invalid cutover input: " + "; ".join(
                     f"{path}: {msg}" for path, msg in problems
                 )
-                inp = _PLACEHOLDER
+                inp = INPUT_PLACEHOLDER
         rb = inp.runbook
         self._inp = inp
         self._id = workflow.info().workflow_id
