@@ -1,0 +1,113 @@
+"""The shipped worker (`cutover worker`) as a real process: real probes, JSON logs, no secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from temporalio.client import Client
+
+from tests.conftest import DevServer
+from tests.factories import SEED, unique_app
+from tests.test_cli import acli
+
+CUTOVER = str(Path(sys.executable).parent / "cutover")
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+
+
+def write(tmp: Path, queue: str, pre_ok: bool) -> tuple[str, str, str]:
+    app = unique_app("wrk")
+    site: dict[str, Any] = {
+        "name": "worker-test",
+        "taskQueue": queue,
+        "vcenter": {"host": "127.0.0.1", "user": "admin", "passwordRef": {"env": "VC_PASSWORD"}},
+        "checks": {
+            "backup_success_last_24h": {
+                "type": "command",
+                "argv": [sys.executable, "-c", f"raise SystemExit({0 if pre_ok else 4})"],
+            },
+            "orchestrator_reachable": {
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "port": 1,
+                "timeoutSeconds": 1,
+            },
+        },
+    }
+    if pre_ok:
+        del site["checks"]["orchestrator_reachable"]
+    rb = {
+        **{k: SEED[k] for k in ("wave", "sourcePlatform", "sourceCluster", "targetPlatform")},
+        "application": app,
+        "rollbackWindowMinutes": 0.05,
+        "preChecks": list(site["checks"]),
+        "cutoverSteps": SEED["cutoverSteps"],
+        "dataSync": {"warm": False},
+    }
+    (tmp / f"{app}-site.yaml").write_text(yaml.safe_dump(site))
+    (tmp / f"{app}.yaml").write_text(yaml.safe_dump(rb))
+    return app, str(tmp / f"{app}.yaml"), str(tmp / f"{app}-site.yaml")
+
+
+async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"wrk-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "worker.log"
+    env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address, "VC_PASSWORD": SECRET}
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [CUTOVER, "worker", "--task-queue", queue],
+            stderr=out,
+            stdout=out,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        async with asyncio.timeout(30):
+            while b"worker started" not in log.read_bytes():
+                assert worker.poll() is None, log.read_text()
+                await asyncio.sleep(0.1)
+
+        app, runbook, site = write(tmp_path, queue, pre_ok=False)
+        res = await acli(temporal_server, "run", runbook, "--site", site, "--wait", "--json")
+        assert res.returncode == 1, res.stderr
+        result = json.loads(res.stdout)
+        assert result["outcome"] == "FAILED"
+        assert result["leftWhere"] == ["nothing was changed: the source still serves"]
+        checks = {c["name"]: c for c in result["checks"]}
+        assert checks["backup_success_last_24h"]["measured"] == "exit code 4"
+        assert checks["orchestrator_reachable"]["measured"] == "no connection"
+        assert not [s for s in result["steps"] if s["kind"] != "check"]
+
+        app2, runbook2, site2 = write(tmp_path, queue, pre_ok=True)
+        res = await acli(temporal_server, "run", runbook2, "--site", site2, "--wait", "--json")
+        assert res.returncode == 1, res.stderr
+        result = json.loads(res.stdout)
+        assert result["outcome"] == "FAILED"
+        assert (
+            "StepNotImplemented" in result["reason"] and "quiesce_application" in result["reason"]
+        )
+        assert result["compensationFailures"][0].startswith("restart_source: StepNotImplemented")
+        history = await client.get_workflow_handle(f"cutover-{app2}").fetch_history()
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(20)
+
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(
+        e.get("event") == "cutover started" and e.get("workflow_id") == f"cutover-{app2}"
+        for e in lines
+    )
+    assert any(e.get("activity") == "quiesce_application" and e.get("attempt") == 1 for e in lines)
+    assert "Logging error" not in log.read_text()  # every log call rendered, sandbox included
+    assert SECRET not in log.read_text()
+    assert SECRET not in history.to_json()
