@@ -77,7 +77,7 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
                 assert worker.poll() is None, log.read_text()
                 await asyncio.sleep(0.1)
 
-        app, runbook, site = write(tmp_path, queue, pre_ok=False)
+        _, runbook, site = write(tmp_path, queue, pre_ok=False)
         res = await acli(temporal_server, "run", runbook, "--site", site, "--wait", "--json")
         assert res.returncode == 1, res.stderr
         result = json.loads(res.stdout)
