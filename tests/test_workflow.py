@@ -382,3 +382,18 @@ async def test_status_query_and_no_warm_phase_when_disabled(client: Client) -> N
     assert status.phase == Phase.DONE and status.outcome == Outcome.COMPLETED
     assert "discard_staging" in status.compensationsRegistered
     assert WarmStep.SNAPSHOT_SOURCE not in world.calls
+
+
+async def test_cancel_during_window_rolls_back(client: Client) -> None:
+    world = World()
+    async with running(client, world) as queue:
+        handle = await start(
+            client, cutover_input(queue, rollbackWindowMinutes=5, checkIntervalSeconds=1)
+        )
+        await wait_phase(handle, Phase.ROLLBACK_WINDOW)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    after = world.calls[world.calls.index("update_load_balancer") + 1 :]
+    assert after == expected_compensations(SEED_STEPS[:-1], "update_load_balancer")
+    assert "mark_source_migrated" not in world.calls

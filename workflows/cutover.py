@@ -178,10 +178,16 @@ class AppCutoverWorkflow:
             await self._roll_back("the workflow was cancelled")
             raise
 
-        reason = await self._rollback_window()
+        try:
+            reason = await self._rollback_window()
+        except asyncio.CancelledError:
+            # Cancelling a cutover whose rollback is still possible means: go back.
+            await self._roll_back("the workflow was cancelled during the rollback window")
+            raise
         if reason is not None:
             return await self._roll_back(reason)
-        return await self._finalize_cutover()
+        # Finalizing retires the source for good: once begun, it completes.
+        return await asyncio.shield(asyncio.ensure_future(self._finalize_cutover()))
 
     # --------------------------------------------------------------- phases
 
