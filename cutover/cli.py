@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -207,19 +208,25 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from cutover import logs
+    from cutover import logs, telemetry
     from cutover.temporal import connect
     from workers.worker import build_worker
 
     logs.configure(args.log_level)
     client = await connect()
     worker = build_worker(client, args.task_queue)
-    logs.get_logger().info("worker started", task_queue=args.task_queue)
-    await worker.run()
+    # SIGTERM (what process supervisors send) drains the worker instead of killing it
+    # mid-task, and lets the tracer flush its last spans.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        logs.get_logger().info("worker started", task_queue=args.task_queue)
+        await stop.wait()
+        logs.get_logger().info("worker stopping", task_queue=args.task_queue)
+    telemetry.shutdown()
     return EXIT_OK
-
-
-# ---------------------------------------------------------------- argparse
 
 
 def _parser() -> argparse.ArgumentParser:

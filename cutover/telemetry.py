@@ -35,4 +35,12 @@ def tracing_interceptor() -> TracingInterceptor:
             provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(provider)
         _configured = True
-    return TracingInterceptor()
+    # Workflows started from the Temporal UI or a Schedule carry no parent span: trace them too.
+    return TracingInterceptor(always_create_workflow_spans=True)
+
+
+def shutdown() -> None:
+    """Flush and stop the tracer provider (the batch processor holds the last spans)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()

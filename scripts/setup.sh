@@ -30,6 +30,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing locked Python dependencies" >&2
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -r requirements.lock
-  .venv/bin/pip install -q --no-deps -e . >/dev/null
+  log=$(mktemp)
+  .venv/bin/pip install -q --no-deps -e . >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; exit 1; }
+  rm -f "$log"
   echo "$want" > "$stamp"
 fi

@@ -61,12 +61,17 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
     client: Client, temporal_server: DevServer, tmp_path: Path
 ) -> None:
     queue = f"wrk-{uuid.uuid4().hex[:8]}"
-    log = tmp_path / "worker.log"
-    env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address, "VC_PASSWORD": SECRET}
-    with log.open("wb") as out:
+    log, spans = tmp_path / "worker.log", tmp_path / "spans.out"
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_server.address,
+        "VC_PASSWORD": SECRET,
+        "CUTOVER_OTEL_EXPORTER": "console",
+    }
+    with log.open("wb") as err, spans.open("wb") as out:
         worker = subprocess.Popen(
             [CUTOVER, "worker", "--task-queue", queue],
-            stderr=out,
+            stderr=err,
             stdout=out,
             env=env,
             start_new_session=True,
@@ -108,6 +113,10 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
         for e in lines
     )
     assert any(e.get("activity") == "quiesce_application" and e.get("attempt") == 1 for e in lines)
+    # OpenTelemetry spans for the workflow and its activities, through the interceptor
+    traced = spans.read_text()
+    assert '"name": "RunWorkflow:AppCutover"' in traced
+    assert '"name": "RunActivity:quiesce_application"' in traced
     assert "Logging error" not in log.read_text()  # every log call rendered, sandbox included
     assert SECRET not in log.read_text()
     assert SECRET not in history.to_json()

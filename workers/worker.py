@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -51,6 +52,9 @@ def build_worker(
         workflows=list(workflows),
         activities=list(activities if activities is not None else default_activities()),
         activity_executor=ThreadPoolExecutor(max_workers=16),
+        # On shutdown, running activities get this long to finish before they are cancelled
+        # (and retried elsewhere, resuming from their heartbeats).
+        graceful_shutdown_timeout=timedelta(seconds=10),
         interceptors=[tracing_interceptor()],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
