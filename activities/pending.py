@@ -1,4 +1,4 @@
-"""Steps whose adapters are not built yet (vSphere, disks, libvirt, traffic).
+"""Steps whose adapters are not built yet (disks, libvirt, traffic).
 
 Registered under the real activity names so a cutover that reaches one fails at once,
 non-retryably, with the step named, and then unwinds, instead of hanging in a task queue
@@ -18,17 +18,6 @@ from cutover.models import StepInput, StepResult
 
 #: Which adapter each not-yet-built activity waits for.
 PENDING: dict[str, str] = {
-    **{s.value: "the vSphere source adapter" for s in (Step.QUIESCE_APPLICATION,)},
-    **{s.value: "the vSphere source adapter" for s in (WarmStep.SNAPSHOT_SOURCE,)},
-    **{
-        s.value: "the vSphere source adapter"
-        for s in (
-            Compensation.RESTART_SOURCE,
-            FinalizeStep.REMOVE_SOURCE_SNAPSHOT,
-            FinalizeStep.DISCONNECT_SOURCE_NICS,
-            FinalizeStep.MARK_SOURCE_MIGRATED,
-        )
-    },
     **{
         s.value: "the disk data path"
         for s in (

@@ -197,6 +197,38 @@ async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any
     return msg
 
 
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from activities.vsphere import ClientPool, Tagging, read_inventory
+    from cutover.site import load_site
+
+    site = load_site(args.site)
+    if site.vcenter is None:
+        raise ValueError(f"{args.site}: vcenter: the site config has no vCenter to read")
+    client = ClientPool().get(site.vcenter)
+    try:
+        tags = Tagging(client).tags_by_vm() if args.tags else {}
+        inv = read_inventory(client, tags)
+    finally:
+        client.close()
+    if args.json:
+        print(inv.model_dump_json(indent=2))
+        return EXIT_OK
+    print(
+        f"{inv.source}: {len(inv.datacenters)} datacenter(s), {len(inv.clusters)} cluster(s), "
+        f"{len(inv.hosts)} host(s), {len(inv.datastores)} datastore(s), "
+        f"{len(inv.networks)} network(s), {len(inv.vms)} VM(s); "
+        f"{inv.roundTrips} PropertyCollector round trips"
+    )
+    print(f"{'VM':<28} {'power':<11} {'cpu':>3} {'mem MiB':>8} {'disks':>5} {'GiB':>7}  host")
+    for vm in sorted(inv.vms, key=lambda v: v.name):
+        gib = sum(d.capacityBytes for d in vm.disks) / (1 << 30)
+        print(
+            f"{vm.name:<28} {vm.powerState or '-':<11} {vm.numCpu:>3} {vm.memoryMB:>8} "
+            f"{len(vm.disks):>5} {gib:>7.1f}  {vm.host or '-'}"
+        )
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from cutover import server
 
@@ -270,6 +302,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("finalize", "Finalize a healthy cutover before its rollback window closes.")
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
 
+    sp = add("inventory", "Read the vCenter inventory named in a site config.")
+    sp.add_argument("--site", required=True, help="site config YAML file (its `vcenter`)")
+    sp.add_argument("--no-tags", dest="tags", action="store_false", help="skip the tagging API")
+
     sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
     sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
     sp.add_argument("--port", type=int, default=7233, help="frontend gRPC port")
@@ -289,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_validate(args)
         if args.command == "server":
             return cmd_server(args)
+        if args.command == "inventory":
+            return cmd_inventory(args)
         if args.command == "run":
             return asyncio.run(_run(args))
         if args.command == "status":
@@ -312,9 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _explain(exc: BaseException) -> str:
     from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
+    from temporalio.exceptions import ApplicationError
 
     if isinstance(exc, _Failed):
         return str(exc)
+    if isinstance(exc, ApplicationError):
+        return f"{exc.type}: {exc.message}" if exc.type else exc.message
     if isinstance(exc, WorkflowUpdateFailedError) and exc.cause is not None:
         return str(exc.cause.message if hasattr(exc.cause, "message") else exc.cause)
     if isinstance(exc, WorkflowFailureError) and exc.cause is not None:

@@ -142,6 +142,15 @@ class DataSync(_Model):
 
     warm: StrictBool = True
     incrementalPasses: Annotated[StrictInt, Field(ge=0, le=100)] = 1
+    #: Ask VMware Tools to quiesce the guest file systems for the pre-cutover snapshot.
+    quiesceSnapshot: StrictBool = True
+
+
+class Quiesce(_Model):
+    """How `quiesce_application` stops the source: guest shutdown, then power off."""
+
+    guestShutdownTimeoutSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 300
+    powerOffFallback: StrictBool = True
 
 
 class Runbook(_Model):
@@ -163,6 +172,7 @@ class Runbook(_Model):
     approval: Approval = Field(default_factory=Approval)
     endpoint: Endpoint = Field(default_factory=Endpoint, validate_default=True)
     dataSync: DataSync = Field(default_factory=DataSync)
+    quiesce: Quiesce = Field(default_factory=Quiesce)
     checkIntervalSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 60
 
     @field_validator("rollbackWindowMinutes", "checkIntervalSeconds")

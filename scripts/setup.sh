@@ -17,6 +17,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# Our vSphere API simulator (Debian's govmomi source + lab/vcsim/main.go), for tests and lab.
+bash scripts/build-vcsim.sh
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv" >&2

@@ -15,6 +15,8 @@ from temporalio.client import Client
 from cutover import server
 from cutover.temporal import connect
 
+pytest_plugins = ["tests.vcsim_fixtures"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Build the project's vSphere API simulator (lab/vcsim/main.go) into .cutover/bin/vcsim.
+# Idempotent: installs Debian's Go toolchain and govmomi source only when missing, and
+# rebuilds only when the binary is missing or older than main.go. Silent when up to date.
+# The build is offline: GOPATH is Debian's /usr/share/gocode, no Go module proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(golang-go golang-github-vmware-govmomi-dev)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "build-vcsim: installing Debian packages: ${missing[*]}" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+src=lab/vcsim/main.go
+bin=.cutover/bin/vcsim
+if [ ! -x "$bin" ] || [ "$src" -nt "$bin" ]; then
+  echo "build-vcsim: building $bin" >&2
+  mkdir -p .cutover/bin .cutover/gocache
+  # Build to a temporary name and rename, so a concurrent reader never sees half a binary.
+  GO111MODULE=off GOPATH=/usr/share/gocode GOCACHE="$PWD/.cutover/gocache" GOFLAGS= \
+    go build -o "$bin.tmp.$$" "./$src"
+  mv -f "$bin.tmp.$$" "$bin"
+fi
