@@ -1,7 +1,8 @@
 """Check probes: the `run_check` activity evaluates one named check from the site catalog.
 
 A probe that runs and sees a problem returns `passed=False` with what it measured; only a
-probe that cannot run at all raises. Probe types here: command, http, tcp.
+probe that cannot run at all raises. Probe types: command, http, tcp; vsphere-concerns
+through the vSphere adapter.
 """
 
 from __future__ import annotations
@@ -12,18 +13,29 @@ import urllib.error
 import urllib.request
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.vsphere import VSphereActivities
 from cutover.catalog import RUN_CHECK
 from cutover.models import CheckInput, CheckResult
-from cutover.site import CommandProbe, HttpProbe, TcpProbe
+from cutover.site import CommandProbe, HttpProbe, TcpProbe, VSphereConcernsProbe
 
 
 class CheckActivities:
-    """Holds nothing yet; probes needing clients (DNS, Prometheus) will get them injected."""
+    """Dispatches each probe type; probes that need a system's client get its adapter."""
+
+    def __init__(self, vsphere: VSphereActivities | None = None) -> None:
+        self.vsphere = vsphere
 
     @activity.defn(name=RUN_CHECK)
     async def run_check(self, inp: CheckInput) -> CheckResult:
         probe = inp.probe
+        if isinstance(probe, VSphereConcernsProbe):
+            if self.vsphere is None:
+                raise ApplicationError(
+                    "this worker has no vSphere adapter", type="ConfigError", non_retryable=True
+                )
+            return await asyncio.to_thread(self.vsphere.concerns_check, inp, probe)
         if isinstance(probe, CommandProbe):
             return await _command(inp, probe)
         if isinstance(probe, HttpProbe):

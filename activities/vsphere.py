@@ -30,6 +30,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
+from cutover.concerns import evaluate
 from cutover.inventory import (
     VM,
     Cluster,
@@ -45,9 +46,9 @@ from cutover.inventory import (
     Snapshot,
     Tag,
 )
-from cutover.models import StepInput, StepResult
+from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 from cutover.runbook import Runbook
-from cutover.site import VCenter
+from cutover.site import VCenter, VSphereConcernsProbe
 
 T = TypeVar("T")
 
@@ -1048,6 +1049,31 @@ class VSphereActivities:
             return True
 
         return self._each(inp, "mark migrated", act)
+
+    def concerns_check(self, inp: CheckInput, probe: VSphereConcernsProbe) -> CheckResult:
+        """The application's VMs' pre-migration concerns as a check result."""
+        if inp.runbook is None or inp.vcenter is None:
+            raise _error("ConfigError", "a vsphere-concerns check needs the runbook and vCenter")
+        client = self.pool.get(inp.vcenter)
+        names = resolve_vms(client, inp.runbook)
+        inv = read_inventory(client)
+        levels = ("critical",) if probe.failOn == "critical" else ("critical", "warning")
+        found = [c for n in names for c in evaluate(inv, inv.vm(n))]
+        failing = [c for c in found if c.severity in levels and c.id not in probe.ignore]
+        counts = {
+            lvl: sum(1 for c in found if c.severity == lvl)
+            for lvl in ("critical", "warning", "info")
+        }
+        return CheckResult(
+            name=inp.name,
+            phase=inp.phase,
+            passed=not failing,
+            measured=", ".join(f"{n} {lvl}" for lvl, n in counts.items())
+            + f" on {', '.join(names)}",
+            threshold=f"no {' or '.join(levels)} concern"
+            + (f" (accepted: {', '.join(probe.ignore)})" if probe.ignore else ""),
+            detail="; ".join(f"[{c.severity}] {c.vm}: {c.id}: {c.message}" for c in failing)[:4000],
+        )
 
     def activities(self) -> list[Callable[..., Any]]:
         return [

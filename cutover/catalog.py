@@ -91,6 +91,7 @@ PRE_CHECKS: frozenset[str] = frozenset(
         "target_monitoring_ready",
         "target_network_policy_validated",
         "dns_ttl_lowered",
+        "migration_concerns",
     }
 )
 POST_CHECKS: frozenset[str] = frozenset(

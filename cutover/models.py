@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cutover.runbook import Runbook
-from cutover.site import Probe, SiteConfig
+from cutover.site import Probe, SiteConfig, VCenter
 
 
 class _M(BaseModel):
@@ -140,6 +140,9 @@ class CheckInput(_M):
     phase: CheckPhase
     application: str
     probe: Probe
+    #: Only for probes about the application's VMs (vsphere-concerns): which VMs, where.
+    runbook: Runbook | None = None
+    vcenter: VCenter | None = None
 
 
 class CheckResult(_M):

@@ -156,7 +156,19 @@ class TcpProbe(_Probe):
     port: Port
 
 
-Probe = Annotated[CommandProbe | HttpProbe | TcpProbe, Field(discriminator="type")]
+class VSphereConcernsProbe(_Probe):
+    """Pre-migration concerns of the application's VMs, read from the site's vCenter;
+    passes when none is at or above `failOn` (ids in `ignore` are accepted risks)."""
+
+    type: Literal["vsphere-concerns"]
+    failOn: Literal["critical", "warning"] = "critical"
+    ignore: list[NonEmpty] = Field(default_factory=list)
+    timeoutSeconds: Seconds = 300
+
+
+Probe = Annotated[
+    CommandProbe | HttpProbe | TcpProbe | VSphereConcernsProbe, Field(discriminator="type")
+]
 
 
 class SiteConfig(_Model):
@@ -172,6 +184,13 @@ class SiteConfig(_Model):
     loadBalancer: HAProxy | None = None
     dns: Dns | None = None
     checks: dict[StrictStr, Probe] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _concerns_need_vcenter(self) -> SiteConfig:
+        for name, probe in self.checks.items():
+            if isinstance(probe, VSphereConcernsProbe) and self.vcenter is None:
+                raise ValueError(f"check '{name}' reads vCenter, but `vcenter` is not set")
+        return self
 
     @field_validator("checks")
     @classmethod

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev)
+APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -25,11 +25,13 @@ from activities.vsphere import (
     read_inventory,
     resolve_vms,
     snapshot_name,
+    wait_task,
 )
 from cutover import vcsim as vcsim_mod
-from cutover.models import StepContext, StepInput
+from cutover.concerns import evaluate
+from cutover.models import CheckInput, StepContext, StepInput
 from cutover.runbook import Runbook
-from cutover.site import SiteConfig, VCenter
+from cutover.site import SiteConfig, VCenter, VSphereConcernsProbe
 from cutover.vcsim import Vcsim
 from tests.factories import SEED, unique_app
 from tests.vcsim_fixtures import VcsimFactory
@@ -416,3 +418,66 @@ def test_cli_inventory(sim: Vcsim, tmp_path: Path) -> None:
     )
     assert nopw.returncode == 1 and "CUTOVER_TEST_VC_PASSWORD" in nopw.stderr
     assert "Traceback" not in nopw.stderr + res.stderr
+
+
+# ------------------------------------------------------------------ concerns
+
+
+def test_concerns_for_passthrough_device_and_existing_snapshot(
+    sim: Vcsim, pool: ClientPool
+) -> None:
+    client = client_for(pool, sim)
+    gpu_vm, snap_vm = "DC0_C0_H1_VM2", "DC0_C0_H0_VM1"
+
+    def add_gpu(si: Any) -> None:
+        vm = find_vms(client, [gpu_vm])[0]
+        backing = vim.vm.device.VirtualPCIPassthrough.DeviceBackingInfo(
+            id="0000:3b:00.0",
+            deviceId="1eb8",
+            systemId="5f0e-sim",
+            vendorId=0x10DE,
+            deviceName="NVIDIA T4",
+        )
+        dev = vim.vm.device.VirtualPCIPassthrough(key=-1, backing=backing)
+        spec = vim.vm.ConfigSpec(
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(operation="add", device=dev)]
+        )
+        wait_task(si, vm.ReconfigVM_Task(spec=spec), "adding a GPU")
+
+    client.call("adding a GPU", add_gpu)
+    snap_inp = step_input(sim, "snapshot_source", [snap_vm])
+    VSphereActivities(pool).snapshot_source(snap_inp)  # an existing snapshot, from vSphere's view
+    try:
+        inv = read_inventory(client)
+        assert [d.kind for d in inv.vm(gpu_vm).pciDevices] == ["passthrough"]
+        gpu = {c.id: c for c in evaluate(inv, inv.vm(gpu_vm))}
+        assert gpu["device.passthrough"].severity == "critical"
+        snap = {c.id: c for c in evaluate(inv, inv.vm(snap_vm))}
+        assert snap["snapshot.present"].severity == "warning"
+
+        # as a pre-check: a critical concern fails it, with the concern's message
+        probe = VSphereConcernsProbe(type="vsphere-concerns")
+        rb = Runbook.model_validate(
+            {**SEED, "application": unique_app("c"), "vms": [gpu_vm, snap_vm]}
+        )
+        check = CheckInput(
+            name="migration_concerns",
+            phase="pre",
+            application=rb.application,
+            probe=probe,
+            runbook=rb,
+            vcenter=settings(sim),
+        )
+        result = VSphereActivities(pool).concerns_check(check, probe)
+        assert not result.passed
+        assert "device.passthrough" in result.detail and gpu_vm in result.detail
+        assert result.measured is not None and "critical" in result.measured
+        accepted = VSphereConcernsProbe(type="vsphere-concerns", ignore=["device.passthrough"])
+        assert VSphereActivities(pool).concerns_check(check, accepted).passed
+        strict = VSphereConcernsProbe(
+            type="vsphere-concerns", failOn="warning", ignore=["device.passthrough"]
+        )
+        warned = VSphereActivities(pool).concerns_check(check, strict)
+        assert not warned.passed and "snapshot.present" in warned.detail
+    finally:
+        VSphereActivities(pool).remove_source_snapshot(snap_inp)

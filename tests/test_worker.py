@@ -15,21 +15,32 @@ from typing import Any
 import yaml
 from temporalio.client import Client
 
+from activities.vsphere import ClientPool, find_vms
+from cutover.site import SiteConfig
+from cutover.vcsim import Vcsim
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
 from tests.test_cli import acli
+from tests.vcsim_fixtures import VcsimFactory
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")
-SECRET = "s3cr3t-" + uuid.uuid4().hex
+VM = "DC0_C0_H0_VM0"
 
 
-def write(tmp: Path, queue: str, pre_ok: bool) -> tuple[str, str, str]:
+def write(tmp: Path, queue: str, pre_ok: bool, sim: Vcsim) -> tuple[str, str, str]:
     app = unique_app("wrk")
     site: dict[str, Any] = {
         "name": "worker-test",
         "taskQueue": queue,
-        "vcenter": {"host": "127.0.0.1", "user": "admin", "passwordRef": {"env": "VC_PASSWORD"}},
+        "vcenter": {
+            "host": sim.host,
+            "port": sim.port,
+            "user": sim.user,
+            "passwordRef": {"env": "VC_PASSWORD"},
+            "caFile": str(sim.ca_file),
+        },
         "checks": {
+            "migration_concerns": {"type": "vsphere-concerns"},
             "backup_success_last_24h": {
                 "type": "command",
                 "argv": [sys.executable, "-c", f"raise SystemExit({0 if pre_ok else 4})"],
@@ -51,6 +62,8 @@ def write(tmp: Path, queue: str, pre_ok: bool) -> tuple[str, str, str]:
         "preChecks": list(site["checks"]),
         "cutoverSteps": SEED["cutoverSteps"],
         "dataSync": {"warm": False},
+        "vms": [VM],
+        "quiesce": {"guestShutdownTimeoutSeconds": 10},
     }
     (tmp / f"{app}-site.yaml").write_text(yaml.safe_dump(site))
     (tmp / f"{app}.yaml").write_text(yaml.safe_dump(rb))
@@ -58,14 +71,15 @@ def write(tmp: Path, queue: str, pre_ok: bool) -> tuple[str, str, str]:
 
 
 async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
-    client: Client, temporal_server: DevServer, tmp_path: Path
+    client: Client, temporal_server: DevServer, tmp_path: Path, vcsim_factory: VcsimFactory
 ) -> None:
+    sim = vcsim_factory(clusters=1, hosts=1, vms=1)
     queue = f"wrk-{uuid.uuid4().hex[:8]}"
     log, spans = tmp_path / "worker.log", tmp_path / "spans.out"
     env = {
         **os.environ,
         "TEMPORAL_ADDRESS": temporal_server.address,
-        "VC_PASSWORD": SECRET,
+        "VC_PASSWORD": sim.password,
         "CUTOVER_OTEL_EXPORTER": "console",
     }
     with log.open("wb") as err, spans.open("wb") as out:
@@ -82,7 +96,7 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
                 assert worker.poll() is None, log.read_text()
                 await asyncio.sleep(0.1)
 
-        _, runbook, site = write(tmp_path, queue, pre_ok=False)
+        _, runbook, site = write(tmp_path, queue, pre_ok=False, sim=sim)
         res = await acli(temporal_server, "run", runbook, "--site", site, "--wait", "--json")
         assert res.returncode == 1, res.stderr
         result = json.loads(res.stdout)
@@ -93,15 +107,30 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
         assert checks["orchestrator_reachable"]["measured"] == "no connection"
         assert not [s for s in result["steps"] if s["kind"] != "check"]
 
-        app2, runbook2, site2 = write(tmp_path, queue, pre_ok=True)
+        app2, runbook2, site2 = write(tmp_path, queue, pre_ok=True, sim=sim)
         res = await acli(temporal_server, "run", runbook2, "--site", site2, "--wait", "--json")
         assert res.returncode == 1, res.stderr
         result = json.loads(res.stdout)
         assert result["outcome"] == "FAILED"
-        assert (
-            "StepNotImplemented" in result["reason"] and "quiesce_application" in result["reason"]
-        )
-        assert result["compensationFailures"][0].startswith("restart_source: StepNotImplemented")
+        # quiesce ran for real against the simulator, then the first step whose adapter
+        # is not built stopped the cutover; the undo restarted the source for real
+        assert "StepNotImplemented" in result["reason"] and "final_data_sync" in result["reason"]
+        steps = {s["name"]: s for s in result["steps"]}
+        assert steps["quiesce_application"]["outcome"] == "ok"
+        assert steps["quiesce_application"]["changed"] is True
+        assert steps["restart_source"]["outcome"] == "ok"
+        assert result["compensationFailures"][0].startswith("discard_staging: StepNotImplemented")
+        checks = {c["name"]: c for c in result["checks"]}
+        assert checks["migration_concerns"]["passed"] is True
+        assert checks["migration_concerns"]["measured"].startswith("0 critical")
+        vc = SiteConfig.model_validate(yaml.safe_load(Path(site2).read_text())).vcenter
+        assert vc is not None
+        pool = ClientPool(password=lambda s: sim.password)
+        try:
+            state = find_vms(pool.get(vc), [VM])[0].runtime.powerState
+        finally:
+            pool.close()
+        assert str(state) == "poweredOn"
         history = await client.get_workflow_handle(f"cutover-{app2}").fetch_history()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -112,11 +141,12 @@ async def test_shipped_worker_runs_real_checks_and_stops_at_unbuilt_adapters(
         e.get("event") == "cutover started" and e.get("workflow_id") == f"cutover-{app2}"
         for e in lines
     )
-    assert any(e.get("activity") == "quiesce_application" and e.get("attempt") == 1 for e in lines)
+    assert any(e.get("activity") == "final_data_sync" and e.get("attempt") == 1 for e in lines)
     # OpenTelemetry spans for the workflow and its activities, through the interceptor
     traced = spans.read_text()
     assert '"name": "RunWorkflow:AppCutover"' in traced
     assert '"name": "RunActivity:quiesce_application"' in traced
     assert "Logging error" not in log.read_text()  # every log call rendered, sandbox included
-    assert SECRET not in log.read_text()
-    assert SECRET not in history.to_json()
+    # the vCenter password was used (logins succeeded) but never logged or recorded
+    assert sim.password not in log.read_text() + spans.read_text()
+    assert sim.password not in history.to_json()

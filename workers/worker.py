@@ -37,10 +37,8 @@ PASSTHROUGH = (
 
 def default_activities() -> list[Callable[..., Any]]:
     """The real adapters, plus typed "not built yet" failures for the steps still pending."""
-    real: list[Callable[..., Any]] = [
-        CheckActivities().run_check,
-        *VSphereActivities(ClientPool()).activities(),
-    ]
+    vsphere = VSphereActivities(ClientPool())
+    real: list[Callable[..., Any]] = [CheckActivities(vsphere).run_check, *vsphere.activities()]
     names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
     return [*real, *pending_activities(exclude=names)]
 

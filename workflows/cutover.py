@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
+    from cutover.site import VSphereConcernsProbe
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -415,11 +416,15 @@ class AppCutoverWorkflow:
 
     async def _run_checks(self, names: list[str], phase: CheckPhase) -> list[CheckResult]:
         async def one(name: str) -> CheckResult:
+            probe = self._inp.site.checks[name]
+            about_vms = isinstance(probe, VSphereConcernsProbe)
             inp = CheckInput(
                 name=name,
                 phase=phase,
                 application=self._inp.runbook.application,
-                probe=self._inp.site.checks[name],
+                probe=probe,
+                runbook=self._inp.runbook if about_vms else None,
+                vcenter=self._inp.site.vcenter if about_vms else None,
             )
             try:
                 res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)
