@@ -274,3 +274,26 @@ def record_writes(ctk_file: Path, blocks: Iterable[int], *, capacity: int | None
     tmp.write_text(json.dumps(ctk))
     tmp.replace(ctk_file)  # atomic: the simulator never reads half a file
     return f"{ctk['uuid']}/{ctk['seq']}"
+
+
+def _serve(argv: list[str]) -> int:
+    """`python -m cutover.vcsim WORKDIR [PORT]`: build, start in the background, write
+    WORKDIR/vcsim.json (host, port, user, pid, caFile) and WORKDIR/password (mode 600),
+    and exit, leaving the simulator running in its own session (stop it by that pid)."""
+    workdir = Path(argv[0]).resolve()
+    port = int(argv[1]) if len(argv) > 1 else 0
+    sim = start(build(), workdir, clusters=1, hosts=2, vms=2, standalone_hosts=0, port=port)
+    secret = workdir / "password"
+    secret.write_text(sim.password)
+    secret.chmod(0o600)
+    info = {"host": sim.host, "port": sim.port, "user": sim.user, "pid": sim.proc.pid,
+            "caFile": str(sim.ca_file), "datastore": str(sim.datastore_dir)}  # fmt: skip
+    (workdir / "vcsim.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_serve(sys.argv[1:]))

@@ -2,10 +2,11 @@
 # The main job on the embedded defaults: a local Temporal dev server (durable SQLite, Web UI),
 # a cutover worker, and one application cutover driven through the `cutover` CLI.
 #
-# What is real today: Temporal, the saga, approval, checks (command/tcp/http probes), the
-# CLI. The vSphere, disk, libvirt and traffic adapters are not built yet: the cutover stops
-# at its first such step with a typed StepNotImplemented error and unwinds. The demo says
-# so instead of pretending.
+# What is real today: Temporal, the saga, approval, checks (command/tcp/http probes and
+# vSphere pre-migration concerns), the CLI, and the vSphere source against our simulator
+# (quiesce powers the VM off, the undo powers it back on). The disk, libvirt and traffic
+# adapters are not built yet: the cutover stops at its first such step with a typed
+# StepNotImplemented error and unwinds. The demo says so instead of pretending.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -31,6 +32,17 @@ fi
 # A fresh database each run, so a cutover left over from an interrupted demo cannot
 # collide with this one (one workflow per application).
 rm -f "$STATE"/temporal.db "$STATE"/temporal.db-*
+VCSIM_PORT=18443
+if .venv/bin/python -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $VCSIM_PORT)) != 0)"; then
+  echo "demo: port $VCSIM_PORT (vSphere simulator) is in use; stop what listens there" >&2
+  exit 1
+fi
+echo "== starting the vSphere API simulator on 127.0.0.1:$VCSIM_PORT"
+rm -rf "$STATE/vcsim"
+vcsim_pid=$(.venv/bin/python -m cutover.vcsim "$STATE/vcsim" "$VCSIM_PORT" | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)['pid'])")
+pids+=("$vcsim_pid")
+.venv/bin/cutover inventory --site examples/demo/site.yaml | head -4
+
 echo "== starting the embedded Temporal server (UI: http://127.0.0.1:$UI_PORT)"
 $CUTOVER server --db "$STATE/temporal.db" --port "$PORT" --ui-port "$UI_PORT" >"$STATE/server.log" 2>&1 &
 pids+=($!)
@@ -69,8 +81,9 @@ for s in r["steps"]:
     print(f"  {s['kind']:<12} {s['name']:<32} {s['outcome']:<7} {s.get('error') or ''}")
 PY
 if [ "$rc" -ne 0 ] && grep -q StepNotImplemented "$STATE/demo-result.json"; then
-  echo "== as expected at this stage: the engine ran for real and stopped at the first step"
-  echo "   whose adapter is not built yet (vSphere, disks, libvirt, traffic), then unwound."
+  echo "== as expected at this stage: the engine ran for real (the source VM was quiesced in"
+  echo "   the vSphere simulator), stopped at the first step whose adapter is not built yet"
+  echo "   (disks, libvirt, traffic), and unwound (the source VM was powered back on)."
   echo "   The history is in the Temporal database; run '$CUTOVER server --db $STATE/temporal.db'"
   echo "   and open http://127.0.0.1:$UI_PORT to read it."
   exit 0
