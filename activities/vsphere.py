@@ -1164,3 +1164,14 @@ class DatastoreFile(io.RawIOBase):
         view[:n] = body
         self._pos += n
         return n
+
+    def readall(self) -> bytes:
+        """The rest of the file in `chunk`-sized ranged requests (not 8 KiB ones)."""
+        out = bytearray()
+        while self._pos < self.size:
+            buf = bytearray(min(self._chunk, self.size - self._pos))
+            n = self.readinto(buf)
+            if n == 0:
+                break
+            out += buf[:n]
+        return bytes(out)

@@ -13,6 +13,8 @@ linear by construction: one request per VM and property); the ratio compares sec
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +70,8 @@ def measure(size: int, sample: int) -> dict[str, Any]:
 
 
 def main() -> None:
+    # `timeout` sends SIGTERM: exit through the finally blocks that stop the simulator.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     p = argparse.ArgumentParser(prog="python -m bench.inventory", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", default="1000,5000", help="VM counts (multiples of 100)")

@@ -229,6 +229,52 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_concerns(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from cutover.concerns import evaluate
+    from cutover.inventory import Inventory
+
+    if args.inventory:
+        try:
+            inv = Inventory.model_validate_json(Path(args.inventory).read_bytes())
+        except OSError as exc:
+            raise ValueError(f"{args.inventory}: cannot read file: {exc.strerror}") from None
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            loc = ".".join(str(p) for p in e["loc"]) or "(document)"
+            raise ValueError(
+                f"{args.inventory}: {loc}: {e['msg']} (an inventory JSON from "
+                "`cutover inventory --json` was expected)"
+            ) from None
+    else:
+        from activities.vsphere import ClientPool, read_inventory
+        from cutover.site import load_site
+
+        site = load_site(args.site)
+        if site.vcenter is None:
+            raise ValueError(f"{args.site}: vcenter: the site config has no vCenter to read")
+        client = ClientPool().get(site.vcenter)
+        try:
+            inv = read_inventory(client)
+        finally:
+            client.close()
+    missing = [n for n in args.vm if n not in {v.name for v in inv.vms}]
+    if missing:
+        raise ValueError(f"--vm: no VM named {', '.join(missing)} in {inv.source}")
+    vms = [inv.vm(n) for n in args.vm] if args.vm else inv.vms
+    found = {vm.name: evaluate(inv, vm) for vm in vms}
+    if args.json:
+        print(json.dumps({n: [c.model_dump() for c in cs] for n, cs in found.items()}, indent=2))
+    else:
+        for name, concerns in found.items():
+            for c in concerns:
+                where = f" ({c.disk})" if c.disk else ""
+                print(f"{c.severity:<8} {name}{where}: {c.id}: {c.message}")
+    critical = any(c.severity == "critical" for cs in found.values() for c in cs)
+    return EXIT_FAILED if critical else EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from cutover import server
 
@@ -306,6 +352,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--site", required=True, help="site config YAML file (its `vcenter`)")
     sp.add_argument("--no-tags", dest="tags", action="store_false", help="skip the tagging API")
 
+    sp = add("concerns", "Pre-migration concerns of VMs; exit 1 when any is critical.")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--site", help="read the inventory from this site config's vCenter")
+    src.add_argument("--inventory", help="an inventory JSON file (`cutover inventory --json`)")
+    sp.add_argument("--vm", action="append", default=[], help="only this VM (repeatable)")
+
     sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
     sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
     sp.add_argument("--port", type=int, default=7233, help="frontend gRPC port")
@@ -327,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_server(args)
         if args.command == "inventory":
             return cmd_inventory(args)
+        if args.command == "concerns":
+            return cmd_concerns(args)
         if args.command == "run":
             return asyncio.run(_run(args))
         if args.command == "status":

@@ -417,6 +417,20 @@ def test_cli_inventory(sim: Vcsim, tmp_path: Path) -> None:
         env={k: v for k, v in os.environ.items() if k != "CUTOVER_TEST_VC_PASSWORD"},
     )
     assert nopw.returncode == 1 and "CUTOVER_TEST_VC_PASSWORD" in nopw.stderr
+    # concerns from the same inventory, read back from the JSON file
+    (tmp_path / "inv.json").write_text(res.stdout)
+    concerns = subprocess.run(
+        [CUTOVER, "concerns", "--inventory", str(tmp_path / "inv.json"), "--vm", "DC0_H0_VM1",
+         "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert concerns.returncode == 0, concerns.stderr
+    ids = {c["id"] for c in json.loads(concerns.stdout)["DC0_H0_VM1"]}
+    assert "cbt.disabled" in ids
+    (tmp_path / "bad.json").write_text('{"source": 3}')
+    bad = subprocess.run([CUTOVER, "concerns", "--inventory", str(tmp_path / "bad.json")],
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "bad.json: source" in bad.stderr
     assert "Traceback" not in nopw.stderr + res.stderr
 
 
