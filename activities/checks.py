@@ -40,7 +40,13 @@ class CheckActivities:
             return await _command(inp, probe)
         if isinstance(probe, HttpProbe):
             return await asyncio.to_thread(_http, inp, probe)
-        return await _tcp(inp, probe)
+        if isinstance(probe, TcpProbe):
+            return await _tcp(inp, probe)
+        raise ApplicationError(
+            f"check {inp.name}: probe type {probe.type!r} is not supported by this worker yet",
+            type="ConfigError",
+            non_retryable=True,
+        )
 
 
 def _result(

@@ -155,6 +155,8 @@ class CheckResult(_M):
     threshold: str | None = None
     detail: str = ""
     at: datetime | None = None
+    #: What a pre-check learned for later steps (e.g. the source's latency baseline).
+    facts: dict[str, str] = Field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [f"{self.name} {'passed' if self.passed else 'failed'}"]

@@ -121,6 +121,8 @@ class LoadBalancerEndpoint(_Model):
 
 class DnsEndpoint(_Model):
     name: NonEmpty
+    #: TTL of the record while it points at the target (the rollback window wants it low).
+    ttl: Annotated[StrictInt, Field(ge=0, le=86400)] = 60
 
     @field_validator("name")
     @classmethod
@@ -135,6 +137,25 @@ class Endpoint(_Model):
 
     loadBalancer: LoadBalancerEndpoint = Field(default_factory=LoadBalancerEndpoint)
     dns: DnsEndpoint | None = None
+    #: `host:port` of the service on the source and (when known before power-on, e.g. a
+    #: reserved address) on the target; the target's is otherwise the address
+    #: `power_on_target` reports.
+    sourceAddress: NonEmpty | None = None
+    targetAddress: NonEmpty | None = None
+
+
+class SmokeTest(_Model):
+    """What `smoke_test` sends and accepts: against the target directly, then through the
+    load balancer once it takes traffic."""
+
+    path: NonEmpty = "/"
+    samples: Annotated[StrictInt, Field(ge=1, le=100_000)] = 200
+    concurrency: Annotated[StrictInt, Field(ge=1, le=64)] = 4
+    expectStatus: Annotated[StrictInt, Field(ge=100, le=599)] = 200
+    maxErrorRate: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)] = 0
+    maxP95Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    #: The target's p95 may be at most this times the source's baseline p95.
+    maxP95Ratio: Annotated[StrictFloat | StrictInt, Field(gt=0)] = 2
 
 
 class DataSync(_Model):
@@ -173,6 +194,7 @@ class Runbook(_Model):
     endpoint: Endpoint = Field(default_factory=Endpoint, validate_default=True)
     dataSync: DataSync = Field(default_factory=DataSync)
     quiesce: Quiesce = Field(default_factory=Quiesce)
+    smokeTest: SmokeTest = Field(default_factory=SmokeTest)
     checkIntervalSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 60
 
     @field_validator("rollbackWindowMinutes", "checkIntervalSeconds")

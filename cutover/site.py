@@ -104,16 +104,26 @@ class NetworkMapping(_Model):
 
 
 class HAProxy(_Model):
+    """HAProxy driven through its runtime API (an admin-level stats socket)."""
+
     type: Literal["haproxy"] = "haproxy"
     socket: NonEmpty
+    #: How long the target may take to pass a real health check before the switch gives up.
+    healthTimeoutSeconds: Seconds = 60
+    #: How long the old server may take to finish its sessions once draining.
+    drainTimeoutSeconds: Seconds = 120
 
 
 class Dns(_Model):
+    """The authoritative server that takes RFC 2136 updates for the applications' zone."""
+
     server: NonEmpty
     port: Port = 53
     zone: NonEmpty
+    #: A BIND key file (`tsig-keygen` output): read by the worker, never put in history.
     tsigKeyFile: NonEmpty
     ttlThresholdSeconds: Annotated[StrictInt, Field(ge=0)] = 60
+    timeoutSeconds: Seconds = 5
 
 
 class _Probe(_Model):
@@ -139,6 +149,14 @@ class HttpProbe(_Probe):
     expectStatus: Annotated[StrictInt, Field(ge=100, le=599)] = 200
     bodyContains: StrictStr | None = None
     maxLatencyMs: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    #: SLO sampling: send `samples` requests (`concurrency` at a time) and judge the
+    #: percentiles and the error rate (a response other than expectStatus, or none).
+    samples: Annotated[StrictInt, Field(ge=1, le=100_000)] = 1
+    concurrency: Annotated[StrictInt, Field(ge=1, le=64)] = 1
+    maxP50Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    maxP95Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    maxP99Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    maxErrorRate: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)] | None = None
 
     @field_validator("url")
     @classmethod
@@ -156,6 +174,32 @@ class TcpProbe(_Probe):
     port: Port
 
 
+class DnsProbe(_Probe):
+    """Query a name at an authoritative server (default: the site's `dns.server`); passes
+    when the answer matches `expectValue` (if set) and its TTL is at most `maxTtl`
+    (default: the site's `dns.ttlThresholdSeconds`)."""
+
+    type: Literal["dns"]
+    name: NonEmpty
+    rdtype: Literal["A", "AAAA", "CNAME", "TXT"] = "A"
+    server: NonEmpty | None = None
+    port: Port | None = None
+    expectValue: NonEmpty | None = None
+    maxTtl: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
+class PrometheusProbe(_Probe):
+    """An instant PromQL query whose (single) value is compared with a threshold."""
+
+    type: Literal["prometheus"]
+    url: NonEmpty
+    query: NonEmpty
+    op: Literal["<", "<=", ">", ">=", "=="] = "<="
+    threshold: StrictFloat | StrictInt
+    #: What an empty result means: pass, or fail (a missing signal is often an alert).
+    emptyPasses: StrictBool = False
+
+
 class VSphereConcernsProbe(_Probe):
     """Pre-migration concerns of the application's VMs, read from the site's vCenter;
     passes when none is at or above `failOn` (ids in `ignore` are accepted risks)."""
@@ -167,7 +211,8 @@ class VSphereConcernsProbe(_Probe):
 
 
 Probe = Annotated[
-    CommandProbe | HttpProbe | TcpProbe | VSphereConcernsProbe, Field(discriminator="type")
+    CommandProbe | HttpProbe | TcpProbe | DnsProbe | PrometheusProbe | VSphereConcernsProbe,
+    Field(discriminator="type"),
 ]
 
 

@@ -432,6 +432,8 @@ class AppCutoverWorkflow:
                 res = CheckResult(name=name, phase=phase, passed=False, detail=_cause(err))
             res.at = workflow.now()
             self._checks[name] = res
+            if phase == "pre":
+                self._facts.update(res.facts)
             return res
 
         return list(await asyncio.gather(*(one(n) for n in names)))
