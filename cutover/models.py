@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cutover.runbook import Runbook
-from cutover.site import Probe, SiteConfig, VCenter
+from cutover.site import Dns, Probe, SiteConfig, VCenter
 
 
 class _M(BaseModel):
@@ -143,6 +143,8 @@ class CheckInput(_M):
     #: Only for probes about the application's VMs (vsphere-concerns): which VMs, where.
     runbook: Runbook | None = None
     vcenter: VCenter | None = None
+    #: Only for dns probes: the site's DNS settings (defaults for server and TTL threshold).
+    dns: Dns | None = None
 
 
 class CheckResult(_M):

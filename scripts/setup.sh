@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl)
+# haproxy, bind9 (+utils) and prometheus are the real traffic/monitoring components the
+# tests and the lab drive; their services are never enabled, the tests start them.
+APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
+  bind9-utils prometheus)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

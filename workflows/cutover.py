@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
-    from cutover.site import VSphereConcernsProbe
+    from cutover.site import DnsProbe, VSphereConcernsProbe
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -425,6 +425,7 @@ class AppCutoverWorkflow:
                 probe=probe,
                 runbook=self._inp.runbook if about_vms else None,
                 vcenter=self._inp.site.vcenter if about_vms else None,
+                dns=self._inp.site.dns if isinstance(probe, DnsProbe) else None,
             )
             try:
                 res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)
