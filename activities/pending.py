@@ -40,13 +40,11 @@ PENDING: dict[str, str] = {
         )
     },
     **{
-        s.value: "the traffic adapters (HAProxy, DNS, smoke test)"
+        s.value: "the traffic adapters (HAProxy, smoke test)"
         for s in (
             Step.SMOKE_TEST,
             Step.UPDATE_LOAD_BALANCER,
-            Step.UPDATE_DNS,
             Compensation.RESTORE_LOAD_BALANCER,
-            Compensation.RESTORE_DNS,
             FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
         )
     },

@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.checks import CheckActivities
+from activities.dns import DnsActivities
 from activities.pending import pending_activities
 from activities.vsphere import ClientPool, VSphereActivities
 from cutover.telemetry import tracing_interceptor
@@ -38,7 +39,12 @@ PASSTHROUGH = (
 def default_activities() -> list[Callable[..., Any]]:
     """The real adapters, plus typed "not built yet" failures for the steps still pending."""
     vsphere = VSphereActivities(ClientPool())
-    real: list[Callable[..., Any]] = [CheckActivities(vsphere).run_check, *vsphere.activities()]
+    dns = DnsActivities()
+    real: list[Callable[..., Any]] = [
+        CheckActivities(vsphere).run_check,
+        *vsphere.activities(),
+        *dns.activities(),
+    ]
     names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
     return [*real, *pending_activities(exclude=names)]
 
