@@ -13,7 +13,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
+from cutover.catalog import Compensation, Step, WarmStep
 from cutover.models import StepInput, StepResult
 
 #: Which adapter each not-yet-built activity waits for.
@@ -39,15 +39,7 @@ PENDING: dict[str, str] = {
             Compensation.REMOVE_TARGET_DOMAIN,
         )
     },
-    **{
-        s.value: "the traffic adapters (HAProxy, smoke test)"
-        for s in (
-            Step.SMOKE_TEST,
-            Step.UPDATE_LOAD_BALANCER,
-            Compensation.RESTORE_LOAD_BALANCER,
-            FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
-        )
-    },
+    **{s.value: "the smoke test" for s in (Step.SMOKE_TEST,)},
 }
 
 

@@ -269,6 +269,18 @@ def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: st
             for i, name in enumerate(getattr(runbook, field))
             if name not in site.checks
         ]
+        needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
+                 "update_dns": ("dns", site.dns)}  # fmt: skip
+        problems += [
+            Problem(
+                str(path),
+                f"cutoverSteps[{i}]",
+                f"step '{step}' needs a `{needs[step][0]}` section in the site config "
+                f"{site_file}".rstrip(),
+            )
+            for i, step in enumerate(runbook.cutoverSteps)
+            if step in needs and needs[step][1] is None
+        ]
         if problems:
             raise ConfigError(problems)
     return runbook

@@ -15,7 +15,7 @@ from temporalio.client import Client
 from cutover import server
 from cutover.temporal import connect
 
-pytest_plugins = ["tests.vcsim_fixtures", "tests.bind_fixtures"]
+pytest_plugins = ["tests.vcsim_fixtures", "tests.bind_fixtures", "tests.haproxy_fixtures"]
 
 
 def free_port() -> int:

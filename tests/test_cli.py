@@ -45,7 +45,12 @@ async def acli(server: DevServer, *args: str) -> subprocess.CompletedProcess[str
 def write_files(tmp: Path, queue: str, **runbook: Any) -> tuple[str, str, str]:
     app = unique_app("cli")
     checks = {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS}
-    site = {"name": "cli-test", "taskQueue": queue, "checks": checks}
+    site = {
+        "name": "cli-test",
+        "taskQueue": queue,
+        "checks": checks,
+        "loadBalancer": {"socket": str(tmp / "haproxy.sock")},  # test activities stand in
+    }
     rb = {**SEED, "application": app, "rollbackWindowMinutes": 0.05, "checkIntervalSeconds": 0.3}
     rb.update(runbook)
     (tmp / "site.yaml").write_text(yaml.safe_dump(site))

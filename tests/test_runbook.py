@@ -85,6 +85,7 @@ def site_data(checks: set[str] | frozenset[str] = BUILTIN_CHECKS, **extra: Any) 
     data: dict[str, Any] = {
         "name": "lab",
         "checks": {name: {"type": "command", "argv": ["true"]} for name in sorted(checks)},
+        "loadBalancer": {"socket": "/run/haproxy/admin.sock"},
     }
     data.update(extra)
     return data
@@ -125,6 +126,16 @@ def test_seed_file_loads() -> None:
 def test_seed_file_loads_against_a_site_binding_every_builtin_check(tmp_path: Path) -> None:
     site = load_site(write(tmp_path, site_data(), "site.yaml"))
     assert load_runbook(EXAMPLE, site, "site.yaml") == load_runbook(EXAMPLE)
+
+
+def test_traffic_steps_need_their_site_section(tmp_path: Path) -> None:
+    no_lb = {k: v for k, v in site_data().items() if k != "loadBalancer"}
+    site = load_site(write(tmp_path, no_lb, "site.yaml"))
+    with pytest.raises(ConfigError) as info:
+        load_runbook(EXAMPLE, site, "site.yaml")
+    [problem] = info.value.problems
+    assert problem.path == "cutoverSteps[7]"
+    assert "update_load_balancer" in problem.message and "loadBalancer" in problem.message
 
 
 def test_seed_ordering_is_sane() -> None:

@@ -96,10 +96,10 @@ async def test_all_steps_succeed_in_runbook_order(client: Client) -> None:
         for c in ("restart_source", "remove_target_domain", "restore_load_balancer")
     )
     assert world.calls[-4:] == [
+        "retire_source_from_load_balancer",
         "remove_source_snapshot",
         "disconnect_source_nics",
         "mark_source_migrated",
-        "retire_source_from_load_balancer",
     ]
     assert result.downtimeSeconds is not None and result.downtimeSeconds > 0
     assert [s.name for s in result.steps if s.kind == "step"] == SEED_STEPS

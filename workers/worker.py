@@ -17,6 +17,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.checks import CheckActivities
 from activities.dns import DnsActivities
+from activities.loadbalancer import LoadBalancerActivities
 from activities.pending import pending_activities
 from activities.vsphere import ClientPool, VSphereActivities
 from cutover.telemetry import tracing_interceptor
@@ -44,6 +45,7 @@ def default_activities() -> list[Callable[..., Any]]:
         CheckActivities(vsphere).run_check,
         *vsphere.activities(),
         *dns.activities(),
+        *LoadBalancerActivities().activities(),
     ]
     names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
     return [*real, *pending_activities(exclude=names)]

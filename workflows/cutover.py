@@ -63,6 +63,10 @@ _LONG = {
     Step.FINAL_DATA_SYNC,
     Step.CONVERT_IMAGE,
     Step.ATTACH_TARGET_STORAGE_PROFILE,
+    # traffic steps wait on health checks and drains, heartbeating
+    Step.UPDATE_LOAD_BALANCER,
+    Compensation.RESTORE_LOAD_BALANCER,
+    FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
 }
 #: Errors no retry can fix; activities raise ApplicationError with these types.
 NON_RETRYABLE = ["ConfigError", "StepNotImplemented", "IntegrityError", "InvalidState"]
@@ -284,12 +288,19 @@ class AppCutoverWorkflow:
         rb = self._inp.runbook
         self._set_phase(Phase.FINALIZING)
         steps: list[str] = []
+        retire_lb = Step.UPDATE_LOAD_BALANCER in rb.cutoverSteps
+        # Retire the source from the LB before its NICs go: should a reload have put traffic
+        # back on the source, retiring re-applies the switch first. Patched so that
+        # cutovers already finalizing in the old order replay unchanged.
+        lb_first = workflow.patched("retire-lb-before-nics")
+        if retire_lb and lb_first:
+            steps.append(FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER)
         if Compensation.REMOVE_SOURCE_SNAPSHOT in self._compensations:
             steps.append(FinalizeStep.REMOVE_SOURCE_SNAPSHOT)
         if Step.QUIESCE_APPLICATION in rb.cutoverSteps:
             steps.append(FinalizeStep.DISCONNECT_SOURCE_NICS)
         steps.append(FinalizeStep.MARK_SOURCE_MIGRATED)
-        if Step.UPDATE_LOAD_BALANCER in rb.cutoverSteps:
+        if retire_lb and not lb_first:
             steps.append(FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER)
         problems: list[str] = []
         for step in steps:

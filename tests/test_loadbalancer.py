@@ -1,0 +1,363 @@
+"""The HAProxy traffic switch against a real HAProxy 2.6 and real HTTP backends.
+
+Each test gets its own HAProxy (tests/haproxy_fixtures.py). The activities are called
+directly (they are sync functions; outside a worker they skip heartbeats).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.loadbalancer import (
+    Address,
+    HAProxyRuntime,
+    LoadBalancerActivities,
+    ServerState,
+)
+from cutover.catalog import Compensation, FinalizeStep, Step
+from cutover.models import StepInput
+from cutover.site import SiteConfig
+from tests.haproxy_fixtures import APP, HAProxyLab, LoadGen, Sample
+
+ACTS = LoadBalancerActivities()
+
+
+def states(lab: HAProxyLab) -> dict[str, str]:
+    return {name: s.describe() for name, s in lab.servers().items()}
+
+
+def serving(lab: HAProxyLab) -> list[str]:
+    """Servers taking new traffic."""
+    return [name for name, s in lab.servers().items() if s.serving]
+
+
+def switch(lab: HAProxyLab, **kw: Any) -> Any:
+    kw.setdefault("target_address", lab.target.address)
+    return ACTS.update_load_balancer(lab.step_input(Step.UPDATE_LOAD_BALANCER, **kw))
+
+
+def rollback(lab: HAProxyLab, **kw: Any) -> Any:
+    return ACTS.restore_load_balancer(lab.step_input(Compensation.RESTORE_LOAD_BALANCER, **kw))
+
+
+def retire(lab: HAProxyLab, **kw: Any) -> Any:
+    kw.setdefault("target_address", lab.target.address)
+    step = FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER
+    return ACTS.retire_source_from_load_balancer(lab.step_input(step, **kw))
+
+
+def failures(samples: list[Sample]) -> list[str]:
+    return [s.error or "?" for s in samples if s.served_by is None]
+
+
+def served_by(samples: list[Sample], after: float, before: float = float("inf")) -> set[str]:
+    return {s.served_by or "FAILED" for s in samples if after < s.sent and s.done < before}
+
+
+# -------------------------------------------------------------------- under load
+
+
+def test_switch_and_rollback_under_load_lose_no_request(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    assert serving(lab) == ["source"]
+    with LoadGen(lab.frontend_port, threads=4, max_requests=6000, max_seconds=30) as load:
+        load.wait_for(400)
+        t0 = time.monotonic()
+        switched = switch(lab)
+        t1 = time.monotonic()
+        load.wait_for(800)
+        t2 = time.monotonic()
+        restored = rollback(lab)
+        t3 = time.monotonic()
+        load.wait_for(800)
+    samples = load.samples
+
+    assert len(samples) >= 2000
+    assert failures(samples) == []
+    # the load really ran through both switches
+    assert sum(1 for s in samples if t0 <= s.sent <= t1) >= 50
+    assert sum(1 for s in samples if t2 <= s.sent <= t3) >= 50
+    assert served_by(samples, 0, t0) == {"source"}
+    assert served_by(samples, t1, t2) == {"target"}
+    assert served_by(samples, t3) == {"source"}
+
+    assert switched.changed and restored.changed
+    assert switched.facts["lb_backend"] == APP
+    assert switched.facts["lb_target_address"] == lab.target.address
+    assert switched.facts["lb_previous_target_state"].startswith("maint/MAINT")
+    assert switched.facts["lb_previous_source_state"].startswith("ready/UP")
+    assert switched.details["drain_timed_out"] is False
+    assert restored.facts["lb_previous_target_state"].startswith("ready/UP")
+    assert serving(lab) == ["source"]
+    assert lab.servers()["target"].admin == "maint"
+
+
+@pytest.mark.parametrize("why", ["failing health checks", "nothing listening"])
+def test_a_target_that_never_gets_healthy_gives_up_and_the_source_keeps_serving(
+    haproxy_lab: HAProxyLab, why: str
+) -> None:
+    lab = haproxy_lab
+    if why == "failing health checks":
+        lab.target.failing = True
+        address = lab.target.address
+    else:  # leaving maintenance, HAProxy first marks even this one UP: it must get nothing
+        address = lab.placeholder
+    with LoadGen(lab.frontend_port, threads=2, max_requests=20_000, max_seconds=20) as load:
+        load.wait_for(100)
+        started = time.monotonic()
+        with pytest.raises(ApplicationError) as raised:
+            switch(lab, target_address=address, health_s=1)
+        elapsed = time.monotonic() - started
+        load.wait_for(100)
+
+    err = raised.value
+    assert err.type == "TargetUnhealthy"
+    assert err.non_retryable
+    assert err.message.startswith(
+        f"target {address} never became healthy in 1s; traffic stays on the source"
+    )
+    assert 1 <= elapsed < 2.5
+    assert failures(load.samples) == []
+    assert served_by(load.samples, 0) == {"source"}
+    after = lab.servers()
+    assert serving(lab) == ["source"]
+    assert after["target"].admin == "maint" and after["target"].weight == 1
+    # the compensation the workflow runs next finds nothing to undo
+    assert not rollback(lab).changed
+
+
+# ------------------------------------------------------------------ idempotency
+
+
+def test_switching_twice_changes_nothing_the_second_time(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    first = switch(lab)
+    after_first = states(lab)
+    second = switch(lab)
+    assert first.changed and not second.changed
+    assert states(lab) == after_first
+    # a no-op re-run does not overwrite what the first run recorded as "previous"
+    assert "lb_previous_source_state" not in second.facts
+    assert second.facts["lb_target_address"] == lab.target.address
+    assert {lab.get() for _ in range(10)} == {"target"}
+
+
+def test_compensating_a_switch_that_never_happened_is_a_no_op(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    before = states(lab)
+    result = rollback(lab)
+    assert not result.changed
+    assert states(lab) == before
+    assert result.facts == {"lb_backend": APP, "lb_serving": "source"}
+
+
+def test_retire_twice(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    assert switch(lab).changed
+    first, second = retire(lab), retire(lab)
+    assert not first.changed and not second.changed
+    assert first.facts["lb_source_retired"] == "maint"
+    assert "update the HAProxy config" in str(first.details["note"])
+    assert lab.servers()["source"].admin == "maint"
+    assert {lab.get() for _ in range(10)} == {"target"}
+
+
+def test_re_runs_finish_a_switch_or_rollback_interrupted_half_way(
+    haproxy_lab: HAProxyLab,
+) -> None:
+    """A worker that died mid-switch leaves HAProxy half-way: the retry completes it."""
+    lab = haproxy_lab
+    rt = lab.runtime()
+    # died after bringing the target up, before draining the source: both serve
+    for cmd in (
+        f"set server {APP}/target addr 127.0.0.1 port {lab.target.port}",
+        f"set server {APP}/target state ready",
+    ):
+        rt.command(cmd)
+    _wait(lambda: lab.servers()["target"].status == "UP")
+    assert sorted(serving(lab)) == ["source", "target"]
+    assert switch(lab).changed
+    assert serving(lab) == ["target"]
+    # a rollback that died after making the source serve again, while draining the target
+    rt.command(f"set server {APP}/source state ready")
+    rt.command(f"set server {APP}/target state drain")
+    _wait(lambda: lab.servers()["source"].status == "UP")
+    assert rollback(lab).changed
+    assert serving(lab) == ["source"]
+    assert lab.servers()["target"].admin == "maint"
+
+
+def _wait(cond: Any, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------ reload
+
+
+def test_after_a_reload_re_running_re_applies_the_switch(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    assert switch(lab).changed
+    assert lab.get() == "target"
+
+    lab.reload()  # SIGUSR2 to the master: the new worker starts from the config
+    reverted = lab.servers()
+    assert reverted["target"].admin == "maint"
+    assert str(reverted["target"].address) == lab.placeholder
+    assert serving(lab) == ["source"] and lab.get() == "source"
+
+    again = switch(lab)
+    assert again.changed
+    assert {lab.get() for _ in range(10)} == {"target"}
+    assert serving(lab) == ["target"]
+
+    # the finalize step re-applies it too (before the source VM is taken away)
+    lab.reload()
+    assert lab.get() == "source"
+    retired = retire(lab)
+    assert retired.changed
+    assert {lab.get() for _ in range(10)} == {"target"}
+
+
+def test_a_reload_in_the_middle_of_a_switch_is_retryable(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    lab.target.failing = True  # keeps the switch waiting for health checks
+    outcome: list[BaseException | Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(switch(lab, health_s=8))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    _wait(lambda: lab.servers()["target"].admin == "ready")
+    lab.reload()
+    worker.join(10)
+    assert not worker.is_alive()
+    err = outcome[0]
+    assert isinstance(err, ApplicationError), err
+    assert err.type == "LoadBalancerChanged" and not err.non_retryable
+    assert serving(lab) == ["source"]
+
+    lab.target.failing = False
+    assert switch(lab).changed  # what Temporal's retry does
+    assert serving(lab) == ["target"]
+
+
+# ------------------------------------------------------------------------ config
+
+
+def test_config_errors_change_nothing(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    before = states(lab)
+
+    def config_error(inp: StepInput) -> str:
+        with pytest.raises(ApplicationError) as raised:
+            ACTS.update_load_balancer(inp)
+        assert raised.value.type == "ConfigError" and raised.value.non_retryable
+        assert states(lab) == before
+        return str(raised.value)
+
+    step = Step.UPDATE_LOAD_BALANCER
+    msg = config_error(lab.step_input(step))
+    assert "no earlier step reported `target_address`" in msg
+    assert "endpoint.targetAddress" in msg
+    msg = config_error(lab.step_input(step, target_address="target.example:8080"))
+    assert "is not IP:port" in msg
+    msg = config_error(
+        lab.step_input(
+            step,
+            target_address=lab.target.address,
+            endpoint={"loadBalancer": {"targetServer": "green"}},
+        )
+    )
+    assert "no server named green" in msg and "source, target" in msg
+    msg = config_error(
+        lab.step_input(
+            step,
+            target_address=lab.target.address,
+            endpoint={"loadBalancer": {"backend": "nope"}},
+        )
+    )
+    assert "no backend named 'nope'" in msg
+    msg = config_error(
+        lab.step_input(
+            step,
+            target_address=lab.target.address,
+            endpoint={"loadBalancer": {"backend": "app;shutdown"}},
+        )
+    )
+    assert "not a valid HAProxy name" in msg
+    no_lb = lab.step_input(step, target_address=lab.target.address)
+    no_lb.context.site = SiteConfig(name="lab")
+    assert "no `loadBalancer` section" in config_error(no_lb)
+    # ... and its compensation, registered before it ran, has nothing to undo
+    no_lb.step = Compensation.RESTORE_LOAD_BALANCER
+    assert not ACTS.restore_load_balancer(no_lb).changed
+    assert lab.get() == "source"
+
+
+def test_the_reported_target_address_wins_over_the_runbook(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    result = switch(
+        lab,
+        target_address=lab.placeholder,  # the runbook's guess, before power-on
+        facts={"target_address": lab.target.address},  # what power_on_target reported
+    )
+    assert result.facts["lb_target_address"] == lab.target.address
+    assert lab.get() == "target"
+
+
+def test_unreachable_socket_is_retryable(tmp_path: Any) -> None:
+    rt = HAProxyRuntime(str(tmp_path / "nothing.sock"), reconnect_for=0.2)
+    with pytest.raises(ApplicationError) as raised:
+        rt.state(APP)
+    assert raised.value.type == "LoadBalancerUnavailable"
+    assert not raised.value.non_retryable
+
+
+def test_addresses() -> None:
+    assert str(Address.parse("10.0.0.5:8080")) == "10.0.0.5:8080"
+    assert str(Address.parse("[::1]:80")) == "[::1]:80"
+    assert Address.parse("[0:0::1]:80") == Address("::1", 80)
+    for bad in ("10.0.0.5", "10.0.0.5:0", "10.0.0.5:http", "host:80", ":80", "::1:80x"):
+        with pytest.raises(ApplicationError, match="is not IP:port"):
+            Address.parse(bad)
+
+
+def test_state_reports_every_server(haproxy_lab: HAProxyLab) -> None:
+    servers = haproxy_lab.servers()
+    assert set(servers) == {"source", "target"}
+    src, tgt = servers["source"], servers["target"]
+    assert isinstance(src, ServerState)
+    assert (src.admin, src.op, src.status, src.weight, src.checked) == (
+        "ready",
+        "UP",
+        "UP",
+        1,
+        True,
+    )
+    assert str(src.address) == haproxy_lab.source.address
+    assert (tgt.admin, tgt.status, str(tgt.address)) == ("maint", "MAINT", haproxy_lab.placeholder)
+
+
+def test_inside_an_activity_it_heartbeats_while_waiting(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    env = ActivityEnvironment()
+    beats: list[Any] = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    inp = lab.step_input(Step.UPDATE_LOAD_BALANCER, target_address=lab.target.address)
+    result = env.run(ACTS.update_load_balancer, inp)
+    assert result.changed and result.attempt == 1
+    assert beats and beats[0]["waiting"] == "health check"
+    assert beats[0]["server"] == f"{APP}/target"
