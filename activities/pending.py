@@ -1,4 +1,4 @@
-"""Steps whose adapters are not built yet (disks, libvirt, traffic).
+"""Steps whose adapters are not built yet (the disk data path, the libvirt target).
 
 Registered under the real activity names so a cutover that reaches one fails at once,
 non-retryably, with the step named, and then unwinds, instead of hanging in a task queue
@@ -39,7 +39,6 @@ PENDING: dict[str, str] = {
             Compensation.REMOVE_TARGET_DOMAIN,
         )
     },
-    **{s.value: "the smoke test" for s in (Step.SMOKE_TEST,)},
 }
 
 

@@ -15,7 +15,12 @@ from temporalio.client import Client
 from cutover import server
 from cutover.temporal import connect
 
-pytest_plugins = ["tests.vcsim_fixtures", "tests.bind_fixtures", "tests.haproxy_fixtures"]
+pytest_plugins = [
+    "tests.vcsim_fixtures",
+    "tests.bind_fixtures",
+    "tests.haproxy_fixtures",
+    "tests.prometheus_fixtures",
+]
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""The check probes (command, http, tcp) against real local processes and sockets."""
+"""The check probes (command, http, tcp, prometheus) against real local processes, sockets and
+a real Prometheus server; dns dispatch to `activities.dns`. SLO sampling: tests/test_slo.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,13 +16,14 @@ import pytest
 
 from activities.checks import CheckActivities
 from cutover.models import CheckInput, CheckResult
-from cutover.site import CommandProbe, HttpProbe, TcpProbe
+from cutover.site import CommandProbe, DnsProbe, HttpProbe, PrometheusProbe, TcpProbe
+from tests.prometheus_fixtures import App, Prometheus
 
 
-def run(probe: Any) -> CheckResult:
+def run(probe: Any, phase: Any = "post") -> CheckResult:
     import asyncio
 
-    inp = CheckInput(name="c", phase="post", application="app", probe=probe)
+    inp = CheckInput(name="c", phase=phase, application="app", probe=probe)
     return asyncio.run(CheckActivities().run_check(inp))
 
 
@@ -99,3 +102,111 @@ def test_tcp_probe(http_port: int) -> None:
     assert ok.passed and ok.measured is not None and ok.measured.startswith("connected")
     closed = run(TcpProbe(type="tcp", host="127.0.0.1", port=_free_port(), timeoutSeconds=1))
     assert not closed.passed and closed.measured == "no connection"
+
+
+# ------------------------------------------------------------------ error rate
+
+
+def test_error_rate_below_threshold_fails_on_5xx(app: App) -> None:
+    # error_rate_below_threshold as a site binds it: 40 samples, at most 5% errors.
+    probe = HttpProbe(
+        type="http", url=f"{app.url}/api", samples=40, concurrency=4, maxErrorRate=0.05
+    )
+    healthy = run(probe)
+    assert healthy.passed, healthy.describe()
+    assert healthy.measured is not None and healthy.measured.endswith("errors 0/40")
+    assert healthy.threshold == "status 200, error rate <= 5% (40 samples, 4 concurrent)"
+
+    app.reset(lambda i: (0.0, 503 if i % 4 == 0 else 200))  # a quarter fail
+    broken = run(probe)
+    assert not broken.passed
+    assert broken.measured is not None and broken.measured.endswith("errors 10/40")
+    assert "error rate 25% (10/40) > 5%" in broken.detail
+    assert "errors: status 503 x10" in broken.detail
+    assert app.served[503] == 10
+
+
+# ------------------------------------------------------------------ prometheus
+
+
+def prom(p: Prometheus, query: str, **kw: Any) -> PrometheusProbe:
+    return PrometheusProbe(type="prometheus", url=p.url, query=query, timeoutSeconds=5, **kw)
+
+
+def test_prometheus_probe_compares_the_value(prometheus: Prometheus, scraped_app: App) -> None:
+    scraped_app.gauges["app_error_ratio"] = 0.01
+    prometheus.wait_for("app_error_ratio", 0.01)
+    ok = run(prom(prometheus, "app_error_ratio", op="<=", threshold=0.02))
+    assert ok.passed, ok.describe()
+    assert ok.measured == "0.01"
+    assert ok.threshold == "value <= 0.02 (an empty result fails)"
+    assert not run(prom(prometheus, "app_error_ratio", op=">", threshold=0.02)).passed
+    assert run(prom(prometheus, "app_error_ratio", op="==", threshold=0.01)).passed
+
+    # the application starts failing: the next scrape shows it, and the probe fails
+    scraped_app.gauges["app_error_ratio"] = 0.5
+    prometheus.wait_for("app_error_ratio", 0.5)
+    bad = run(prom(prometheus, "app_error_ratio", op="<=", threshold=0.02))
+    assert not bad.passed and bad.measured == "0.5"
+    assert "app_error_ratio" in bad.describe()
+
+    # a scalar result is one value too
+    scalar = run(prom(prometheus, "scalar(app_error_ratio) * 2", op="<", threshold=2))
+    assert scalar.passed and scalar.measured == "1"
+
+
+def test_prometheus_probe_empty_several_series_and_errors(
+    prometheus: Prometheus, scraped_app: App
+) -> None:
+    scraped_app.gauges['app_queue_depth{queue="a"}'] = 1
+    scraped_app.gauges['app_queue_depth{queue="b"}'] = 2
+    prometheus.wait_for("sum(app_queue_depth)", 3)
+
+    missing = "app_signal_that_does_not_exist"
+    empty = run(prom(prometheus, missing, threshold=1))
+    assert not empty.passed and empty.measured == "empty result"
+    assert "returned no series" in empty.detail
+    empty_ok = run(prom(prometheus, missing, threshold=1, emptyPasses=True))
+    assert empty_ok.passed and empty_ok.threshold is not None
+    assert "(an empty result passes)" in empty_ok.threshold
+
+    several = run(prom(prometheus, "app_queue_depth", threshold=10))
+    assert not several.passed and several.measured == "2 series"
+    assert 'queue="a"}' in several.detail and "aggregate" in several.detail
+    assert run(prom(prometheus, "sum(app_queue_depth)", op="<=", threshold=3)).passed
+
+    bad_query = run(prom(prometheus, "sum(app_queue_depth", threshold=1))
+    assert not bad_query.passed and bad_query.measured == "query error"
+    assert "bad_data" in bad_query.detail and "parse error" in bad_query.detail
+
+    matrix = run(prom(prometheus, "app_queue_depth[1m]", threshold=1))
+    assert not matrix.passed and "returned a matrix" in matrix.detail
+
+    nowhere = PrometheusProbe(
+        type="prometheus",
+        url=f"http://127.0.0.1:{_free_port()}",
+        query="up",
+        threshold=1,
+        timeoutSeconds=1,
+    )
+    down = run(nowhere)
+    assert not down.passed and down.measured == "no response"
+
+
+# ------------------------------------------------------------------------ dns
+
+
+def test_dns_probe_is_dispatched_to_activities_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[CheckInput, DnsProbe]] = []
+
+    def dns_probe(inp: CheckInput, probe: DnsProbe) -> CheckResult:
+        seen.append((inp, probe))
+        return CheckResult(name=inp.name, phase=inp.phase, passed=True, measured="ttl 30")
+
+    fake = types.ModuleType("activities.dns")
+    fake.dns_probe = dns_probe  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "activities.dns", fake)
+    probe = DnsProbe(type="dns", name="app.example.test")
+    res = run(probe)
+    assert res.passed and res.measured == "ttl 30"
+    assert len(seen) == 1 and seen[0][1] == probe and seen[0][0].name == "c"

@@ -19,6 +19,7 @@ from activities.checks import CheckActivities
 from activities.dns import DnsActivities
 from activities.loadbalancer import LoadBalancerActivities
 from activities.pending import pending_activities
+from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
 from cutover.telemetry import tracing_interceptor
 from workflows.cutover import AppCutoverWorkflow
@@ -43,6 +44,7 @@ def default_activities() -> list[Callable[..., Any]]:
     dns = DnsActivities()
     real: list[Callable[..., Any]] = [
         CheckActivities(vsphere).run_check,
+        SmokeActivities().smoke_test,
         *vsphere.activities(),
         *dns.activities(),
         *LoadBalancerActivities().activities(),

@@ -69,7 +69,14 @@ _LONG = {
     FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
 }
 #: Errors no retry can fix; activities raise ApplicationError with these types.
-NON_RETRYABLE = ["ConfigError", "StepNotImplemented", "IntegrityError", "InvalidState"]
+NON_RETRYABLE = [
+    "ConfigError",
+    "StepNotImplemented",
+    "IntegrityError",
+    "InvalidState",
+    "SmokeTestFailed",
+    "TargetUnhealthy",
+]
 
 
 def workflow_id_for(application: str) -> str:
