@@ -275,6 +275,30 @@ def cmd_concerns(args: argparse.Namespace) -> int:
     return EXIT_FAILED if critical else EXIT_OK
 
 
+def cmd_lower_ttl(args: argparse.Namespace) -> int:
+    """The optional preparation step: lower the application's DNS TTL ahead of its wave."""
+    from activities.dns import lower_ttl
+    from cutover.site import load_runbook, load_site
+
+    site = load_site(args.site)
+    runbook = load_runbook(args.runbook, site, args.site)
+    if site.dns is None or runbook.endpoint.dns is None:
+        raise ValueError(
+            f"{args.runbook}: endpoint.dns and {args.site}: dns are both needed to lower a TTL"
+        )
+    ttl = min(runbook.endpoint.dns.ttl, site.dns.ttlThresholdSeconds)
+    done = lower_ttl(site.dns, runbook.endpoint.dns.name, ttl)
+    msg = (
+        f"{done.name}: TTL {done.previous_ttl}s -> {done.ttl}s; dns_ttl_lowered passes once "
+        f"the old TTL has passed ({done.previous_ttl}s)"
+        if done.changed
+        else f"{done.name}: TTL already {done.ttl}s, nothing changed"
+    )
+    _print({"name": done.name, "ttl": done.ttl, "previousTtl": done.previous_ttl,
+            "changed": done.changed}, args.json, msg)  # fmt: skip
+    return EXIT_OK
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from cutover import server
 
@@ -358,6 +382,10 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--inventory", help="an inventory JSON file (`cutover inventory --json`)")
     sp.add_argument("--vm", action="append", default=[], help="only this VM (repeatable)")
 
+    sp = add("lower-ttl", "Lower an application's DNS TTL ahead of its wave (preparation).")
+    sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file (its endpoint.dns)")
+    sp.add_argument("--site", required=True, help="site config YAML file (its dns)")
+
     sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
     sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
     sp.add_argument("--port", type=int, default=7233, help="frontend gRPC port")
@@ -381,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inventory(args)
         if args.command == "concerns":
             return cmd_concerns(args)
+        if args.command == "lower-ttl":
+            return cmd_lower_ttl(args)
         if args.command == "run":
             return asyncio.run(_run(args))
         if args.command == "status":
