@@ -8,16 +8,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(golang-go golang-github-vmware-govmomi-dev)
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  echo "build-vcsim: installing Debian packages: ${missing[*]}" >&2
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib.sh
+ensure_apt build-vcsim "${APT_PACKAGES[@]}"
 
 src=lab/vcsim/main.go
 bin=.cutover/bin/vcsim

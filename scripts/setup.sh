@@ -9,16 +9,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
   bind9-utils prometheus)
 
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-  echo "setup: installing Debian packages: ${missing[*]}" >&2
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source scripts/lib.sh
+ensure_apt setup "${APT_PACKAGES[@]}"
 
 # Our vSphere API simulator (Debian's govmomi source + lab/vcsim/main.go), for tests and lab.
 bash scripts/build-vcsim.sh
