@@ -25,6 +25,7 @@ from pydantic import (
 
 from cutover.config import ConfigError, Problem, load_file
 from cutover.runbook import Runbook
+from cutover.templating import TEMPLATED, check_placeholders
 
 _CHECK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _SECRET_KEYS = ("password", "secret", "token", "apikey", "api_key")
@@ -127,6 +128,22 @@ class Dns(_Model):
 
 
 class _Probe(_Model):
+    """Common to all probes. Where to probe (`url`, `argv`, `host`, `name`, `server`,
+    `query`) may use `{placeholders}` (cutover.templating), filled in per application."""
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> _Probe:
+        for name, value in self:
+            if name not in TEMPLATED:
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str) and "{" in v:
+                    try:
+                        check_placeholders(v)
+                    except ValueError as exc:
+                        raise ValueError(f"`{name}`: {exc}") from None
+        return self
+
     #: Consecutive failures before a rollback criterion fires (1 = the first failure).
     failAfter: Annotated[StrictInt, Field(ge=1, le=100)] = 1
     timeoutSeconds: Seconds = 10

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         WorkflowInput,
     )
     from cutover.site import DnsProbe, VSphereConcernsProbe
+    from cutover.templating import expand, values_for
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -434,7 +435,7 @@ class AppCutoverWorkflow:
 
     async def _run_checks(self, names: list[str], phase: CheckPhase) -> list[CheckResult]:
         async def one(name: str) -> CheckResult:
-            probe = self._inp.site.checks[name]
+            probe = expand(self._inp.site.checks[name], values_for(self._inp.runbook, self._facts))
             about_vms = isinstance(probe, VSphereConcernsProbe)
             inp = CheckInput(
                 name=name,
