@@ -6,11 +6,21 @@ cd "$(dirname "$0")/.."
 
 # haproxy, bind9 (+utils) and prometheus are the real traffic/monitoring components the
 # tests and the lab drive; their services are never enabled, the tests start them.
+# qemu-utils, qemu-system-x86 and the libvirt daemon/driver are the KVM target the tests
+# define real domains on (libvirtd and embedded QEMU are started by the tests themselves).
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
-  bind9-utils prometheus)
+  bind9-utils prometheus qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu
+  libvirt-clients)
 
 source scripts/lib.sh
 ensure_apt setup "${APT_PACKAGES[@]}"
+
+# libvirt's QEMU driver looks its default user and group up even when qemu.conf overrides
+# them (no systemd here creates them).
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
+getent passwd libvirt-qemu >/dev/null ||
+  $SUDO useradd -r -g libvirt-qemu -s /usr/sbin/nologin libvirt-qemu
 
 # Our vSphere API simulator (Debian's govmomi source + lab/vcsim/main.go), for tests and lab.
 bash scripts/build-vcsim.sh

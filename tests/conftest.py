@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.bind_fixtures",
     "tests.haproxy_fixtures",
     "tests.prometheus_fixtures",
+    "tests.libvirt_fixtures",
 ]
 
 

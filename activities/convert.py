@@ -1,0 +1,342 @@
+"""Disk image conversion on the conversion host: staged raw/VMDK disks to the target format.
+
+`QemuImgConverter` runs `qemu-img` (Debian `qemu-utils`) without a shell, parses its `-p`
+progress into heartbeats and verifies what it wrote (`qemu-img check` for qcow2,
+`qemu-img compare` of source against output). It converts the *container* only. What it does
+NOT change inside the guest, and what virt-v2v would do for a real guest:
+
+- install/enable virtio drivers (virtio-blk/scsi/net) -- Windows has none in the box, so a
+  Windows guest converted by qemu-img alone cannot boot from a virtio disk;
+- remove VMware Tools and open-vm-tools, and install the QEMU guest agent;
+- rebuild the initramfs so virtio modules load at boot (dracut/update-initramfs);
+- rewrite /etc/fstab and bootloader entries that name disks by VMware-specific ids
+  (`/dev/sdX`, `/dev/disk/by-id/scsi-...`) instead of UUIDs or labels;
+- rewrite network configuration tied to the old NIC (vmxnet3 names, udev persistent rules,
+  Windows adapter settings and static IPs).
+
+virt-v2v is not implemented here; `virt_v2v_available()` tells whether it is installed, so a
+converter behind the same `Converter` protocol can be chosen where it is.
+
+Facts read: `staging_path.<diskKey>` (the warm copy's staged disk, inside the site's
+`stagingDir`). Facts written: `converted_path.<diskKey>`, `converted_format.<diskKey>`.
+Errors: `ConfigError`, `PathRejected`, `NotFound`, `ToolMissing`, `VerificationFailed`
+(non-retryable); `ConversionFailed` (retryable: I/O, space).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal, Protocol
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from cutover.catalog import Compensation, Step
+from cutover.inventory import VM
+from cutover.models import StepInput, StepResult
+from cutover.site import SiteConfig, StorageMapping
+
+SourceFormat = Literal["raw", "vmdk"]
+TargetFormat = Literal["qcow2", "raw"]
+Progress = Callable[[float], None]
+
+#: A name that can become one path component: no separators, no `..`, no shell metacharacters.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+STAGING_FACT = "staging_path."
+CONVERTED_FACT = "converted_path."
+FORMAT_FACT = "converted_format."
+
+
+def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=not retryable)
+
+
+def _attempt() -> int:
+    return activity.info().attempt if activity.in_activity() else 1
+
+
+def _heartbeat(details: dict[str, Any]) -> None:
+    if activity.in_activity():
+        activity.heartbeat(details)
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def safe_name(name: str, what: str) -> str:
+    """`name` if it can be one path component; else a non-retryable `PathRejected`."""
+    if not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise _error(
+            "PathRejected",
+            f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (starting with "
+            "a letter or digit, no '..'): it names a file and must not leave its directory",
+        )
+    return name
+
+
+def confined(root: Path, candidate: str | Path, what: str) -> Path:
+    """`candidate` resolved (symlinks too) if it lies inside `root`; else `PathRejected`."""
+    base = root.resolve()
+    path = Path(candidate)
+    if not path.is_absolute():
+        path = base / path
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise _error("PathRejected", f"{what} {str(candidate)!r} is outside {base}")
+    return resolved
+
+
+def staging_dir(site: SiteConfig) -> Path:
+    if not site.stagingDir:
+        raise _error("ConfigError", "the site config sets no `stagingDir`")
+    return Path(site.stagingDir)
+
+
+def disk_keys(facts: dict[str, str], prefix: str) -> list[str]:
+    return sorted(k[len(prefix) :] for k in facts if k.startswith(prefix))
+
+
+def mapping_for(site: SiteConfig, vms: Sequence[VM], disk_key: str) -> StorageMapping:
+    """The storage mapping of the disk's datastore (the only mapping when one; else
+    a `ConfigError`). A site without mappings converts to qcow2 in pool `default`."""
+    datastore = next((d.datastore for vm in vms for d in vm.disks if str(d.key) == disk_key), None)
+    maps = site.storageMappings
+    for m in maps:
+        if datastore is not None and m.sourceDatastore == datastore:
+            return m
+    if len(maps) == 1:
+        return maps[0]
+    if not maps:
+        return StorageMapping(sourceDatastore="*", targetPool="default")
+    raise _error(
+        "ConfigError",
+        f"disk {disk_key}: no storage mapping for datastore {datastore!r} "
+        f"(mapped: {', '.join(m.sourceDatastore for m in maps)})",
+    )
+
+
+def output_name(application: str, disk_key: str, fmt: str) -> str:
+    """The converted image's file name (distinct from any staged name the warm copy uses)."""
+    app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
+    return f"{app}-{key}-target.{fmt}"
+
+
+# ------------------------------------------------------------------------- qemu-img
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise _error("ToolMissing", f"{name} is not installed (Debian package qemu-utils)")
+    return path
+
+
+def virt_v2v_available() -> bool:
+    """Whether virt-v2v is installed (a converter that also fixes the guest; not built)."""
+    return shutil.which("virt-v2v") is not None
+
+
+def image_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
+    """`qemu-img info --output=json` (format given explicitly when known: no probing)."""
+    argv = [_tool("qemu-img"), "info", "--output=json"]
+    if fmt:
+        argv += ["-f", fmt]
+    done = subprocess.run([*argv, str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise _error("NotFound", f"qemu-img info {path}: {done.stderr.strip()}")
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def source_format(path: Path) -> SourceFormat:
+    """By name, never by probing content (a raw guest disk may hold any header)."""
+    return "vmdk" if path.suffix.lower() == ".vmdk" else "raw"
+
+
+class Converter(Protocol):
+    """Turns a source image into a target image; virt-v2v would plug in here."""
+
+    name: str
+
+    def convert(
+        self,
+        source: Path,
+        source_format: SourceFormat,
+        target: Path,
+        target_format: TargetFormat,
+        progress: Progress | None = None,
+    ) -> None: ...
+
+    def verify(
+        self, source: Path, source_format: SourceFormat, target: Path, target_format: TargetFormat
+    ) -> None: ...
+
+
+def _pump_progress(stream: IO[bytes], progress: Progress | None) -> None:
+    buf = b""
+    while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+        buf = (buf + chunk)[-256:]
+        found = _PROGRESS.findall(buf)
+        if found and progress is not None:
+            progress(float(found[-1]))
+            buf = b""
+
+
+@dataclass
+class QemuImgConverter:
+    name: str = "qemu-img"
+    #: Extra options for `qemu-img convert` (e.g. ["-W"] for out-of-order writes).
+    extra: list[str] = field(default_factory=list)
+
+    def argv(self, source: Path, source_format: str, target: Path, target_format: str) -> list[str]:
+        return [
+            _tool("qemu-img"), "convert", "-p", *self.extra,
+            "-f", source_format, "-O", target_format, str(source), str(target),
+        ]  # fmt: skip
+
+    def convert(
+        self,
+        source: Path,
+        source_format: SourceFormat,
+        target: Path,
+        target_format: TargetFormat,
+        progress: Progress | None = None,
+    ) -> None:
+        argv = self.argv(source, source_format, target, target_format)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        err: list[bytes] = []
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        _pump_progress(proc.stdout, progress)
+        code = proc.wait()
+        reader.join()
+        if code != 0:
+            message = b"".join(err).decode(errors="replace").strip()
+            raise _error(
+                "ConversionFailed", f"qemu-img convert {source} -> {target}: {message}", True
+            )
+        if progress is not None:
+            progress(100.0)
+
+    def verify(
+        self, source: Path, source_format: SourceFormat, target: Path, target_format: TargetFormat
+    ) -> None:
+        qemu_img = _tool("qemu-img")
+        if target_format == "qcow2":
+            done = subprocess.run(
+                [qemu_img, "check", "-f", "qcow2", str(target)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise _error(
+                    "VerificationFailed",
+                    f"qemu-img check {target} (exit {done.returncode}): "
+                    f"{(done.stdout + done.stderr).strip()}",
+                )
+        done = subprocess.run(
+            [qemu_img, "compare", "-f", source_format, "-F", target_format,
+             str(source), str(target)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise _error(
+                "VerificationFailed",
+                f"qemu-img compare {source} {target} (exit {done.returncode}): "
+                f"{(done.stdout + done.stderr).strip()}",
+            )
+
+
+# ------------------------------------------------------------------------ activities
+
+#: What a step learns about the source VMs (for storage mappings and the domain XML).
+VmSource = Callable[[StepInput], list[VM]]
+
+SOURCE_VM_FACT = "source_vm."
+
+
+def vms_from_facts(inp: StepInput) -> list[VM]:
+    """Source VM models published as facts `source_vm.<name>` (VM model JSON)."""
+    facts = inp.context.facts
+    return [VM.model_validate_json(facts[k]) for k in sorted(facts) if k.startswith(SOURCE_VM_FACT)]
+
+
+@dataclass
+class ConvertActivities:
+    converter: Converter = field(default_factory=QemuImgConverter)
+    vm_source: VmSource = vms_from_facts
+    verify: bool = True
+
+    def _plan(self, inp: StepInput) -> list[tuple[str, Path, Path, TargetFormat]]:
+        """(disk key, source, output, format) for each staged disk; checks every path
+        before anything is touched."""
+        ctx = inp.context
+        root = staging_dir(ctx.site)
+        keys = disk_keys(ctx.facts, STAGING_FACT)
+        if not keys:
+            raise _error("NotFound", "no staged disks: facts `staging_path.<diskKey>` are absent")
+        vms = self.vm_source(inp)
+        plan = []
+        for key in keys:
+            source = confined(root, ctx.facts[STAGING_FACT + key], f"staged disk {key}")
+            fmt = mapping_for(ctx.site, vms, key).format
+            out = confined(root, output_name(ctx.application, key, fmt), "converted image")
+            plan.append((key, source, out, fmt))
+        return plan
+
+    @activity.defn(name=Step.CONVERT_IMAGE)
+    def convert_image(self, inp: StepInput) -> StepResult:
+        plan = self._plan(inp)
+        facts: dict[str, str] = {}
+        details: dict[str, str | int | float | bool] = {"converter": self.converter.name}
+        for key, source, out, fmt in plan:
+            if not source.is_file():
+                raise _error("NotFound", f"staged disk {key} is missing: {source}")
+            src_fmt = source_format(source)
+            part = out.with_name(out.name + ".part")
+            part.unlink(missing_ok=True)
+
+            def beat(pct: float, key: str = key) -> None:
+                _heartbeat({"disk": key, "percent": pct})
+
+            self.converter.convert(source, src_fmt, part, fmt, beat)
+            if self.verify:
+                self.converter.verify(source, src_fmt, part, fmt)
+            os.replace(part, out)
+            facts[CONVERTED_FACT + key] = str(out)
+            facts[FORMAT_FACT + key] = fmt
+            details[f"bytes.{key}"] = out.stat().st_size
+        details["verified"] = self.verify
+        return StepResult(step=inp.step, facts=facts, details=details, attempt=_attempt())
+
+    @activity.defn(name=Compensation.REMOVE_CONVERTED_IMAGE)
+    def remove_converted_image(self, inp: StepInput) -> StepResult:
+        """Delete the converted images (and partial ones); a no-op when none exist."""
+        ctx = inp.context
+        root = staging_dir(ctx.site)
+        removed: list[str] = []
+        for key in disk_keys(ctx.facts, STAGING_FACT) or disk_keys(ctx.facts, CONVERTED_FACT):
+            for fmt in ("qcow2", "raw"):
+                out = confined(root, output_name(ctx.application, key, fmt), "converted image")
+                for path in (out, out.with_name(out.name + ".part")):
+                    if path.is_file():
+                        path.unlink()
+                        removed.append(path.name)
+        return StepResult(
+            step=inp.step,
+            changed=bool(removed),
+            details={"removed": ",".join(removed)},
+            attempt=_attempt(),
+        )
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.convert_image, self.remove_converted_image]

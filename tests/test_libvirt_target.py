@@ -1,0 +1,264 @@
+"""The libvirt target against real libvirt: the test driver for the fast cases, an embedded
+QEMU driver for a real domain, a libvirtd started here for storage upload streams."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.convert import ConvertActivities
+from activities.libvirt_target import LibvirtTarget, open_connection
+from cutover.inventory import VM, Disk, Nic
+from cutover.models import StepContext, StepInput
+from cutover.runbook import Runbook
+from cutover.site import Libvirt, NetworkMapping, SiteConfig, StorageMapping
+from tests.libvirt_fixtures import make_raw, make_vmdk
+
+SIZE = 8 << 20
+
+
+def make_vm(firmware: str = "bios", guest: str = "debian12_64Guest") -> VM:
+    return VM(
+        moref="vm-7",
+        name="web-1",
+        numCpu=2,
+        coresPerSocket=1,
+        memoryMB=64,
+        firmware=firmware,
+        guestId=guest,
+        disks=[Disk(key=2000, capacityBytes=SIZE, datastore="ds1")],
+        nics=[
+            Nic(key=4000, macAddress="00:50:56:AA:BB:01", network="VM Network"),
+            Nic(key=4001, macAddress="00:50:56:aa:bb:02", network="backup-net"),
+            Nic(key=4002, macAddress="00:50:56:aa:bb:03", network="unmapped"),
+        ],
+    )
+
+
+def step_input(
+    uri: str,
+    staging: Path,
+    facts: dict[str, str],
+    vm: VM | None = None,
+    step: str = "power_on_target",
+    target_address: str | None = "192.0.2.10:8080",
+) -> StepInput:
+    site = SiteConfig(
+        stagingDir=str(staging),
+        libvirt=Libvirt(uri=uri),
+        storageMappings=[StorageMapping(sourceDatastore="ds1", targetPool="cutover-test")],
+        networkMappings=[
+            NetworkMapping(sourceNetwork="VM Network", targetNetwork="default"),
+            NetworkMapping(sourceNetwork="backup-net", targetNetwork="backup", keepMac=False),
+        ],
+    )
+    runbook = Runbook.model_validate(
+        {
+            "application": "web",
+            "wave": 1,
+            "sourcePlatform": "vmware-vsphere",
+            "sourceCluster": "c1",
+            "targetPlatform": "kvm-libvirt",
+            "rollbackWindowMinutes": 5,
+            "cutoverSteps": ["convert_image"],
+            "endpoint": {"targetAddress": target_address} if target_address else {},
+        }
+    )
+    vm = vm or make_vm()
+    ctx = StepContext(
+        workflowId="wf-1",
+        application="web",
+        wave="1",
+        runbook=runbook,
+        site=site,
+        facts={**facts, f"source_vm.{vm.name}": vm.model_dump_json()},
+    )
+    return StepInput(step=step, context=ctx)
+
+
+# ------------------------------------------------------------ test:///default (fast)
+
+
+@pytest.fixture
+def test_target() -> Any:
+    target = LibvirtTarget()
+    yield target
+    target.close()
+
+
+def disk_facts(path: Path, fmt: str = "qcow2") -> dict[str, str]:
+    return {"target_volume.2000": str(path), "target_format.2000": fmt}
+
+
+def test_domain_xml_content(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    inp = step_input("test:///default", tmp_path, disk_facts(tmp_path / "web.qcow2"))
+    result = test_target.power_on_target(inp)
+    assert result.changed and result.facts["target_domain"] == "web"
+    assert result.facts["target_address"] == "192.0.2.10:8080"
+    conn = test_target._conn(inp.context.site)
+    root = ET.fromstring(conn.lookupByName("web").XMLDesc(0))
+    assert root.findtext("vcpu") == "2"
+    assert int(root.findtext("memory") or 0) == 64 * 1024  # KiB
+    assert root.find("devices/graphics") is None
+    disk = root.find("devices/disk")
+    assert disk is not None
+    assert disk.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
+    assert disk.find("driver").get("type") == "qcow2"  # type: ignore[union-attr]
+    assert disk.find("source").get("file") == str(tmp_path / "web.qcow2")  # type: ignore[union-attr]
+    ifaces = root.findall("devices/interface")
+    # "default" exists on the test driver, "backup" does not: user-mode networking
+    assert [i.get("type") for i in ifaces] == ["network", "user", "user"]
+    assert ifaces[0].find("source").get("network") == "default"  # type: ignore[union-attr]
+    assert ifaces[0].find("mac").get("address") == "00:50:56:aa:bb:01"  # type: ignore[union-attr]
+    # keepMac false: libvirt assigns a new MAC
+    assert ifaces[1].find("mac").get("address") != "00:50:56:aa:bb:02"  # type: ignore[union-attr]
+    assert ifaces[2].find("mac").get("address") == "00:50:56:aa:bb:03"  # type: ignore[union-attr]
+    assert all(i.find("model").get("type") == "virtio" for i in ifaces)  # type: ignore[union-attr]
+    test_target.remove_target_domain(inp)
+
+
+def test_idempotent_and_compensation(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    inp = step_input("test:///default", tmp_path, disk_facts(tmp_path / "web.qcow2"))
+    assert test_target.power_on_target(inp).changed
+    again = test_target.power_on_target(inp)
+    assert not again.changed  # reused, left running
+    conn = test_target._conn(inp.context.site)
+    dom = conn.lookupByName("web")
+    dom.destroy()  # defined but stopped: started again, not redefined
+    assert test_target.power_on_target(inp).changed and dom.isActive()
+    assert test_target.remove_target_domain(inp).changed
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("web")
+    assert not test_target.remove_target_domain(inp).changed  # no-op when absent
+
+
+def test_foreign_domain_untouched(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    inp = step_input("test:///default", tmp_path, disk_facts(tmp_path / "web.qcow2"))
+    conn = test_target._conn(inp.context.site)
+    conn.defineXML(
+        "<domain type='test'><name>web</name><memory>65536</memory>"
+        "<os><type>hvm</type></os></domain>"
+    )
+    try:
+        for act in (test_target.power_on_target, test_target.remove_target_domain):
+            with pytest.raises(ApplicationError) as err:
+                act(inp)
+            assert err.value.type == "ForeignDomain"
+        conn.lookupByName("web")  # still there
+    finally:
+        conn.lookupByName("web").undefine()
+
+
+def test_efi_and_windows_xml(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    vm = make_vm(firmware="efi", guest="windows2019srv_64Guest")
+    facts = {**disk_facts(tmp_path / "w.raw", "raw"),
+             "target_disk_bus": "sata", "target_nic_model": "e1000"}  # fmt: skip
+    inp = step_input("test:///default", tmp_path, facts, vm=vm)
+    from activities.libvirt_target import domain_xml, plan_nics
+
+    xml = domain_xml(
+        name="web", vm=vm, disks=test_target._disk_images(inp, vm),
+        nics=plan_nics(inp.context.site, vm), domain_type="kvm", application="web",
+        workflow_id="wf-1", disk_bus="sata", nic_model="e1000",
+    )  # fmt: skip
+    root = ET.fromstring(xml)
+    assert root.find("os").get("firmware") == "efi"  # type: ignore[union-attr]
+    assert root.find("devices/disk/target").get("bus") == "sata"  # type: ignore[union-attr]
+    assert root.find("devices/disk/target").get("dev") == "sda"  # type: ignore[union-attr]
+    assert root.find("devices/interface/model").get("type") == "e1000"  # type: ignore[union-attr]
+
+
+def test_validate_flags_unbootable_and_windows(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    make_raw(tmp_path / "noboot.raw", SIZE, boot=False)
+    inp = step_input("test:///default", tmp_path, disk_facts(tmp_path / "noboot.raw", "raw"))
+    with pytest.raises(ApplicationError) as err:
+        test_target.validate_guest_tools_and_drivers(inp)
+    assert err.value.type == "GuestNotBootable" and "0x55AA" in str(err.value)
+    make_raw(tmp_path / "boot.raw", SIZE)
+    win = step_input(
+        "test:///default", tmp_path, disk_facts(tmp_path / "boot.raw", "raw"),
+        vm=make_vm(guest="windows2019srv_64Guest"),
+    )  # fmt: skip
+    res = test_target.validate_guest_tools_and_drivers(win)
+    assert res.facts == {"target_disk_bus": "sata", "target_nic_model": "e1000"}
+    efi = step_input(
+        "test:///default", tmp_path, disk_facts(tmp_path / "boot.raw", "raw"),
+        vm=make_vm(firmware="efi"),
+    )  # fmt: skip
+    with pytest.raises(ApplicationError, match="UEFI"):
+        test_target.validate_guest_tools_and_drivers(efi)
+
+
+def test_storage_path_escape_rejected(tmp_path: Path, test_target: LibvirtTarget) -> None:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    inp = step_input("test:///default", staging, {"converted_path.2000": "../../etc/passwd"})
+    with pytest.raises(ApplicationError) as err:
+        test_target.attach_target_storage_profile(inp)
+    assert err.value.type == "PathRejected"
+    assert list(staging.iterdir()) == []
+
+
+# --------------------------------------------------------- real libvirt and QEMU
+
+
+def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
+    """VMDK -> convert -> volume upload (libvirtd) -> validate -> a real QEMU domain
+    (embedded driver) running -> compensations remove domain, volume and image."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    content = make_raw(tmp_path / "src.raw", SIZE)
+    make_vmdk(tmp_path / "src.raw", staging / "web-2000.vmdk")
+    facts = {"staging_path.2000": "web-2000.vmdk"}
+
+    conv = ConvertActivities()
+    facts |= conv.convert_image(step_input(libvirtd_uri, staging, facts)).facts
+
+    storage = LibvirtTarget(pool_root=tmp_path / "pools")
+    attached = storage.attach_target_storage_profile(step_input(libvirtd_uri, staging, facts))
+    facts |= attached.facts
+    vol = Path(facts["target_volume.2000"])
+    assert vol.parent == tmp_path / "pools" / "cutover-test"
+    assert vol.read_bytes() == Path(facts["converted_path.2000"]).read_bytes()
+    assert attached.details["sparse.2000"] is True
+
+    facts |= storage.validate_guest_tools_and_drivers(
+        step_input(libvirtd_uri, staging, facts)
+    ).facts
+
+    domains = LibvirtTarget()
+    inp = step_input(embed_uri, staging, facts)
+    try:
+        on = domains.power_on_target(inp)
+        assert on.changed and on.details["type"] in ("kvm", "qemu")
+        conn = open_connection(embed_uri)
+        dom = conn.lookupByName("web")
+        assert dom.isActive()
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        pid_file = Path(embed_uri.split("root=")[1]) / "run" / "qemu" / "web.pid"
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)  # a real QEMU process
+        assert not domains.power_on_target(inp).changed  # running: left running
+    finally:
+        off = domains.remove_target_domain(inp)
+    assert off.changed
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName("web")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+    detach = storage.detach_target_storage(step_input(libvirtd_uri, staging, facts))
+    assert detach.changed and not vol.exists()
+    assert not storage.detach_target_storage(step_input(libvirtd_uri, staging, facts)).changed
+    conv.remove_converted_image(step_input(libvirtd_uri, staging, facts))
+    assert sorted(p.name for p in staging.iterdir()) == ["web-2000.vmdk"]
+    assert content[510:512] == b"\x55\xaa"
+
+    storage.close()
+    domains.close()
