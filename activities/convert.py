@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
+from activities.common import error as _error
+from activities.common import heartbeat as _heartbeat
 from cutover.catalog import Compensation, Step
 from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
@@ -54,19 +56,6 @@ _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 STAGING_FACT = "staging_path."
 CONVERTED_FACT = "converted_path."
 FORMAT_FACT = "converted_format."
-
-
-def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
-
-
-def _attempt() -> int:
-    return activity.info().attempt if activity.in_activity() else 1
-
-
-def _heartbeat(details: dict[str, Any]) -> None:
-    if activity.in_activity():
-        activity.heartbeat(details)
 
 
 # ----------------------------------------------------------------------------- paths

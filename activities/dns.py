@@ -58,6 +58,9 @@ import dns.update
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
+from activities.common import error as _error
+from activities.common import heartbeat as _heartbeat
 from cutover.catalog import Compensation, Step
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 from cutover.runbook import DnsEndpoint
@@ -75,10 +78,6 @@ _CNAME = dns.rdatatype.CNAME
 _IN = dns.rdataclass.IN
 
 # ---------------------------------------------------------------------------- errors
-
-
-def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
 
 
 def _config(message: str) -> ApplicationError:
@@ -532,15 +531,6 @@ def _cas_update(
             f"{after.describe()} for {name} instead of {_show(new_values)} (TTL {ttl}s): "
             "another client changed it right after us",
         )
-
-
-def _heartbeat(detail: str) -> None:
-    if activity.in_activity():
-        activity.heartbeat(detail)
-
-
-def _attempt() -> int:
-    return activity.info().attempt if activity.in_activity() else 1
 
 
 @dataclass(frozen=True)

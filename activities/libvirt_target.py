@@ -35,6 +35,9 @@ import libvirt
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
+from activities.common import error as _error
+from activities.common import heartbeat as _heartbeat
 from activities.convert import (
     CONVERTED_FACT,
     FORMAT_FACT,
@@ -69,10 +72,6 @@ _RETRYABLE = {
 }
 
 
-def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
-
-
 def translate(exc: BaseException, what: str) -> ApplicationError:
     if isinstance(exc, ApplicationError):
         return exc
@@ -84,15 +83,6 @@ def translate(exc: BaseException, what: str) -> ApplicationError:
     if isinstance(exc, OSError):
         return _error("LibvirtUnavailable", f"{what}: {exc}", True)
     return _error("LibvirtFault", f"{what}: {type(exc).__name__}: {exc}")
-
-
-def _attempt() -> int:
-    return activity.info().attempt if activity.in_activity() else 1
-
-
-def _heartbeat(details: dict[str, Any]) -> None:
-    if activity.in_activity():
-        activity.heartbeat(details)
 
 
 # ------------------------------------------------------------------------ connection

@@ -43,6 +43,7 @@ from typing import Literal, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import error as _error
 from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.models import StepInput, StepResult
 from cutover.site import HAProxy
@@ -60,10 +61,6 @@ _CHK_CONFIGURED, _CHK_ENABLED = 0x02, 0x04
 #: HAProxy's own rule for proxy and server names; anything else could smuggle a second
 #: command into a runtime API line (';' separates commands).
 _NAME = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
-
-
-def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
 
 
 def _heartbeat(**details: Detail) -> None:

@@ -29,6 +29,7 @@ from pyVmomi import vim, vmodl
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import error as _error
 from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
 from cutover.concerns import evaluate
 from cutover.inventory import (
@@ -57,10 +58,6 @@ MIGRATED_FIELDS = ("cutover.migratedTo", "cutover.migratedAt", "cutover.workflow
 
 
 # ---------------------------------------------------------------------------- errors
-
-
-def _error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
 
 
 def translate(exc: BaseException, what: str) -> ApplicationError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -39,10 +38,11 @@ from cutover.catalog import WarmStep
 from cutover.models import StepContext, StepInput, StepResult
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
+from tests import procs
 from tests.factories import SEED, unique_app
+from tests.procs import kill9
 from tests.vcsim_fixtures import VcsimFactory
 
-ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 
 
@@ -387,24 +387,9 @@ async def _worker_main(address: str, queue: str, state: str, source: str) -> Non
 
 
 def spawn(address: str, queue: str, state: Path, source: Path) -> subprocess.Popen[bytes]:
-    (state / "worker_ready").unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.test_disks", address, queue, str(state), str(source)],
-        cwd=ROOT,
-        start_new_session=True,
+    return procs.spawn_worker(
+        "tests.test_disks", address, queue, str(state), str(source), state=state
     )
-    deadline = time.monotonic() + 30
-    while not (state / "worker_ready").exists():
-        assert proc.poll() is None, "test worker exited"
-        assert time.monotonic() < deadline, "test worker did not start"
-        time.sleep(0.05)
-    return proc
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def reads(state: Path) -> list[tuple[int, int]]:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -16,35 +12,19 @@ from temporalio.client import Client
 
 from cutover.models import Outcome, Tuning
 from cutover.temporal import connect
+from tests import procs
 from tests.conftest import DevServer
 from tests.durable_world import CHUNKS
 from tests.factories import cutover_input
+from tests.procs import kill9
 from tests.test_workflow import start, wait_post_checks
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def spawn_worker(address: str, queue: str, state: Path) -> subprocess.Popen[bytes]:
-    (state / "worker_ready").unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.durable_world", address, queue, str(state)],
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while not (state / "worker_ready").exists():
-        assert proc.poll() is None, "test worker exited"
-        assert time.monotonic() < deadline, "test worker did not start"
-        time.sleep(0.05)
-    return proc
-
-
-def kill9(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return procs.spawn_worker("tests.durable_world", address, queue, str(state), state=state)
 
 
 async def test_worker_kill9_mid_step_completes_without_double_effects(
