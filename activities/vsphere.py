@@ -880,9 +880,13 @@ class VSphereActivities:
         vm_names = names.split(",") if names else resolve_vms(client, inp.context.runbook)
         return client, find_vms(client, vm_names)
 
-    def _each(self, inp: StepInput, what: str, act: Callable[[Any, Any], bool]) -> StepResult:
+    def _each(
+        self, inp: StepInput, what: str, act: Callable[[Any, Any], bool], describe: bool = False
+    ) -> StepResult:
         """Apply act(vm, service_instance) to each of the application's VMs; it returns
-        whether it changed anything (False: already as wanted)."""
+        whether it changed anything (False: already as wanted). With `describe`, also
+        publish each VM's inventory model as fact `source_vm.<name>` (what the target's
+        domain is built from)."""
         client, vms = self._vms(inp)
         changed: list[str] = []
         for vm in vms:
@@ -891,10 +895,14 @@ class VSphereActivities:
                 changed.append(name)
                 note = f"{what} {name} (workflow {inp.context.workflowId})"
                 client.call("posting an event", partial(_post_event, vm=vm, message=note))
+        facts = {"source_vms": ",".join(v.name for v in vms)}
+        if describe:
+            inv = read_inventory(client)
+            facts.update({f"source_vm.{v.name}": inv.vm(v.name).model_dump_json() for v in vms})
         return StepResult(
             step=inp.step,
             changed=bool(changed),
-            facts={"source_vms": ",".join(v.name for v in vms)},
+            facts=facts,
             details={"vms": ",".join(v.name for v in vms), "changed": ",".join(changed)},
             attempt=activity.info().attempt if activity.in_activity() else 1,
         )
@@ -916,7 +924,7 @@ class VSphereActivities:
             )
             return True
 
-        return self._each(inp, "snapshot", act)
+        return self._each(inp, "snapshot", act, describe=True)
 
     @activity.defn(name=FinalizeStep.REMOVE_SOURCE_SNAPSHOT)
     def remove_source_snapshot(self, inp: StepInput) -> StepResult:
@@ -977,7 +985,7 @@ class VSphereActivities:
                 wait_task(si, vm.PowerOffVM_Task(), f"powering off {vm.name}")
             return True
 
-        return self._each(inp, "quiesce", act)
+        return self._each(inp, "quiesce", act, describe=True)
 
     @activity.defn(name=Compensation.RESTART_SOURCE)
     def restart_source(self, inp: StepInput) -> StepResult:

@@ -29,6 +29,7 @@ from activities.vsphere import (
 )
 from cutover import vcsim as vcsim_mod
 from cutover.concerns import evaluate
+from cutover.inventory import VM
 from cutover.models import CheckInput, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter, VSphereConcernsProbe
@@ -205,8 +206,13 @@ def test_quiesce_and_restart_are_idempotent_and_compensate(sim: Vcsim, pool: Cli
         quiesce={"guestShutdownTimeoutSeconds": 10},
     )
     assert str(vm_state(client, "DC0_C0_H0_VM2").runtime.powerState) == "poweredOn"
-    assert acts.quiesce_application(inp).changed
+    quiesced = acts.quiesce_application(inp)
+    assert quiesced.changed
     assert not acts.quiesce_application(inp).changed
+    # the source VMs' models travel on as facts: the target's domain is built from them
+    model = VM.model_validate_json(quiesced.facts["source_vm.DC0_C0_H0_VM2"])
+    assert model.name == "DC0_C0_H0_VM2" and model.disks and model.nics
+    assert model.powerState == "poweredOff"
     for name in ("DC0_C0_H0_VM2", "DC0_C0_H1_VM2"):
         assert str(vm_state(client, name).runtime.powerState) == "poweredOff"
     assert acts.restart_source(inp).changed
