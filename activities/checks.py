@@ -137,10 +137,21 @@ async def _command(inp: CheckInput, probe: CommandProbe) -> CheckResult:
     return _result(inp, code == probe.expectExitCode, f"exit code {code}", threshold, tail)
 
 
+def _json_holds(want: Any, got: Any) -> bool:
+    """`got` has every key of `want` with an equal value (objects compared recursively)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and all(
+            k in got and _json_holds(v, got[k]) for k, v in want.items()
+        )
+    return bool(want == got)
+
+
 def _http(inp: CheckInput, probe: HttpProbe) -> CheckResult:
     want = [f"status {probe.expectStatus}"]
     if probe.bodyContains is not None:
         want.append(f"body contains {probe.bodyContains!r}")
+    if probe.expectJson is not None:
+        want.append(f"JSON body holds {json.dumps(probe.expectJson, sort_keys=True)}")
     if probe.maxLatencyMs is not None:
         want.append(f"latency <= {probe.maxLatencyMs:g} ms")
     threshold = ", ".join(want)
@@ -157,9 +168,18 @@ def _http(inp: CheckInput, probe: HttpProbe) -> CheckResult:
     passed = status == probe.expectStatus
     if probe.bodyContains is not None:
         passed = passed and probe.bodyContains in body
+    detail = ""
+    if probe.expectJson is not None:
+        try:
+            holds = _json_holds(probe.expectJson, json.loads(body))
+        except ValueError:
+            holds, detail = False, "the body is not JSON"
+        passed = passed and holds
+        if not holds and not detail:
+            detail = f"JSON body: {body[:300]}"
     if probe.maxLatencyMs is not None:
         passed = passed and ms <= probe.maxLatencyMs
-    return _result(inp, passed, f"status {status}, {ms:.1f} ms", threshold)
+    return _result(inp, passed, f"status {status}, {ms:.1f} ms", threshold, detail)
 
 
 async def _tcp(inp: CheckInput, probe: TcpProbe) -> CheckResult:

@@ -165,6 +165,9 @@ class HttpProbe(_Probe):
     url: NonEmpty
     expectStatus: Annotated[StrictInt, Field(ge=100, le=599)] = 200
     bodyContains: StrictStr | None = None
+    #: The body, parsed as JSON, must hold these keys with these values (nested objects
+    #: match recursively; other keys are ignored). Single-request probes only.
+    expectJson: dict[StrictStr, Any] | None = None
     maxLatencyMs: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
     #: SLO sampling: send `samples` requests (`concurrency` at a time) and judge the
     #: percentiles and the error rate (a response other than expectStatus, or none).
@@ -174,6 +177,12 @@ class HttpProbe(_Probe):
     maxP95Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
     maxP99Ms: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
     maxErrorRate: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)] | None = None
+
+    @model_validator(mode="after")
+    def _json_single(self) -> HttpProbe:
+        if self.expectJson is not None and self.samples > 1:
+            raise ValueError("`expectJson` checks one response: use it with `samples: 1`")
+        return self
 
     @field_validator("url")
     @classmethod

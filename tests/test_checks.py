@@ -83,6 +83,26 @@ def test_command_probe_no_shell_timeout_and_missing_program() -> None:
     assert not missing.passed and missing.measured == "not started"
 
 
+def test_http_json_expectation(http_port: int) -> None:
+    base = f"http://127.0.0.1:{http_port}"
+    ok = run(HttpProbe(type="http", url=f"{base}/healthz", expectJson={"status": "ok"}))
+    assert (
+        ok.passed
+        and ok.threshold is not None
+        and 'JSON body holds {"status": "ok"}' in ok.threshold
+    )
+    wrong = run(HttpProbe(type="http", url=f"{base}/healthz", expectJson={"status": "degraded"}))
+    assert not wrong.passed and '"status": "ok"' in wrong.detail
+    missing = run(HttpProbe(type="http", url=f"{base}/healthz", expectJson={"db": {"ok": True}}))
+    assert not missing.passed
+    not_json = run(
+        HttpProbe(type="http", url=f"{base}/down", expectStatus=503, expectJson={"a": 1})
+    )
+    assert not not_json.passed and not_json.detail == "the body is not JSON"
+    with pytest.raises(ValueError, match="expectJson"):
+        HttpProbe(type="http", url=base, expectJson={"a": 1}, samples=5)
+
+
 def test_http_probe(http_port: int) -> None:
     base = f"http://127.0.0.1:{http_port}"
     ok = run(HttpProbe(type="http", url=f"{base}/healthz", bodyContains='"ok"', maxLatencyMs=1000))
