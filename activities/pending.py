@@ -1,8 +1,9 @@
-"""Steps whose adapters are not built yet (the disk data path, the libvirt target).
+"""Steps whose adapters are not in the worker yet (the disk data path, the libvirt target:
+built in activities/disks.py, convert.py and libvirt_target.py, not wired yet).
 
 Registered under the real activity names so a cutover that reaches one fails at once,
 non-retryably, with the step named, and then unwinds, instead of hanging in a task queue
-or pretending to succeed. Each adapter issue replaces its names here with the real thing.
+or pretending to succeed. Wiring an adapter into the worker retires its names here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cutover.models import StepInput, StepResult
 #: Which adapter each not-yet-built activity waits for.
 PENDING: dict[str, str] = {
     **{
-        s.value: "the disk data path"
+        s.value: "the disk data path (built, not wired yet)"
         for s in (
             WarmStep.PRE_COPY,
             WarmStep.INCREMENTAL_SYNC,
@@ -30,7 +31,7 @@ PENDING: dict[str, str] = {
         )
     },
     **{
-        s.value: "the libvirt target adapter"
+        s.value: "the libvirt target (built, not wired yet)"
         for s in (
             Step.ATTACH_TARGET_STORAGE_PROFILE,
             Step.VALIDATE_GUEST_TOOLS_AND_DRIVERS,

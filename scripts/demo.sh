@@ -4,9 +4,10 @@
 #
 # What is real today: Temporal, the saga, approval, checks (command/tcp/http probes and
 # vSphere pre-migration concerns), the CLI, and the vSphere source against our simulator
-# (quiesce powers the VM off, the undo powers it back on). The disk, libvirt and traffic
-# adapters are not built yet: the cutover stops at its first such step with a typed
-# StepNotImplemented error and unwinds. The demo says so instead of pretending.
+# (quiesce powers the VM off, the undo powers it back on). The disk data path and the
+# libvirt target are not wired into the worker yet: the cutover stops at its first such
+# step with a typed StepNotImplemented error and unwinds. The traffic switch is real but
+# not reached. The demo says so instead of pretending.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -82,8 +83,9 @@ for s in r["steps"]:
 PY
 if [ "$rc" -ne 0 ] && grep -q StepNotImplemented "$STATE/demo-result.json"; then
   echo "== as expected at this stage: the engine ran for real (the source VM was quiesced in"
-  echo "   the vSphere simulator), stopped at the first step whose adapter is not built yet"
-  echo "   (disks, libvirt, traffic), and unwound (the source VM was powered back on)."
+  echo "   the vSphere simulator), stopped at the first step whose adapter is not wired into"
+  echo "   the worker yet (the disk data path; then conversion and libvirt), and unwound (the"
+  echo "   source VM was powered back on)."
   echo "   The history is in the Temporal database; run '$CUTOVER server --db $STATE/temporal.db'"
   echo "   and open http://127.0.0.1:$UI_PORT to read it."
   exit 0

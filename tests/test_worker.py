@@ -32,7 +32,7 @@ def write(tmp: Path, queue: str, pre_ok: bool, sim: Vcsim) -> tuple[str, str, st
     site: dict[str, Any] = {
         "name": "worker-test",
         "taskQueue": queue,
-        # never reached: the cutover stops at final_data_sync (not built yet)
+        # never reached: the cutover stops at final_data_sync (not wired into the worker yet)
         "loadBalancer": {"socket": str(tmp / "haproxy.sock")},
         "vcenter": {
             "host": sim.host,
