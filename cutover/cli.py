@@ -84,7 +84,7 @@ async def _run(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
-    client = await connect()
+    client = await connect(wait_seconds=3)
     wf_id = workflow_id_for(runbook.application)
     try:
         handle = await client.start_workflow(
@@ -125,7 +125,7 @@ async def _status(args: argparse.Namespace) -> int:
     from cutover.temporal import connect
     from workflows.cutover import AppCutoverWorkflow
 
-    client = await connect()
+    client = await connect(wait_seconds=3)
     handle = client.get_workflow_handle(_workflow_id(args.id))
     st = await handle.query(AppCutoverWorkflow.status, rpc_timeout=timedelta(seconds=15))
     text = "\n".join(
@@ -147,7 +147,7 @@ async def _update(args: argparse.Namespace) -> int:
     from cutover.temporal import connect, identity
 
     who = identity()
-    client = await connect()
+    client = await connect(wait_seconds=3)
     handle = client.get_workflow_handle(_workflow_id(args.id))
     try:
         msg = await _send_update(args, handle, who)
@@ -315,7 +315,7 @@ async def _worker(args: argparse.Namespace) -> int:
     from workers.worker import build_worker
 
     logs.configure(args.log_level)
-    client = await connect()
+    client = await connect(wait_seconds=60)  # a worker may start alongside its server
     worker = build_worker(client, args.task_queue)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.

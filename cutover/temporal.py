@@ -6,9 +6,11 @@ mTLS TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY (client certificate files) and TEMPORA
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import socket
+import time
 from pathlib import Path
 
 from temporalio.client import Client, Interceptor
@@ -44,12 +46,24 @@ async def connect(
     address: str | None = None,
     namespace: str | None = None,
     interceptors: list[Interceptor] | None = None,
+    wait_seconds: float = 30.0,
 ) -> Client:
-    return await Client.connect(
-        address or os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
-        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
-        data_converter=pydantic_data_converter,
-        tls=_tls(),
-        identity=identity(),
-        interceptors=interceptors or [],
-    )
+    """Connect, waiting up to `wait_seconds` for a server that is still starting: its port
+    opens before its frontend is healthy ("Frontend is not healthy yet"), and a worker
+    started alongside the server must not die of that."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return await Client.connect(
+                address or os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
+                namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+                data_converter=pydantic_data_converter,
+                tls=_tls(),
+                identity=identity(),
+                interceptors=interceptors or [],
+            )
+        except RuntimeError as exc:
+            starting = any(s in str(exc) for s in ("not healthy", "Unavailable", "refused"))
+            if not starting or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.2)
