@@ -295,8 +295,10 @@ def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: st
             for i, name in enumerate(getattr(runbook, field))
             if name not in site.checks
         ]
+        # Caught here, not halfway through a cutover (where the undo would fail the same way).
         needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
-                 "update_dns": ("dns", site.dns)}  # fmt: skip
+                 "update_dns": ("dns", site.dns),
+                 "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip
         problems += [
             Problem(
                 str(path),

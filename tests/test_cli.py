@@ -49,7 +49,9 @@ def write_files(tmp: Path, queue: str, **runbook: Any) -> tuple[str, str, str]:
         "name": "cli-test",
         "taskQueue": queue,
         "checks": checks,
-        "loadBalancer": {"socket": str(tmp / "haproxy.sock")},  # test activities stand in
+        # test activities stand in for the load balancer and vCenter
+        "loadBalancer": {"socket": str(tmp / "haproxy.sock")},
+        "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
     }
     rb = {**SEED, "application": app, "rollbackWindowMinutes": 0.05, "checkIntervalSeconds": 0.3}
     rb.update(runbook)

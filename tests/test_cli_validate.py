@@ -81,7 +81,8 @@ def bad_files(tmp_path: Path) -> tuple[Path, Path, set[tuple[str, str]]]:
 def site_yaml(path: Path, checks: set[str] | frozenset[str]) -> Path:
     probes = {name: {"type": "command", "argv": ["true"]} for name in sorted(checks)}
     lb = {"socket": "/run/haproxy/admin.sock"}
-    return write_yaml(path, {"name": "lab", "checks": probes, "loadBalancer": lb})
+    vc = {"host": "vc.example", "user": "svc", "passwordRef": {"env": "VC_PW"}}
+    return write_yaml(path, {"name": "lab", "checks": probes, "loadBalancer": lb, "vcenter": vc})
 
 
 def test_console_script_is_installed() -> None:

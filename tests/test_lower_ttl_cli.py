@@ -20,6 +20,7 @@ def test_lower_ttl_then_dns_check(bind: BindServer, tmp_path: Path) -> None:
     site = {
         "name": "dns",
         "loadBalancer": {"socket": str(tmp_path / "haproxy.sock")},
+        "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
         "dns": {"server": "127.0.0.1", "port": bind.port, "zone": "apps.test",
                 "tsigKeyFile": str(bind.key_file), "ttlThresholdSeconds": 60},
         "checks": {"dns_ttl_lowered": {"type": "dns", "name": "app"}},

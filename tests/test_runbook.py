@@ -86,6 +86,7 @@ def site_data(checks: set[str] | frozenset[str] = BUILTIN_CHECKS, **extra: Any) 
         "name": "lab",
         "checks": {name: {"type": "command", "argv": ["true"]} for name in sorted(checks)},
         "loadBalancer": {"socket": "/run/haproxy/admin.sock"},
+        "vcenter": {"host": "vc.example", "user": "svc", "passwordRef": {"env": "VC_PW"}},
     }
     data.update(extra)
     return data
@@ -136,6 +137,15 @@ def test_traffic_steps_need_their_site_section(tmp_path: Path) -> None:
     [problem] = info.value.problems
     assert problem.path == "cutoverSteps[7]"
     assert "update_load_balancer" in problem.message and "loadBalancer" in problem.message
+
+
+def test_quiesce_needs_a_vcenter(tmp_path: Path) -> None:
+    no_vc = {k: v for k, v in site_data().items() if k != "vcenter"}
+    site = load_site(write(tmp_path, no_vc, "site.yaml"))
+    with pytest.raises(ConfigError) as info:
+        load_runbook(EXAMPLE, site, "site.yaml")
+    [problem] = info.value.problems
+    assert problem.path == "cutoverSteps[0]" and "`vcenter`" in problem.message
 
 
 def test_seed_ordering_is_sane() -> None:
