@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
 from activities.vsphere import (
     ClientPool,
     DatastoreFile,
@@ -809,7 +810,7 @@ class DiskActivities:
         result = StepResult(
             step=inp.step,
             changed=any(s.mode != "done" for s in stats),
-            attempt=activity.info().attempt if activity.in_activity() else 1,
+            attempt=_attempt(),
         )
         result.facts["disks"] = ",".join(s.name for s in sources)
         result.details["bytesMoved"] = sum(s.bytesMoved for s in stats)
@@ -875,7 +876,7 @@ class DiskActivities:
             step=inp.step,
             changed=existed,
             details={"removed": str(path) if existed else ""},
-            attempt=activity.info().attempt if activity.in_activity() else 1,
+            attempt=_attempt(),
         )
 
     def consistency(self, ctx: StepContext) -> list[ConsistencyReport]:

@@ -43,6 +43,7 @@ from typing import Literal, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
 from activities.common import error as _error
 from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.models import StepInput, StepResult
@@ -616,7 +617,7 @@ class LoadBalancerActivities:
             changed=moved.changed,
             facts=moved.facts,
             details=moved.details,
-            attempt=activity.info().attempt if activity.in_activity() else 1,
+            attempt=_attempt(),
         )
 
     @activity.defn(name=Step.UPDATE_LOAD_BALANCER)

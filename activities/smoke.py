@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.checks import HttpSampling, percent, sample_http
+from activities.common import attempt as _attempt
 from cutover.catalog import Step
 from cutover.models import StepInput, StepResult
 
@@ -98,7 +99,7 @@ class SmokeActivities:
             step=inp.step,
             changed=False,
             details=details,
-            attempt=activity.info().attempt if activity.in_activity() else 1,
+            attempt=_attempt(),
         )
 
 

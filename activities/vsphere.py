@@ -29,6 +29,7 @@ from pyVmomi import vim, vmodl
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import attempt as _attempt
 from activities.common import error as _error
 from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
 from cutover.concerns import evaluate
@@ -904,7 +905,7 @@ class VSphereActivities:
             changed=bool(changed),
             facts=facts,
             details={"vms": ",".join(v.name for v in vms), "changed": ",".join(changed)},
-            attempt=activity.info().attempt if activity.in_activity() else 1,
+            attempt=_attempt(),
         )
 
     @activity.defn(name=WarmStep.SNAPSHOT_SOURCE)
