@@ -21,10 +21,12 @@ from activities.loadbalancer import LoadBalancerActivities
 from activities.pending import pending_activities
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
+from activities.wave import WaveActivities
 from cutover.telemetry import tracing_interceptor
 from workflows.cutover import AppCutoverWorkflow
+from workflows.wave import WaveWorkflow
 
-WORKFLOWS: list[type] = [AppCutoverWorkflow]
+WORKFLOWS: list[type] = [AppCutoverWorkflow, WaveWorkflow]
 #: Our models are pure and deterministic: load them once, outside the sandbox.
 PASSTHROUGH = (
     "cutover",
@@ -38,8 +40,9 @@ PASSTHROUGH = (
 )
 
 
-def default_activities() -> list[Callable[..., Any]]:
-    """The real adapters, plus typed "not built yet" failures for the steps still pending."""
+def default_activities(client: Client | None = None) -> list[Callable[..., Any]]:
+    """The real adapters, plus typed "not built yet" failures for the steps still pending;
+    with a client, also the wave's (which talk to Temporal itself)."""
     vsphere = VSphereActivities(ClientPool())
     dns = DnsActivities()
     real: list[Callable[..., Any]] = [
@@ -49,6 +52,8 @@ def default_activities() -> list[Callable[..., Any]]:
         *dns.activities(),
         *LoadBalancerActivities().activities(),
     ]
+    if client is not None:
+        real += WaveActivities(client).activities()
     names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
     return [*real, *pending_activities(exclude=names)]
 
@@ -64,7 +69,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
-        activities=list(activities if activities is not None else default_activities()),
+        activities=list(activities if activities is not None else default_activities(client)),
         activity_executor=ThreadPoolExecutor(max_workers=16),
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).
