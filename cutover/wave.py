@@ -416,11 +416,19 @@ def _line(node: yaml.Node | None) -> int | None:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _site_problems(rb: Runbook, site: SiteConfig, file: str, prefix: str) -> list[Problem]:
+def _site_problems(
+    rb: Runbook, site: SiteConfig, file: str, loc: list[int | str], node: yaml.Node | None
+) -> list[Problem]:
     """What load_runbook checks against a site, for an inline runbook."""
+    prefix = format_path(loc) + "."
+
+    def line(field: str, i: int) -> int | None:
+        return _line(_subnode(node, [*loc, field, i]))
+
     problems = [
         Problem(file, f"{prefix}{field}[{i}]",
-                f"check '{name}' has no probe in the site config (add it under `checks`)")
+                f"check '{name}' has no probe in the site config (add it under `checks`)",
+                line(field, i))
         for field in ("preChecks", "postChecks", "rollbackCriteria")
         for i, name in enumerate(getattr(rb, field))
         if name not in site.checks
@@ -430,7 +438,8 @@ def _site_problems(rb: Runbook, site: SiteConfig, file: str, prefix: str) -> lis
              "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip
     problems += [
         Problem(file, f"{prefix}cutoverSteps[{i}]",
-                f"step '{step}' needs a `{needs[step][0]}` section in the site config")
+                f"step '{step}' needs a `{needs[step][0]}` section in the site config",
+                line("cutoverSteps", i))
         for i, step in enumerate(rb.cutoverSteps)
         if step in needs and needs[step][1] is None
     ]  # fmt: skip
@@ -471,8 +480,7 @@ def load_wave(
                 inline.setdefault("wave", name)
                 sub = _subnode(node, loc)
                 rb = validate_document(Runbook, inline, file, sub, context)
-                prefix = format_path(loc) + "."
-                sp = _site_problems(rb, site, file, prefix)
+                sp = _site_problems(rb, site, file, loc, node)
                 if sp:
                     raise ConfigError(sp)
         except ConfigError as exc:
