@@ -102,14 +102,18 @@ async def _client() -> Client:
 async def _wave_handle(client: Client, ident: str) -> WorkflowHandle[Any, WaveResult]:
     """ID: a wave's workflow ID, or its name (the running wave of that name, which may have
     been started by a schedule, else `wave-<name>`)."""
-    from cutover.wave import workflow_id_for_wave
+    from cutover.wave import WaveResult, workflow_id_for_wave
 
-    if ident.startswith("wave-"):
-        return client.get_workflow_handle(ident)
-    query = f'WorkflowType = "Wave" AND CutoverWave = "{ident}" AND ExecutionStatus = "Running"'
-    async for wf in client.list_workflows(query, limit=1):
-        return client.get_workflow_handle(wf.id)
-    return client.get_workflow_handle(workflow_id_for_wave(ident))
+    wf_id = ident if ident.startswith("wave-") else workflow_id_for_wave(ident)
+    if not ident.startswith("wave-"):
+        # the running one first; else the latest (listed newest first)
+        base = f'WorkflowType = "Wave" AND CutoverWave = "{ident}"'
+        for query in (f'{base} AND ExecutionStatus = "Running"', base):
+            found = [wf.id async for wf in client.list_workflows(query, limit=1)]
+            if found:
+                wf_id = found[0]
+                break
+    return client.get_workflow_handle(wf_id, result_type=WaveResult)
 
 
 # -------------------------------------------------------------------- wave

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from activities.wave import WaveActivities
 from cutover import search_attributes as sa
+from cutover.catalog import BUILTIN_CHECKS
 from cutover.models import ApprovalRequest, Phase
 from cutover.runbook import Runbook
 from cutover.wave import (
@@ -30,6 +37,7 @@ from cutover.wave import (
     WaveResult,
     workflow_id_for_wave,
 )
+from tests.conftest import DevServer
 from tests.factories import site, unique_app
 from tests.world import World
 from workers.worker import build_worker
@@ -301,3 +309,165 @@ async def test_large_wave_continues_as_new_and_accounts_for_every_child(client: 
     # the last run continued from earlier ones: the first run's ID, a later run ID
     desc = await handle.describe()
     assert desc.run_id != handle.first_execution_run_id
+
+
+# --------------------------------------------------------------------- CLI
+
+CUTOVER = str(Path(sys.executable).parent / "cutover")
+ROOT = str(Path(__file__).parent.parent)
+
+
+def cli(server: DevServer, *args: str) -> subprocess.CompletedProcess[str]:
+    # PYTHONPATH: this checkout's packages, also when another one is installed editable
+    env = {**os.environ, "TEMPORAL_ADDRESS": server.address, "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [CUTOVER, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+async def acli(server: DevServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, server, *args)
+
+
+def write_wave(tmp: Path, queue: str, names: list[str], **wave: Any) -> tuple[str, str, str]:
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    checks = {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS}
+    s = {
+        "name": "cli-test",
+        "taskQueue": queue,
+        "checks": checks,
+        "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
+    }
+    apps: list[dict[str, Any]] = [
+        {"runbook": runbook(n).model_dump(mode="json", exclude_defaults=True)} for n in names
+    ]
+    for entry in apps[1:]:
+        entry["dependsOn"] = [names[0]]
+    (tmp / "site.yaml").write_text(yaml.safe_dump(s))
+    (tmp / "wave.yaml").write_text(yaml.safe_dump({"wave": name, "applications": apps, **wave}))
+    return name, str(tmp / "wave.yaml"), str(tmp / "site.yaml")
+
+
+async def running_waves(client: Client, name: str) -> list[str]:
+    q = f'WorkflowType = "Wave" AND CutoverWave = "{name}" AND ExecutionStatus = "Running"'
+    return [wf.id async for wf in client.list_workflows(q)]
+
+
+async def test_cli_wave_run_steer_and_watch(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    names = apps(3)
+    name, wave, site_file = write_wave(
+        tmp_path, queue, names, concurrency=2,
+        approval={"required": True, "approvers": ["alice"]},
+    )  # fmt: skip
+    async with build_worker(client, queue, activities=World(delay=0.05).activities()):
+        res = await acli(temporal_server, "wave", "validate", wave, "--site", site_file)
+        assert res.returncode == 0 and "3 application(s) valid" in res.stdout, res.stderr
+        res = await acli(temporal_server, "wave", "run", wave, "--site", site_file)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == f"wave-{name}"
+        again = await acli(temporal_server, "wave", "run", wave, "--site", site_file)
+        assert again.returncode == 1 and "already running" in again.stderr
+        res = await acli(temporal_server, "wave", "status", name)
+        assert res.returncode == 0 and "AWAITING_APPROVAL" in res.stdout, res.stderr
+        res = await acli(temporal_server, "wave", "approve", name, "--as", "mallory")
+        assert res.returncode == 1 and "not an allowed approver" in res.stderr
+        res = await acli(temporal_server, "wave", "pause", name, "--reason", "lunch")
+        assert res.returncode == 0 and "paused" in res.stdout, res.stderr
+        res = await acli(temporal_server, "wave", "resume", f"wave-{name}")
+        assert res.returncode == 0 and "resumed" in res.stdout, res.stderr
+        res = await acli(temporal_server, "wave", "approve", name, "--as", "alice")
+        assert res.returncode == 0, res.stderr
+        res = await acli(temporal_server, "wave", "status", name, "--watch", "--interval", "0.2")
+        assert res.returncode == 0, res.stderr
+        assert f"wave {name} (wave-{name}): DONE, outcome COMPLETED" in res.stdout
+        assert all(n in res.stdout for n in names)
+        res = await acli(temporal_server, "wave", "status", name, "--json")
+        data = json.loads(res.stdout)
+        assert data["counts"]["completed"] == 3
+        res = await acli(temporal_server, "wave", "status")
+        assert f"wave-{name}" in res.stdout
+        res = await acli(temporal_server, "wave", "cancel", name)
+        assert res.returncode == 1 and "already finished" in res.stderr
+
+
+async def test_cli_wave_wait_exit_codes_and_bad_input(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    names = apps(3)
+    _, wave, site_file = write_wave(tmp_path, queue, names, concurrency=2)
+    world = World(fail_for={names[0]: {"quiesce_application"}})
+    async with build_worker(client, queue, activities=world.activities()):
+        res = await acli(temporal_server, "wave", "run", wave, "--site", site_file, "--wait",
+                         "--json")  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    result = json.loads(res.stdout)
+    assert result["outcome"] == "STOPPED"  # failureThreshold 0
+    assert result["counts"] == {**result["counts"], "rolledBack": 1, "skipped": 2}
+    assert result["changeFailureRate"] == 1.0
+    doc = yaml.safe_load(Path(wave).read_text())
+    doc["applications"][0]["dependsOn"] = [names[1]]
+    Path(wave).write_text(yaml.safe_dump(doc))
+    res = await acli(temporal_server, "wave", "run", wave, "--site", site_file)
+    assert res.returncode == 2
+    assert f"dependency cycle: {names[0]} -> {names[1]} -> {names[0]}" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = await acli(temporal_server, "wave", "pause", "no-such-wave")
+    assert res.returncode == 1 and "no wave" in res.stderr
+
+
+async def test_schedule_starts_a_wave_never_two_at_once(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    names = apps(2)
+    name, wave, site_file = write_wave(
+        tmp_path, queue, names, approval={"required": True, "approvers": ["alice"]}
+    )
+    base = ["schedule", "create", wave, "--site", site_file]
+    for bad, why in (
+        (["--at", "2001-01-01T00:00:00Z"], "in the past"),
+        (["--at", "tomorrow"], "ISO 8601"),
+        (["--cron", "every day"], "--cron"),
+        (["--cron", "0 3 * * *", "--window", "soon"], "--window"),
+    ):
+        res = await acli(temporal_server, *base, *bad)
+        assert res.returncode == 2 and why in res.stderr, (bad, res.stderr)
+    async with build_worker(client, queue, activities=World().activities()):
+        res = await acli(temporal_server, *base, "--cron", "0 3 1 1 *", "--window", "2h")
+        assert res.returncode == 0 and f"wave-{name}: starts wave {name}" in res.stdout, res.stderr
+        res = await acli(temporal_server, *base, "--cron", "0 3 1 1 *")
+        assert res.returncode == 1 and "already exists" in res.stderr
+        res = await acli(temporal_server, "schedule", "trigger", name)
+        assert res.returncode == 0, res.stderr
+        async with asyncio.timeout(20):
+            while not await running_waves(client, name):
+                await asyncio.sleep(0.1)
+        # the wave waits for approval; a second trigger meanwhile is skipped (overlap SKIP)
+        res = await acli(temporal_server, "schedule", "trigger", name)
+        assert res.returncode == 0, res.stderr
+        sched = client.get_schedule_handle(f"wave-{name}")
+        async with asyncio.timeout(20):
+            while (await sched.describe()).info.num_actions_skipped_overlap < 1:
+                await asyncio.sleep(0.1)
+        running_ids = await running_waves(client, name)
+        assert len(running_ids) == 1 and running_ids[0].startswith(f"wave-{name}-")
+        desc = await sched.describe()
+        assert len(desc.info.running_actions) == 1
+        res = await acli(temporal_server, "schedule", "list", "--json")
+        assert any(r["scheduleId"] == f"wave-{name}" for r in json.loads(res.stdout))
+        # operator commands find the scheduled run by the wave's name
+        res = await acli(temporal_server, "wave", "approve", name, "--as", "alice")
+        assert res.returncode == 0, res.stderr
+        scheduled = client.get_workflow_handle_for(WaveWorkflow.run, running_ids[0])
+        assert (await scheduled.result()).outcome == WaveOutcome.COMPLETED
+        res = await acli(temporal_server, "schedule", "pause", name)
+        assert res.returncode == 0 and "paused" in res.stdout
+        assert (await sched.describe()).schedule.state.paused
+        res = await acli(temporal_server, "schedule", "delete", name)
+        assert res.returncode == 0, res.stderr
+        res = await acli(temporal_server, "schedule", "trigger", name)
+        assert res.returncode == 1 and "no schedule" in res.stderr
