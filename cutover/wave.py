@@ -58,6 +58,10 @@ WaveName = Annotated[StrictInt | StrictStr, AfterValidator(_wave_name)]
 AppName = Annotated[StrictStr, AfterValidator(_app_name)]
 
 
+#: The wave's input is one Temporal payload (2 MB hard limit); keep a margin.
+MAX_INPUT_BYTES = 1_800_000
+
+
 def workflow_id_for_wave(name: str) -> str:
     """One workflow ID per wave, so one wave cannot run twice at once from `wave run`."""
     return f"wave-{name}"
@@ -533,7 +537,7 @@ def load_wave(
             CutoverInput(runbook=a.runbook, site=site)
     except ValidationError as exc:  # pragma: no cover - load_runbook caught these above
         raise ConfigError([Problem(file, "applications", str(exc))]) from None
-    return WaveInput(
+    inp = WaveInput(
         name=name,
         site=site,
         apps=apps,
@@ -545,3 +549,11 @@ def load_wave(
         windowSeconds=window_seconds,
         requestedBy=requested_by,
     )
+    size = len(inp.model_dump_json())
+    if size > MAX_INPUT_BYTES:
+        msg = (
+            f"{len(apps)} applications make a workflow input of {size:,} bytes; Temporal "
+            f"refuses payloads over 2 MB: split the wave (at most {MAX_INPUT_BYTES:,} bytes)"
+        )
+        raise ConfigError([Problem(file, "applications", msg)])
+    return inp

@@ -1,4 +1,6 @@
-"""Record workflow histories for the replay test: python -m tests.record_histories
+"""Record workflow histories for the replay test: python -m tests.record_histories [waves]
+
+`waves` records only the wave scenarios (wave_*.json), leaving the cutover ones as they are.
 
 Run it when a workflow change is *meant* to be compatible and new scenarios need covering;
 never to paper over a replay failure (that failure means running cutovers would break).
@@ -7,8 +9,12 @@ never to paper over a replay failure (that failure means running cutovers would 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
 
 from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, Phase
 from cutover.temporal import connect
@@ -21,12 +27,15 @@ from workflows.cutover import AppCutoverWorkflow
 OUT = Path(__file__).parent / "histories"
 
 
-async def main() -> None:
+async def main(only_waves: bool = False) -> None:
     with tempfile.TemporaryDirectory() as d:
         srv = DevServer(Path(d) / "t.db", Path(d) / "log")
         srv.start()
         try:
             client = await connect(srv.address, "default")
+            await waves(client)
+            if only_waves:
+                return
             scenarios = {
                 "completed": (World(), {}),
                 "step_failed": (World(fail={"power_on_target"}), {}),
@@ -66,6 +75,45 @@ async def main() -> None:
             srv.stop()
 
 
+async def waves(client: Client) -> None:
+    from cutover.wave import CancelRequest, PauseRequest, WaveApproval
+    from tests.test_wave import apps, wait_for, wave_input
+    from tests.test_wave import running as wave_running
+    from tests.test_wave import start as wave_start
+    from workflows.wave import WaveWorkflow
+
+    a, b, c, d = apps(4)
+    world = World(delay=0.1, fail_for={b: {"quiesce_application"}})
+    async with wave_running(client, world) as queue:
+        inp = wave_input(queue, [a, b, c, d], {c: [b]}, concurrency=1, failureThreshold=1,
+                         approval=WaveApproval(required=True, approvers=["alice"]))  # fmt: skip
+        handle = await wave_start(client, inp)
+        await wait_for(handle, lambda s: s.phase.value == "AWAITING_APPROVAL")
+        await handle.execute_update(WaveWorkflow.approve, ApprovalRequest(approver="alice"))
+        await wait_for(handle, lambda s: s.counts.running == 1)
+        await handle.execute_update(WaveWorkflow.pause, PauseRequest(requestedBy="bob"))
+        await asyncio.sleep(0.5)
+        await handle.execute_update(WaveWorkflow.resume, PauseRequest(requestedBy="bob"))
+        await handle.result()
+        await write(handle, "wave_steered_threshold_skip")
+    async with wave_running(client, World()) as queue:
+        inp = wave_input(queue, apps(3), concurrency=2, onCancel="rollback",
+                         runbook={"rollbackWindowMinutes": 5})  # fmt: skip
+        handle = await wave_start(client, inp)
+        await wait_for(handle, lambda s: s.counts.running == 2)
+        await asyncio.sleep(1.0)  # both children in their rollback windows
+        await handle.execute_update(WaveWorkflow.cancel, CancelRequest(requestedBy="dave"))
+        await handle.result()
+        await write(handle, "wave_cancel_rollback")
+    async with wave_running(client, World()) as queue:
+        inp = wave_input(queue, apps(5), concurrency=2, continueAsNewAfter=2)
+        handle = await wave_start(client, inp)
+        await handle.result()
+        first: Any = client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id)
+        await write(first, "wave_continued_as_new_first_run")
+        await write(client.get_workflow_handle(handle.id), "wave_continued_as_new_last_run")
+
+
 async def write(handle: object, name: str) -> None:
     history = await handle.fetch_history()  # type: ignore[attr-defined]
     OUT.mkdir(exist_ok=True)
@@ -74,4 +122,4 @@ async def write(handle: object, name: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(only_waves=sys.argv[1:] == ["waves"]))

@@ -471,3 +471,16 @@ async def test_schedule_starts_a_wave_never_two_at_once(
         assert res.returncode == 0, res.stderr
         res = await acli(temporal_server, "schedule", "trigger", name)
         assert res.returncode == 1 and "no schedule" in res.stderr
+
+
+async def test_maintenance_window_stops_new_starts(client: Client) -> None:
+    world = World(delay=0.05)
+    names = apps(4)
+    async with running(client, world) as queue:
+        inp = wave_input(queue, names, concurrency=1, windowSeconds=0.001)
+        result = await (await start(client, inp)).result()
+    assert result.outcome == WaveOutcome.WINDOW_CLOSED
+    assert "maintenance window closed" in result.reason
+    assert [a.state for a in result.applications] == [AppState.COMPLETED] + [
+        AppState.NOT_STARTED
+    ] * 3

@@ -228,3 +228,10 @@ def test_find_cycle() -> None:
     assert find_cycle({"a": [], "b": ["a"]}) is None
     assert find_cycle({"a": ["b"], "b": ["a"]}) == ["a", "b", "a"]
     assert find_cycle({"a": ["a"]}) == ["a", "a"]
+
+
+def test_a_wave_too_large_for_one_payload_is_refused(tmp_path: Path) -> None:
+    apps = [{"runbook": inline(f"app-{i}")} for i in range(2600)]
+    (msg,) = problems(write(tmp_path, {"wave": 9, "applications": apps}))
+    assert msg.startswith(f"{tmp_path / 'wave.yaml'}: applications: 2600 applications make")
+    assert "split the wave" in msg

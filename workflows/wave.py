@@ -70,18 +70,20 @@ class WaveWorkflow:
     def __init__(self, inp: WaveInput) -> None:
         self._inp = inp
         self._id = workflow.info().workflow_id
-        carry = inp.carry or WaveCarry(
-            apps=[
+        carry = inp.carry or WaveCarry(apps=[])
+        self._carry = carry
+        # The carry holds the applications already dealt with; the ones not started yet are
+        # described by the input alone (half the continue-as-new payload of a large wave).
+        self._apps: dict[str, AppSummary] = {a.application: a for a in carry.apps}
+        for a in inp.apps:
+            self._apps.setdefault(
+                a.application,
                 AppSummary(
                     application=a.application,
                     workflowId=workflow_id_for(a.application),
                     dependsOn=a.dependsOn,
-                )
-                for a in inp.apps
-            ]
-        )
-        self._carry = carry
-        self._apps: dict[str, AppSummary] = {a.application: a for a in carry.apps}
+                ),
+            )
         self._pending: dict[str, WaveApp] = {a.application: a for a in inp.apps}
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,7 +191,7 @@ class WaveWorkflow:
         name = app.application
         summary = self._apps[name]
         try:
-            result: CutoverResult = await workflow.execute_child_workflow(
+            handle = await workflow.start_child_workflow(
                 AppCutoverWorkflow.run,
                 self._inp.cutover_input(app),
                 id=summary.workflowId,
@@ -200,6 +202,13 @@ class WaveWorkflow:
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 static_summary=f"Cutover of {name} (wave {self._inp.name})",
             )
+            c = self._carry
+            if c.cancelledBy is not None and c.cancelPolicy == "rollback":
+                # cancelled while this start was in flight: it rolls back like the others
+                await self._request_rollback(
+                    summary.workflowId, f"wave {self._inp.name} cancelled", c.cancelledBy
+                )
+            result: CutoverResult = await handle
         except WorkflowAlreadyStartedError:
             self._running.discard(name)
             self._settle(
@@ -273,7 +282,7 @@ class WaveWorkflow:
 
     def _continue_as_new(self) -> NoReturn:
         c = self._carry
-        c.apps = list(self._apps.values())
+        c.apps = [a for a in self._apps.values() if a.state != AppState.PENDING]
         c.runs += 1
         workflow.logger.info(
             "wave continues as new",
