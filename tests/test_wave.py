@@ -484,3 +484,16 @@ async def test_maintenance_window_stops_new_starts(client: Client) -> None:
     assert [a.state for a in result.applications] == [AppState.COMPLETED] + [
         AppState.NOT_STARTED
     ] * 3
+
+
+async def test_a_temporal_cancel_request_follows_on_cancel(client: Client) -> None:
+    world = World(delay=0.2)
+    names = apps(4)
+    async with running(client, world) as queue:
+        handle = await start(client, wave_input(queue, names, concurrency=2))
+        await wait_for(handle, lambda s: s.counts.running == 2)
+        await handle.cancel()  # e.g. from the Temporal UI
+        result = await handle.result()
+    assert result.outcome == WaveOutcome.CANCELLED
+    assert "a Temporal cancel request" in result.reason
+    assert (result.counts.completed, result.counts.notStarted) == (2, 2)

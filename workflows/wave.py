@@ -102,6 +102,21 @@ class WaveWorkflow:
             if inp.windowSeconds is not None:
                 c.notAfter = c.startedAt + timedelta(seconds=inp.windowSeconds)
         self._sync(sa.WAVE.value_set(inp.name), sa.OUTCOME.value_set(c.outcome.value))
+        try:
+            await self._drive()
+        except asyncio.CancelledError:
+            # A cancel request from Temporal (UI, `temporal workflow cancel`): the wave's
+            # onCancel policy, as with `wave cancel`; the result says CANCELLED.
+            if c.cancelledBy is None:
+                c.cancelledBy, c.cancelPolicy = "a Temporal cancel request", inp.onCancel
+                self._changed = True
+                if c.cancelPolicy == "rollback":
+                    await self._roll_back_running(f"wave {inp.name} cancelled", c.cancelledBy)
+            await workflow.wait_condition(lambda: not self._running)
+        return self._finish()
+
+    async def _drive(self) -> None:
+        c, inp = self._carry, self._inp
         if inp.approval.required and c.approvedBy is None and c.cancelledBy is None:
             await workflow.wait_condition(
                 lambda: c.approvedBy is not None or c.cancelledBy is not None,
@@ -117,7 +132,7 @@ class WaveWorkflow:
             self._sync()
             if not self._running:
                 if not self._pending or self._stopping():
-                    break
+                    return
                 if self._draining:
                     await workflow.wait_condition(workflow.all_handlers_finished)
                     self._continue_as_new()
@@ -129,7 +144,6 @@ class WaveWorkflow:
                 await workflow.wait_condition(
                     lambda: self._changed, timeout=timeout, timeout_summary="maintenance window"
                 )
-        return self._finish()
 
     # -------------------------------------------------------------- helpers
 
@@ -418,15 +432,19 @@ class WaveWorkflow:
         reason = f"wave {self._inp.name} cancelled by {req.requestedBy}" + (
             f": {req.reason}" if req.reason else ""
         )
-        answers = await asyncio.gather(
-            *(self._request_rollback(self._apps[n].workflowId, reason, req.requestedBy)
-              for n in running)
-        )  # fmt: skip
-        lines = [f"{n}: {a}" for n, a in zip(running, answers, strict=True)]
+        lines = await self._roll_back_running(reason, req.requestedBy)
         return (
             f"wave {self._inp.name} cancelled: {not_started} application(s) will not start; "
             f"rollback requested for {len(running)} running cutover(s):\n" + "\n".join(lines)
         )
+
+    async def _roll_back_running(self, reason: str, who: str) -> list[str]:
+        """Send every running cutover its `rollback` update; one line per cutover."""
+        running = sorted(self._running)
+        answers = await asyncio.gather(
+            *(self._request_rollback(self._apps[n].workflowId, reason, who) for n in running)
+        )
+        return [f"{n}: {a}" for n, a in zip(running, answers, strict=True)]
 
     async def _request_rollback(self, workflow_id: str, reason: str, who: str) -> str:
         try:
