@@ -263,9 +263,13 @@ def status_text(st: WaveStatus, children: dict[str, tuple[str, str]]) -> str:
     if st.stopReason:
         lines.append(f"  stopping: {st.stopReason}")
     lines.append(f"  {'APPLICATION':<30} {'STATE':<12} {'PHASE':<18} PROGRESS / REASON")
+    state = {a.application: a.state.value for a in st.applications}
     for a in st.applications:
         phase, progress = children.get(a.application, ("-", ""))
         detail = progress if a.state.value == "RUNNING" else a.reason
+        waits = [d for d in a.dependsOn if state.get(d) != "COMPLETED"]
+        if a.state.value == "PENDING" and waits:
+            detail = "waits for " + ", ".join(waits)
         lines.append(f"  {a.application:<30} {a.state.value:<12} {phase:<18} {detail}")
     return "\n".join(lines)
 
