@@ -225,6 +225,14 @@ class WaveInput(_M):
         )
 
 
+#: What the wave workflow accepts: a WaveInput or (only when that fails, e.g. typed into the
+#: Temporal UI's start form) the raw mapping, so the workflow fails with the fields named.
+WaveWorkflowInput = Annotated[WaveInput | dict[str, Any], Field(union_mode="left_to_right")]
+
+#: Stands in for an input that failed validation until run() fails the workflow.
+WAVE_INPUT_PLACEHOLDER = WaveInput(name="invalid-input", site=SiteConfig(), apps=[])
+
+
 class WaveCounts(_M):
     total: int = 0
     pending: int = 0

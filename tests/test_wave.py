@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 import yaml
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from activities.wave import WaveActivities
@@ -497,3 +503,20 @@ async def test_a_temporal_cancel_request_follows_on_cancel(client: Client) -> No
     assert result.outcome == WaveOutcome.CANCELLED
     assert "a Temporal cancel request" in result.reason
     assert (result.counts.completed, result.counts.notStarted) == (2, 2)
+
+
+async def test_bad_input_from_the_ui_fails_the_wave_with_fields_named(client: Client) -> None:
+    world = World()
+    async with running(client, world) as queue:
+        raw = wave_input(queue, apps(1)).model_dump(mode="json")
+        raw["concurrency"] = "lots"
+        del raw["apps"][0]["runbook"]["cutoverSteps"]
+        handle = await client.start_workflow(
+            "Wave", raw, id=f"wave-ui-{uuid.uuid4().hex[:8]}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
+    assert "concurrency" in cause.message and "apps[0].runbook.cutoverSteps" in cause.message
+    assert world.calls == []

@@ -27,11 +27,15 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from cutover import search_attributes as sa
+    from cutover.config import format_path
     from cutover.models import ApprovalRequest, CutoverResult, Outcome
     from cutover.wave import (
         FINISHED,
         REQUEST_ROLLBACK,
+        WAVE_INPUT_PLACEHOLDER,
         AppState,
         AppSummary,
         CancelRequest,
@@ -44,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         WavePhase,
         WaveResult,
         WaveStatus,
+        WaveWorkflowInput,
         counts_of,
         figures,
         recovery_seconds,
@@ -67,7 +72,18 @@ def _short(text: str) -> str:
 @workflow.defn(name="Wave")
 class WaveWorkflow:
     @workflow.init
-    def __init__(self, inp: WaveInput) -> None:
+    def __init__(self, inp: WaveWorkflowInput) -> None:
+        self._input_error: str | None = None
+        if not isinstance(inp, WaveInput):
+            try:
+                inp = WaveInput.model_validate(inp)
+            except ValidationError as exc:
+                self._input_error = "invalid wave input: " + "; ".join(
+                    f"{format_path(e['loc']) or '(input)'}: "
+                    + e["msg"].removeprefix("Value error, ")
+                    for e in exc.errors()[:20]
+                )
+                inp = WAVE_INPUT_PLACEHOLDER
         self._inp = inp
         self._id = workflow.info().workflow_id
         carry = inp.carry or WaveCarry(apps=[])
@@ -95,7 +111,9 @@ class WaveWorkflow:
     # ------------------------------------------------------------------ run
 
     @workflow.run
-    async def run(self, _: WaveInput) -> WaveResult:
+    async def run(self, _: WaveWorkflowInput) -> WaveResult:
+        if self._input_error is not None:
+            raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
         c, inp = self._carry, self._inp
         if c.startedAt is None:
             c.startedAt = workflow.now()
