@@ -423,6 +423,13 @@ async def test_cli_wave_wait_exit_codes_and_bad_input(
     assert "Traceback" not in res.stderr
     res = await acli(temporal_server, "wave", "pause", "no-such-wave")
     assert res.returncode == 1 and "no wave" in res.stderr
+    res = await acli(temporal_server, "wave", "run", wave)  # --site missing
+    assert res.returncode == 2 and "--site" in res.stderr
+    res = await acli(temporal_server, "wave", "status", "x", "--watch", "--interval", "0")
+    assert res.returncode == 2 and "--interval" in res.stderr
+    for cmd in (["wave", "--help"], ["wave", "status", "--help"], ["schedule", "create", "--help"]):
+        res = await acli(temporal_server, *cmd)
+        assert res.returncode == 0 and "usage: cutover" in res.stdout
 
 
 async def test_schedule_starts_a_wave_never_two_at_once(
