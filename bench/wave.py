@@ -43,6 +43,7 @@ from temporalio.client import Client
 from bench.orchestration import connect_when_ready, free_port, stop_server
 from bench.raw_saga import RAW_ACTIVITIES, RawSagaWorkflow
 from cutover import server
+from cutover.models import Tuning
 from cutover.runbook import Runbook
 from cutover.wave import WaveApp, WaveInput, WaveOutcome, workflow_id_for_wave
 from tests.factories import SEED, site
@@ -128,6 +129,10 @@ def wave_input(task_queue: str, apps: int, concurrency: int, can_after: int) -> 
         concurrency=concurrency,
         continueAsNewAfter=can_after,
         requestedBy="bench",
+        # Instant activities: a start-to-close of a minute, not the default two hours, so an
+        # activity completion lost on a loaded machine costs a retry, not a stalled drain
+        # (seen once: a `run_check` "Started" that never completed held a drain 10 minutes).
+        tuning=Tuning(stepTimeoutMinutes=1),
     )
 
 

@@ -29,7 +29,7 @@ from temporalio.service import RPCError
 from activities.wave import WaveActivities
 from cutover import search_attributes as sa
 from cutover.catalog import BUILTIN_CHECKS
-from cutover.models import ApprovalRequest, Phase
+from cutover.models import ApprovalRequest, Phase, Tuning
 from cutover.runbook import Runbook
 from cutover.wave import (
     AppState,
@@ -87,6 +87,9 @@ def wave_input(
             for a in apps
         ],
         requestedBy="pytest",
+        tuning=Tuning(
+            maxAttempts=2, initialRetrySeconds=0.1, compensationAttempts=2, stepTimeoutMinutes=0.5
+        ),
         **kw,
     )
 
