@@ -373,7 +373,10 @@ class LibvirtTarget:
             path = confined(root, safe_name(name, "target pool"), "pool directory")
             xml = ET.Element("pool", type="dir")
             ET.SubElement(xml, "name").text = name
-            ET.SubElement(ET.SubElement(xml, "target"), "path").text = str(path)
+            target = ET.SubElement(xml, "target")
+            ET.SubElement(target, "path").text = str(path)
+            # QEMU runs as its own user (libvirt-qemu) and must reach the volumes
+            ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0755"
             pool = conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
             pool.build(0)
             with contextlib.suppress(libvirt.libvirtError):
@@ -731,3 +734,22 @@ class LibvirtTarget:
             self.power_on_target,
             self.remove_target_domain,
         ]
+
+
+def remove_cutover_domains(uri: str, application: str | None = None) -> list[str]:
+    """Destroy and undefine the domains cutover made (all, or one application's); their
+    names. For teardown (the demo, the lab): never touches a domain without our mark."""
+    conn = open_connection(uri)
+    removed = []
+    try:
+        for dom in conn.listAllDomains(0):
+            mark = _ours(dom)
+            if mark is None or (application and mark.get("application") != application):
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+            removed.append(dom.name())
+    finally:
+        conn.close()
+    return removed

@@ -21,6 +21,13 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null ||
   $SUDO useradd -r -g libvirt-qemu -s /usr/sbin/nologin libvirt-qemu
+# What Debian's udev rule does where no udev runs: QEMU, as libvirt-qemu, may use KVM
+# (group kvm, 0660). Without /dev/kvm, domains run under TCG.
+if [ -c /dev/kvm ]; then
+  getent group kvm >/dev/null || $SUDO groupadd -r kvm
+  id -nG libvirt-qemu | grep -qw kvm || $SUDO usermod -aG kvm libvirt-qemu
+  [ "$(stat -c %G:%a /dev/kvm)" = "kvm:660" ] || { $SUDO chgrp kvm /dev/kvm; $SUDO chmod 660 /dev/kvm; }
+fi
 
 # Our vSphere API simulator (Debian's govmomi source + lab/vcsim/main.go), for tests and lab.
 bash scripts/build-vcsim.sh

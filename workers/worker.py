@@ -16,9 +16,11 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.checks import CheckActivities
+from activities.convert import ConvertActivities
+from activities.disks import DiskActivities
 from activities.dns import DnsActivities
+from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
-from activities.pending import pending_activities
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
 from cutover.telemetry import tracing_interceptor
@@ -39,18 +41,20 @@ PASSTHROUGH = (
 
 
 def default_activities() -> list[Callable[..., Any]]:
-    """The real adapters, plus typed "not built yet" failures for the steps still pending."""
-    vsphere = VSphereActivities(ClientPool())
-    dns = DnsActivities()
-    real: list[Callable[..., Any]] = [
-        CheckActivities(vsphere).run_check,
+    """Every step, compensation and check, on the real adapters (one client pool each)."""
+    pool = ClientPool()
+    vsphere = VSphereActivities(pool)
+    disks = DiskActivities.for_vsphere(pool)
+    return [
+        CheckActivities(vsphere, disks).run_check,
         SmokeActivities().smoke_test,
         *vsphere.activities(),
-        *dns.activities(),
+        *disks.activities(),
+        *ConvertActivities().activities(),
+        *LibvirtTarget().activities(),
+        *DnsActivities().activities(),
         *LoadBalancerActivities().activities(),
     ]
-    names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
-    return [*real, *pending_activities(exclude=names)]
 
 
 def build_worker(

@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
-    from cutover.site import DnsProbe, VSphereConcernsProbe
+    from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
     from cutover.templating import expand, values_for
 
 R = TypeVar("R", bound=BaseModel)
@@ -310,6 +310,15 @@ class AppCutoverWorkflow:
         steps.append(FinalizeStep.MARK_SOURCE_MIGRATED)
         if retire_lb and not lb_first:
             steps.append(FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER)
+        # The staged copies and converted images served the window (rollback, the
+        # consistency check); the target's volumes are their own files: no debt left.
+        leftovers = [
+            c
+            for c in (Compensation.REMOVE_CONVERTED_IMAGE, Compensation.DISCARD_STAGING)
+            if c in self._compensations
+        ]
+        if leftovers and workflow.patched("discard-staging-at-finalize"):
+            steps += leftovers
         problems: list[str] = []
         for step in steps:
             try:
@@ -379,19 +388,18 @@ class AppCutoverWorkflow:
                 f"rollback requested by {self._rollback.requestedBy}: {self._rollback.reason}"
             )
 
-    async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult:
-        inp = StepInput(
-            step=name,
-            context=StepContext(
-                workflowId=self._id,
-                application=self._inp.runbook.application,
-                wave=self._inp.runbook.wave_name,
-                runbook=self._inp.runbook,
-                site=self._step_site,
-                facts=dict(self._facts),
-            ),
-            passNumber=pass_number,
+    def _context(self) -> StepContext:
+        return StepContext(
+            workflowId=self._id,
+            application=self._inp.runbook.application,
+            wave=self._inp.runbook.wave_name,
+            runbook=self._inp.runbook,
+            site=self._step_site,
+            facts=dict(self._facts),
         )
+
+    async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult:
+        inp = StepInput(step=name, context=self._context(), passNumber=pass_number)
         attempts = (
             self._inp.tuning.compensationAttempts
             if kind == "compensation"
@@ -445,6 +453,7 @@ class AppCutoverWorkflow:
                 runbook=self._inp.runbook if about_vms else None,
                 vcenter=self._inp.site.vcenter if about_vms else None,
                 dns=self._inp.site.dns if isinstance(probe, DnsProbe) else None,
+                context=self._context() if isinstance(probe, DataConsistencyProbe) else None,
             )
             try:
                 res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)
