@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import search_attributes
+from cutover import cli_audit, search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -395,6 +395,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("worker", "Run a worker for cutover workflows and activities.", json_flag=False)
     sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
     sp.add_argument("--log-level", default="INFO", help="log level")
+
+    cli_audit.add_parser(sub)
     return p
 
 
@@ -417,6 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "audit":
+            return asyncio.run(cli_audit.cmd_audit(args))
         return asyncio.run(_update(args))
     except ConfigError as exc:
         for p in exc.problems:
