@@ -315,7 +315,10 @@ async def _worker(args: argparse.Namespace) -> int:
     from workers.worker import build_worker
 
     logs.configure(args.log_level)
-    client = await connect(wait_seconds=60)  # a worker may start alongside its server
+    address = telemetry.metrics_address(args.metrics_address)
+    runtime = telemetry.metrics_runtime(address) if address else None
+    # a worker may start alongside its server
+    client = await connect(wait_seconds=60, runtime=runtime)
     worker = build_worker(client, args.task_queue)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
@@ -324,7 +327,9 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        logs.get_logger().info("worker started", task_queue=args.task_queue)
+        logs.get_logger().info(
+            "worker started", task_queue=args.task_queue, metrics_address=address
+        )
         await stop.wait()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
     telemetry.shutdown()
@@ -395,6 +400,13 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("worker", "Run a worker for cutover workflows and activities.", json_flag=False)
     sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
     sp.add_argument("--log-level", default="INFO", help="log level")
+    sp.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(default: $CUTOVER_METRICS_ADDRESS; unset means off)",
+    )
 
     cli_audit.add_parser(sub)
     return p
