@@ -32,6 +32,8 @@ class World:
     check_calls: list[str] = field(default_factory=list)
     delay: float = 0.0
     target_address: str = "127.0.0.1:18080"
+    #: step name -> bytes it reports moved (StepResult.details["bytesMoved"], as disks do)
+    bytes_moved: dict[str, int] = field(default_factory=dict)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._step(n) for n in ALL_STEP_NAMES] + [self._check()]
@@ -46,7 +48,12 @@ class World:
                     f"{name} broke (test)", type="InvalidState", non_retryable=True
                 )
             facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
-            return StepResult(step=name, facts=facts, attempt=activity.info().attempt)
+            details: dict[str, str | int | float | bool] = (
+                {"bytesMoved": self.bytes_moved[name]} if name in self.bytes_moved else {}
+            )
+            return StepResult(
+                step=name, facts=facts, details=details, attempt=activity.info().attempt
+            )
 
         return activity.defn(name=name)(run)
 
