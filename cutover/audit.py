@@ -553,13 +553,18 @@ class _Reader:
             rep.downtimeSeconds = res.downtimeSeconds
             rep.finalState = list(res.leftWhere)
             rep.compensationFailures = list(res.compensationFailures)
+        elif rep.status == "CANCELED":
+            rep.outcome = rep.status
+            rep.reason = f"the workflow was cancelled by {rep.cancelRequestedBy or 'unknown'}"
         elif rep.status not in ("RUNNING", "COMPLETED"):
             rep.outcome = rep.status
             rep.reason = rep.failure
         comps = [s for s in rep.steps if s.kind == "compensation"]
-        reason = res.reason if res is not None else None
-        if comps or (reason and res is not None and res.outcome.value == "ROLLED_BACK"):
-            rep.rollback = self._rollback(reason or rep.failure or "unknown", comps, rep)
+        rolled_back = res is not None and res.outcome.value == "ROLLED_BACK"
+        if comps or rolled_back:
+            rep.rollback = self._rollback(rep.reason or "unknown", comps, rep)
+        if rep.status == "RUNNING" and rep.cancelRequestedBy:
+            rep.notes.append(f"cancellation requested by {rep.cancelRequestedBy}; still running")
         return rep
 
     def _rollback(self, reason: str, comps: list[StepAudit], rep: AuditReport) -> RollbackAudit:

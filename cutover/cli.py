@@ -77,6 +77,7 @@ async def _run(args: argparse.Namespace) -> int:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
+    from cutover import telemetry
     from cutover.models import CutoverInput, Outcome
     from cutover.site import load_runbook, load_site
     from cutover.temporal import connect, identity
@@ -84,7 +85,9 @@ async def _run(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
-    client = await connect(wait_seconds=3)
+    # Traced from here when CUTOVER_OTEL_EXPORTER is set: the start span's context travels
+    # in the history, so the workflow's and activities' spans join this trace for good.
+    client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
     wf_id = workflow_id_for(runbook.application)
     try:
         handle = await client.start_workflow(
@@ -101,6 +104,8 @@ async def _run(args: argparse.Namespace) -> int:
             f"a cutover of {runbook.application} is already running (workflow {wf_id}); "
             "one application is cut over by one workflow at a time"
         ) from None
+    finally:
+        telemetry.flush()
     if not args.wait:
         _print({"workflowId": wf_id, "runId": handle.result_run_id}, args.json, wf_id)
         return EXIT_OK

@@ -69,6 +69,13 @@ def tracing_interceptor(provider: TracerProvider | None = None) -> TracingInterc
     return TracingInterceptor(tracer, always_create_workflow_spans=True)
 
 
+def flush() -> None:
+    """Export the spans ended so far (a short-lived CLI process must not lose them)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(5_000)
+
+
 def shutdown() -> None:
     """Flush and stop the tracer provider (the batch processor holds the last spans)."""
     provider = trace.get_tracer_provider()

@@ -11,14 +11,17 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 
 from cutover.audit import AuditReport, audit, failure_message, render, to_html, to_markdown
 from cutover.models import ApprovalRequest, Outcome, Phase, RollbackRequest
+from cutover.temporal import identity
 from tests.audit_wave import AuditTestWave
 from tests.conftest import DevServer
 from tests.factories import SEED, cutover_input
+from tests.test_cli import write_files
 from tests.test_workflow import expected_compensations, running, start, wait_phase
 from tests.world import World
 from workers.worker import build_worker
@@ -195,6 +198,25 @@ async def test_operator_rollback_is_attributed_and_html_is_escaped(client: Clien
     assert page.startswith("<!DOCTYPE html>")
 
 
+async def test_cancelled_cutover_names_who_cancelled_and_the_undo(client: Client) -> None:
+    world = World()
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, approval={"required": True, "approvers": ["alice"]})
+        handle = await start(client, inp)
+        await wait_phase(handle, Phase.AWAITING_APPROVAL)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    report = await audit(client, handle.id)
+    assert report.status == report.outcome == "CANCELED"
+    assert report.cancelRequestedBy == client.identity
+    assert report.approvals == []
+    rb = report.rollback
+    assert rb is not None and rb.trigger == "cancellation"
+    assert [s.name for s in rb.compensations] == ["discard_staging", "remove_source_snapshot"]
+    assert [s.kind for s in report.steps[:3]] == ["warm"] * 3
+
+
 async def test_parent_report_aggregates_children_across_continue_as_new(client: Client) -> None:
     world = World(fail={"smoke_test"})
     queue = f"tq-{uuid.uuid4().hex[:8]}"
@@ -230,18 +252,20 @@ async def test_parent_report_aggregates_children_across_continue_as_new(client: 
 async def test_cli_audit_formats_and_exit_codes(
     client: Client, temporal_server: DevServer, tmp_path: Path
 ) -> None:
-    world = World()
-    async with running(client, world) as queue:
-        inp = cutover_input(queue)
-        handle = await start(client, inp)
-        await handle.result()
-    app = inp.runbook.application
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    app, runbook, site = write_files(tmp_path, queue)
+    async with build_worker(client, queue, activities=World().activities()):
+        run = await acli(temporal_server, "run", runbook, "--site", site, "--wait")
+    assert run.returncode == 0, run.stderr
     res = await acli(temporal_server, "audit", app, "--format", "json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["workflowId"] == handle.id and data["outcome"] == "COMPLETED"
-    md = await acli(temporal_server, "audit", handle.id)
-    assert md.returncode == 0 and md.stdout.startswith(f"# Audit of {handle.id} ({app})")
+    wf_id = f"cutover-{app}"
+    assert data["workflowId"] == wf_id and data["outcome"] == "COMPLETED"
+    # started by the operator's CLI: its identity, recorded by Temporal
+    assert data["startedBy"] == data["requestedBy"] == identity()
+    md = await acli(temporal_server, "audit", wf_id)
+    assert md.returncode == 0 and md.stdout.startswith(f"# Audit of {wf_id} ({app})")
     out = tmp_path / "report.html"
     page = await acli(temporal_server, "audit", app, "--format", "html", "-o", str(out))
     assert page.returncode == 0 and out.read_text().startswith("<!DOCTYPE html>")
