@@ -70,6 +70,14 @@ class UpdateRecord(_R):
     message: str | None = None
 
 
+class SignalRecord(_R):
+    name: str
+    identity: str
+    at: datetime
+    eventId: int
+    arguments: list[Any] = Field(default_factory=list)
+
+
 class StepAudit(_R):
     """One activity (a step, check, compensation or finalize step) as the history has it."""
 
@@ -181,6 +189,10 @@ class AuditReport(_R):
     #: A workflow that is not a cutover (e.g. a wave): its result as recorded, decoded.
     result: Any = None
     children: list[AuditReport] = Field(default_factory=list)
+    #: Of the children: how many ended how (COMPLETED, ROLLED_BACK, FAILED, RUNNING, ...).
+    childOutcomes: dict[str, int] = Field(default_factory=dict)
+    #: Signals received, with the sender's identity (cutovers take none; a wave may).
+    signals: list[SignalRecord] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     eventCount: int = 0
 
@@ -216,6 +228,9 @@ async def _audit(
             report.children.append(await _audit(client, child_id, child_run, depth + 1, seen))
         except AuditNotFound:
             report.notes.append(f"child {child_id}: its history is no longer retained")
+    for child in report.children:
+        key = child.outcome or child.status
+        report.childOutcomes[key] = report.childOutcomes.get(key, 0) + 1
     return report
 
 
@@ -287,6 +302,7 @@ class _Reader:
         self._events = 0
         self._run = ""
         self._checks_before_undo: int | None = None
+        self._signals: list[SignalRecord] = []
 
     async def _decode(self, payloads: Payloads, hint: type | None = None) -> Any:
         if not payloads.payloads:
@@ -341,6 +357,25 @@ class _Reader:
             await self._update_accepted(e)
         elif t == T.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
             await self._update_completed(e)
+        elif t == T.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+            sig = e.workflow_execution_signaled_event_attributes
+            args: list[Any] = []
+            if sig.input.payloads:
+                try:
+                    args = list(await self.dc.decode(sig.input.payloads))
+                except Exception:
+                    args = ["(undecodable)"]
+            self._signals.append(
+                SignalRecord(
+                    name=sig.signal_name,
+                    identity=sig.identity or "unknown",
+                    at=_time(e),
+                    eventId=e.event_id,
+                    arguments=[
+                        a.model_dump(mode="json") if isinstance(a, BaseModel) else a for a in args
+                    ],
+                )
+            )
         elif t == T.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED:
             self._rep["cancelRequestedBy"] = (
                 e.workflow_execution_cancel_requested_event_attributes.identity or "unknown"
@@ -514,6 +549,7 @@ class _Reader:
             approvals=[u for u in self._update_order if u.name == "approve"],
             updates=[u for u in self._update_order if u.name != "approve"],
             result=self._raw_result,
+            signals=self._signals,
             eventCount=self._events,
         )
         if rep.status == "CONTINUED_AS_NEW":
@@ -741,6 +777,29 @@ def _lines(report: AuditReport) -> list[tuple[str, Any]]:
     if r.checks:
         out.append(("h", (2, "Checks")))
         out.append(("table", _check_table(r.checks)))
+    if r.signals:
+        out.append(("h", (2, "Signals")))
+        out.append(
+            (
+                "table",
+                (
+                    ["Signal", "At", "Identity", "Arguments"],
+                    [
+                        [g.name, _ts(g.at), g.identity, json.dumps(g.arguments, default=str)]
+                        for g in r.signals
+                    ],
+                ),
+            )
+        )
+    if r.children:
+        out.append(("h", (2, f"Child workflows ({len(r.children)})")))
+        out.append(
+            (
+                "kv",
+                [(k, str(v)) for k, v in sorted(r.childOutcomes.items())]
+                + [("Workflows", ", ".join(c.workflowId for c in r.children))],
+            )
+        )
     if r.result is not None:
         out.append(("h", (2, "Result")))
         out.append(("code", json.dumps(r.result, indent=2, default=str)))
@@ -785,8 +844,13 @@ def _check_table(checks: Sequence[CheckAudit]) -> tuple[list[str], list[list[str
     return header, rows
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]<>|"})
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Literal text in markdown: punctuation that would format, link or open raw HTML
+    (a reason or comment is operator input) is backslash-escaped, lines joined."""
+    return text.translate(_MD_SPECIAL).replace("\n", " ")
 
 
 def to_markdown(report: AuditReport, level: int = 0) -> str:
@@ -794,7 +858,7 @@ def to_markdown(report: AuditReport, level: int = 0) -> str:
     for kind, body in _lines(report):
         if kind == "h":
             lvl, text = body
-            parts.append("#" * min(lvl + level, 6) + " " + text)
+            parts.append("#" * min(lvl + level, 6) + " " + _md_cell(text))
         elif kind == "kv":
             parts.append("\n".join(f"- **{k}**: {_md_cell(v)}" for k, v in body))
         elif kind == "list":

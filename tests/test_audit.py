@@ -192,6 +192,8 @@ async def test_operator_rollback_is_attributed_and_html_is_escaped(client: Clien
     assert rb.requestedBy.identity == client.identity
     [upd] = report.updates
     assert upd.name == "rollback" and upd.message == "rollback requested by alice"
+    md = to_markdown(report)
+    assert "\\<script\\>alert(1)\\</script\\> & errors" in md and "<script>" not in md
     page = to_html(report)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; errors" in page
@@ -244,8 +246,10 @@ async def test_parent_report_aggregates_children_across_continue_as_new(client: 
         assert child.parentWorkflowId == wave_id
         assert child.rollback is not None and child.rollback.failedStep is not None
         assert child.rollback.failedStep.name == "smoke_test"
+    assert report.childOutcomes == {"ROLLED_BACK": 2}
     md = to_markdown(report)
     assert md.count("## Audit of cutover-") == 2  # children one heading level down
+    assert "- **ROLLED_BACK**: 2" in md
     assert "smoke_test" in to_html(report)
 
 
