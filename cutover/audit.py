@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from temporalio.api.common.v1 import Payload, Payloads
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, StartChildWorkflowExecutionFailedCause
 from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
@@ -217,9 +217,15 @@ async def _audit(
     for history in histories:
         await reader.read(history)
     report = reader.report()
-    seen.add(workflow_id)
+    seen.update(report.runIds)
     for child_id, child_run in reader.children:
-        if child_id in seen:
+        if child_run is None:
+            # Initiated, never started (e.g. a cutover of that application was running):
+            # the latest run under that ID is not this child's, so it is not read.
+            why = reader.child_failures.get(child_id, "no start recorded")
+            report.notes.append(f"child {child_id} was not started: {why}")
+            continue
+        if child_run in seen:
             continue
         if depth + 1 > MAX_DEPTH:
             report.notes.append(f"child {child_id} not expanded (deeper than {MAX_DEPTH})")
@@ -288,8 +294,10 @@ class _Reader:
         self.dc = converter
         self.workflow_id = workflow_id
         self.runs: list[str] = []
+        #: (workflow ID, run ID once started) of each child, in the order initiated.
         self.children: list[tuple[str, str | None]] = []
-        self._child_initiated: dict[int, str] = {}
+        self.child_failures: dict[str, str] = {}
+        self._child_initiated: dict[tuple[str, int], int] = {}
         self._activities: dict[tuple[str, int], StepAudit] = {}
         self._order: list[StepAudit] = []
         self._checks: list[CheckAudit] = []
@@ -401,13 +409,21 @@ class _Reader:
             self._close_workflow(e, "CONTINUED_AS_NEW")
         elif t == T.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             wid = e.start_child_workflow_execution_initiated_event_attributes.workflow_id
-            self._child_initiated[e.event_id] = wid
+            self._child_initiated[(self._run, e.event_id)] = len(self.children)
             self.children.append((wid, None))
         elif t == T.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
             s = e.child_workflow_execution_started_event_attributes
-            wid = s.workflow_execution.workflow_id
-            run = s.workflow_execution.run_id
-            self.children = [(w, run if w == wid and r is None else r) for w, r in self.children]
+            i = self._child_initiated.get((self._run, s.initiated_event_id))
+            if i is not None:
+                self.children[i] = (self.children[i][0], s.workflow_execution.run_id)
+        elif t == T.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_FAILED:
+            f2 = e.start_child_workflow_execution_failed_event_attributes
+            cause = StartChildWorkflowExecutionFailedCause.Name(f2.cause)
+            self.child_failures[f2.workflow_id] = (
+                cause.removeprefix("START_CHILD_WORKFLOW_EXECUTION_FAILED_CAUSE_")
+                .replace("_", " ")
+                .lower()
+            )
 
     async def _started(self, e: HistoryEvent) -> None:
         a = e.workflow_execution_started_event_attributes

@@ -253,6 +253,34 @@ async def test_parent_report_aggregates_children_across_continue_as_new(client: 
     assert "smoke_test" in to_html(report)
 
 
+async def test_child_that_could_not_start_is_noted_not_confused_with_another_run(
+    client: Client,
+) -> None:
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    inp = cutover_input(queue, approval={"required": True, "approvers": ["alice"]})
+    wave_id = f"wave-{uuid.uuid4().hex[:8]}"
+    async with build_worker(
+        client,
+        queue,
+        activities=World().activities(),
+        workflows=[AppCutoverWorkflow, AuditTestWave],
+    ):
+        running_cutover = await start(client, inp)  # holds the application's workflow ID
+        wave = await client.start_workflow(
+            AuditTestWave.run, args=[[inp], []], id=wave_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError):
+            await wave.result()
+        await running_cutover.execute_update(
+            AppCutoverWorkflow.rollback, RollbackRequest(reason="test over")
+        )
+        await running_cutover.result()
+    report = await audit(client, wave_id)
+    assert report.status == "FAILED" and report.children == []
+    assert f"child {running_cutover.id} was not started: workflow already exists" in report.notes
+    assert report.failure is not None
+
+
 async def test_cli_audit_formats_and_exit_codes(
     client: Client, temporal_server: DevServer, tmp_path: Path
 ) -> None:
