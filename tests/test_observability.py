@@ -24,6 +24,7 @@ import structlog
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from temporalio import activity, workflow
 from temporalio.client import Client
 
 from cutover import logs, telemetry
@@ -46,6 +47,10 @@ def captured_logs() -> Iterator[io.StringIO]:
     """logs.configure() (as the worker does), at DEBUG, into a buffer; restored after."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    wf_info, act_info = (
+        workflow.logger.workflow_info_on_message,
+        activity.logger.activity_info_on_message,
+    )
     logs.configure("DEBUG")
     buf = io.StringIO()
     handler = root.handlers[0]
@@ -57,6 +62,8 @@ def captured_logs() -> Iterator[io.StringIO]:
         root.handlers[:] = handlers
         root.setLevel(level)
         structlog.reset_defaults()
+        workflow.logger.workflow_info_on_message = wf_info
+        activity.logger.activity_info_on_message = act_info
 
 
 def secret_input(queue: str, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> CutoverInput:
@@ -101,6 +108,7 @@ async def test_logs_are_bound_to_the_cutover_and_no_secret_reaches_logs_or_histo
         "step failed",
         "rolling back",
         "cutover finished",
+        "test step ran",
     }
     # every line we log for this cutover, workflow or activity, names its run, app, wave
     assert {e["event"] for e in mine} >= ours
@@ -115,6 +123,9 @@ async def test_logs_are_bound_to_the_cutover_and_no_secret_reaches_logs_or_histo
         assert e["attempt"] >= 1 and e["level"] in ("info", "warning")
         if e["activity"] != "run_check":
             assert e["wave"] == "2" and e["step"] == e["activity"]
+    # an adapter's own line (activities.common.log()) inherits the same context
+    ran = next(e for e in mine if e["event"] == "test step ran" and e["step"] == "smoke_test")
+    assert (ran["application"], ran["wave"], ran["attempt"]) == (app, "2", 1)
     failed = next(e for e in acts if e["step"] == "smoke_test")
     assert failed["event"] == "activity failed" and "broke (test)" in failed["error"]
     events = {e["event"]: e for e in mine if "activity" not in e}

@@ -15,6 +15,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import log
 from cutover.catalog import RUN_CHECK, Compensation, FinalizeStep, Step, WarmStep
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 
@@ -41,6 +42,7 @@ class World:
     def _step(self, name: str) -> Callable[..., Any]:
         async def run(inp: StepInput) -> StepResult:
             self.calls.append(name)
+            log().debug("test step ran", changed=True)  # as adapters log: context is bound
             if self.delay:
                 await asyncio.sleep(self.delay)
             if name in self.fail:
