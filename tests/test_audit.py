@@ -219,6 +219,34 @@ async def test_cancelled_cutover_names_who_cancelled_and_the_undo(client: Client
     assert [s.kind for s in report.steps[:3]] == ["warm"] * 3
 
 
+async def test_post_checks_failing_at_window_close_and_approval_timeout(client: Client) -> None:
+    world = World(check_plan={"backup_job_succeeds": [False]})
+    async with running(client, world) as queue:
+        post = await start(client, cutover_input(queue))
+        timeout = await start(
+            client,
+            cutover_input(
+                queue, approval={"required": True, "approvers": ["alice"], "timeoutMinutes": 0.01}
+            ),
+        )
+        await asyncio.gather(post.result(), timeout.result())
+    report = await audit(client, post.id)
+    rb = report.rollback
+    assert rb is not None and rb.trigger == "post-checks at window close"
+    [check] = rb.failedChecks
+    assert (check.name, check.phase, check.measured, check.threshold) == (
+        "backup_job_succeeds",
+        "post",
+        "bad",
+        "ok",
+    )
+    report = await audit(client, timeout.id)
+    rb = report.rollback
+    assert rb is not None and rb.trigger == "approval timeout"
+    assert report.approvals == [] and report.downtimeSeconds is None
+    assert [s.name for s in rb.compensations] == ["discard_staging", "remove_source_snapshot"]
+
+
 async def test_parent_report_aggregates_children_across_continue_as_new(client: Client) -> None:
     world = World(fail={"smoke_test"})
     queue = f"tq-{uuid.uuid4().hex[:8]}"
