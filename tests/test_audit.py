@@ -86,7 +86,7 @@ async def test_criterion_rollback_names_criterion_measurement_and_compensations(
 async def test_approved_cutover_names_the_approver_and_matches_the_history(
     client: Client,
 ) -> None:
-    world = World()
+    world = World(flaky={"convert_image"})
     async with running(client, world) as queue:
         inp = cutover_input(queue, approval={"required": True, "approvers": ["alice", "bob"]})
         handle = await start(client, inp)
@@ -146,6 +146,9 @@ async def test_approved_cutover_names_the_approver_and_matches_the_history(
     ]
     assert [approval.acceptedEventId] == [e.event_id for e in accepted]
     assert approval.acceptedAt == at(accepted[0].event_id)
+    convert = next(s for s in report.steps if s.name == "convert_image")
+    assert convert.attempts == 2 and convert.outcome == "ok" and convert.error is None
+    assert convert.lastFailure == "Transient: convert_image hiccup (test)"
     assert report.eventCount == len(history.events)
     assert report.startedAt == at(1)
     # the report's JSON round-trips

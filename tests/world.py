@@ -33,6 +33,8 @@ class World:
     check_calls: list[str] = field(default_factory=list)
     delay: float = 0.0
     target_address: str = "127.0.0.1:18080"
+    #: steps whose first attempt fails with a retryable error (the retry succeeds)
+    flaky: set[str] = field(default_factory=set)
     #: step name -> bytes it reports moved (StepResult.details["bytesMoved"], as disks do)
     bytes_moved: dict[str, int] = field(default_factory=dict)
 
@@ -49,6 +51,8 @@ class World:
                 raise ApplicationError(
                     f"{name} broke (test)", type="InvalidState", non_retryable=True
                 )
+            if name in self.flaky and activity.info().attempt == 1:
+                raise ApplicationError(f"{name} hiccup (test)", type="Transient")
             facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
             details: dict[str, str | int | float | bool] = (
                 {"bytesMoved": self.bytes_moved[name]} if name in self.bytes_moved else {}
