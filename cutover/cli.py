@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import search_attributes
+from cutover import cli_audit, search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -77,6 +77,7 @@ async def _run(args: argparse.Namespace) -> int:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
+    from cutover import telemetry
     from cutover.models import CutoverInput, Outcome
     from cutover.site import load_runbook, load_site
     from cutover.temporal import connect, identity
@@ -84,7 +85,9 @@ async def _run(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
-    client = await connect(wait_seconds=3)
+    # Traced from here when CUTOVER_OTEL_EXPORTER is set: the start span's context travels
+    # in the history, so the workflow's and activities' spans join this trace for good.
+    client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
     wf_id = workflow_id_for(runbook.application)
     try:
         handle = await client.start_workflow(
@@ -101,6 +104,8 @@ async def _run(args: argparse.Namespace) -> int:
             f"a cutover of {runbook.application} is already running (workflow {wf_id}); "
             "one application is cut over by one workflow at a time"
         ) from None
+    finally:
+        telemetry.flush()
     if not args.wait:
         _print({"workflowId": wf_id, "runId": handle.result_run_id}, args.json, wf_id)
         return EXIT_OK
@@ -315,7 +320,10 @@ async def _worker(args: argparse.Namespace) -> int:
     from workers.worker import build_worker
 
     logs.configure(args.log_level)
-    client = await connect(wait_seconds=60)  # a worker may start alongside its server
+    address = telemetry.metrics_address(args.metrics_address)
+    runtime = telemetry.metrics_runtime(address) if address else None
+    # a worker may start alongside its server
+    client = await connect(wait_seconds=60, runtime=runtime)
     worker = build_worker(client, args.task_queue)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
@@ -324,7 +332,9 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        logs.get_logger().info("worker started", task_queue=args.task_queue)
+        logs.get_logger().info(
+            "worker started", task_queue=args.task_queue, metrics_address=address
+        )
         await stop.wait()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
     telemetry.shutdown()
@@ -395,6 +405,15 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("worker", "Run a worker for cutover workflows and activities.", json_flag=False)
     sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
     sp.add_argument("--log-level", default="INFO", help="log level")
+    sp.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(default: $CUTOVER_METRICS_ADDRESS; unset means off)",
+    )
+
+    cli_audit.add_parser(sub)
     return p
 
 
@@ -417,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "audit":
+            return asyncio.run(cli_audit.cmd_audit(args))
         return asyncio.run(_update(args))
     except ConfigError as exc:
         for p in exc.problems:

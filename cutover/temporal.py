@@ -15,6 +15,7 @@ from pathlib import Path
 
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
@@ -47,6 +48,7 @@ async def connect(
     namespace: str | None = None,
     interceptors: list[Interceptor] | None = None,
     wait_seconds: float = 30.0,
+    runtime: Runtime | None = None,
 ) -> Client:
     """Connect, waiting up to `wait_seconds` for a server that is still starting: its port
     opens before its frontend is healthy ("Frontend is not healthy yet"), and a worker
@@ -61,6 +63,7 @@ async def connect(
                 tls=_tls(),
                 identity=identity(),
                 interceptors=interceptors or [],
+                runtime=runtime,
             )
         except RuntimeError as exc:
             starting = any(s in str(exc) for s in ("not healthy", "Unavailable", "refused"))

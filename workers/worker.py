@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.checks import CheckActivities
@@ -23,6 +23,7 @@ from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
+from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workflows.cutover import AppCutoverWorkflow
 
@@ -62,8 +63,12 @@ def build_worker(
     task_queue: str,
     activities: Sequence[Callable[..., Any]] | None = None,
     workflows: Sequence[type] = WORKFLOWS,
+    interceptors: Sequence[Interceptor] | None = None,
     **kwargs: Any,
 ) -> Worker:
+    """`interceptors` replaces the default tracing one (tests pass their own tracer);
+    activity logs are always bound to their workflow, run, application, wave, step, attempt.
+    """
     return Worker(
         client,
         task_queue=task_queue,
@@ -73,7 +78,10 @@ def build_worker(
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).
         graceful_shutdown_timeout=timedelta(seconds=10),
-        interceptors=[tracing_interceptor()],
+        interceptors=[
+            *(interceptors if interceptors is not None else [tracing_interceptor()]),
+            LoggingInterceptor(),
+        ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),

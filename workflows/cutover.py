@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         WorkflowInput,
     )
     from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
+    from cutover.telemetry import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.templating import expand, values_for
 
 R = TypeVar("R", bound=BaseModel)
@@ -140,6 +142,7 @@ class AppCutoverWorkflow:
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._rollback_reason: str | None = None
+        self._bytes_moved = 0
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
         self._step_site = inp.site.model_copy(update={"checks": {}})
@@ -160,7 +163,7 @@ class AppCutoverWorkflow:
             sa.APPLICATION.value_set(rb.application),
             sa.OUTCOME.value_set(Outcome.RUNNING.value),
         )
-        workflow.logger.info("cutover started", extra={"requested_by": inp.requestedBy})
+        self._log(logging.INFO, "cutover started", requested_by=inp.requestedBy)
         failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
         if failed:
             return self._finish(
@@ -341,7 +344,7 @@ class AppCutoverWorkflow:
     async def _roll_back(self, reason: str) -> CutoverResult:
         self._rollback_reason = reason
         self._set_phase(Phase.ROLLING_BACK)
-        workflow.logger.warning("rolling back", extra={"reason": reason})
+        self._log(logging.WARNING, "rolling back", reason=reason)
         # Shielded: a cancellation of the workflow must not stop the undo half-way.
         failures = await asyncio.shield(asyncio.ensure_future(self._compensate()))
         if not self._compensations:
@@ -363,7 +366,7 @@ class AppCutoverWorkflow:
                 await self._step(comp, "compensation")
             except ActivityError as err:
                 msg = f"{comp}: {_cause(err)}"
-                workflow.logger.error("compensation failed", extra={"compensation": comp})
+                self._log(logging.ERROR, "compensation failed", compensation=comp, error=msg)
                 failures.append(msg)
             if comp == Compensation.RESTART_SOURCE and self._down_to is None:
                 self._down_to = workflow.now()
@@ -408,6 +411,9 @@ class AppCutoverWorkflow:
         label = f"{name} #{pass_number}" if pass_number else name
         result = await self._activity(label, kind, name, inp, StepResult, attempts)
         self._facts.update(result.facts)
+        moved = result.details.get("bytesMoved")
+        if isinstance(moved, int | float) and not isinstance(moved, bool):
+            self._bytes_moved += int(moved)
         return result
 
     async def _activity(
@@ -435,6 +441,7 @@ class AppCutoverWorkflow:
             )
         except ActivityError as err:
             record.endedAt, record.outcome, record.error = workflow.now(), "failed", _cause(err)
+            self._log(logging.WARNING, "step failed", step=label, kind=kind, error=record.error)
             raise
         record.endedAt, record.outcome = workflow.now(), "ok"
         if isinstance(result, StepResult):
@@ -493,7 +500,15 @@ class AppCutoverWorkflow:
         if self._down_from is not None:
             end = self._down_to or workflow.now()
             downtime = (end - self._down_from).total_seconds()
-        workflow.logger.info("cutover finished", extra={"outcome": outcome.value})
+        self._log(
+            logging.INFO,
+            "cutover finished",
+            outcome=outcome.value,
+            reason=reason,
+            downtime_seconds=downtime,
+            bytes_moved=self._bytes_moved,
+        )
+        self._record_metrics(outcome, downtime)
         rb = self._inp.runbook
         return CutoverResult(
             workflowId=self._id,
@@ -507,6 +522,31 @@ class AppCutoverWorkflow:
             steps=self._records,
             checks=list(self._checks.values()),
             compensationFailures=failures or [],
+        )
+
+    def _log(self, level: int, msg: str, **fields: Any) -> None:
+        """workflow.logger (silent during replay), bound to the application and wave."""
+        rb = self._inp.runbook
+        extra = {"application": rb.application, "wave": rb.wave_name, **fields}
+        if self._current is not None:
+            extra.setdefault("step", self._current)
+        workflow.logger.log(level, msg, extra=extra)
+
+    def _record_metrics(self, outcome: Outcome, downtime: float | None) -> None:
+        """Our metrics, once per cutover. workflow.metric_meter() records nothing during
+        replay and adds no command to the history, so this needs no patch."""
+        meter = workflow.metric_meter().with_additional_attributes(
+            {"wave": self._inp.runbook.wave_name}
+        )
+        meter.create_counter(CUTOVERS, "Cutovers ended, by outcome").add(
+            1, {"outcome": outcome.value}
+        )
+        if downtime is not None:
+            meter.create_histogram_float(
+                DOWNTIME, "Downtime taken per cutover (quiesce to traffic switched)", "s"
+            ).record(downtime, {"outcome": outcome.value})
+        meter.create_counter(BYTES_MOVED, "Disk bytes moved to targets", "By").add(
+            self._bytes_moved, {"outcome": outcome.value}
         )
 
     # ------------------------------------------------- queries and updates
@@ -532,7 +572,7 @@ class AppCutoverWorkflow:
     @workflow.update
     def approve(self, req: ApprovalRequest) -> str:
         self._approved_by = req.approver
-        workflow.logger.info("approved", extra={"approver": req.approver})
+        self._log(logging.INFO, "approved", approver=req.approver)
         return f"approved by {req.approver}"
 
     @approve.validator
