@@ -7,7 +7,7 @@ with its own socket directory, so the URI is `qemu+unix:///system?socket=<dir>/l
 path is fixed). Both are stopped by PID. What the host needs: Debian `libvirt-daemon`,
 `libvirt-daemon-driver-qemu`, `qemu-system-x86` and a `libvirt-qemu` user (setup.sh).
 
-    python -m cutover.libvirtd WORKDIR   # start in the background; prints {"uri", "pids"}
+    python -m cutover.libvirtd WORKDIR [SOCKET_DIR]   # start; prints {"uri", "pids"}
 """
 
 from __future__ import annotations
@@ -84,14 +84,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def start(workdir: Path, wait_seconds: float = 20) -> Libvirtd:
-    """Start virtlogd (when none answers) and a libvirtd whose sockets live in `workdir`."""
+def start(workdir: Path, sock_dir: Path | None = None, wait_seconds: float = 20) -> Libvirtd:
+    """Start virtlogd (when none answers) and a libvirtd whose sockets live in `sock_dir`
+    (default `workdir/sock`; a fixed path gives a fixed URI for a site file)."""
     import libvirt  # the client library: only where a daemon is wanted
 
     daemon = _binary("libvirtd")
     workdir = workdir.resolve()
-    sock_dir = workdir / "sock"
-    sock_dir.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    sock_dir = (sock_dir or workdir / "sock").resolve()
+    sock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = workdir / "libvirtd.conf"
     conf.write_text(
         f'unix_sock_dir = "{sock_dir}"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
@@ -139,11 +141,11 @@ def start(workdir: Path, wait_seconds: float = 20) -> Libvirtd:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m cutover.libvirtd WORKDIR", file=sys.stderr)
+    if len(argv) not in (1, 2):
+        print("usage: python -m cutover.libvirtd WORKDIR [SOCKET_DIR]", file=sys.stderr)
         return 2
     try:
-        lv = start(Path(argv[0]))
+        lv = start(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None)
     except LibvirtdError as exc:
         print(f"libvirtd: {exc}", file=sys.stderr)
         return 1

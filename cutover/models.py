@@ -185,6 +185,8 @@ class StepRecord(_M):
     attempts: int | None = None
     error: str | None = None
     changed: bool | None = None
+    #: data steps: what the pass copied (progress and downtime reports)
+    bytesMoved: int | None = None
 
     @property
     def seconds(self) -> float | None:

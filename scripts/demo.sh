@@ -1,13 +1,9 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults: a local Temporal dev server (durable SQLite, Web UI),
-# a cutover worker, and one application cutover driven through the `cutover` CLI.
-#
-# What is real today: Temporal, the saga, approval, checks (command/tcp/http probes and
-# vSphere pre-migration concerns), the CLI, and the vSphere source against our simulator
-# (quiesce powers the VM off, the undo powers it back on). The disk data path and the
-# libvirt target are not wired into the worker yet: the cutover stops at its first such
-# step with a typed StepNotImplemented error and unwinds. The traffic switch is real but
-# not reached. The demo says so instead of pretending.
+# The main job on the embedded defaults: our vSphere simulator with a VM whose disk holds
+# real data, a private libvirtd (QEMU; KVM where /dev/kvm works), the embedded Temporal
+# server (durable SQLite, Web UI) and a worker; then one warm application cutover driven
+# through the `cutover` CLI, from pre-checks to a running target and a finalized source.
+# Everything it starts is stopped by PID, and what the cutover made is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -18,10 +14,19 @@ STATE=.cutover
 mkdir -p "$STATE"
 export TEMPORAL_ADDRESS=127.0.0.1:$PORT
 CUTOVER=.venv/bin/cutover
+SITE=examples/demo/site.yaml
 pids=()
+json() { .venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 cleanup() {
+  if [ -s "$STATE/libvirtd.json" ]; then
+    echo "== removing what the cutover made (target domain, pool, staging)"
+    .venv/bin/python -m cutover.demo teardown "$SITE" || true
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  done
+  rm -f "$STATE/libvirtd.json"
 }
 trap cleanup EXIT
 
@@ -40,9 +45,19 @@ if .venv/bin/python -c "import socket,sys; s=socket.socket(); sys.exit(s.connect
 fi
 echo "== starting the vSphere API simulator on 127.0.0.1:$VCSIM_PORT"
 rm -rf "$STATE/vcsim"
-vcsim_pid=$(.venv/bin/python -m cutover.vcsim "$STATE/vcsim" "$VCSIM_PORT" | .venv/bin/python -c "import json,sys; print(json.load(sys.stdin)['pid'])")
-pids+=("$vcsim_pid")
-.venv/bin/cutover inventory --site examples/demo/site.yaml | head -4
+.venv/bin/python -m cutover.vcsim "$STATE/vcsim" "$VCSIM_PORT" >"$STATE/vcsim.json"
+pids+=("$(json "$STATE/vcsim.json" pid)")
+DATASTORE=$(json "$STATE/vcsim.json" datastore)
+VM=DC0_C0_H0_VM0
+echo "   the source VM's disk: 256 MiB with data, sha256 $(.venv/bin/python -m cutover.demo seed "$DATASTORE" "$VM")"
+.venv/bin/cutover inventory --site "$SITE" | head -4
+
+echo "== starting libvirtd (socket in /run/cutover/libvirtd)"
+.venv/bin/python -m cutover.libvirtd "$STATE/libvirtd" /run/cutover/libvirtd >"$STATE/libvirtd.json"
+for pid in $(.venv/bin/python -c "import json; print(*json.load(open('$STATE/libvirtd.json'))['pids'])"); do
+  pids+=("$pid")
+done
+.venv/bin/python -m cutover.demo teardown "$SITE" >/dev/null  # leftovers of an interrupted run
 
 echo "== starting the embedded Temporal server (UI: http://127.0.0.1:$UI_PORT)"
 $CUTOVER server --db "$STATE/temporal.db" --port "$PORT" --ui-port "$UI_PORT" >"$STATE/server.log" 2>&1 &
@@ -55,10 +70,10 @@ pids+=($!)
 
 echo "== validating runbooks"
 $CUTOVER validate examples/customer-analytics-api.yaml
-$CUTOVER validate --site examples/demo/site.yaml examples/demo/demo-app.yaml
+$CUTOVER validate --site "$SITE" examples/demo/demo-app.yaml
 
-echo "== running the cutover of demo-app (it waits for approval)"
-$CUTOVER run examples/demo/demo-app.yaml --site examples/demo/site.yaml --wait --json \
+echo "== running the cutover of demo-app: warm copy while the source serves, then approval"
+$CUTOVER run examples/demo/demo-app.yaml --site "$SITE" --wait --json \
   >"$STATE/demo-result.json" &
 run_pid=$!
 for _ in $(seq 1 300); do
@@ -66,7 +81,9 @@ for _ in $(seq 1 300); do
   [ "$phase" = "AWAITING_APPROVAL" ] && break
   sleep 0.2
 done
-echo "-- phase: ${phase:-unknown}; approving as a non-approver first:"
+echo "-- phase: ${phase:-unknown} (the warm copy is done)"
+.venv/bin/python -m cutover.demo write "$DATASTORE" "$VM"
+echo "-- approving as a non-approver first:"
 $CUTOVER approve demo-app --as mallory || true
 $CUTOVER approve demo-app --as ops-lead
 rc=0; wait "$run_pid" || rc=$?
@@ -79,15 +96,15 @@ print(f"{r['workflowId']}: {r['outcome']} - {r['reason']}")
 for line in r["leftWhere"]:
     print(f"  {line}")
 for s in r["steps"]:
-    print(f"  {s['kind']:<12} {s['name']:<32} {s['outcome']:<7} {s.get('error') or ''}")
+    n = s.get("bytesMoved")
+    moved = f"{n / 2**20:6.1f} MiB moved" if n is not None else ""
+    print(f"  {s['kind']:<12} {s['name']:<32} {s['outcome']:<7} {moved} {s.get('error') or ''}")
+for c in r["checks"]:
+    print(f"  check {c['phase']:<6} {c['name']:<32} {c['passed']!s:<6} {c.get('measured') or ''}")
+print(f"  downtime: {r.get('downtimeSeconds')} s")
 PY
-if [ "$rc" -ne 0 ] && grep -q StepNotImplemented "$STATE/demo-result.json"; then
-  echo "== as expected at this stage: the engine ran for real (the source VM was quiesced in"
-  echo "   the vSphere simulator), stopped at the first step whose adapter is not wired into"
-  echo "   the worker yet (the disk data path; then conversion and libvirt), and unwound (the"
-  echo "   source VM was powered back on)."
-  echo "   The history is in the Temporal database; run '$CUTOVER server --db $STATE/temporal.db'"
-  echo "   and open http://127.0.0.1:$UI_PORT to read it."
-  exit 0
-fi
+echo "== checking the world"
+.venv/bin/python -m cutover.demo verify "$SITE" demo-app "$STATE/demo-result.json" "$DATASTORE" "$VM" || rc=1
+echo "   Every step is in the workflow history: open http://127.0.0.1:$UI_PORT while the demo"
+echo "   runs, or afterwards '$CUTOVER server --db $STATE/temporal.db' (then 'cutover audit demo-app')."
 exit "$rc"

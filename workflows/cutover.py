@@ -446,6 +446,9 @@ class AppCutoverWorkflow:
         record.endedAt, record.outcome = workflow.now(), "ok"
         if isinstance(result, StepResult):
             record.attempts, record.changed = result.attempt, result.changed
+            moved = result.details.get("bytesMoved")
+            if isinstance(moved, int) and not isinstance(moved, bool):
+                record.bytesMoved = moved
         return result
 
     async def _run_checks(self, names: list[str], phase: CheckPhase) -> list[CheckResult]:
