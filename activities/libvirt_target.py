@@ -60,6 +60,9 @@ from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
 
+# libvirt prints every error to stderr by default; ours arrive as exceptions, typed below.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
 VOLUME_FACT = "target_volume."
 VOLUME_FORMAT_FACT = "target_format."
 METADATA_NS = "urn:cutover:target:1"
@@ -382,6 +385,8 @@ class LibvirtTarget:
             with contextlib.suppress(libvirt.libvirtError):
                 pool.setAutostart(1)
         if not pool.isActive():
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.build(0)  # its directory may be gone (a defined pool outlives it)
             pool.create(0)
         return pool
 
