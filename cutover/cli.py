@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import cli_audit, search_attributes
+from cutover import cli_audit, cli_lab, search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -414,6 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     cli_audit.add_parser(sub)
+    cli_lab.add_parser(sub)
     return p
 
 
@@ -436,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "lab":
+            return cli_lab.cmd_lab(args)
         if args.command == "audit":
             return asyncio.run(cli_audit.cmd_audit(args))
         return asyncio.run(_update(args))

@@ -50,6 +50,22 @@ def _answers(sock: Path) -> bool:
     return True
 
 
+def _holder(pid_file: Path) -> int | None:
+    """The live process a libvirt driver pid file names (libvirtd holds it locked)."""
+    try:
+        pid = int(pid_file.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (ProcessLookupError, PermissionError, OSError):
+        return None
+    return pid if b"libvirtd" in cmdline else None
+
+
 @dataclass
 class Libvirtd:
     uri: str
@@ -99,6 +115,12 @@ def start(workdir: Path, sock_dir: Path | None = None, wait_seconds: float = 20)
         f'unix_sock_dir = "{sock_dir}"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
         'unix_sock_rw_perms = "0700"\n'
     )
+    other = _holder(Path("/run/libvirt/network/driver.pid"))
+    if other is not None:
+        raise LibvirtdError(
+            f"another libvirtd runs on this host (pid {other}); one per host: stop it first "
+            "(`cutover lab down` if it is the lab's)"
+        )
     pids: list[int] = []
     if not _answers(VIRTLOGD_SOCK):
         with (workdir / "virtlogd.log").open("ab") as log:
