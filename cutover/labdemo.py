@@ -141,7 +141,9 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
         raise RuntimeError(f"cutover wave run failed: {proc.stderr or proc.stdout}")
     print(proc.stdout.strip() or proc.stderr.strip(), file=out)
     client = await connect(f"127.0.0.1:{lab.TEMPORAL_PORT}", "default", wait_seconds=10)
-    handles = {n: client.get_workflow_handle(f"cutover-{n}") for n in apps}
+    handles = {
+        n: client.get_workflow_handle(f"cutover-{n}", result_type=CutoverResult) for n in apps
+    }
     expected_source = {n: a["seedDigest"] for n, a in apps.items()}
     results: dict[str, CutoverResult] = {}
     wrote_behind = False
@@ -182,7 +184,7 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
                 print("  billing: wrote to its source behind CBT, then approved as ops-lead",
                       file=out)  # fmt: skip
             if st.outcome.value != "RUNNING" and n not in results:
-                results[n] = await h.result(result_type=CutoverResult)
+                results[n] = await h.result()
         line = _progress(statuses, pending)
         if line != last:
             print(f"  [{time.monotonic() - started:5.0f}s] {line}", file=out, flush=True)

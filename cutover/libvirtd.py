@@ -105,6 +105,8 @@ def start(workdir: Path, sock_dir: Path | None = None, wait_seconds: float = 20)
     (default `workdir/sock`; a fixed path gives a fixed URI for a site file)."""
     import libvirt  # the client library: only where a daemon is wanted
 
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)  # failures arrive as exceptions
+
     daemon = _binary("libvirtd")
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
