@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import cli_audit, cli_lab, search_attributes
+from cutover import cli_audit, cli_lab, cli_wave, search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -415,6 +415,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_audit.add_parser(sub)
     cli_lab.add_parser(sub)
+    cli_wave.register(sub)  # `wave ...`, `schedule ...`
     return p
 
 
@@ -441,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cli_lab.cmd_lab(args)
         if args.command == "audit":
             return asyncio.run(cli_audit.cmd_audit(args))
+        if args.command in cli_wave.COMMANDS:
+            return cli_wave.dispatch(args)
         return asyncio.run(_update(args))
     except ConfigError as exc:
         for p in exc.problems:

@@ -221,6 +221,8 @@ class CutoverResult(_M):
     steps: list[StepRecord] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     compensationFailures: list[str] = Field(default_factory=list)
+    #: Bytes the data path moved, when it reports them (waves sum it).
+    bytesMoved: int | None = None
 
 
 class ApprovalRequest(_M):

@@ -28,6 +28,8 @@ ALL_STEP_NAMES: list[str] = sorted(
 class World:
     calls: list[str] = field(default_factory=list)
     fail: set[str] = field(default_factory=set)
+    #: application -> steps that fail for that application only (waves)
+    fail_for: dict[str, set[str]] = field(default_factory=dict)
     #: check name -> verdicts to return in turn (the last one repeats)
     check_plan: dict[str, list[bool]] = field(default_factory=dict)
     check_calls: list[str] = field(default_factory=list)
@@ -47,7 +49,7 @@ class World:
             log().debug("test step ran", changed=True)  # as adapters log: context is bound
             if self.delay:
                 await asyncio.sleep(self.delay)
-            if name in self.fail:
+            if name in self.fail or name in self.fail_for.get(inp.context.application, ()):
                 raise ApplicationError(
                     f"{name} broke (test)", type="InvalidState", non_retryable=True
                 )

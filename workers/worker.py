@@ -23,11 +23,13 @@ from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
+from activities.wave import WaveActivities
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workflows.cutover import AppCutoverWorkflow
+from workflows.wave import WaveWorkflow
 
-WORKFLOWS: list[type] = [AppCutoverWorkflow]
+WORKFLOWS: list[type] = [AppCutoverWorkflow, WaveWorkflow]
 #: Our models are pure and deterministic: load them once, outside the sandbox.
 PASSTHROUGH = (
     "cutover",
@@ -41,12 +43,13 @@ PASSTHROUGH = (
 )
 
 
-def default_activities() -> list[Callable[..., Any]]:
-    """Every step, compensation and check, on the real adapters (one client pool each)."""
+def default_activities(client: Client | None = None) -> list[Callable[..., Any]]:
+    """Every step, compensation and check, on the real adapters (one client pool each);
+    with a client, also the wave's (which talk to Temporal itself)."""
     pool = ClientPool()
     vsphere = VSphereActivities(pool)
     disks = DiskActivities.for_vsphere(pool)
-    return [
+    real: list[Callable[..., Any]] = [
         CheckActivities(vsphere, disks).run_check,
         SmokeActivities().smoke_test,
         *vsphere.activities(),
@@ -56,6 +59,9 @@ def default_activities() -> list[Callable[..., Any]]:
         *DnsActivities().activities(),
         *LoadBalancerActivities().activities(),
     ]
+    if client is not None:
+        real += WaveActivities(client).activities()
+    return real
 
 
 def build_worker(
@@ -73,7 +79,7 @@ def build_worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
-        activities=list(activities if activities is not None else default_activities()),
+        activities=list(activities if activities is not None else default_activities(client)),
         activity_executor=ThreadPoolExecutor(max_workers=16),
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).

@@ -1,0 +1,547 @@
+"""Waves: many applications' cutovers under one concurrency cap, dependency order and
+failure threshold. The wave file (YAML, camelCase), the workflow's input, status and result,
+and the figures a wave reports (change failure rate, MTTR, downtime).
+
+Shared by the wave workflow and the CLI; imports nothing that touches the world.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+
+from cutover.config import ConfigError, Problem, format_path, parse_yaml, validate_document
+from cutover.models import CutoverInput, CutoverResult, Outcome, Tuning
+from cutover.runbook import Runbook
+from cutover.site import SiteConfig, load_runbook
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+def _wave_name(value: int | str) -> str:
+    name = str(value)
+    if not _DNS_LABEL.fullmatch(name) or len(name) > 58:
+        raise ValueError(
+            f"'{name}' is not a wave name: expected a number or 1-58 lowercase letters, digits "
+            "or '-', starting and ending with a letter or digit (it becomes the workflow ID "
+            "wave-<name> and each cutover's `wave`)"
+        )
+    return name
+
+
+def _app_name(value: str) -> str:
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(f"'{value}' is not an application name (a DNS-1123 label)")
+    return value
+
+
+WaveName = Annotated[StrictInt | StrictStr, AfterValidator(_wave_name)]
+AppName = Annotated[StrictStr, AfterValidator(_app_name)]
+
+
+def workflow_id_for_wave(name: str) -> str:
+    """One workflow ID per wave, so one wave cannot run twice at once from `wave run`."""
+    return f"wave-{name}"
+
+
+# ------------------------------------------------------------------- the file
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WaveApproval(_File):
+    """Who must approve before the wave starts its first cutover."""
+
+    required: StrictBool = False
+    approvers: list[NonEmpty] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _approvers_when_required(self) -> WaveApproval:
+        if self.required and not self.approvers:
+            raise ValueError("`approvers` must name at least one person when `required` is true")
+        return self
+
+
+OnCancel = Literal["finish", "rollback"]
+
+
+class WaveEntry(_File):
+    """One application: a runbook file (relative to the wave file) or an inline runbook."""
+
+    runbook: NonEmpty | dict[StrictStr, Any]
+    dependsOn: list[AppName] = Field(default_factory=list)
+
+
+class WaveFile(_File):
+    wave: WaveName
+    applications: Annotated[list[WaveEntry], Field(min_length=1)]
+    #: At most this many cutovers run at once.
+    concurrency: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    approval: WaveApproval = Field(default_factory=WaveApproval)
+    #: Blast radius: once more than this many cutovers failed or rolled back, no new one
+    #: starts (running ones finish).
+    failureThreshold: Annotated[StrictInt, Field(ge=0)] = 0
+    #: What `wave cancel` does to running cutovers: let them finish, or roll them back.
+    onCancel: OnCancel = "finish"
+    #: Continue-as-new after this many cutovers finished in one run (history stays small).
+    continueAsNewAfter: Annotated[StrictInt, Field(ge=1, le=2000)] = 200
+
+
+# ---------------------------------------------------------- workflow input
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WaveApp(_M):
+    application: str
+    runbook: Runbook
+    dependsOn: list[str] = Field(default_factory=list)
+
+    @field_serializer("runbook")
+    def _compact(self, rb: Runbook) -> dict[str, Any]:
+        # Defaults omitted: a wave of 1,800 seed runbooks stays well under Temporal's 2 MB
+        # payload limit (the defaults come back when the runbook is decoded).
+        return rb.model_dump(mode="json", exclude_defaults=True)
+
+
+class AppState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    ROLLED_BACK = "ROLLED_BACK"
+    FAILED = "FAILED"
+    #: Not started: a dependency did not complete, or the cutover could not start.
+    SKIPPED = "SKIPPED"
+    #: Not started: the wave stopped (failure threshold, cancel, window closed).
+    NOT_STARTED = "NOT_STARTED"
+
+
+FINISHED = (AppState.COMPLETED, AppState.ROLLED_BACK, AppState.FAILED)
+NEVER_STARTED = (AppState.SKIPPED, AppState.NOT_STARTED)
+
+
+class AppSummary(_M):
+    """What the wave keeps of one application (not the whole CutoverResult: a wave of
+    thousands must fit in one payload and one continue-as-new input)."""
+
+    application: str
+    workflowId: str
+    state: AppState = AppState.PENDING
+    dependsOn: list[str] = Field(default_factory=list)
+    reason: str = ""
+    startedAt: datetime | None = None
+    endedAt: datetime | None = None
+    downtimeSeconds: float | None = None
+    #: Failure detected -> source serving again (rolled-back cutovers only).
+    recoverySeconds: float | None = None
+    bytesMoved: int | None = None
+
+
+class WavePhase(StrEnum):
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    #: No new start until the running cutovers finished, then continue-as-new.
+    DRAINING = "DRAINING"
+    #: Stopped starting (threshold, cancel, window); running cutovers finish.
+    STOPPING = "STOPPING"
+    DONE = "DONE"
+
+
+class WaveOutcome(StrEnum):
+    RUNNING = "RUNNING"
+    #: Every application completed.
+    COMPLETED = "COMPLETED"
+    #: Every application was tried; some did not complete.
+    PARTIAL = "PARTIAL"
+    #: The failure threshold stopped it.
+    STOPPED = "STOPPED"
+    CANCELLED = "CANCELLED"
+    #: The maintenance window closed before every application started.
+    WINDOW_CLOSED = "WINDOW_CLOSED"
+
+
+class WaveCarry(_M):
+    """The state a run hands to the next one at continue-as-new."""
+
+    apps: list[AppSummary]
+    approvedBy: str | None = None
+    paused: bool = False
+    cancelledBy: str | None = None
+    cancelPolicy: OnCancel | None = None
+    stopReason: str | None = None
+    outcome: WaveOutcome = WaveOutcome.RUNNING
+    startedAt: datetime | None = None
+    notAfter: datetime | None = None
+    runs: int = 1
+
+
+class WaveInput(_M):
+    name: str
+    site: SiteConfig
+    #: Applications not started yet (all of them on the first run).
+    apps: list[WaveApp]
+    concurrency: int = 1
+    approval: WaveApproval = Field(default_factory=WaveApproval)
+    failureThreshold: int = 0
+    onCancel: OnCancel = "finish"
+    continueAsNewAfter: int = 200
+    #: No new cutover starts this long after the wave started (a maintenance window).
+    windowSeconds: float | None = None
+    requestedBy: str = "unknown"
+    tuning: Tuning = Field(default_factory=Tuning)
+    carry: WaveCarry | None = None
+
+    def cutover_input(self, app: WaveApp) -> CutoverInput:
+        return CutoverInput(
+            runbook=app.runbook, site=self.site, requestedBy=self.requestedBy, tuning=self.tuning
+        )
+
+
+class WaveCounts(_M):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    rolledBack: int = 0
+    failed: int = 0
+    skipped: int = 0
+    notStarted: int = 0
+
+
+class WaveStatus(_M):
+    wave: str
+    workflowId: str
+    phase: WavePhase
+    outcome: WaveOutcome
+    concurrency: int
+    failureThreshold: int
+    approvedBy: str | None = None
+    stopReason: str | None = None
+    runs: int = 1
+    counts: WaveCounts
+    applications: list[AppSummary]
+
+
+class DowntimeStats(_M):
+    count: int = 0
+    medianSeconds: float | None = None
+    p95Seconds: float | None = None
+    maxSeconds: float | None = None
+
+
+class WaveResult(_M):
+    wave: str
+    workflowId: str
+    outcome: WaveOutcome
+    reason: str
+    approvedBy: str | None = None
+    counts: WaveCounts
+    #: (failed + rolled back) / cutovers that finished; None when none finished.
+    changeFailureRate: float | None = None
+    #: Mean of failure detected -> source serving again, over rolled-back cutovers.
+    mttrSeconds: float | None = None
+    downtime: DowntimeStats
+    #: Sum over the cutovers that report it; None when none does.
+    bytesMoved: int | None = None
+    runs: int = 1
+    startedAt: datetime | None = None
+    endedAt: datetime | None = None
+    applications: list[AppSummary]
+
+
+#: The activity that asks a running cutover to roll back (its `rollback` update).
+REQUEST_ROLLBACK = "request_cutover_rollback"
+
+
+class CutoverRollback(_M):
+    workflowId: str
+    reason: str
+    requestedBy: str = "unknown"
+
+
+class PauseRequest(_M):
+    requestedBy: str = "unknown"
+    reason: str = ""
+
+
+class CancelRequest(_M):
+    requestedBy: str = "unknown"
+    reason: str = ""
+    #: Overrides the wave file's `onCancel` for this cancellation.
+    policy: OnCancel | None = None
+
+
+# ------------------------------------------------------------------ figures
+
+
+def recovery_seconds(result: CutoverResult) -> float | None:
+    """Failure detected -> source serving again, from the cutover's step records.
+
+    Detected: the end of the step that failed, else (a rollback criterion fired, or an
+    operator asked) the start of the first compensation. Serving again: the end of
+    `restart_source`, else of the last compensation. Only for ROLLED_BACK results (a FAILED
+    rollback has not recovered; a pre-check failure changed nothing)."""
+    if result.outcome != Outcome.ROLLED_BACK:
+        return None
+    comps = [s for s in result.steps if s.kind == "compensation"]
+    if not comps:
+        return None
+    failed = [s for s in result.steps if s.outcome == "failed" and s.kind != "compensation"]
+    detected = failed[0].endedAt if failed and failed[0].endedAt else comps[0].startedAt
+    restart = [s for s in comps if s.name == "restart_source" and s.endedAt]
+    served = restart[0].endedAt if restart else comps[-1].endedAt
+    if served is None:
+        return None
+    return max(0.0, (served - detected).total_seconds())
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of the values; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def counts_of(apps: list[AppSummary]) -> WaveCounts:
+    def n(state: AppState) -> int:
+        return sum(1 for a in apps if a.state == state)
+
+    return WaveCounts(
+        total=len(apps),
+        pending=n(AppState.PENDING),
+        running=n(AppState.RUNNING),
+        completed=n(AppState.COMPLETED),
+        rolledBack=n(AppState.ROLLED_BACK),
+        failed=n(AppState.FAILED),
+        skipped=n(AppState.SKIPPED),
+        notStarted=n(AppState.NOT_STARTED),
+    )
+
+
+def figures(apps: list[AppSummary]) -> tuple[float | None, float | None, DowntimeStats, int | None]:
+    """(change failure rate, MTTR seconds, downtime stats, bytes moved) of finished cutovers."""
+    done = [a for a in apps if a.state in FINISHED]
+    bad = [a for a in done if a.state != AppState.COMPLETED]
+    cfr = len(bad) / len(done) if done else None
+    rec = [a.recoverySeconds for a in done if a.recoverySeconds is not None]
+    mttr = sum(rec) / len(rec) if rec else None
+    down = [a.downtimeSeconds for a in done if a.downtimeSeconds is not None]
+    stats = DowntimeStats(
+        count=len(down), medianSeconds=median(down), p95Seconds=percentile(down, 95),
+        maxSeconds=max(down) if down else None,
+    )  # fmt: skip
+    moved = [a.bytesMoved for a in done if a.bytesMoved is not None]
+    return cfr, mttr, stats, sum(moved) if moved else None
+
+
+def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle as a path (first == last), or None. Deterministic order."""
+    color: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        color[node] = 1
+        stack.append(node)
+        for nxt in deps.get(node, []):
+            if color.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if color.get(nxt, 0) == 0 and nxt in deps:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        color[node] = 2
+        return None
+
+    for node in deps:
+        if color.get(node, 0) == 0:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _subnode(node: yaml.Node | None, loc: list[int | str]) -> yaml.Node | None:
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next(
+                (v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part),
+                None,
+            )
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            node = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            return None
+    return node
+
+
+def _line(node: yaml.Node | None) -> int | None:
+    return node.start_mark.line + 1 if node is not None else None
+
+
+def _site_problems(
+    rb: Runbook, site: SiteConfig, file: str, loc: list[int | str], node: yaml.Node | None
+) -> list[Problem]:
+    """What load_runbook checks against a site, for an inline runbook."""
+    prefix = format_path(loc) + "."
+
+    def line(field: str, i: int) -> int | None:
+        return _line(_subnode(node, [*loc, field, i]))
+
+    problems = [
+        Problem(file, f"{prefix}{field}[{i}]",
+                f"check '{name}' has no probe in the site config (add it under `checks`)",
+                line(field, i))
+        for field in ("preChecks", "postChecks", "rollbackCriteria")
+        for i, name in enumerate(getattr(rb, field))
+        if name not in site.checks
+    ]  # fmt: skip
+    needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
+             "update_dns": ("dns", site.dns),
+             "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip
+    problems += [
+        Problem(file, f"{prefix}cutoverSteps[{i}]",
+                f"step '{step}' needs a `{needs[step][0]}` section in the site config",
+                line("cutoverSteps", i))
+        for i, step in enumerate(rb.cutoverSteps)
+        if step in needs and needs[step][1] is None
+    ]  # fmt: skip
+    return problems
+
+
+def load_wave(
+    path: str | Path,
+    site: SiteConfig,
+    site_file: str = "",
+    requested_by: str = "unknown",
+    window_seconds: float | None = None,
+) -> WaveInput:
+    """Read a wave file and its runbooks; every problem in every file, or a WaveInput with
+    each runbook's `wave` set to the wave's name."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([Problem(file, "", f"cannot read file: {reason}")]) from None
+    data, node = parse_yaml(text, file)
+    wf = validate_document(WaveFile, data, file, node)
+    name = str(wf.wave)
+    base = Path(path).parent
+    problems: list[Problem] = []
+    apps: list[WaveApp] = []
+    where: dict[str, int] = {}
+    context = {"site_checks": frozenset(site.checks)}
+    for i, entry in enumerate(wf.applications):
+        loc: list[int | str] = ["applications", i, "runbook"]
+        try:
+            if isinstance(entry.runbook, str):
+                rb_path = base / entry.runbook
+                rb = load_runbook(rb_path, site, site_file)
+            else:
+                inline = dict(entry.runbook)
+                inline.setdefault("wave", name)
+                sub = _subnode(node, loc)
+                rb = validate_document(Runbook, inline, file, sub, context)
+                sp = _site_problems(rb, site, file, loc, node)
+                if sp:
+                    raise ConfigError(sp)
+        except ConfigError as exc:
+            prefix = format_path(loc) + "." if not isinstance(entry.runbook, str) else ""
+            for p in exc.problems:
+                if prefix and p.file == file and not p.path.startswith(prefix):
+                    p = Problem(p.file, prefix + p.path, p.message, p.line)
+                problems.append(p)
+            continue
+        rb = rb.model_copy(update={"wave": name})
+        if rb.application in where:
+            problems.append(
+                Problem(file, format_path(loc),
+                        f"application '{rb.application}' is listed twice (first as "
+                        f"applications[{where[rb.application]}]); each may appear once",
+                        _line(_subnode(node, loc[:2])))
+            )  # fmt: skip
+            continue
+        where[rb.application] = i
+        apps.append(WaveApp(application=rb.application, runbook=rb, dependsOn=entry.dependsOn))
+    known = {a.application for a in apps}
+    if not problems:
+        for a in apps:
+            i = where[a.application]
+            loc = ["applications", i, "dependsOn"]
+            for j, dep in enumerate(a.dependsOn):
+                if dep == a.application:
+                    msg = f"'{dep}' depends on itself"
+                elif dep not in known:
+                    msg = (f"unknown application '{dep}': dependsOn names applications of this "
+                           f"wave ({', '.join(sorted(known))})")  # fmt: skip
+                else:
+                    continue
+                problems.append(
+                    Problem(file, format_path([*loc, j]), msg, _line(_subnode(node, [*loc, j])))
+                )
+    if not problems:
+        cycle = find_cycle({a.application: a.dependsOn for a in apps})
+        if cycle:
+            first = where[cycle[0]]
+            loc = ["applications", first, "dependsOn"]
+            problems.append(
+                Problem(file, format_path(loc), "dependency cycle: " + " -> ".join(cycle),
+                        _line(_subnode(node, loc)))
+            )  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
+    try:
+        for a in apps:  # the same checks the cutover workflow's input makes
+            CutoverInput(runbook=a.runbook, site=site)
+    except ValidationError as exc:  # pragma: no cover - load_runbook caught these above
+        raise ConfigError([Problem(file, "applications", str(exc))]) from None
+    return WaveInput(
+        name=name,
+        site=site,
+        apps=apps,
+        concurrency=wf.concurrency,
+        approval=wf.approval,
+        failureThreshold=wf.failureThreshold,
+        onCancel=wf.onCancel,
+        continueAsNewAfter=wf.continueAsNewAfter,
+        windowSeconds=window_seconds,
+        requestedBy=requested_by,
+    )

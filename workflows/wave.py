@@ -1,0 +1,450 @@
+"""A wave: applications' cutovers as child workflows, under a concurrency cap, in dependency
+order, with a failure threshold (blast radius), approval, pause/resume/cancel.
+
+Continue-as-new by draining: after `continueAsNewAfter` cutovers finished in one run (or
+when Temporal suggests it), the wave stops starting cutovers, waits for the running ones to
+finish, and continues as new with what it knows (every application's summary, the ones not
+started yet, approval, pause, cancel and stop state). A child's result can be awaited only
+by the run that started it, so a run never continues-as-new with a child running: nothing
+has to be re-attached, and no result is lost or read twice. The price is a drain at each
+boundary (the cap is briefly under-used); `continueAsNewAfter` sets how often.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeUpdate, WorkflowIDReusePolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from cutover import search_attributes as sa
+    from cutover.models import ApprovalRequest, CutoverResult, Outcome
+    from cutover.wave import (
+        FINISHED,
+        REQUEST_ROLLBACK,
+        AppState,
+        AppSummary,
+        CancelRequest,
+        CutoverRollback,
+        PauseRequest,
+        WaveApp,
+        WaveCarry,
+        WaveInput,
+        WaveOutcome,
+        WavePhase,
+        WaveResult,
+        WaveStatus,
+        counts_of,
+        figures,
+        recovery_seconds,
+    )
+    from workflows.cutover import AppCutoverWorkflow, _cause, workflow_id_for
+
+_STATE_OF = {
+    Outcome.COMPLETED: AppState.COMPLETED,
+    Outcome.ROLLED_BACK: AppState.ROLLED_BACK,
+    Outcome.FAILED: AppState.FAILED,
+}
+_REASON_MAX = 300
+#: A dependency in one of these states will never complete: its dependents are skipped.
+_BLOCKING = (AppState.ROLLED_BACK, AppState.FAILED, AppState.SKIPPED, AppState.NOT_STARTED)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+@workflow.defn(name="Wave")
+class WaveWorkflow:
+    @workflow.init
+    def __init__(self, inp: WaveInput) -> None:
+        self._inp = inp
+        self._id = workflow.info().workflow_id
+        carry = inp.carry or WaveCarry(
+            apps=[
+                AppSummary(
+                    application=a.application,
+                    workflowId=workflow_id_for(a.application),
+                    dependsOn=a.dependsOn,
+                )
+                for a in inp.apps
+            ]
+        )
+        self._carry = carry
+        self._apps: dict[str, AppSummary] = {a.application: a for a in carry.apps}
+        self._pending: dict[str, WaveApp] = {a.application: a for a in inp.apps}
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finished_this_run = 0
+        self._changed = False
+        self._phase: WavePhase | None = None
+        self._draining = False
+
+    # ------------------------------------------------------------------ run
+
+    @workflow.run
+    async def run(self, _: WaveInput) -> WaveResult:
+        c, inp = self._carry, self._inp
+        if c.startedAt is None:
+            c.startedAt = workflow.now()
+            if inp.windowSeconds is not None:
+                c.notAfter = c.startedAt + timedelta(seconds=inp.windowSeconds)
+        self._sync(sa.WAVE.value_set(inp.name), sa.OUTCOME.value_set(c.outcome.value))
+        if inp.approval.required and c.approvedBy is None and c.cancelledBy is None:
+            await workflow.wait_condition(
+                lambda: c.approvedBy is not None or c.cancelledBy is not None,
+                timeout_summary="wave approval",
+            )
+        while True:
+            self._check_window()
+            self._skip_blocked()
+            if not self._stopping() and not c.paused:
+                self._draining = self._draining or self._continue_as_new_due()
+                if not self._draining:
+                    self._start_ready()
+            self._sync()
+            if not self._running:
+                if not self._pending or self._stopping():
+                    break
+                if self._draining:
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    self._continue_as_new()
+            self._changed = False
+            timeout = None
+            if c.notAfter is not None and not self._stopping():
+                timeout = max(c.notAfter - workflow.now(), timedelta(milliseconds=1))
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._changed, timeout=timeout, timeout_summary="maintenance window"
+                )
+        return self._finish()
+
+    # -------------------------------------------------------------- helpers
+
+    def _stopping(self) -> bool:
+        return self._carry.cancelledBy is not None or self._carry.stopReason is not None
+
+    def _continue_as_new_due(self) -> bool:
+        if not self._pending:
+            return False
+        return (
+            self._finished_this_run >= self._inp.continueAsNewAfter
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    def _check_window(self) -> None:
+        c = self._carry
+        due = c.notAfter is not None and workflow.now() >= c.notAfter
+        if due and c.notAfter is not None and not self._stopping() and self._pending:
+            c.stopReason = (
+                f"the maintenance window closed at {c.notAfter.isoformat()} with "
+                f"{len(self._pending)} application(s) not started"
+            )
+            c.outcome = WaveOutcome.WINDOW_CLOSED
+
+    def _skip_blocked(self) -> None:
+        """Dependents of an application that did not complete are skipped, transitively."""
+        changed = True
+        while changed:
+            changed = False
+            for name in list(self._pending):
+                app = self._pending[name]
+                bad = [d for d in app.dependsOn if self._apps[d].state in _BLOCKING]
+                if bad:
+                    dep = self._apps[bad[0]]
+                    self._settle(
+                        name,
+                        AppState.SKIPPED,
+                        f"dependency {dep.application} did not complete ({dep.state.value})",
+                    )
+                    changed = True
+
+    def _start_ready(self) -> None:
+        cap = self._inp.concurrency
+        for name in list(self._pending):
+            if len(self._running) >= cap:
+                return
+            app = self._pending[name]
+            if all(self._apps[d].state == AppState.COMPLETED for d in app.dependsOn):
+                del self._pending[name]
+                self._running.add(name)
+                summary = self._apps[name]
+                summary.state = AppState.RUNNING
+                summary.startedAt = workflow.now()
+                task = asyncio.create_task(self._run_child(app))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _run_child(self, app: WaveApp) -> None:
+        name = app.application
+        summary = self._apps[name]
+        try:
+            result: CutoverResult = await workflow.execute_child_workflow(
+                AppCutoverWorkflow.run,
+                self._inp.cutover_input(app),
+                id=summary.workflowId,
+                task_queue=workflow.info().task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                # Terminating a wave must never terminate a cutover mid-step (its
+                # compensations would not run): children outlive a terminated wave.
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                static_summary=f"Cutover of {name} (wave {self._inp.name})",
+            )
+        except WorkflowAlreadyStartedError:
+            self._running.discard(name)
+            self._settle(
+                name,
+                AppState.SKIPPED,
+                f"not started: a cutover of {name} is already running ({summary.workflowId})",
+            )
+            return
+        except ChildWorkflowError as err:
+            self._running.discard(name)
+            self._done(name, AppState.FAILED, f"the cutover workflow failed: {_cause(err)}")
+            return
+        self._running.discard(name)
+        summary.downtimeSeconds = result.downtimeSeconds
+        summary.recoverySeconds = recovery_seconds(result)
+        summary.bytesMoved = result.bytesMoved
+        self._done(name, _STATE_OF.get(result.outcome, AppState.FAILED), result.reason)
+
+    def _done(self, name: str, state: AppState, reason: str) -> None:
+        self._settle(name, state, reason)
+        self._finished_this_run += 1
+        c = self._carry
+        failed = (AppState.FAILED, AppState.ROLLED_BACK)
+        bad = sum(1 for a in self._apps.values() if a.state in failed)
+        if bad > self._inp.failureThreshold and c.stopReason is None and c.cancelledBy is None:
+            c.stopReason = (
+                f"failure threshold exceeded: {bad} cutover(s) failed or rolled back "
+                f"(failureThreshold {self._inp.failureThreshold}); no new cutover starts"
+            )
+            c.outcome = WaveOutcome.STOPPED
+            workflow.logger.warning("wave stopping", extra={"reason": c.stopReason})
+
+    def _settle(self, name: str, state: AppState, reason: str) -> None:
+        summary = self._apps[name]
+        summary.state = state
+        summary.reason = _short(reason)
+        if state in FINISHED:
+            summary.endedAt = workflow.now()
+        self._pending.pop(name, None)
+        self._changed = True
+
+    def _current_phase(self) -> WavePhase:
+        c = self._carry
+        if self._phase == WavePhase.DONE:
+            return WavePhase.DONE
+        if self._inp.approval.required and c.approvedBy is None and c.cancelledBy is None:
+            return WavePhase.AWAITING_APPROVAL
+        if self._stopping():
+            return WavePhase.STOPPING
+        if c.paused:
+            return WavePhase.PAUSED
+        if self._draining:
+            return WavePhase.DRAINING
+        return WavePhase.RUNNING
+
+    def _sync(self, *more: SearchAttributeUpdate[Any]) -> None:
+        """Search attributes and current details, when the phase changed (each upsert is a
+        history event)."""
+        phase = self._current_phase()
+        if phase != self._phase or more:
+            self._phase = phase
+            workflow.upsert_search_attributes([sa.PHASE.value_set(phase.value), *more])
+        n = counts_of(list(self._apps.values()))
+        workflow.set_current_details(
+            f"**wave {self._inp.name}**: {phase.value}\n\n"
+            f"{n.running} running, {n.pending} pending, {n.completed} completed, "
+            f"{n.rolledBack} rolled back, {n.failed} failed, "
+            f"{n.skipped + n.notStarted} not started"
+            + (f"\n\n{self._carry.stopReason}" if self._carry.stopReason else "")
+        )
+
+    def _continue_as_new(self) -> NoReturn:
+        c = self._carry
+        c.apps = list(self._apps.values())
+        c.runs += 1
+        workflow.logger.info(
+            "wave continues as new",
+            extra={"finished_this_run": self._finished_this_run, "pending": len(self._pending)},
+        )
+        workflow.continue_as_new(
+            self._inp.model_copy(update={"apps": list(self._pending.values()), "carry": c})
+        )
+
+    def _finish(self) -> WaveResult:
+        c = self._carry
+        for name in list(self._pending):
+            self._settle(name, AppState.NOT_STARTED, c.stopReason or "the wave was cancelled")
+        apps = list(self._apps.values())
+        n = counts_of(apps)
+        if c.cancelledBy is not None:
+            c.outcome = WaveOutcome.CANCELLED
+            reason = f"cancelled by {c.cancelledBy} (onCancel: {c.cancelPolicy})"
+        elif c.stopReason is not None:
+            reason = c.stopReason
+        elif n.completed == n.total:
+            c.outcome = WaveOutcome.COMPLETED
+            reason = f"all {n.total} application(s) cut over"
+        else:
+            c.outcome = WaveOutcome.PARTIAL
+            reason = (
+                f"{n.completed} of {n.total} application(s) cut over; {n.rolledBack} rolled "
+                f"back, {n.failed} failed, {n.skipped} skipped"
+            )
+        self._phase = WavePhase.DONE
+        workflow.upsert_search_attributes(
+            [sa.PHASE.value_set(WavePhase.DONE.value), sa.OUTCOME.value_set(c.outcome.value)]
+        )
+        cfr, mttr, downtime, moved = figures(apps)
+        return WaveResult(
+            wave=self._inp.name,
+            workflowId=self._id,
+            outcome=c.outcome,
+            reason=reason,
+            approvedBy=c.approvedBy,
+            counts=n,
+            changeFailureRate=cfr,
+            mttrSeconds=mttr,
+            downtime=downtime,
+            bytesMoved=moved,
+            runs=c.runs,
+            startedAt=c.startedAt,
+            endedAt=workflow.now(),
+            applications=apps,
+        )
+
+    # ------------------------------------------------- queries and updates
+
+    @workflow.query
+    def status(self) -> WaveStatus:
+        c = self._carry
+        return WaveStatus(
+            wave=self._inp.name,
+            workflowId=self._id,
+            phase=self._current_phase(),
+            outcome=c.outcome,
+            concurrency=self._inp.concurrency,
+            failureThreshold=self._inp.failureThreshold,
+            approvedBy=c.approvedBy,
+            stopReason=c.stopReason,
+            runs=c.runs,
+            counts=counts_of(list(self._apps.values())),
+            applications=list(self._apps.values()),
+        )
+
+    @workflow.update
+    def approve(self, req: ApprovalRequest) -> str:
+        self._carry.approvedBy = req.approver
+        self._changed = True
+        return f"wave {self._inp.name} approved by {req.approver}"
+
+    @approve.validator
+    def _validate_approve(self, req: ApprovalRequest) -> None:
+        policy = self._inp.approval
+        if not policy.required:
+            _refuse(f"wave {self._inp.name} does not require approval")
+        if self._carry.approvedBy is not None:
+            _refuse(f"already approved by {self._carry.approvedBy}")
+        if self._stopping() or self._phase == WavePhase.DONE:
+            _refuse(f"nothing to approve: wave {self._inp.name} is {self._current_phase().value}")
+        if req.approver not in policy.approvers:
+            _refuse(
+                f"'{req.approver}' is not an allowed approver for wave {self._inp.name} "
+                f"(allowed: {', '.join(policy.approvers)})"
+            )
+
+    @workflow.update
+    def pause(self, req: PauseRequest) -> str:
+        self._carry.paused = True
+        self._changed = True
+        running = len(self._running)
+        return (
+            f"wave {self._inp.name} paused by {req.requestedBy}: no new cutover starts; "
+            f"{running} running cutover(s) continue"
+        )
+
+    @pause.validator
+    def _validate_pause(self, req: PauseRequest) -> None:
+        if self._carry.paused:
+            _refuse(f"wave {self._inp.name} is already paused")
+        self._refuse_if_over("pause")
+
+    @workflow.update
+    def resume(self, req: PauseRequest) -> str:
+        self._carry.paused = False
+        self._changed = True
+        return f"wave {self._inp.name} resumed by {req.requestedBy}"
+
+    @resume.validator
+    def _validate_resume(self, req: PauseRequest) -> None:
+        if not self._carry.paused:
+            _refuse(f"wave {self._inp.name} is not paused")
+        self._refuse_if_over("resume")
+
+    @workflow.update
+    async def cancel(self, req: CancelRequest) -> str:
+        c = self._carry
+        policy = req.policy or self._inp.onCancel
+        c.cancelledBy, c.cancelPolicy = req.requestedBy, policy
+        self._changed = True
+        not_started = len(self._pending)
+        running = sorted(self._running)
+        if policy == "finish" or not running:
+            return (
+                f"wave {self._inp.name} cancelled: {not_started} application(s) will not "
+                f"start; {len(running)} running cutover(s) finish"
+            )
+        reason = f"wave {self._inp.name} cancelled by {req.requestedBy}" + (
+            f": {req.reason}" if req.reason else ""
+        )
+        answers = await asyncio.gather(
+            *(self._request_rollback(self._apps[n].workflowId, reason, req.requestedBy)
+              for n in running)
+        )  # fmt: skip
+        lines = [f"{n}: {a}" for n, a in zip(running, answers, strict=True)]
+        return (
+            f"wave {self._inp.name} cancelled: {not_started} application(s) will not start; "
+            f"rollback requested for {len(running)} running cutover(s):\n" + "\n".join(lines)
+        )
+
+    async def _request_rollback(self, workflow_id: str, reason: str, who: str) -> str:
+        try:
+            answer: str = await workflow.execute_activity(
+                REQUEST_ROLLBACK,
+                CutoverRollback(workflowId=workflow_id, reason=reason, requestedBy=who),
+                result_type=str,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=5),
+                summary=f"roll back {workflow_id}",
+            )
+        except ActivityError as err:
+            return f"rollback request failed: {_cause(err)}"
+        return answer
+
+    @cancel.validator
+    def _validate_cancel(self, req: CancelRequest) -> None:
+        if self._carry.cancelledBy is not None:
+            _refuse(f"wave {self._inp.name} was already cancelled by {self._carry.cancelledBy}")
+        self._refuse_if_over("cancel")
+
+    def _refuse_if_over(self, what: str) -> None:
+        if self._phase == WavePhase.DONE:
+            _refuse(f"{what} refused: wave {self._inp.name} has finished")
+        if self._carry.stopReason is not None and what != "cancel":
+            _refuse(f"{what} refused: wave {self._inp.name} is stopping: {self._carry.stopReason}")
+
+
+def _refuse(message: str) -> NoReturn:
+    raise ApplicationError(message, type="Refused", non_retryable=True)
