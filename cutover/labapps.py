@@ -41,6 +41,18 @@ class Side:
     address: str
     disk: Path | None = None
     up: bool = False
+    #: asks the world on demand (targets); sources are polled by a watcher thread
+    refresh: Any = None
+    _asked: float = -1.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def current(self) -> bool:
+        if self.refresh is not None:
+            with self._lock:  # concurrent requests wait for one fresh answer, not a stale one
+                if time.monotonic() - self._asked > 0.2:
+                    self.refresh(self)
+                    self._asked = time.monotonic()
+        return self.up
 
 
 @dataclass
@@ -92,10 +104,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if knobs.get("latencyMs"):
             time.sleep(float(knobs["latencyMs"]) / 1000)
         if self.path.rstrip("/").endswith("/health"):
-            ok = s.up and not knobs.get("unhealthy")
+            ok = s.current() and not knobs.get("unhealthy")
             self._send(200 if ok else 503, {"up": ok})
             return
-        if not s.up or s.disk is None:
+        if not s.current() or s.disk is None:
             self._send(503, {"application": s.app, "side": s.side, "error": "not running"})
             return
         if knobs.get("failing"):
@@ -109,6 +121,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, {"application": s.app, "side": s.side, "sha256": digest, "bytes": size})
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
+        if status >= 500 and not self.path.endswith("/health"):
+            print(f"{time.strftime('%H:%M:%S')} {self.server.side.app} {self.server.side.side} "
+                  f"{self.path}: {status} {body.get('error')}", flush=True)  # fmt: skip
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -132,57 +147,63 @@ class _Server(http.server.ThreadingHTTPServer):
         """Health checks hang up early: not worth a traceback."""
 
 
-def _watch(state: dict[str, Any], sides: list[Side], stop: threading.Event) -> None:
-    """Every 0.5 s: which source VMs are on (vCenter) and which target domains run (libvirt)."""
-    import libvirt
-
+def _watch_sources(state: dict[str, Any], sides: list[Side], stop: threading.Event) -> None:
+    """Every 0.3 s: which source VMs are powered on, as vCenter says."""
     from activities.vsphere import ClientPool, find_vms
     from cutover.site import load_site
 
-    libvirt.registerErrorHandler(lambda _c, _e: None, None)
     site = load_site(state["site"])
-    assert site.vcenter is not None and site.libvirt is not None
+    assert site.vcenter is not None
+    vms = {a["name"]: a["vm"] for a in state["apps"]}
     pool = ClientPool()
-    conn: Any = None
     while not stop.is_set():
         try:
-            client = pool.get(site.vcenter)
-            power = {
-                vm.name: str(vm.runtime.powerState)
-                for vm in find_vms(client, [a["vm"] for a in state["apps"]])
-            }
-        except Exception:  # the simulator restarting: keep the last view
-            power = None
-        try:
-            if conn is None or not conn.isAlive():
-                conn = libvirt.open(site.libvirt.uri)
-            running = {
-                d.name(): d for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            }
-        except libvirt.libvirtError:
-            conn, running = None, None
-        for s, app in ((s, next(a for a in state["apps"] if a["name"] == s.app)) for s in sides):
-            if s.side == "source" and power is not None:
-                s.up = power.get(app["vm"]) == "poweredOn"
-            elif s.side == "target" and running is not None:
-                dom = running.get(s.app)
-                s.up = dom is not None
-                if dom is not None:
-                    src = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/source")
-                    s.disk = Path(src.get("file", "")) if src is not None else None
-        stop.wait(0.5)
+            found = find_vms(pool.get(site.vcenter), [*vms.values()])
+            power = {vm.name: str(vm.runtime.powerState) for vm in found}
+            for s in sides:
+                s.up = power.get(vms[s.app]) == "poweredOn"
+        except Exception:  # the simulator busy or restarting: keep the last view, retry
+            pool.close()
+            pool = ClientPool()
+        stop.wait(0.3)
+
+
+def _target_refresher(uri: str) -> Any:
+    """A target's state straight from libvirt, at most every 0.2 s per application: it
+    serves only while its domain runs, from the disk that domain boots."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    lock = threading.Lock()
+    conn: list[Any] = []
+
+    def refresh(side: Side) -> None:
+        with lock:
+            try:
+                if not conn or not conn[0].isAlive():
+                    conn[:] = [libvirt.open(uri)]
+                dom = conn[0].lookupByName(side.app)
+                src = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/source")
+                side.disk = Path(src.get("file", "")) if src is not None else None
+                side.up = bool(dom.isActive())
+            except libvirt.libvirtError:  # no such domain (or it just went)
+                side.up = False
+
+    return refresh
 
 
 def main(argv: list[str]) -> int:
     state = json.loads(Path(argv[0]).read_text())
     knobs = Knobs(Path(state["dir"]) / "knobs.json")
     sides: list[Side] = []
+    refresh = _target_refresher(state["libvirtUri"])
     for app in state["apps"]:
         sides.append(Side(app["name"], "source", app["sourceAddress"], Path(app["disk"])))
-        sides.append(Side(app["name"], "target", app["targetAddress"]))
+        sides.append(Side(app["name"], "target", app["targetAddress"], refresh=refresh))
     servers = [_Server(s, knobs) for s in sides]
     stop = threading.Event()
-    threading.Thread(target=_watch, args=(state, sides, stop), daemon=True).start()
+    sources = [s for s in sides if s.side == "source"]
+    threading.Thread(target=_watch_sources, args=(state, sources, stop), daemon=True).start()
     for srv in servers:
         threading.Thread(
             target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True

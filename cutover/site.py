@@ -129,7 +129,8 @@ class Dns(_Model):
 
 class _Probe(_Model):
     """Common to all probes. Where to probe (`url`, `argv`, `host`, `name`, `server`,
-    `query`) may use `{placeholders}` (cutover.templating), filled in per application."""
+    `query`, `expectValue`) may use `{placeholders}` (cutover.templating), filled in per
+    application."""
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> _Probe:
