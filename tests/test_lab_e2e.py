@@ -36,10 +36,10 @@ async def test_wave_of_three_through_the_lab(
     try:
         assert lab.status()["up"]
         log = tmp_path / "worker.log"
-        with log.open("wb") as out:
+        with log.open("wb") as wlog:
             worker = subprocess.Popen(
                 [CUTOVER, "worker"],
-                stdout=out,
+                stdout=wlog,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{lab.TEMPORAL_PORT}"},
                 start_new_session=True,
@@ -49,8 +49,8 @@ async def test_wave_of_three_through_the_lab(
             assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
             await asyncio.sleep(0.1)
 
-        out = await labdemo.run_wave(state, CUTOVER, out=sys.stderr)
-        results = out["results"]
+        ran = await labdemo.run_wave(state, CUTOVER, out=sys.stderr)
+        results = ran["results"]
         outcomes = {n: r.outcome.value for n, r in results.items()}
         assert outcomes == {"shop": "COMPLETED", "billing": "ROLLED_BACK", "search": "ROLLED_BACK"}
         assert labdemo.summary(state, results) == []  # each rolled back for its own reason
@@ -61,7 +61,7 @@ async def test_wave_of_three_through_the_lab(
         for r in results.values():
             assert r.downtimeSeconds is not None and r.downtimeSeconds > 0
         # LB and DNS on exactly one healthy backend; data where it belongs (digests)
-        assert labdemo.check_world(state, outcomes, out["expected_source"]) == []
+        assert labdemo.check_world(state, outcomes, ran["expected_source"]) == []
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)
