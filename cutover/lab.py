@@ -309,14 +309,14 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def runbook(app: App, wave: str = "lab-1") -> dict[str, Any]:
+def runbook(app: App, wave: str = "lab-1", window_minutes: float = 0.5) -> dict[str, Any]:
     rb: dict[str, Any] = {
         "application": app.name,
         "wave": wave,
         "sourcePlatform": "vmware-vsphere",
         "sourceCluster": "lab-cluster",
         "targetPlatform": "kvm-libvirt",
-        "rollbackWindowMinutes": 0.5,
+        "rollbackWindowMinutes": window_minutes,
         "checkIntervalSeconds": 5,
         "vms": [app.vm],
         "quiesce": {"guestShutdownTimeoutSeconds": 30},
@@ -356,7 +356,11 @@ def runbook(app: App, wave: str = "lab-1") -> dict[str, Any]:
 
 
 def up(
-    apps: list[App] = APPS, disk_mib: int = 128, libvirt_uri: str | None = None
+    apps: list[App] = APPS,
+    disk_mib: int = 128,
+    libvirt_uri: str | None = None,
+    concurrency: int | None = None,
+    window_minutes: float = 0.5,
 ) -> dict[str, Any]:
     """Start the lab (cleaning what a crashed one left first); returns its state.
     `libvirt_uri`: use that libvirtd instead of starting one (one libvirtd per host: the
@@ -372,7 +376,7 @@ def up(
     LAB.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"dir": str(LAB), "pids": {}, "apps": []}
     try:
-        _start_all(state, apps, disk_mib, libvirt_uri)
+        _start_all(state, apps, disk_mib, libvirt_uri, concurrency or len(apps), window_minutes)
     except BaseException:
         state_file().write_text(json.dumps(state, indent=2))
         down(quiet=True)
@@ -381,7 +385,12 @@ def up(
 
 
 def _start_all(
-    state: dict[str, Any], apps: list[App], disk_mib: int, libvirt_uri: str | None
+    state: dict[str, Any],
+    apps: list[App],
+    disk_mib: int,
+    libvirt_uri: str | None,
+    concurrency: int,
+    window_minutes: float,
 ) -> None:
     pids: dict[str, Any] = state["pids"]
 
@@ -446,10 +455,11 @@ def _start_all(
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
     for app in apps:
-        (rdir / f"{app.name}.yaml").write_text(yaml.safe_dump(runbook(app), sort_keys=False))
+        rb = runbook(app, window_minutes=window_minutes)
+        (rdir / f"{app.name}.yaml").write_text(yaml.safe_dump(rb, sort_keys=False))
     wave = {
         "wave": "lab-1",
-        "concurrency": len(apps),
+        "concurrency": concurrency,
         "failureThreshold": len(apps),
         "applications": [{"runbook": f"runbooks/{a.name}.yaml"} for a in apps],
     }

@@ -3,8 +3,9 @@
 A VM of our simulator has `[LocalDS_0] <vm>/disk1.vmdk`; its data lives in
 `<datastore>/<vm>/disk1-flat.vmdk` and its change tracking in `disk1-ctk.json` (format in
 `cutover.vcsim`). `seed` writes a sparse disk there: an MBR (one Linux partition, so the
-target's boot-sector check passes) and a data block every `stride` bytes; `write` changes
-blocks the way a running application would (data and change tracking together).
+target's boot-sector check passes; boot code that halts the CPU) and a data block every
+`stride` bytes; `write` changes blocks the way a running application would (data and
+change tracking together).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def seed(datastore: Path, vm: str, size: int = 64 * MiB, stride: int = 4 * MiB) 
     flat, ctk = paths(datastore, vm)
     ctk.unlink(missing_ok=True)
     mbr = bytearray(512)
+    # boot code that halts (cli; hlt; jmp back): a target booting this disk idles, it does
+    # not spin a host core executing zeros
+    mbr[0:4] = b"\xfa\xf4\xeb\xfd"
     mbr[446 + 4] = 0x83
     mbr[510:512] = b"\x55\xaa"
     with flat.open("wb") as f:
@@ -58,3 +62,12 @@ def digest(path: Path) -> str:
         while chunk := f.read(16 * MiB):
             h.update(chunk)
     return h.hexdigest()
+
+
+if __name__ == "__main__":  # python -m cutover.labdisk DATASTORE VM [SIZE_MIB]
+    import sys
+
+    if len(sys.argv) not in (3, 4):
+        sys.exit("usage: python -m cutover.labdisk DATASTORE VM [SIZE_MIB]")
+    size = int(sys.argv[3]) * MiB if len(sys.argv) == 4 else 64 * MiB
+    print(seed(Path(sys.argv[1]), sys.argv[2], size=size))

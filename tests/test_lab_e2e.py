@@ -29,9 +29,15 @@ async def test_wave_of_three_through_the_lab(
     monkeypatch.setattr(lab, "LAB", tmp_path / "lab")
     monkeypatch.setattr(lab, "DATA", qemu_dir / "lab")
     try:
+        crashed = lab.up(disk_mib=64, libvirt_uri=libvirtd_uri)
+        # a crash: some processes die, the state file stays; `up` cleans up first
+        for name in ("haproxy", "apps"):
+            os.kill(crashed["pids"][name], signal.SIGKILL)
         state = lab.up(disk_mib=64, libvirt_uri=libvirtd_uri)
     except lab.LabError as exc:
         pytest.fail(f"the lab did not come up: {exc}", pytrace=False)
+    old = [p for v in crashed["pids"].values() for p in (v if isinstance(v, list) else [v])]
+    assert not [p for p in old if lab._alive(p)], "a crashed lab's process survived `up`"
     worker: subprocess.Popen[bytes] | None = None
     try:
         assert lab.status()["up"]
