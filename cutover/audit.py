@@ -237,6 +237,8 @@ async def _audit(
     for child in report.children:
         key = child.outcome or child.status
         report.childOutcomes[key] = report.childOutcomes.get(key, 0) + 1
+    if report.children and not report.bytesMoved:  # a wave moves what its cutovers moved
+        report.bytesMoved = sum(c.bytesMoved for c in report.children)
     return report
 
 
