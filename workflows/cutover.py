@@ -142,6 +142,7 @@ class AppCutoverWorkflow:
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._rollback_reason: str | None = None
+        self._reason = ""
         self._bytes_moved = 0
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
@@ -293,6 +294,7 @@ class AppCutoverWorkflow:
             self._streaks[result.name] = streak
             if streak >= self._inp.site.checks[result.name].failAfter:
                 fired.append(f"{result.describe()} ({streak} consecutive)")
+        self._details()
         return "rollback criterion fired: " + "; ".join(fired) if fired else None
 
     async def _finalize_cutover(self) -> CutoverResult:
@@ -483,12 +485,36 @@ class AppCutoverWorkflow:
         self._details()
 
     def _details(self) -> None:
+        """What the Temporal UI shows as the workflow's current details (markdown).
+
+        Served by the SDK's metadata query: no command, no history event, so changing the
+        text never affects replay. It says what the cutover waits for and how to act on
+        it, from the UI (More Actions -> Send an Update) or the CLI.
+        """
         rb = self._inp.runbook
         lines = [f"**{rb.application}** (wave {rb.wave_name}): {self._phase.value}"]
-        if self._current:
+        if self._phase == Phase.AWAITING_APPROVAL:
+            lines += [
+                f"waiting for approval by one of: {', '.join(rb.approval.approvers)}",
+                'approve: Update `approve` with `{"approver": "NAME"}` '
+                f"(CLI: `cutover approve {self._id} --as NAME`); "
+                'abort: Update `rollback` with `{"reason": "..."}`',
+            ]
+        elif self._phase == Phase.ROLLBACK_WINDOW:
+            if self._deadline:
+                lines.append(f"rollback window closes {self._deadline:%Y-%m-%d %H:%M:%S} UTC")
+            post = [self._checks[n] for n in rb.postChecks if n in self._checks]
+            if post:
+                passing = sum(1 for c in post if c.passed)
+                lines.append(f"post-checks passing: {passing} of {len(rb.postChecks)}")
+            lines.append(
+                'Updates: `rollback` `{"reason": "..."}`, `extend` `{"minutes": 30}`'
+                + (", `finalize` `{}`" if rb.approval.allowEarlyFinalize else "")
+            )
+        elif self._phase == Phase.DONE:
+            lines.append(f"{self._outcome.value}: {self._reason}")
+        elif self._current:
             lines.append(f"current: `{self._current}`")
-        if self._deadline and self._phase == Phase.ROLLBACK_WINDOW:
-            lines.append(f"rollback window closes {self._deadline.isoformat()}")
         if self._rollback_reason:
             lines.append(f"rollback: {self._rollback_reason}")
         workflow.set_current_details("\n\n".join(lines))
@@ -497,6 +523,7 @@ class AppCutoverWorkflow:
         self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
     ) -> CutoverResult:
         self._outcome = outcome
+        self._reason = reason
         self._current = None
         self._set_phase(Phase.DONE, sa.OUTCOME.value_set(outcome.value))
         downtime = None
@@ -554,7 +581,9 @@ class AppCutoverWorkflow:
 
     # ------------------------------------------------- queries and updates
 
-    @workflow.query
+    @workflow.query(
+        description="Phase, steps, checks and registered compensations (`cutover status`)."
+    )
     def status(self) -> CutoverStatus:
         rb = self._inp.runbook
         return CutoverStatus(
@@ -572,7 +601,10 @@ class AppCutoverWorkflow:
             compensationsRegistered=list(self._compensations),
         )
 
-    @workflow.update
+    @workflow.update(
+        description='Approve the cutover at its approval gate. Input: {"approver": "NAME", '
+        '"comment": "optional"}; NAME must be on the runbook\'s approvers list.'
+    )
     def approve(self, req: ApprovalRequest) -> str:
         self._approved_by = req.approver
         self._log(logging.INFO, "approved", approver=req.approver)
@@ -598,7 +630,10 @@ class AppCutoverWorkflow:
                 f"{self._inp.runbook.application} (allowed: {', '.join(policy.approvers)})"
             )
 
-    @workflow.update
+    @workflow.update(
+        description='Roll back to the source now. Input: {"reason": "why", "requestedBy": '
+        '"NAME"}. Refused once finalizing has begun.'
+    )
     def rollback(self, req: RollbackRequest) -> str:
         self._rollback = req
         self._wake = True
@@ -614,12 +649,15 @@ class AppCutoverWorkflow:
         if self._phase == Phase.ROLLING_BACK:
             _refuse("already rolling back")
 
-    @workflow.update
+    @workflow.update(
+        description='Extend the rollback window. Input: {"minutes": 30, "requestedBy": "NAME"}.'
+    )
     def extend(self, req: ExtendRequest) -> str:
         self._window += timedelta(minutes=req.minutes)
         if self._deadline is not None:
             self._deadline += timedelta(minutes=req.minutes)
         self._wake = True
+        self._details()
         return f"rollback window extended by {req.minutes:g} minutes"
 
     @extend.validator
@@ -627,7 +665,10 @@ class AppCutoverWorkflow:
         if self._phase in (Phase.FINALIZING, Phase.DONE, Phase.ROLLING_BACK):
             _refuse(f"cannot extend: the cutover is in phase {self._phase.value}")
 
-    @workflow.update
+    @workflow.update(
+        description='Finalize before the rollback window closes. Input: {"requestedBy": "NAME"} '
+        "or {}. Only in the window, when the runbook allows it and post-checks pass."
+    )
     def finalize(self, req: FinalizeRequest) -> str:
         self._finalize = req
         self._wake = True
