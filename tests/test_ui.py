@@ -265,6 +265,15 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
             assert result.reason == "finalized early by ops-lead"
             assert result.approvedBy == "ops-lead"
             assert "mark_source_migrated" in world.calls  # finalize ran
+            await page.reload()
+            details = _details(page).locator("body")
+            await expect(details).to_contain_text(f"{app} (wave 2): DONE")
+            await expect(details).to_contain_text("COMPLETED: finalized early by ops-lead")
+            await shots.take("current-details-done")
+            await page.get_by_test_id("queries-tab").click()
+            await page.get_by_role("button", name="Run Query").click()
+            await expect(page.locator("main")).to_contain_text('"approvedBy": "ops-lead"')
+            await shots.take("query-status")
 
             # 5. The list again: the outcome is filterable.
             await page.goto(base)
