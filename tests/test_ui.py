@@ -16,6 +16,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -93,11 +94,14 @@ class Shots:
 
     def __init__(self, page: Page, where: Path) -> None:
         self.page, self.where, self.n = page, where, 0
+        self.t0 = time.monotonic()
         where.mkdir(parents=True, exist_ok=True)
 
     async def take(self, name: str) -> None:
         self.n += 1
         stem = self.where / f"{self.n:02d}-{name}"
+        with (self.where / "timings.txt").open("a") as f:
+            f.write(f"{time.monotonic() - self.t0:6.1f}s {stem.name}\n")
         await self.page.screenshot(path=f"{stem}.png", full_page=True)
         stem.with_suffix(".txt").write_text(await self.page.inner_text("body"))
 
@@ -169,7 +173,7 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
         queue,
         approval={"required": True, "approvers": ["ops-lead"], "allowEarlyFinalize": True},
         rollbackWindowMinutes=30,
-        checkIntervalSeconds=0.5,
+        checkIntervalSeconds=5,
     )
     app = inp.runbook.application
     wid = workflow_id_for(app)
