@@ -235,3 +235,22 @@ async def test_bad_input_from_the_ui_fails_the_workflow_with_fields_named(client
     assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
     assert "runbook.application" in cause.message and "runbook.cutoverSteps" in cause.message
     assert world.calls == [] and world.check_calls == []
+
+
+async def test_a_cutover_started_under_another_workflow_id_fails_before_any_step(
+    client: Client,
+) -> None:
+    # The UI's start form takes any workflow ID (it offers a random UUID).
+    world = World()
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    raw = cutover_input(queue).model_dump(mode="json")
+    app = raw["runbook"]["application"]
+    wid = str(uuid.uuid4())
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow("AppCutover", raw, id=wid, task_queue=queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
+    assert f"must run as workflow ID cutover-{app}, not {wid}" in cause.message
+    assert world.calls == [] and world.check_calls == []

@@ -156,6 +156,18 @@ class AppCutoverWorkflow:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
         inp = self._inp
         rb = inp.runbook
+        expected_id = workflow_id_for(rb.application)
+        # The workflow ID is what keeps two cutovers of one application apart; the UI's start
+        # form takes any ID (it even offers a random one). Patched: runs that started under
+        # another ID before this check replay unchanged.
+        if self._id != expected_id and workflow.patched("workflow-id-is-application"):
+            raise ApplicationError(
+                f"this cutover must run as workflow ID {expected_id}, not {self._id}: one "
+                f"workflow ID per application keeps two cutovers of {rb.application} from "
+                "running at once; start it again with that ID",
+                type="ConfigError",
+                non_retryable=True,
+            )
         # One upsert per phase change (each is a history event): identity, outcome and phase
         # go together here.
         self._set_phase(
