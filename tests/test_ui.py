@@ -23,19 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
 from cutover import server
 from cutover.models import CutoverResult, Outcome, Phase
 from cutover.temporal import connect
 from tests.conftest import DevServer
 from tests.factories import cutover_input
+from tests.test_workflow import wait_phase
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow, workflow_id_for
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, FrameLocator, Locator, Page
+    from playwright.async_api import Browser, FrameLocator, Locator, Page, Route
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "ui"
@@ -113,7 +114,7 @@ class Shots:
 async def _hermetic(page: Page, ui_url: str) -> None:
     """Only the local UI: its news feed and docs links must not reach the internet."""
 
-    async def route(r: Any) -> None:
+    async def route(r: Route) -> None:
         if r.request.url.startswith(ui_url) or r.request.url.startswith("data:"):
             await r.continue_()
         else:
@@ -122,7 +123,7 @@ async def _hermetic(page: Page, ui_url: str) -> None:
     await page.route("**/*", route)
 
 
-async def _visible(page: Page, test_id: str) -> Any:
+def _visible(page: Page, test_id: str) -> Locator:
     """The UI renders some controls twice (one hidden, for narrow screens)."""
     return page.locator(f"[data-testid='{test_id}']:visible")
 
@@ -139,9 +140,9 @@ async def _type_json(page: Page, editor: Locator, data: dict[str, Any]) -> None:
 async def _send_update(page: Page, name: str, data: dict[str, Any]) -> Locator:
     """More Actions -> Send an Update: pick the update by name, type its JSON, submit."""
     await page.get_by_role("button", name="More Actions").click()
-    await (await _visible(page, "update-button")).click()
+    await _visible(page, "update-button").click()
     dialog = page.get_by_role("dialog").filter(has_text="Send an Update")
-    await (await _visible(page, "update-select-button")).click()
+    await _visible(page, "update-select-button").click()
     await page.get_by_role("option", name=re.compile(rf"^{name}\b")).click()
     await _type_json(page, dialog.get_by_role("textbox", name="Data"), data)
     # Leaving the editor reformats the JSON and resizes the dialog: do that first, or the
@@ -151,19 +152,13 @@ async def _send_update(page: Page, name: str, data: dict[str, Any]) -> Locator:
     return dialog
 
 
-async def _wait_phase(handle: WorkflowHandle[Any, Any], phase: Phase, timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while (await handle.query(AppCutoverWorkflow.status)).phase != phase:
-            await asyncio.sleep(0.1)
-
-
 def _details(page: Page) -> FrameLocator:
     """Current details: the UI renders the workflow's markdown in a sandboxed iframe."""
     return page.frame_locator("iframe[src*='/render']")
 
 
 async def test_operator_runs_a_cutover_from_the_temporal_ui(
-    ui_server: DevServer, ui_client: Client, browser: Browser, tmp_path: Path
+    browser: Browser, ui_server: DevServer, ui_client: Client, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
 
@@ -200,7 +195,7 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
             ).to_be_visible()
             await shots.take("started")
             handle = ui_client.get_workflow_handle(wid, result_type=CutoverResult)
-            await _wait_phase(handle, Phase.AWAITING_APPROVAL)
+            await wait_phase(handle, Phase.AWAITING_APPROVAL)
 
             # 2. The list, filtered by a search attribute, with the cutover columns.
             await page.goto(base)
@@ -245,7 +240,7 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
             dialog = await _send_update(page, "approve", {"approver": "ops-lead", "comment": "ui"})
             await expect(dialog).to_be_hidden()
             await shots.take("approve-accepted")
-            await _wait_phase(handle, Phase.ROLLBACK_WINDOW)
+            await wait_phase(handle, Phase.ROLLBACK_WINDOW)
             await page.reload()
             details = _details(page).locator("body")
             await expect(details).to_contain_text("ROLLBACK_WINDOW")
