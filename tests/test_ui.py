@@ -234,6 +234,8 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
                 f"'mallory' is not an allowed approver for {app} (allowed: ops-lead)"
             )
             await shots.take("approve-refused")
+            # ... and no stack trace under it (cutover.temporal's failure converter)
+            await expect(dialog).not_to_contain_text('File "')
             assert (await handle.query(AppCutoverWorkflow.status)).approvedBy is None
             await dialog.get_by_test_id("cancel-modal-button").click()
             await expect(dialog).to_be_hidden()
