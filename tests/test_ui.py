@@ -3,10 +3,12 @@
 The test owns a dev server started *with* the Web UI (the session's server is headless), a
 worker with the test activities (tests/world.py) on its own task queue, and Debian's
 `chromium` driven by the `playwright` package (never `playwright install`: no downloads).
-Everything an operator does here goes through the UI: start the cutover from the Start
-Workflow form, find it in the list by its search attributes, read its current details and
-step summaries, send the `approve`, `extend` and `finalize` Updates. The client is used only
-to wait and to check what the UI did. Screenshots land in test-artifacts/ui/.
+What an operator does here goes through the UI: start the cutover from the Start Workflow
+form, find it in the list by its search attributes, read its current details, step
+summaries and `status` query, send the `approve`, `extend`, `finalize` and `rollback`
+Updates (refused ones too). The client is used to wait and to check what the UI did (and
+to start the rollback test's cutover, as the CLI would). Screenshots (and each page's
+text) land in test-artifacts/ui/<test>/.
 """
 
 from __future__ import annotations
