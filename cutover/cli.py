@@ -85,6 +85,18 @@ async def _run(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
+    inp = CutoverInput(runbook=runbook, site=site, requestedBy=identity())
+    if args.print_input:
+        # For the Temporal UI's Start Workflow form: the input as JSON on stdout, the
+        # form's other fields on stderr. Nothing is started; no server is needed.
+        print(json.dumps(inp.model_dump(mode="json"), indent=2))
+        print(
+            f"Start Workflow form: Workflow ID {workflow_id_for(runbook.application)}, "
+            f"Task Queue {site.taskQueue}, Workflow Type AppCutover, "
+            "Input: the JSON above (encoding json/plain)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     # Traced from here when CUTOVER_OTEL_EXPORTER is set: the start span's context travels
     # in the history, so the workflow's and activities' spans join this trace for good.
     client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
@@ -92,7 +104,7 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
-            CutoverInput(runbook=runbook, site=site, requestedBy=identity()),
+            inp,
             id=wf_id,
             task_queue=site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -379,6 +391,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file")
     sp.add_argument("--site", help=SITE_HELP)
     sp.add_argument("--wait", action="store_true", help="wait for and print the final result")
+    sp.add_argument(
+        "--print-input",
+        action="store_true",
+        help="print the workflow input as JSON (for the Temporal UI's Start Workflow form) "
+        "instead of starting",
+    )
 
     sp = add("status", "Show a cutover's phase, steps and checks.")
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")

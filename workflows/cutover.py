@@ -142,6 +142,7 @@ class AppCutoverWorkflow:
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._rollback_reason: str | None = None
+        self._reason = ""
         self._bytes_moved = 0
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
@@ -155,6 +156,18 @@ class AppCutoverWorkflow:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
         inp = self._inp
         rb = inp.runbook
+        expected_id = workflow_id_for(rb.application)
+        # The workflow ID is what keeps two cutovers of one application apart; the UI's start
+        # form takes any ID (it even offers a random one). Patched: runs that started under
+        # another ID before this check replay unchanged.
+        if self._id != expected_id and workflow.patched("workflow-id-is-application"):
+            raise ApplicationError(
+                f"this cutover must run as workflow ID {expected_id}, not {self._id}: one "
+                f"workflow ID per application keeps two cutovers of {rb.application} from "
+                "running at once; start it again with that ID",
+                type="ConfigError",
+                non_retryable=True,
+            )
         # One upsert per phase change (each is a history event): identity, outcome and phase
         # go together here.
         self._set_phase(
@@ -293,6 +306,7 @@ class AppCutoverWorkflow:
             self._streaks[result.name] = streak
             if streak >= self._inp.site.checks[result.name].failAfter:
                 fired.append(f"{result.describe()} ({streak} consecutive)")
+        self._details()
         return "rollback criterion fired: " + "; ".join(fired) if fired else None
 
     async def _finalize_cutover(self) -> CutoverResult:
@@ -483,12 +497,36 @@ class AppCutoverWorkflow:
         self._details()
 
     def _details(self) -> None:
+        """What the Temporal UI shows as the workflow's current details (markdown).
+
+        Served by the SDK's metadata query: no command, no history event, so changing the
+        text never affects replay. It says what the cutover waits for and how to act on
+        it, from the UI (More Actions -> Send an Update) or the CLI.
+        """
         rb = self._inp.runbook
         lines = [f"**{rb.application}** (wave {rb.wave_name}): {self._phase.value}"]
-        if self._current:
+        if self._phase == Phase.AWAITING_APPROVAL:
+            lines += [
+                f"waiting for approval by one of: {', '.join(rb.approval.approvers)}",
+                'approve: Update `approve` with `{"approver": "NAME"}` '
+                f"(CLI: `cutover approve {self._id} --as NAME`); "
+                'abort: Update `rollback` with `{"reason": "..."}`',
+            ]
+        elif self._phase == Phase.ROLLBACK_WINDOW:
+            if self._deadline:
+                lines.append(f"rollback window closes {self._deadline:%Y-%m-%d %H:%M:%S} UTC")
+            post = [self._checks[n] for n in rb.postChecks if n in self._checks]
+            if post:
+                passing = sum(1 for c in post if c.passed)
+                lines.append(f"post-checks passing: {passing} of {len(rb.postChecks)}")
+            lines.append(
+                'Updates: `rollback` `{"reason": "..."}`, `extend` `{"minutes": 30}`'
+                + (", `finalize` `{}`" if rb.approval.allowEarlyFinalize else "")
+            )
+        elif self._phase == Phase.DONE:
+            lines.append(f"{self._outcome.value}: {self._reason}")
+        elif self._current:
             lines.append(f"current: `{self._current}`")
-        if self._deadline and self._phase == Phase.ROLLBACK_WINDOW:
-            lines.append(f"rollback window closes {self._deadline.isoformat()}")
         if self._rollback_reason:
             lines.append(f"rollback: {self._rollback_reason}")
         workflow.set_current_details("\n\n".join(lines))
@@ -497,6 +535,7 @@ class AppCutoverWorkflow:
         self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
     ) -> CutoverResult:
         self._outcome = outcome
+        self._reason = reason
         self._current = None
         self._set_phase(Phase.DONE, sa.OUTCOME.value_set(outcome.value))
         downtime = None
@@ -554,7 +593,9 @@ class AppCutoverWorkflow:
 
     # ------------------------------------------------- queries and updates
 
-    @workflow.query
+    @workflow.query(
+        description="Phase, steps, checks and registered compensations (`cutover status`)."
+    )
     def status(self) -> CutoverStatus:
         rb = self._inp.runbook
         return CutoverStatus(
@@ -572,7 +613,10 @@ class AppCutoverWorkflow:
             compensationsRegistered=list(self._compensations),
         )
 
-    @workflow.update
+    @workflow.update(
+        description='Approve the cutover at its approval gate. Input: {"approver": "NAME", '
+        '"comment": "optional"}; NAME must be on the runbook\'s approvers list.'
+    )
     def approve(self, req: ApprovalRequest) -> str:
         self._approved_by = req.approver
         self._log(logging.INFO, "approved", approver=req.approver)
@@ -598,7 +642,10 @@ class AppCutoverWorkflow:
                 f"{self._inp.runbook.application} (allowed: {', '.join(policy.approvers)})"
             )
 
-    @workflow.update
+    @workflow.update(
+        description='Roll back to the source now. Input: {"reason": "why", "requestedBy": '
+        '"NAME"}. Refused once finalizing has begun.'
+    )
     def rollback(self, req: RollbackRequest) -> str:
         self._rollback = req
         self._wake = True
@@ -614,12 +661,15 @@ class AppCutoverWorkflow:
         if self._phase == Phase.ROLLING_BACK:
             _refuse("already rolling back")
 
-    @workflow.update
+    @workflow.update(
+        description='Extend the rollback window. Input: {"minutes": 30, "requestedBy": "NAME"}.'
+    )
     def extend(self, req: ExtendRequest) -> str:
         self._window += timedelta(minutes=req.minutes)
         if self._deadline is not None:
             self._deadline += timedelta(minutes=req.minutes)
         self._wake = True
+        self._details()
         return f"rollback window extended by {req.minutes:g} minutes"
 
     @extend.validator
@@ -627,7 +677,10 @@ class AppCutoverWorkflow:
         if self._phase in (Phase.FINALIZING, Phase.DONE, Phase.ROLLING_BACK):
             _refuse(f"cannot extend: the cutover is in phase {self._phase.value}")
 
-    @workflow.update
+    @workflow.update(
+        description='Finalize before the rollback window closes. Input: {"requestedBy": "NAME"} '
+        "or {}. Only in the window, when the runbook allows it and post-checks pass."
+    )
     def finalize(self, req: FinalizeRequest) -> str:
         self._finalize = req
         self._wake = True
