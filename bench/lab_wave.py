@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cutover import lab
+from cutover.labdemo import phases
 from cutover.models import CutoverResult
 from cutover.temporal import connect
 
@@ -35,17 +36,6 @@ CUTOVER = str(Path(sys.executable).parent / "cutover")
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
-
-
-def phases(r: CutoverResult) -> dict[str, float]:
-    """Seconds in the warm phase, the downtime, and the rollback window."""
-    warm = sum(s.seconds or 0 for s in r.steps if s.kind == "warm")
-    steps = [s for s in r.steps if s.kind == "step" and s.endedAt]
-    after = [s for s in r.steps if s.kind in ("finalize", "compensation")]
-    window = 0.0
-    if steps and after:
-        window = (after[0].startedAt - steps[-1].endedAt).total_seconds()  # type: ignore[operator]
-    return {"warm": warm, "downtime": r.downtimeSeconds or 0.0, "window": window}
 
 
 async def results(names: list[str]) -> list[CutoverResult]:

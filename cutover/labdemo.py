@@ -193,17 +193,32 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
     return {"results": results, "expected_source": expected_source}
 
 
+def phases(r: Any) -> dict[str, float]:
+    """Seconds of a cutover (a CutoverResult) in its warm phase, its downtime, and its
+    rollback window (from the last cutover step to the first finalize or undo step)."""
+    warm = sum(s.seconds or 0 for s in r.steps if s.kind == "warm")
+    steps = [s for s in r.steps if s.kind == "step" and s.endedAt]
+    after = [s for s in r.steps if s.kind in ("finalize", "compensation")]
+    window = 0.0
+    if steps and after and steps[-1].endedAt <= after[0].startedAt:
+        window = (after[0].startedAt - steps[-1].endedAt).total_seconds()
+    return {"warm": warm, "downtime": r.downtimeSeconds or 0.0, "window": window}
+
+
 def summary(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
-    rows = [f"  {'application':<12} {'outcome':<12} {'expected':<12} {'downtime':>9} "
-            f"{'moved':>9}  reason"]  # fmt: skip
+    rows = [f"  {'application':<12} {'outcome':<12} {'expected':<12} {'warm':>6} "
+            f"{'downtime':>9} {'window':>7} {'moved':>9}  reason"]  # fmt: skip
     problems = []
     for app in state["apps"]:
         r = results[app["name"]]
         want = EXPECTED[app["scenario"]]
         moved = sum(s.bytesMoved or 0 for s in r.steps)
+        ph = phases(r)
         down = f"{r.downtimeSeconds:.1f}s" if r.downtimeSeconds is not None else "-"
-        rows.append(f"  {app['name']:<12} {r.outcome.value:<12} {want:<12} {down:>9} "
-                    f"{moved / MiB:7.1f}MiB  {r.reason[:90]}")  # fmt: skip
+        rows.append(
+            f"  {app['name']:<12} {r.outcome.value:<12} {want:<12} {ph['warm']:5.1f}s "
+            f"{down:>9} {ph['window']:6.1f}s {moved / MiB:7.1f}MiB  {r.reason[:80]}"
+        )
         if r.outcome.value != want:
             problems.append(f"{app['name']}: {r.outcome.value}, expected {want}: {r.reason}")
         elif app["scenario"] == "criterion-rollback" and "data_consistency" not in r.reason:
