@@ -30,11 +30,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
 from cutover.catalog import RUN_CHECK
 from cutover.models import CheckInput, CheckResult
 from cutover.site import (
     CommandProbe,
+    DataConsistencyProbe,
     DnsProbe,
     HttpProbe,
     PrometheusProbe,
@@ -49,8 +51,39 @@ BODY_LIMIT = 1 << 20
 class CheckActivities:
     """Dispatches each probe type; probes that need a system's client get its adapter."""
 
-    def __init__(self, vsphere: VSphereActivities | None = None) -> None:
-        self.vsphere = vsphere
+    def __init__(
+        self, vsphere: VSphereActivities | None = None, disks: DiskActivities | None = None
+    ) -> None:
+        self.vsphere, self.disks = vsphere, disks
+
+    def _consistency(self, inp: CheckInput) -> CheckResult:
+        """Every block of the frozen source against the staged copy (see activities.disks)."""
+        if self.disks is None or inp.context is None:
+            raise ApplicationError(
+                "this worker has no disk data path (or the check got no cutover context)",
+                type="ConfigError",
+                non_retryable=True,
+            )
+        reports = self.disks.consistency(inp.context)
+        bad = [r for r in reports if not r.consistent]
+        blocks = sum(r.blocks for r in reports)
+        mismatched = sum(len(r.mismatched) for r in reports)
+        detail = "; ".join(
+            f"{r.disk}: {len(r.mismatched)} of {r.blocks} blocks differ "
+            f"(first: {', '.join(map(str, r.mismatched[:5]))})"
+            for r in bad
+        )
+        return CheckResult(
+            name=inp.name,
+            phase=inp.phase,
+            passed=bool(reports) and not bad,
+            measured=f"{mismatched} of {blocks} blocks differ"
+            if reports
+            else "no staged disk to compare",
+            threshold="0 blocks differ",
+            detail=detail or f"{len(reports)} disk(s) identical by block digest",
+            facts={f"digest_root.{r.disk}": r.sourceRoot for r in reports},
+        )
 
     @activity.defn(name=RUN_CHECK)
     async def run_check(self, inp: CheckInput) -> CheckResult:
@@ -61,6 +94,8 @@ class CheckActivities:
                     "this worker has no vSphere adapter", type="ConfigError", non_retryable=True
                 )
             return await asyncio.to_thread(self.vsphere.concerns_check, inp, probe)
+        if isinstance(probe, DataConsistencyProbe):
+            return await asyncio.to_thread(self._consistency, inp)
         if isinstance(probe, CommandProbe):
             return await _command(inp, probe)
         if isinstance(probe, HttpProbe):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -21,3 +22,10 @@ def attempt() -> int:
 def heartbeat(details: Any) -> None:
     if activity.in_activity():
         activity.heartbeat(details)
+
+
+def log() -> Any:
+    """The adapters' logger: JSON lines that carry the workflow ID, run ID, application,
+    wave, step and attempt (bound by the worker's LoggingInterceptor around each activity).
+    Pass facts as keyword fields; never a secret (fields named like one are redacted)."""
+    return structlog.get_logger("cutover.activity")

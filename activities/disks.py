@@ -34,6 +34,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import attempt as _attempt
+from activities.convert import disk_id
 from activities.vsphere import (
     ClientPool,
     DatastoreFile,
@@ -95,11 +96,17 @@ class DiskSource(Protocol):
 
 
 class LocalFileSource:
-    """A raw/flat disk file on a local file system; holes found with SEEK_DATA/SEEK_HOLE."""
+    """A raw/flat disk file on a local file system; holes found with SEEK_DATA/SEEK_HOLE.
+
+    Changed-block tracking when a change-tracking file lies beside it, in the simulator's
+    format (`cutover.vcsim`: `<base>-ctk.json` for `<base>-flat.vmdk` or `<base>.raw`),
+    kept by whoever writes the disk; without one, incremental passes compare digests."""
 
     def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:
         self.path = Path(path)
         self.name = name or self.path.stem
+        base = self.path.stem.removesuffix("-flat")
+        self.ctk = self.path.with_name(f"{base}-ctk.json")
         self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         self.size = os.fstat(self._fd).st_size
 
@@ -130,11 +137,34 @@ class LocalFileSource:
             return None  # no SEEK_DATA on this file system: unknown
         return extents
 
+    def _ctk(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.ctk.read_text())
+        except FileNotFoundError:
+            return None
+        return data
+
     def change_id(self) -> str | None:
-        return None
+        ctk = self._ctk()
+        return None if ctk is None else f"{ctk['uuid']}/{ctk['seq']}"
 
     def changed_since(self, change_id: str) -> list[Extent] | None:
-        return None
+        """The blocks written after `change_id`; None (digest fallback) when the tracking
+        file is gone or was reset (another uuid), as ESXi answers after a CBT reset."""
+        ctk = self._ctk()
+        uuid, _, seq = change_id.rpartition("/")
+        if ctk is None or uuid != ctk["uuid"] or not seq.isdigit() or int(seq) > ctk["seq"]:
+            return None
+        block = int(ctk["blockSize"])
+        since = int(seq)
+        changed = sorted(int(b) for b, at in ctk["changes"].items() if at > since)
+        extents: list[Extent] = []
+        for b in changed:
+            if extents and extents[-1][0] + extents[-1][1] == b * block:
+                extents[-1] = (extents[-1][0], extents[-1][1] + block)
+            else:
+                extents.append((b * block, block))
+        return [(o, min(n, self.size - o)) for o, n in extents if o < self.size]
 
     def close(self) -> None:
         os.close(self._fd)
@@ -225,8 +255,7 @@ def vsphere_sources(pool: ClientPool) -> SourceFactory:
                         "VMDK on a datastore: it cannot be copied"
                     )
                 base = disk.fileName.removesuffix(".vmdk")
-                disk_name = f"{vm.name}_{base.rsplit('/', 1)[-1].rsplit('] ', 1)[-1]}"
-                check_name(disk_name, "disk")
+                disk_name = check_name(disk_id(vm.name, disk.key), "disk")
                 sources.append(
                     DatastoreSource(
                         client,
@@ -421,6 +450,9 @@ class PassStats:
     mode: str  # full | cbt | digest
     bytesRead: int = 0
     bytesMoved: int = 0
+    bytesWritten: int = 0
+    #: read back from the staged copy to verify it (warm passes only, page cache mostly)
+    bytesVerified: int = 0
     blocksMoved: int = 0
     seconds: float = 0.0
     resumedFrom: int = 0
@@ -508,9 +540,18 @@ class _Pass:
                 }
             )
 
-    def run(self, extents: list[Extent], start: int, compare: bool, readback: bool) -> None:
+    def run(
+        self,
+        extents: list[Extent],
+        start: int,
+        compare: bool,
+        incremental: bool,
+        readback: bool,
+    ) -> None:
         """Copy the blocks of `extents` from `start` on. `compare`: copy only blocks whose
-        digest differs from the source map; `readback`: the copy map from the staged file."""
+        digest differs from the source map; `incremental`: the staged file already holds
+        data (a zero block is punched and counts as moved); `readback`: the copy map from
+        reading the staged file back, else from the bytes written."""
         block = self.block
         for off, length in _chunks(extents, self.chunk):
             if off + length <= start:
@@ -531,23 +572,25 @@ class _Pass:
                 if compare and digest == self.smap.get(i):
                     continue
                 zero = digest == zero_digest(len(piece))
-                if zero and not readback:
+                if zero and not incremental:
                     if self.stats.resumedFrom:  # a crashed attempt may have written here
                         _punch_hole(self.fd, off + rel, len(piece))
                 elif zero:
                     _punch_hole(self.fd, off + rel, len(piece))
                 else:
                     _write_block(self.fd, piece, off + rel)
+                    self.stats.bytesWritten += len(piece)
                 self.smap.set(i, digest)
                 if readback:
                     written.append(i)
                 else:
                     self.cmap.set(i, digest)
-                if readback or not zero:  # pre-copy: a zero block stays a hole, not moved
+                if incremental or not zero:  # pre-copy: a zero block stays a hole, not moved
                     self.stats.bytesMoved += len(piece)
                     self.stats.blocksMoved += 1
             for i in written:
                 back = os.pread(self.fd, self.cmap.block_len(i), i * block)
+                self.stats.bytesVerified += len(back)
                 self.cmap.set(i, hashlib.sha256(back).digest())
             self.checkpoint(off + length)
 
@@ -687,7 +730,7 @@ class DiskActivities:
             extents = [(0, src.size)] if extents is None else extents
             p = _Pass(src, staged, state, smap, cmap, fd, stats, self.chunk_size)
             p.checkpoint(start, force=True)
-            p.run(_block_aligned(extents, src.size, self.block_size), start, False, False)
+            p.run(_block_aligned(extents, src.size, self.block_size), start, False, False, False)
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -700,8 +743,13 @@ class DiskActivities:
         state.save(staged.state)
         return stats
 
-    def sync_disk(self, ctx: StepContext, src: DiskSource, label: str) -> PassStats:
-        """One incremental pass (CBT when it can answer, else digest comparison)."""
+    def sync_disk(
+        self, ctx: StepContext, src: DiskSource, label: str, readback: bool = True
+    ) -> PassStats:
+        """One incremental pass (CBT when it can answer, else digest comparison).
+        `readback` False (the final pass, in the downtime): the copy map records the bytes
+        written, so the window's I/O is the changed blocks once read and once written; the
+        full comparison against the frozen source runs as a post-check in the window."""
         staged = StagedDisk.of(ctx, src.name)
         state = DiskState.load(staged.state)
         if state is None or state.workflowId != ctx.workflowId or not state.precopyDone:
@@ -746,11 +794,11 @@ class DiskActivities:
                 # Blocks the source says are holes: no read needed, zero digests compared.
                 allocated = src.allocated()
                 data = _block_aligned(allocated, src.size, state.blockSize) if allocated else None
-                p.run(data if data is not None else extents, start, True, True)
+                p.run(data if data is not None else extents, start, True, True, readback)
                 if data is not None:
-                    self._holes(p, data)
+                    self._holes(p, data, readback)
             else:
-                p.run(extents, start, False, True)
+                p.run(extents, start, False, True, readback)
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -763,7 +811,7 @@ class DiskActivities:
         state.save(staged.state)
         return stats
 
-    def _holes(self, p: _Pass, data: list[Extent]) -> None:
+    def _holes(self, p: _Pass, data: list[Extent], readback: bool) -> None:
         """Digest fallback: blocks outside the source's data extents read as zeros."""
         in_data = {i for off, n in data for i in range(off // p.block, -(-(off + n) // p.block))}
         for i in range(p.smap.blocks):
@@ -773,10 +821,21 @@ class DiskActivities:
             if p.smap.get(i) != zero:
                 _punch_hole(p.fd, i * p.block, p.smap.block_len(i))
                 p.smap.set(i, zero)
-                back = os.pread(p.fd, p.smap.block_len(i), i * p.block)
-                p.cmap.set(i, hashlib.sha256(back).digest())
+                if readback:
+                    back = os.pread(p.fd, p.smap.block_len(i), i * p.block)
+                    p.cmap.set(i, hashlib.sha256(back).digest())
+                else:
+                    p.cmap.set(i, zero)
                 p.stats.bytesMoved += p.smap.block_len(i)
                 p.stats.blocksMoved += 1
+
+    def _final(self, ctx: StepContext, src: DiskSource) -> PassStats:
+        """The final pass; without a warm copy of this workflow (a cold cutover), the full
+        copy, now, in the downtime."""
+        state = DiskState.load(StagedDisk.of(ctx, src.name).state)
+        if state is None or state.workflowId != ctx.workflowId or not state.precopyDone:
+            return self.precopy_disk(ctx, src)
+        return self.sync_disk(ctx, src, "final", readback=False)
 
     def verify_disk(self, ctx: StepContext, name: str) -> tuple[str, list[int]]:
         """Compare the source map and the copy map (no disk read): (root, differing blocks)."""
@@ -815,6 +874,8 @@ class DiskActivities:
         result.facts["disks"] = ",".join(s.name for s in sources)
         result.details["bytesMoved"] = sum(s.bytesMoved for s in stats)
         result.details["bytesRead"] = sum(s.bytesRead for s in stats)
+        result.details["bytesWritten"] = sum(s.bytesWritten for s in stats)
+        result.details["bytesVerified"] = sum(s.bytesVerified for s in stats)
         result.details["seconds"] = round(sum(s.seconds for s in stats), 3)
         for src, st in zip(sources, stats, strict=True):
             staged = StagedDisk.of(ctx, src.name)
@@ -844,9 +905,8 @@ class DiskActivities:
     @activity.defn(name=Step.FINAL_DATA_SYNC)
     def final_data_sync(self, inp: StepInput) -> StepResult:
         """The last pass after quiesce, then the integrity check of the digest maps."""
-        sources, _, result = self._each(
-            inp, False, lambda s: self.sync_disk(inp.context, s, "final")
-        )
+        sources, stats, result = self._each(inp, False, lambda s: self._final(inp.context, s))
+        result.details["cold"] = any(s.label == "precopy" for s in stats)
         t0 = time.monotonic()
         bad: list[str] = []
         for src in sources:

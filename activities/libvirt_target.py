@@ -20,6 +20,7 @@ shares its pool directories).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import subprocess
 import tempfile
@@ -45,6 +46,7 @@ from activities.convert import (
     VmSource,
     _tool,
     confined,
+    disk_id,
     disk_keys,
     image_info,
     mapping_for,
@@ -57,6 +59,9 @@ from cutover.catalog import Compensation, Step
 from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
+
+# libvirt prints every error to stderr by default; ours arrive as exceptions, typed below.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 VOLUME_FACT = "target_volume."
 VOLUME_FORMAT_FACT = "target_format."
@@ -371,14 +376,37 @@ class LibvirtTarget:
             path = confined(root, safe_name(name, "target pool"), "pool directory")
             xml = ET.Element("pool", type="dir")
             ET.SubElement(xml, "name").text = name
-            ET.SubElement(ET.SubElement(xml, "target"), "path").text = str(path)
+            target = ET.SubElement(xml, "target")
+            ET.SubElement(target, "path").text = str(path)
+            # QEMU runs as its own user (libvirt-qemu) and must reach the volumes
+            ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0755"
             pool = conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
             pool.build(0)
             with contextlib.suppress(libvirt.libvirtError):
                 pool.setAutostart(1)
         if not pool.isActive():
+            with contextlib.suppress(libvirt.libvirtError):
+                pool.build(0)  # its directory may be gone (a defined pool outlives it)
             pool.create(0)
         return pool
+
+    @staticmethod
+    def _link_volume(pool: Any, source: Path, name: str) -> Any | None:
+        """A dir pool on the image's file system: hard-link the image in as the volume (no
+        byte copied, so the downtime does not grow with the disk). None: upload instead."""
+        desc = ET.fromstring(pool.XMLDesc(0))
+        target = desc.findtext("target/path")
+        if desc.get("type") != "dir" or not target:
+            return None
+        path = Path(target) / safe_name(name, "volume")
+        try:
+            os.link(source, path)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                return None
+            raise _error("LibvirtFault", f"linking {source} into {target}: {exc}") from None
+        pool.refresh(0)
+        return pool.storageVolLookupByName(name)
 
     @staticmethod
     def _upload(conn: Any, vol: Any, source: Path) -> tuple[int, bool]:
@@ -473,8 +501,14 @@ class LibvirtTarget:
                 ET.SubElement(xml, "allocation", unit="bytes").text = "0"
                 # raw container: libvirt must not format it; the bytes are the image
                 ET.SubElement(ET.SubElement(xml, "target"), "format", type="raw")
-                vol = pool.createXML(ET.tostring(xml, encoding="unicode"), 0)
-                sent, sparse = self._upload(conn, vol, src)
+                vol = self._link_volume(pool, src, vol_name)
+                if vol is not None:  # same file system: the image becomes the volume
+                    sent, sparse = 0, True
+                    details[f"method.{key}"] = "link"
+                else:
+                    vol = pool.createXML(ET.tostring(xml, encoding="unicode"), 0)
+                    sent, sparse = self._upload(conn, vol, src)
+                    details[f"method.{key}"] = "upload"
                 with contextlib.suppress(libvirt.libvirtError):
                     pool.refresh(0)
                 facts[VOLUME_FACT + key] = vol.path()
@@ -524,7 +558,7 @@ class LibvirtTarget:
         facts = inp.context.facts
         out = []
         for disk in sorted(vm.disks, key=lambda d: d.key):
-            key = str(disk.key)
+            key = disk_id(vm.name, disk.key)
             if VOLUME_FACT + key in facts:
                 path, fmt = facts[VOLUME_FACT + key], facts.get(VOLUME_FORMAT_FACT + key, "raw")
             elif CONVERTED_FACT + key in facts:
@@ -549,7 +583,7 @@ class LibvirtTarget:
             if not disks:
                 problems.append(f"{vm.name}: no converted disk to boot from")
                 continue
-            capacity = {str(d.key): d.capacityBytes for d in vm.disks}
+            capacity = {disk_id(vm.name, d.key): d.capacityBytes for d in vm.disks}
             for d in disks:
                 info = image_info(Path(d.path), d.format)
                 size = int(info.get("virtual-size", 0))
@@ -705,3 +739,22 @@ class LibvirtTarget:
             self.power_on_target,
             self.remove_target_domain,
         ]
+
+
+def remove_cutover_domains(uri: str, application: str | None = None) -> list[str]:
+    """Destroy and undefine the domains cutover made (all, or one application's); their
+    names. For teardown (the demo, the lab): never touches a domain without our mark."""
+    conn = open_connection(uri)
+    removed = []
+    try:
+        for dom in conn.listAllDomains(0):
+            mark = _ours(dom)
+            if mark is None or (application and mark.get("application") != application):
+                continue
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+            removed.append(dom.name())
+    finally:
+        conn.close()
+    return removed

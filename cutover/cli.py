@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import cli_wave, search_attributes
+from cutover import cli_audit, cli_lab, cli_wave, search_attributes
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -77,6 +77,7 @@ async def _run(args: argparse.Namespace) -> int:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
+    from cutover import telemetry
     from cutover.models import CutoverInput, Outcome
     from cutover.site import load_runbook, load_site
     from cutover.temporal import connect, identity
@@ -84,12 +85,26 @@ async def _run(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
-    client = await connect(wait_seconds=3)
+    inp = CutoverInput(runbook=runbook, site=site, requestedBy=identity())
+    if args.print_input:
+        # For the Temporal UI's Start Workflow form: the input as JSON on stdout, the
+        # form's other fields on stderr. Nothing is started; no server is needed.
+        print(json.dumps(inp.model_dump(mode="json"), indent=2))
+        print(
+            f"Start Workflow form: Workflow ID {workflow_id_for(runbook.application)}, "
+            f"Task Queue {site.taskQueue}, Workflow Type AppCutover, "
+            "Input: the JSON above (encoding json/plain)",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    # Traced from here when CUTOVER_OTEL_EXPORTER is set: the start span's context travels
+    # in the history, so the workflow's and activities' spans join this trace for good.
+    client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
     wf_id = workflow_id_for(runbook.application)
     try:
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
-            CutoverInput(runbook=runbook, site=site, requestedBy=identity()),
+            inp,
             id=wf_id,
             task_queue=site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -101,6 +116,8 @@ async def _run(args: argparse.Namespace) -> int:
             f"a cutover of {runbook.application} is already running (workflow {wf_id}); "
             "one application is cut over by one workflow at a time"
         ) from None
+    finally:
+        telemetry.flush()
     if not args.wait:
         _print({"workflowId": wf_id, "runId": handle.result_run_id}, args.json, wf_id)
         return EXIT_OK
@@ -315,7 +332,10 @@ async def _worker(args: argparse.Namespace) -> int:
     from workers.worker import build_worker
 
     logs.configure(args.log_level)
-    client = await connect(wait_seconds=60)  # a worker may start alongside its server
+    address = telemetry.metrics_address(args.metrics_address)
+    runtime = telemetry.metrics_runtime(address) if address else None
+    # a worker may start alongside its server
+    client = await connect(wait_seconds=60, runtime=runtime)
     worker = build_worker(client, args.task_queue)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
@@ -324,11 +344,30 @@ async def _worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with worker:
-        logs.get_logger().info("worker started", task_queue=args.task_queue)
+        logs.get_logger().info(
+            "worker started", task_queue=args.task_queue, metrics_address=address
+        )
         await stop.wait()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
     telemetry.shutdown()
     return EXIT_OK
+
+
+SITE_HELP = "site config YAML file (default: $CUTOVER_SITE, else the lab's when it is up)"
+#: Commands that need a site; without --site they take the default one.
+NEEDS_SITE = {"run", "inventory", "lower-ttl"}
+
+
+def default_site() -> str:
+    """$CUTOVER_SITE, else the site `cutover lab up` wrote; else a clear error."""
+    from cutover import lab
+
+    env = os.environ.get("CUTOVER_SITE")
+    if env:
+        return env
+    if (lab.LAB / "site.yaml").is_file() and lab.state_file().is_file():
+        return str(lab.LAB / "site.yaml")
+    raise ValueError("no site config: pass --site FILE, set CUTOVER_SITE, or `cutover lab up`")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -350,8 +389,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("run", "Start the cutover of one application; prints the workflow ID.")
     sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file")
-    sp.add_argument("--site", required=True, help="site config YAML file")
+    sp.add_argument("--site", help=SITE_HELP)
     sp.add_argument("--wait", action="store_true", help="wait for and print the final result")
+    sp.add_argument(
+        "--print-input",
+        action="store_true",
+        help="print the workflow input as JSON (for the Temporal UI's Start Workflow form) "
+        "instead of starting",
+    )
 
     sp = add("status", "Show a cutover's phase, steps and checks.")
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
@@ -373,7 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
 
     sp = add("inventory", "Read the vCenter inventory named in a site config.")
-    sp.add_argument("--site", required=True, help="site config YAML file (its `vcenter`)")
+    sp.add_argument("--site", help=SITE_HELP)
     sp.add_argument("--no-tags", dest="tags", action="store_false", help="skip the tagging API")
 
     sp = add("concerns", "Pre-migration concerns of VMs; exit 1 when any is critical.")
@@ -384,7 +429,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("lower-ttl", "Lower an application's DNS TTL ahead of its wave (preparation).")
     sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file (its endpoint.dns)")
-    sp.add_argument("--site", required=True, help="site config YAML file (its dns)")
+    sp.add_argument("--site", help=SITE_HELP)
 
     sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
     sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
@@ -395,7 +440,16 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("worker", "Run a worker for cutover workflows and activities.", json_flag=False)
     sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
     sp.add_argument("--log-level", default="INFO", help="log level")
+    sp.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(default: $CUTOVER_METRICS_ADDRESS; unset means off)",
+    )
 
+    cli_audit.add_parser(sub)
+    cli_lab.add_parser(sub)
     cli_wave.register(sub)  # `wave ...`, `schedule ...`
     return p
 
@@ -403,6 +457,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in NEEDS_SITE and not args.site:
+            args.site = default_site()
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "server":
@@ -419,6 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "worker":
             return asyncio.run(_worker(args))
+        if args.command == "lab":
+            return cli_lab.cmd_lab(args)
+        if args.command == "audit":
+            return asyncio.run(cli_audit.cmd_audit(args))
         if args.command in cli_wave.COMMANDS:
             return cli_wave.dispatch(args)
         return asyncio.run(_update(args))

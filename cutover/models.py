@@ -145,6 +145,8 @@ class CheckInput(_M):
     vcenter: VCenter | None = None
     #: Only for dns probes: the site's DNS settings (defaults for server and TTL threshold).
     dns: Dns | None = None
+    #: Only for data-consistency probes: the cutover's context (staging dir, facts so far).
+    context: StepContext | None = None
 
 
 class CheckResult(_M):
@@ -183,6 +185,8 @@ class StepRecord(_M):
     attempts: int | None = None
     error: str | None = None
     changed: bool | None = None
+    #: data steps: what the pass copied (progress and downtime reports)
+    bytesMoved: int | None = None
 
     @property
     def seconds(self) -> float | None:

@@ -129,7 +129,8 @@ class Dns(_Model):
 
 class _Probe(_Model):
     """Common to all probes. Where to probe (`url`, `argv`, `host`, `name`, `server`,
-    `query`) may use `{placeholders}` (cutover.templating), filled in per application."""
+    `query`, `expectValue`) may use `{placeholders}` (cutover.templating), filled in per
+    application."""
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> _Probe:
@@ -236,8 +237,23 @@ class VSphereConcernsProbe(_Probe):
     timeoutSeconds: Seconds = 300
 
 
+class DataConsistencyProbe(_Probe):
+    """The seed's "data consistency is confirmed": every block of the frozen source disks
+    (read through vCenter) against the migrated copy, by digest. CBT is not trusted here;
+    meant as a post-check and rollback criterion in the window (the source is off then)."""
+
+    type: Literal["data-consistency"]
+    timeoutSeconds: Seconds = 3600
+
+
 Probe = Annotated[
-    CommandProbe | HttpProbe | TcpProbe | DnsProbe | PrometheusProbe | VSphereConcernsProbe,
+    CommandProbe
+    | HttpProbe
+    | TcpProbe
+    | DnsProbe
+    | PrometheusProbe
+    | VSphereConcernsProbe
+    | DataConsistencyProbe,
     Field(discriminator="type"),
 ]
 
@@ -261,6 +277,13 @@ class SiteConfig(_Model):
         for name, probe in self.checks.items():
             if isinstance(probe, VSphereConcernsProbe) and self.vcenter is None:
                 raise ValueError(f"check '{name}' reads vCenter, but `vcenter` is not set")
+            if isinstance(probe, DataConsistencyProbe) and (
+                self.vcenter is None or self.stagingDir is None
+            ):
+                raise ValueError(
+                    f"check '{name}' compares the source disks (through `vcenter`) with the "
+                    "staged copies (in `stagingDir`): both must be set"
+                )
         return self
 
     @field_validator("checks")
@@ -276,7 +299,12 @@ class SiteConfig(_Model):
 
 
 def load_site(path: str | Path) -> SiteConfig:
-    return load_file(SiteConfig, path)
+    """A site config; a relative `stagingDir` is made absolute here (against the current
+    directory, like the other paths), since the site travels to workers in the input."""
+    site = load_file(SiteConfig, path)
+    if site.stagingDir and not Path(site.stagingDir).is_absolute():
+        site = site.model_copy(update={"stagingDir": str(Path(site.stagingDir).resolve())})
+    return site
 
 
 def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: str = "") -> Runbook:

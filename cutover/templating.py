@@ -28,7 +28,7 @@ PLACEHOLDERS = (
 
 #: The probe settings that say where to probe; only these are templates (a body or a
 #: description may well contain braces).
-TEMPLATED = frozenset({"url", "argv", "host", "name", "server", "query"})
+TEMPLATED = frozenset({"url", "argv", "host", "name", "server", "query", "expectValue"})
 
 P = TypeVar("P", bound=BaseModel)
 

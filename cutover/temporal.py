@@ -7,17 +7,41 @@ mTLS TEMPORAL_TLS_CERT / TEMPORAL_TLS_KEY (client certificate files) and TEMPORA
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import os
 import socket
 import time
 from pathlib import Path
 
+from temporalio.api.failure.v1 import Failure
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverter, PayloadConverter
+from temporalio.exceptions import ApplicationError
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
+
+
+class _RefusalsWithoutTraces(DefaultFailureConverter):
+    """An Update's refusal (ApplicationError type `Refused`, raised by its validator) is an
+    answer to an operator, not a crash: it carries no stack trace, which the Temporal UI
+    would print under the message. Rejected Updates never enter the history."""
+
+    def to_failure(
+        self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
+    ) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, ApplicationError) and exception.type == "Refused":
+            failure.stack_trace = ""
+
+
+#: pydantic payloads (as the replay test uses), refusals without stack traces.
+DATA_CONVERTER: DataConverter = dataclasses.replace(
+    pydantic_data_converter, failure_converter_class=_RefusalsWithoutTraces
+)
 
 
 def identity() -> str:
@@ -47,6 +71,7 @@ async def connect(
     namespace: str | None = None,
     interceptors: list[Interceptor] | None = None,
     wait_seconds: float = 30.0,
+    runtime: Runtime | None = None,
 ) -> Client:
     """Connect, waiting up to `wait_seconds` for a server that is still starting: its port
     opens before its frontend is healthy ("Frontend is not healthy yet"), and a worker
@@ -57,10 +82,11 @@ async def connect(
             return await Client.connect(
                 address or os.environ.get("TEMPORAL_ADDRESS", DEFAULT_ADDRESS),
                 namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
-                data_converter=pydantic_data_converter,
+                data_converter=DATA_CONVERTER,
                 tls=_tls(),
                 identity=identity(),
                 interceptors=interceptors or [],
+                runtime=runtime,
             )
         except RuntimeError as exc:
             starting = any(s in str(exc) for s in ("not healthy", "Unavailable", "refused"))

@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 # tests and the lab drive; their services are never enabled, the tests start them.
 # qemu-utils, qemu-system-x86 and the libvirt daemon/driver are the KVM target the tests
 # define real domains on (libvirtd and embedded QEMU are started by the tests themselves).
+# chromium is the headless browser tests/test_ui.py drives the Temporal Web UI with (through
+# the `playwright` package of the dev extra; never `playwright install`).
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
   bind9-utils prometheus qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu
-  libvirt-clients)
+  libvirt-clients chromium)
 
 source scripts/lib.sh
 ensure_apt setup "${APT_PACKAGES[@]}"
@@ -21,6 +23,13 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 getent group libvirt-qemu >/dev/null || $SUDO groupadd -r libvirt-qemu
 getent passwd libvirt-qemu >/dev/null ||
   $SUDO useradd -r -g libvirt-qemu -s /usr/sbin/nologin libvirt-qemu
+# What Debian's udev rule does where no udev runs: QEMU, as libvirt-qemu, may use KVM
+# (group kvm, 0660). Without /dev/kvm, domains run under TCG.
+if [ -c /dev/kvm ]; then
+  getent group kvm >/dev/null || $SUDO groupadd -r kvm
+  id -nG libvirt-qemu | grep -qw kvm || $SUDO usermod -aG kvm libvirt-qemu
+  [ "$(stat -c %G:%a /dev/kvm)" = "kvm:660" ] || { $SUDO chgrp kvm /dev/kvm; $SUDO chmod 660 /dev/kvm; }
+fi
 
 # Our vSphere API simulator (Debian's govmomi source + lab/vcsim/main.go), for tests and lab.
 bash scripts/build-vcsim.sh

@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# A lab left up by the demo holds the host's one libvirtd and the lab's fixed ports, which
+# the tests need: stop it (and remove what its cutovers made) first.
+.venv/bin/cutover lab down
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

@@ -31,15 +31,22 @@ def free_port() -> int:
 
 
 class DevServer:
-    """A Temporal dev server process the tests own (killed by PID, restartable on its DB)."""
+    """A Temporal dev server process the tests own (killed by PID, restartable on its DB).
 
-    def __init__(self, db: Path, log: Path) -> None:
+    Headless unless `ui` (then its Web UI listens on `ui_url`, a free port too).
+    """
+
+    def __init__(self, db: Path, log: Path, ui: bool = False) -> None:
         self.db, self.log, self.port = db, log, free_port()
         self.address = f"127.0.0.1:{self.port}"
+        self.ui_port = free_port() if ui else None
+        self.ui_url = f"http://127.0.0.1:{self.ui_port}" if ui else ""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = server.start(self.db, self.port, ui_port=None, log=self.log)
+        self.proc = server.start(self.db, self.port, ui_port=self.ui_port, log=self.log)
+        if self.ui_port is not None:
+            server.wait_for_port("127.0.0.1", self.ui_port, proc=self.proc)
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -14,9 +14,8 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import subprocess
-import time
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from activities.libvirt_target import ensure_event_loop
+from activities.libvirt_target import ensure_event_loop, remove_cutover_domains
+from cutover import libvirtd
 
 QEMU_CONF = """\
 user = "root"
@@ -55,6 +55,16 @@ def require_qemu_user() -> None:
             "useradd -r -g libvirt-qemu libvirt-qemu",
             pytrace=False,
         )
+
+
+@pytest.fixture
+def qemu_dir() -> Iterator[Path]:
+    """A directory QEMU's own user (libvirt-qemu) can reach, for staging and target pools:
+    pytest's tmp_path cannot serve (pytest keeps its base 0700, per session). Removed after."""
+    base = Path(tempfile.mkdtemp(prefix="cutover-test-", dir="/var/tmp"))
+    base.chmod(0o711)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def sh(*argv: str) -> None:
@@ -121,46 +131,21 @@ def drop_pools(conn: Any) -> None:
 
 @pytest.fixture(scope="session")
 def libvirtd_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A libvirtd started here (the storage driver has no embedded mode); stopped by PID."""
-    daemon = require("libvirtd", "libvirt-daemon libvirt-daemon-driver-qemu")
+    """A libvirtd (and virtlogd) started here (cutover.libvirtd); stopped by PID. Domains
+    run under it as real QEMU processes (KVM where /dev/kvm works, else TCG)."""
+    require("libvirtd", "libvirt-daemon libvirt-daemon-driver-qemu")
     require_qemu_user()
-    base = tmp_path_factory.mktemp("libvirtd")
-    sock = base / "sock"
-    sock.mkdir()
-    conf = base / "libvirtd.conf"
-    conf.write_text(
-        f'unix_sock_dir = "{sock}"\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n'
-        'unix_sock_rw_perms = "0700"\n'
-    )
-    log = (base / "libvirtd.log").open("wb")
-    proc = subprocess.Popen(
-        [daemon, "-f", str(conf), "-p", str(base / "libvirtd.pid")], stdout=log, stderr=log
-    )
-    # +unix: always the daemon, even once an embedded QEMU driver is loaded in-process
-    uri = f"qemu+unix:///system?socket={sock}/libvirt-sock"
-    conn: Any = None
-    deadline = time.monotonic() + 20
-    while conn is None:
-        if proc.poll() is not None:
-            pytest.fail(f"libvirtd exited: {(base / 'libvirtd.log').read_text()}", pytrace=False)
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("libvirtd did not answer within 20 s", pytrace=False)
-            time.sleep(0.1)
+    try:
+        lv = libvirtd.start(tmp_path_factory.mktemp("libvirtd"))
+    except libvirtd.LibvirtdError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    conn = libvirt.open(lv.uri)
     drop_pools(conn)  # definitions a crashed run left in /etc/libvirt/storage
     conn.close()
-    yield uri
+    yield lv.uri
     with contextlib.suppress(libvirt.libvirtError):
-        conn = libvirt.open(uri)
+        remove_cutover_domains(lv.uri)
+        conn = libvirt.open(lv.uri)
         drop_pools(conn)
         conn.close()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    lv.stop()

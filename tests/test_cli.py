@@ -19,9 +19,10 @@ import pytest
 import yaml
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from cutover.catalog import BUILTIN_CHECKS
-from cutover.models import Outcome
+from cutover.models import CutoverInput, CutoverResult, Outcome
 from tests.conftest import DevServer
 from tests.factories import SEED, cutover_input, unique_app
 from tests.world import World
@@ -29,10 +30,13 @@ from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")
+#: The console script runs this checkout's code, also when the venv's editable install
+#: points at another checkout (a git worktree).
+CHECKOUT = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def cli(server: DevServer, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEMPORAL_ADDRESS": server.address}
+    env = {**os.environ, **CHECKOUT, "TEMPORAL_ADDRESS": server.address}
     return subprocess.run(
         [CUTOVER, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
@@ -141,6 +145,41 @@ async def test_cli_run_wait_and_finalize_refusal(
         assert "ROLLED_BACK - step smoke_test failed" in failed.stdout
 
 
+async def test_cli_print_input_is_what_the_ui_start_form_takes(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    app, runbook, site = write_files(tmp_path, queue)
+    # No server needed: it starts nothing.
+    down = {"TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    res = await asyncio.to_thread(
+        subprocess.run,
+        [CUTOVER, "run", runbook, "--site", site, "--print-input"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **CHECKOUT, **down},
+    )
+    assert res.returncode == 0, res.stderr
+    printed = json.loads(res.stdout)
+    inp = CutoverInput.model_validate(printed)
+    assert inp.runbook.application == app and inp.site.taskQueue == queue
+    assert "@" in inp.requestedBy  # who printed it, as `run` records who started
+    for field in (f"Workflow ID cutover-{app}", f"Task Queue {queue}", "Workflow Type AppCutover"):
+        assert field in res.stderr
+    with pytest.raises(RPCError):  # nothing was started
+        await client.get_workflow_handle(f"cutover-{app}").describe()
+    # The printed JSON, started as the UI starts it (a raw JSON payload by type name).
+    world = World()
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow(
+            "AppCutover", printed, id=f"cutover-{app}", task_queue=queue, result_type=CutoverResult
+        )
+        result = await asyncio.wait_for(handle.result(), 30)
+    assert result.outcome == Outcome.COMPLETED, result.reason
+
+
 async def test_cli_errors_are_messages_not_tracebacks(
     temporal_server: DevServer, tmp_path: Path
 ) -> None:
@@ -195,4 +234,23 @@ async def test_bad_input_from_the_ui_fails_the_workflow_with_fields_named(client
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
     assert "runbook.application" in cause.message and "runbook.cutoverSteps" in cause.message
+    assert world.calls == [] and world.check_calls == []
+
+
+async def test_a_cutover_started_under_another_workflow_id_fails_before_any_step(
+    client: Client,
+) -> None:
+    # The UI's start form takes any workflow ID (it offers a random UUID).
+    world = World()
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    raw = cutover_input(queue).model_dump(mode="json")
+    app = raw["runbook"]["application"]
+    wid = str(uuid.uuid4())
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow("AppCutover", raw, id=wid, task_queue=queue)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
+    assert f"must run as workflow ID cutover-{app}, not {wid}" in cause.message
     assert world.calls == [] and world.check_calls == []

@@ -194,3 +194,22 @@ def test_unreadable_or_unparsable_files_exit_2_one_line_each(tmp_path: Path) -> 
     for name, (_, fragment) in UNREADABLE.items():
         (problem,) = [p for p in problems if p["file"] == str(paths[name])]
         assert fragment in str(problem["message"]), (name, problem)
+
+
+def test_site_defaults_to_cutover_site_else_a_clear_error(tmp_path: Path) -> None:
+    """Without --site: $CUTOVER_SITE, else the lab's site when a lab is up, else exit 2."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "CUTOVER_SITE"}
+    rb = tmp_path / "rb.yaml"
+    rb.write_text(yaml.safe_dump(SEED))
+    res = subprocess.run([str(CUTOVER), "lower-ttl", str(rb)], capture_output=True, text=True,
+                         env=env, cwd=tmp_path)  # fmt: skip
+    # (scripts/test.sh stops any lab first, so no lab's site is there to be taken)
+    assert res.returncode == 2, res.stderr
+    assert "no site config: pass --site FILE, set CUTOVER_SITE" in res.stderr
+    site = tmp_path / "site.yaml"
+    site.write_text("name: x\nstagingDir: 7\n")
+    res = subprocess.run([str(CUTOVER), "lower-ttl", str(rb)], capture_output=True, text=True,
+                         env={**env, "CUTOVER_SITE": str(site)})  # fmt: skip
+    assert res.returncode == 2 and str(site) in res.stderr and "stagingDir" in res.stderr

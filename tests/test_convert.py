@@ -75,7 +75,7 @@ def test_vmdk_converts_identical(tmp_path: Path, qemu_img: str, fmt: str) -> Non
 
     conv = Recording()
     acts = ConvertActivities(converter=conv)
-    inp = step_input(staging, {"staging_path.2000": "web-2000.vmdk"}, fmt)
+    inp = step_input(staging, {"staging_path.web-1-2000": "web-2000.vmdk"}, fmt)
     orig = conv.convert
 
     def convert(*a: object, **kw: object) -> None:
@@ -90,9 +90,9 @@ def test_vmdk_converts_identical(tmp_path: Path, qemu_img: str, fmt: str) -> Non
     conv.convert = convert  # type: ignore[method-assign]
     result = acts.convert_image(inp)
 
-    out = Path(result.facts["converted_path.2000"])
-    assert out == staging / f"web-2000-target.{fmt}"
-    assert result.facts["converted_format.2000"] == fmt
+    out = Path(result.facts["converted_path.web-1-2000"])
+    assert out == staging / f"web-web-1-2000-target.{fmt}"
+    assert result.facts["converted_format.web-1-2000"] == fmt
     assert result.details["verified"] is True
     info = json.loads(
         subprocess.run(
@@ -143,10 +143,10 @@ def test_convert_failure_is_typed(tmp_path: Path, qemu_img: str) -> None:
 @pytest.mark.parametrize(
     ("key", "path"),
     [
-        ("2000", "../outside.raw"),
-        ("2000", "/etc/passwd"),
-        ("2000", "sub/../../outside.raw"),
-        ("2000", "link.raw"),  # a symlink pointing outside
+        ("web-1-2000", "../outside.raw"),
+        ("web-1-2000", "/etc/passwd"),
+        ("web-1-2000", "sub/../../outside.raw"),
+        ("web-1-2000", "link.raw"),  # a symlink pointing outside
         ("../../x", "web-2000.raw"),
         ("2000;rm -rf /", "web-2000.raw"),
         ("$(touch pwned)", "web-2000.raw"),

@@ -193,10 +193,37 @@ def test_final_sync_integrity_mismatch_is_non_retryable(
             real(fd, data, offset)
 
     monkeypatch.setattr(disks, "_write_block", lossy)
+    # A warm pass reads its writes back: the lost one lands in the copy map...
+    acts.incremental_sync(again(inp, "incremental_sync", 1))
+    monkeypatch.setattr(disks, "_write_block", real)
+    # ...and the final sync (which does not touch block 3 again) refuses to go on.
     with pytest.raises(ApplicationError) as err:
         acts.final_data_sync(again(inp, "final_data_sync"))
     assert err.value.type == "IntegrityError" and err.value.non_retryable
     assert "disk: 1 block(s) differ (3)" in err.value.message
+
+
+def test_a_write_lost_in_the_final_pass_is_caught_by_the_full_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final pass does not read back (the downtime's I/O stays the changed bytes once
+    read and once written); the window's full digest comparison catches what it lost."""
+    src = tmp_path / "disk.raw"
+    sparse_disk(src, 32 * MiB, [(0, 32 * MiB)])
+    acts = DiskActivities(local_factory(src))
+    inp = step(tmp_path / "staging", "pre_copy")
+    acts.pre_copy(inp)
+    write_at(src, 5 * MiB, os.urandom(MiB))
+    import activities.disks as disks
+
+    real = disks._write_block
+    monkeypatch.setattr(
+        disks, "_write_block", lambda fd, data, off: None if off == 5 * MiB else real(fd, data, off)
+    )
+    final = acts.final_data_sync(again(inp, "final_data_sync"))
+    assert final.details["bytesVerified"] == 0
+    [report] = acts.consistency(inp.context)
+    assert not report.consistent and report.mismatched == [5]
 
 
 # ---------------------------------------------------------------- CBT against the simulator
@@ -232,7 +259,8 @@ def test_cbt_incremental_against_the_simulator(vcsim_factory: VcsimFactory, tmp_
         inp = StepInput(step="pre_copy", context=ctx)
 
         pre = acts.pre_copy(inp)  # enables CBT on the VM, reads only the allocated extents
-        name = f"{vm}_disk1"
+        name = pre.facts["disks"]
+        assert name.startswith(f"{vm}-")  # <VM>-<device key>
         copy = Path(pre.facts[f"staging_path.{name}"])
         assert same_bytes(flat, copy)
         assert pre.details["bytesRead"] == 5 * MiB  # holes were never read over HTTP
@@ -444,3 +472,33 @@ async def test_precopy_resumes_from_heartbeat_after_worker_kill9(
 
 if __name__ == "__main__":
     asyncio.run(_worker_main(*sys.argv[1:5]))
+
+
+def test_local_change_tracking_file_drives_incremental_passes(tmp_path: Path) -> None:
+    """A local source with a change-tracking file beside it (the simulator's format) gets
+    CBT passes: only the recorded blocks are read, and a reset tracking file (new uuid)
+    falls back to the digest comparison rather than trusting a stale change ID."""
+    src = tmp_path / "disk-flat.vmdk"
+    size = 64 * MiB
+    sparse_disk(src, size, [(0, 16 * MiB)])
+    ctk = tmp_path / "disk-ctk.json"
+    vcsim_mod.record_writes(ctk, range(0, 16 * MiB // vcsim_mod.BLOCK_SIZE), capacity=size)
+    acts = DiskActivities(local_factory(src))
+    inp = step(tmp_path / "staging", "pre_copy")
+    acts.pre_copy(inp)
+    changed = [(5 * MiB, 64 << 10), (40 * MiB, 128 << 10)]
+    for off, n in changed:
+        write_at(src, off, os.urandom(n))
+    bs = vcsim_mod.BLOCK_SIZE
+    vcsim_mod.record_writes(
+        ctk, [b for off, n in changed for b in range(off // bs, (off + n) // bs)]
+    )
+    one = acts.incremental_sync(again(inp, "incremental_sync", 1))
+    assert one.details["mode.disk-flat"] == "cbt"
+    assert one.details["bytesRead"] == 2 * MiB  # two 1 MiB digest blocks, nothing else
+    ctk.unlink()
+    vcsim_mod.record_writes(ctk, [], capacity=size)  # a reset: another uuid
+    two = acts.incremental_sync(again(inp, "incremental_sync", 2))
+    assert two.details["mode.disk-flat"] == "digest"
+    final = acts.final_data_sync(again(inp, "final_data_sync"))
+    assert same_bytes(src, Path(final.facts["staging_path.disk-flat"]))

@@ -48,11 +48,14 @@ def step_input(
     vm: VM | None = None,
     step: str = "power_on_target",
     target_address: str | None = "192.0.2.10:8080",
+    fmt: str = "qcow2",
 ) -> StepInput:
     site = SiteConfig(
         stagingDir=str(staging),
         libvirt=Libvirt(uri=uri),
-        storageMappings=[StorageMapping(sourceDatastore="ds1", targetPool="cutover-test")],
+        storageMappings=[
+            StorageMapping(sourceDatastore="ds1", targetPool="cutover-test", format=fmt)
+        ],
         networkMappings=[
             NetworkMapping(sourceNetwork="VM Network", targetNetwork="default"),
             NetworkMapping(sourceNetwork="backup-net", targetNetwork="backup", keepMac=False),
@@ -93,7 +96,7 @@ def test_target() -> Any:
 
 
 def disk_facts(path: Path, fmt: str = "qcow2") -> dict[str, str]:
-    return {"target_volume.2000": str(path), "target_format.2000": fmt}
+    return {"target_volume.web-1-2000": str(path), "target_format.web-1-2000": fmt}
 
 
 def test_domain_xml_content(tmp_path: Path, test_target: LibvirtTarget) -> None:
@@ -198,7 +201,7 @@ def test_validate_flags_unbootable_and_windows(tmp_path: Path, test_target: Libv
 def test_storage_path_escape_rejected(tmp_path: Path, test_target: LibvirtTarget) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
-    inp = step_input("test:///default", staging, {"converted_path.2000": "../../etc/passwd"})
+    inp = step_input("test:///default", staging, {"converted_path.web-1-2000": "../../etc/passwd"})
     with pytest.raises(ApplicationError) as err:
         test_target.attach_target_storage_profile(inp)
     assert err.value.type == "PathRejected"
@@ -215,7 +218,7 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
     staging.mkdir()
     content = make_raw(tmp_path / "src.raw", SIZE)
     make_vmdk(tmp_path / "src.raw", staging / "web-2000.vmdk")
-    facts = {"staging_path.2000": "web-2000.vmdk"}
+    facts = {"staging_path.web-1-2000": "web-2000.vmdk"}
 
     conv = ConvertActivities()
     facts |= conv.convert_image(step_input(libvirtd_uri, staging, facts)).facts
@@ -223,10 +226,10 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
     storage = LibvirtTarget(pool_root=tmp_path / "pools")
     attached = storage.attach_target_storage_profile(step_input(libvirtd_uri, staging, facts))
     facts |= attached.facts
-    vol = Path(facts["target_volume.2000"])
+    vol = Path(facts["target_volume.web-1-2000"])
     assert vol.parent == tmp_path / "pools" / "cutover-test"
-    assert vol.read_bytes() == Path(facts["converted_path.2000"]).read_bytes()
-    assert attached.details["sparse.2000"] is True
+    assert vol.read_bytes() == Path(facts["converted_path.web-1-2000"]).read_bytes()
+    assert attached.details["sparse.web-1-2000"] is True
 
     facts |= storage.validate_guest_tools_and_drivers(
         step_input(libvirtd_uri, staging, facts)
@@ -262,3 +265,34 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
 
     storage.close()
     domains.close()
+
+
+def test_raw_target_takes_no_copy_in_the_downtime(tmp_path: Path, libvirtd_uri: str) -> None:
+    """Staged raw -> raw target: convert and attach link the staged copy in (same file
+    system), so the window's data work does not grow with the disk; undo removes each link."""
+    staging = tmp_path / "staging"
+    (staging / "web").mkdir(parents=True)
+    staged = staging / "web" / "web-1-2000.raw"
+    content = make_raw(staged, SIZE)
+    facts = {"staging_path.web-1-2000": str(staged)}
+    conv = ConvertActivities()
+    converted = conv.convert_image(step_input(libvirtd_uri, staging, facts, fmt="raw"))
+    assert converted.details["method.web-1-2000"] == "link"
+    facts |= converted.facts
+    storage = LibvirtTarget(pool_root=tmp_path / "pools")
+    try:
+        attached = storage.attach_target_storage_profile(
+            step_input(libvirtd_uri, staging, facts, fmt="raw")
+        )
+        vol = Path(attached.facts["target_volume.web-1-2000"])
+        assert attached.details["method.web-1-2000"] == "link"
+        assert attached.details["bytes.web-1-2000"] == 0
+        assert vol.stat().st_ino == staged.stat().st_ino
+        assert vol.read_bytes() == content
+        facts |= attached.facts
+        assert storage.detach_target_storage(step_input(libvirtd_uri, staging, facts)).changed
+        assert not vol.exists() and staged.read_bytes() == content
+        conv.remove_converted_image(step_input(libvirtd_uri, staging, facts, fmt="raw"))
+        assert not Path(converted.facts["converted_path.web-1-2000"]).exists()
+    finally:
+        storage.close()

@@ -95,11 +95,14 @@ async def test_all_steps_succeed_in_runbook_order(client: Client) -> None:
         c in world.calls
         for c in ("restart_source", "remove_target_domain", "restore_load_balancer")
     )
-    assert world.calls[-4:] == [
+    assert world.calls[-6:] == [
         "retire_source_from_load_balancer",
         "remove_source_snapshot",
         "disconnect_source_nics",
         "mark_source_migrated",
+        # no staging debt: the copies that served the window go once it closed healthy
+        "remove_converted_image",
+        "discard_staging",
     ]
     assert result.downtimeSeconds is not None and result.downtimeSeconds > 0
     assert [s.name for s in result.steps if s.kind == "step"] == SEED_STEPS

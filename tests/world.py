@@ -15,6 +15,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.common import log
 from cutover.catalog import RUN_CHECK, Compensation, FinalizeStep, Step, WarmStep
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 
@@ -34,6 +35,10 @@ class World:
     check_calls: list[str] = field(default_factory=list)
     delay: float = 0.0
     target_address: str = "127.0.0.1:18080"
+    #: steps whose first attempt fails with a retryable error (the retry succeeds)
+    flaky: set[str] = field(default_factory=set)
+    #: step name -> bytes it reports moved (StepResult.details["bytesMoved"], as disks do)
+    bytes_moved: dict[str, int] = field(default_factory=dict)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._step(n) for n in ALL_STEP_NAMES] + [self._check()]
@@ -41,14 +46,22 @@ class World:
     def _step(self, name: str) -> Callable[..., Any]:
         async def run(inp: StepInput) -> StepResult:
             self.calls.append(name)
+            log().debug("test step ran", changed=True)  # as adapters log: context is bound
             if self.delay:
                 await asyncio.sleep(self.delay)
             if name in self.fail or name in self.fail_for.get(inp.context.application, ()):
                 raise ApplicationError(
                     f"{name} broke (test)", type="InvalidState", non_retryable=True
                 )
+            if name in self.flaky and activity.info().attempt == 1:
+                raise ApplicationError(f"{name} hiccup (test)", type="Transient")
             facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
-            return StepResult(step=name, facts=facts, attempt=activity.info().attempt)
+            details: dict[str, str | int | float | bool] = (
+                {"bytesMoved": self.bytes_moved[name]} if name in self.bytes_moved else {}
+            )
+            return StepResult(
+                step=name, facts=facts, details=details, attempt=activity.info().attempt
+            )
 
         return activity.defn(name=name)(run)
 

@@ -12,16 +12,19 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.checks import CheckActivities
+from activities.convert import ConvertActivities
+from activities.disks import DiskActivities
 from activities.dns import DnsActivities
+from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
-from activities.pending import pending_activities
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
 from activities.wave import WaveActivities
+from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workflows.cutover import AppCutoverWorkflow
 from workflows.wave import WaveWorkflow
@@ -41,21 +44,24 @@ PASSTHROUGH = (
 
 
 def default_activities(client: Client | None = None) -> list[Callable[..., Any]]:
-    """The real adapters, plus typed "not built yet" failures for the steps still pending;
+    """Every step, compensation and check, on the real adapters (one client pool each);
     with a client, also the wave's (which talk to Temporal itself)."""
-    vsphere = VSphereActivities(ClientPool())
-    dns = DnsActivities()
+    pool = ClientPool()
+    vsphere = VSphereActivities(pool)
+    disks = DiskActivities.for_vsphere(pool)
     real: list[Callable[..., Any]] = [
-        CheckActivities(vsphere).run_check,
+        CheckActivities(vsphere, disks).run_check,
         SmokeActivities().smoke_test,
         *vsphere.activities(),
-        *dns.activities(),
+        *disks.activities(),
+        *ConvertActivities().activities(),
+        *LibvirtTarget().activities(),
+        *DnsActivities().activities(),
         *LoadBalancerActivities().activities(),
     ]
     if client is not None:
         real += WaveActivities(client).activities()
-    names = {getattr(fn, "__temporal_activity_definition").name for fn in real}
-    return [*real, *pending_activities(exclude=names)]
+    return real
 
 
 def build_worker(
@@ -63,8 +69,12 @@ def build_worker(
     task_queue: str,
     activities: Sequence[Callable[..., Any]] | None = None,
     workflows: Sequence[type] = WORKFLOWS,
+    interceptors: Sequence[Interceptor] | None = None,
     **kwargs: Any,
 ) -> Worker:
+    """`interceptors` replaces the default tracing one (tests pass their own tracer);
+    activity logs are always bound to their workflow, run, application, wave, step, attempt.
+    """
     return Worker(
         client,
         task_queue=task_queue,
@@ -74,7 +84,10 @@ def build_worker(
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).
         graceful_shutdown_timeout=timedelta(seconds=10),
-        interceptors=[tracing_interceptor()],
+        interceptors=[
+            *(interceptors if interceptors is not None else [tracing_interceptor()]),
+            LoggingInterceptor(),
+        ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
         ),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
@@ -52,7 +53,8 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
-    from cutover.site import DnsProbe, VSphereConcernsProbe
+    from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
+    from cutover.telemetry import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.templating import expand, values_for
 
 R = TypeVar("R", bound=BaseModel)
@@ -140,6 +142,8 @@ class AppCutoverWorkflow:
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._rollback_reason: str | None = None
+        self._reason = ""
+        self._bytes_moved = 0
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
         self._step_site = inp.site.model_copy(update={"checks": {}})
@@ -152,6 +156,18 @@ class AppCutoverWorkflow:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
         inp = self._inp
         rb = inp.runbook
+        expected_id = workflow_id_for(rb.application)
+        # The workflow ID is what keeps two cutovers of one application apart; the UI's start
+        # form takes any ID (it even offers a random one). Patched: runs that started under
+        # another ID before this check replay unchanged.
+        if self._id != expected_id and workflow.patched("workflow-id-is-application"):
+            raise ApplicationError(
+                f"this cutover must run as workflow ID {expected_id}, not {self._id}: one "
+                f"workflow ID per application keeps two cutovers of {rb.application} from "
+                "running at once; start it again with that ID",
+                type="ConfigError",
+                non_retryable=True,
+            )
         # One upsert per phase change (each is a history event): identity, outcome and phase
         # go together here.
         self._set_phase(
@@ -160,7 +176,7 @@ class AppCutoverWorkflow:
             sa.APPLICATION.value_set(rb.application),
             sa.OUTCOME.value_set(Outcome.RUNNING.value),
         )
-        workflow.logger.info("cutover started", extra={"requested_by": inp.requestedBy})
+        self._log(logging.INFO, "cutover started", requested_by=inp.requestedBy)
         failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
         if failed:
             return self._finish(
@@ -290,6 +306,7 @@ class AppCutoverWorkflow:
             self._streaks[result.name] = streak
             if streak >= self._inp.site.checks[result.name].failAfter:
                 fired.append(f"{result.describe()} ({streak} consecutive)")
+        self._details()
         return "rollback criterion fired: " + "; ".join(fired) if fired else None
 
     async def _finalize_cutover(self) -> CutoverResult:
@@ -310,6 +327,15 @@ class AppCutoverWorkflow:
         steps.append(FinalizeStep.MARK_SOURCE_MIGRATED)
         if retire_lb and not lb_first:
             steps.append(FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER)
+        # The staged copies and converted images served the window (rollback, the
+        # consistency check); the target's volumes are their own files: no debt left.
+        leftovers = [
+            c
+            for c in (Compensation.REMOVE_CONVERTED_IMAGE, Compensation.DISCARD_STAGING)
+            if c in self._compensations
+        ]
+        if leftovers and workflow.patched("discard-staging-at-finalize"):
+            steps += leftovers
         problems: list[str] = []
         for step in steps:
             try:
@@ -332,7 +358,7 @@ class AppCutoverWorkflow:
     async def _roll_back(self, reason: str) -> CutoverResult:
         self._rollback_reason = reason
         self._set_phase(Phase.ROLLING_BACK)
-        workflow.logger.warning("rolling back", extra={"reason": reason})
+        self._log(logging.WARNING, "rolling back", reason=reason)
         # Shielded: a cancellation of the workflow must not stop the undo half-way.
         failures = await asyncio.shield(asyncio.ensure_future(self._compensate()))
         if not self._compensations:
@@ -354,7 +380,7 @@ class AppCutoverWorkflow:
                 await self._step(comp, "compensation")
             except ActivityError as err:
                 msg = f"{comp}: {_cause(err)}"
-                workflow.logger.error("compensation failed", extra={"compensation": comp})
+                self._log(logging.ERROR, "compensation failed", compensation=comp, error=msg)
                 failures.append(msg)
             if comp == Compensation.RESTART_SOURCE and self._down_to is None:
                 self._down_to = workflow.now()
@@ -379,19 +405,18 @@ class AppCutoverWorkflow:
                 f"rollback requested by {self._rollback.requestedBy}: {self._rollback.reason}"
             )
 
-    async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult:
-        inp = StepInput(
-            step=name,
-            context=StepContext(
-                workflowId=self._id,
-                application=self._inp.runbook.application,
-                wave=self._inp.runbook.wave_name,
-                runbook=self._inp.runbook,
-                site=self._step_site,
-                facts=dict(self._facts),
-            ),
-            passNumber=pass_number,
+    def _context(self) -> StepContext:
+        return StepContext(
+            workflowId=self._id,
+            application=self._inp.runbook.application,
+            wave=self._inp.runbook.wave_name,
+            runbook=self._inp.runbook,
+            site=self._step_site,
+            facts=dict(self._facts),
         )
+
+    async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult:
+        inp = StepInput(step=name, context=self._context(), passNumber=pass_number)
         attempts = (
             self._inp.tuning.compensationAttempts
             if kind == "compensation"
@@ -400,6 +425,9 @@ class AppCutoverWorkflow:
         label = f"{name} #{pass_number}" if pass_number else name
         result = await self._activity(label, kind, name, inp, StepResult, attempts)
         self._facts.update(result.facts)
+        moved = result.details.get("bytesMoved")
+        if isinstance(moved, int | float) and not isinstance(moved, bool):
+            self._bytes_moved += int(moved)
         return result
 
     async def _activity(
@@ -427,10 +455,14 @@ class AppCutoverWorkflow:
             )
         except ActivityError as err:
             record.endedAt, record.outcome, record.error = workflow.now(), "failed", _cause(err)
+            self._log(logging.WARNING, "step failed", step=label, kind=kind, error=record.error)
             raise
         record.endedAt, record.outcome = workflow.now(), "ok"
         if isinstance(result, StepResult):
             record.attempts, record.changed = result.attempt, result.changed
+            moved = result.details.get("bytesMoved")
+            if isinstance(moved, int) and not isinstance(moved, bool):
+                record.bytesMoved = moved
         return result
 
     async def _run_checks(self, names: list[str], phase: CheckPhase) -> list[CheckResult]:
@@ -445,6 +477,7 @@ class AppCutoverWorkflow:
                 runbook=self._inp.runbook if about_vms else None,
                 vcenter=self._inp.site.vcenter if about_vms else None,
                 dns=self._inp.site.dns if isinstance(probe, DnsProbe) else None,
+                context=self._context() if isinstance(probe, DataConsistencyProbe) else None,
             )
             try:
                 res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)
@@ -464,12 +497,36 @@ class AppCutoverWorkflow:
         self._details()
 
     def _details(self) -> None:
+        """What the Temporal UI shows as the workflow's current details (markdown).
+
+        Served by the SDK's metadata query: no command, no history event, so changing the
+        text never affects replay. It says what the cutover waits for and how to act on
+        it, from the UI (More Actions -> Send an Update) or the CLI.
+        """
         rb = self._inp.runbook
         lines = [f"**{rb.application}** (wave {rb.wave_name}): {self._phase.value}"]
-        if self._current:
+        if self._phase == Phase.AWAITING_APPROVAL:
+            lines += [
+                f"waiting for approval by one of: {', '.join(rb.approval.approvers)}",
+                'approve: Update `approve` with `{"approver": "NAME"}` '
+                f"(CLI: `cutover approve {self._id} --as NAME`); "
+                'abort: Update `rollback` with `{"reason": "..."}`',
+            ]
+        elif self._phase == Phase.ROLLBACK_WINDOW:
+            if self._deadline:
+                lines.append(f"rollback window closes {self._deadline:%Y-%m-%d %H:%M:%S} UTC")
+            post = [self._checks[n] for n in rb.postChecks if n in self._checks]
+            if post:
+                passing = sum(1 for c in post if c.passed)
+                lines.append(f"post-checks passing: {passing} of {len(rb.postChecks)}")
+            lines.append(
+                'Updates: `rollback` `{"reason": "..."}`, `extend` `{"minutes": 30}`'
+                + (", `finalize` `{}`" if rb.approval.allowEarlyFinalize else "")
+            )
+        elif self._phase == Phase.DONE:
+            lines.append(f"{self._outcome.value}: {self._reason}")
+        elif self._current:
             lines.append(f"current: `{self._current}`")
-        if self._deadline and self._phase == Phase.ROLLBACK_WINDOW:
-            lines.append(f"rollback window closes {self._deadline.isoformat()}")
         if self._rollback_reason:
             lines.append(f"rollback: {self._rollback_reason}")
         workflow.set_current_details("\n\n".join(lines))
@@ -478,13 +535,22 @@ class AppCutoverWorkflow:
         self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
     ) -> CutoverResult:
         self._outcome = outcome
+        self._reason = reason
         self._current = None
         self._set_phase(Phase.DONE, sa.OUTCOME.value_set(outcome.value))
         downtime = None
         if self._down_from is not None:
             end = self._down_to or workflow.now()
             downtime = (end - self._down_from).total_seconds()
-        workflow.logger.info("cutover finished", extra={"outcome": outcome.value})
+        self._log(
+            logging.INFO,
+            "cutover finished",
+            outcome=outcome.value,
+            reason=reason,
+            downtime_seconds=downtime,
+            bytes_moved=self._bytes_moved,
+        )
+        self._record_metrics(outcome, downtime)
         rb = self._inp.runbook
         return CutoverResult(
             workflowId=self._id,
@@ -500,9 +566,36 @@ class AppCutoverWorkflow:
             compensationFailures=failures or [],
         )
 
+    def _log(self, level: int, msg: str, **fields: Any) -> None:
+        """workflow.logger (silent during replay), bound to the application and wave."""
+        rb = self._inp.runbook
+        extra = {"application": rb.application, "wave": rb.wave_name, **fields}
+        if self._current is not None:
+            extra.setdefault("step", self._current)
+        workflow.logger.log(level, msg, extra=extra)
+
+    def _record_metrics(self, outcome: Outcome, downtime: float | None) -> None:
+        """Our metrics, once per cutover. workflow.metric_meter() records nothing during
+        replay and adds no command to the history, so this needs no patch."""
+        meter = workflow.metric_meter().with_additional_attributes(
+            {"wave": self._inp.runbook.wave_name}
+        )
+        meter.create_counter(CUTOVERS, "Cutovers ended, by outcome").add(
+            1, {"outcome": outcome.value}
+        )
+        if downtime is not None:
+            meter.create_histogram_float(
+                DOWNTIME, "Downtime taken per cutover (quiesce to traffic switched)", "s"
+            ).record(downtime, {"outcome": outcome.value})
+        meter.create_counter(BYTES_MOVED, "Disk bytes moved to targets", "By").add(
+            self._bytes_moved, {"outcome": outcome.value}
+        )
+
     # ------------------------------------------------- queries and updates
 
-    @workflow.query
+    @workflow.query(
+        description="Phase, steps, checks and registered compensations (`cutover status`)."
+    )
     def status(self) -> CutoverStatus:
         rb = self._inp.runbook
         return CutoverStatus(
@@ -520,10 +613,13 @@ class AppCutoverWorkflow:
             compensationsRegistered=list(self._compensations),
         )
 
-    @workflow.update
+    @workflow.update(
+        description='Approve the cutover at its approval gate. Input: {"approver": "NAME", '
+        '"comment": "optional"}; NAME must be on the runbook\'s approvers list.'
+    )
     def approve(self, req: ApprovalRequest) -> str:
         self._approved_by = req.approver
-        workflow.logger.info("approved", extra={"approver": req.approver})
+        self._log(logging.INFO, "approved", approver=req.approver)
         return f"approved by {req.approver}"
 
     @approve.validator
@@ -546,7 +642,10 @@ class AppCutoverWorkflow:
                 f"{self._inp.runbook.application} (allowed: {', '.join(policy.approvers)})"
             )
 
-    @workflow.update
+    @workflow.update(
+        description='Roll back to the source now. Input: {"reason": "why", "requestedBy": '
+        '"NAME"}. Refused once finalizing has begun.'
+    )
     def rollback(self, req: RollbackRequest) -> str:
         self._rollback = req
         self._wake = True
@@ -562,12 +661,15 @@ class AppCutoverWorkflow:
         if self._phase == Phase.ROLLING_BACK:
             _refuse("already rolling back")
 
-    @workflow.update
+    @workflow.update(
+        description='Extend the rollback window. Input: {"minutes": 30, "requestedBy": "NAME"}.'
+    )
     def extend(self, req: ExtendRequest) -> str:
         self._window += timedelta(minutes=req.minutes)
         if self._deadline is not None:
             self._deadline += timedelta(minutes=req.minutes)
         self._wake = True
+        self._details()
         return f"rollback window extended by {req.minutes:g} minutes"
 
     @extend.validator
@@ -575,7 +677,10 @@ class AppCutoverWorkflow:
         if self._phase in (Phase.FINALIZING, Phase.DONE, Phase.ROLLING_BACK):
             _refuse(f"cannot extend: the cutover is in phase {self._phase.value}")
 
-    @workflow.update
+    @workflow.update(
+        description='Finalize before the rollback window closes. Input: {"requestedBy": "NAME"} '
+        "or {}. Only in the window, when the runbook allows it and post-checks pass."
+    )
     def finalize(self, req: FinalizeRequest) -> str:
         self._finalize = req
         self._wake = True

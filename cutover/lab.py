@@ -1,0 +1,584 @@
+"""The local lab: every component a cutover touches, on loopback, as plain processes.
+
+`cutover lab up` starts, each installed by scripts/setup.sh:
+
+- the embedded Temporal server (durable SQLite `<lab>/temporal.db`, Web UI, our search
+  attributes) on 127.0.0.1:7233 / :8233;
+- our vSphere simulator on :18443, one VM per application (`DC0_C0_H0_VM<i>`) whose disk is
+  a real file in its datastore with data the lab can check (`cutover.labdisk`);
+- a private libvirtd (+ virtlogd) with the QEMU driver (KVM where /dev/kvm works, else TCG);
+- BIND authoritative for `lab.test.` on :15353, taking TSIG-signed updates; one A record
+  per application (`<app>.lab.test.` -> its source, TTL 30: already lowered for the wave);
+- HAProxy with one frontend on :18100 routing `/<app>/...` to the application's backend
+  (servers `source`, and `target` in maintenance until the switch); admin socket;
+- the applications (`cutover.labapps`): a source and a target HTTP service each.
+
+It writes the site config (`<lab>/site.yaml`), a runbook per application and a wave file.
+State (PIDs, addresses) is `<lab>/lab.json`; `down` stops exactly those PIDs and removes
+what cutovers made (domains, pools, volumes, staging); `up` after a crash does that first.
+Staging and target pools live in /var/lib/cutover/lab: QEMU runs as `libvirt-qemu` and must
+reach the volumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cutover import labdisk, libvirtd, server, vcsim
+
+ROOT = Path(__file__).resolve().parent.parent
+LAB = ROOT / ".cutover" / "lab"
+DATA = Path("/var/lib/cutover/lab")
+LIBVIRT_SOCK = Path("/run/cutover/lab-libvirtd")
+TEMPORAL_PORT, UI_PORT, VCSIM_PORT, DNS_PORT, LB_PORT = 7233, 8233, 18443, 15353, 18100
+ZONE = "lab.test."
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class App:
+    name: str
+    index: int
+    #: what the demo wave shows with it: completes | criterion-rollback | step-failure
+    scenario: str
+
+    @property
+    def vm(self) -> str:
+        return f"DC0_C0_H0_VM{self.index}"
+
+    @property
+    def source(self) -> str:
+        return f"127.0.1.{self.index + 1}:8080"
+
+    @property
+    def target(self) -> str:
+        return f"127.0.2.{self.index + 1}:8080"
+
+
+APPS = [
+    App("shop", 0, "completes"),
+    App("billing", 1, "criterion-rollback"),
+    App("search", 2, "step-failure"),
+]
+
+
+class LabError(RuntimeError):
+    """The lab could not do what was asked (the message says what and where)."""
+
+
+def state_file() -> Path:
+    return LAB / "lab.json"
+
+
+def load_state() -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(state_file().read_text())
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def _stop(pid: int, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL: the process (and its group when it leads one)."""
+    if not _alive(pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # workers a master left (haproxy), by its group
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=ROOT,
+        )  # fmt: skip
+    return proc.pid
+
+
+# ------------------------------------------------------------------------- pieces
+
+
+def _haproxy_cfg(apps: list[App], sock: Path) -> str:
+    lines = [
+        "global",
+        f"    stats socket {sock} mode 600 level admin",
+        "    stats timeout 10s",
+        "    hard-stop-after 5s",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 10s",
+        "    timeout server 10s",
+        "frontend lab",
+        f"    bind 127.0.0.1:{LB_PORT}",
+        "    use_backend %[path,field(2,/)]",
+    ]
+    for i, a in enumerate(apps):
+        lines += [
+            f"backend {a.name}",
+            "    option httpchk GET /health",
+            "    http-check expect status 200",
+            "    default-server inter 300ms rise 2 fall 2",
+            f"    server source {a.source} check",
+            # the target's address is set by the switch; nothing listens here before
+            f"    server target 127.0.3.{i + 1}:9 check disabled",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _named_conf(directory: Path, key_file: Path) -> str:
+    d = directory
+    return f"""\
+options {{
+    directory "{d}";
+    listen-on port {DNS_PORT} {{ 127.0.0.1; }};
+    listen-on-v6 {{ none; }};
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    allow-transfer {{ none; }};
+}};
+controls {{ }};
+include "{key_file}";
+zone "{ZONE.rstrip(".")}" {{
+    type primary;
+    file "{d}/lab.test.db";
+    update-policy {{ grant cutover-lab zonesub ANY; }};
+}};
+"""
+
+
+def _zone(apps: list[App]) -> str:
+    lines = [
+        "$TTL 3600",
+        f"@ IN SOA ns1.{ZONE} hostmaster.{ZONE} 1 3600 600 86400 60",
+        f"@ IN NS ns1.{ZONE}",
+        "ns1 IN A 127.0.0.1",
+    ]
+    lines += [f"{a.name} 30 IN A {a.source.split(':')[0]}" for a in apps]
+    return "\n".join(lines) + "\n"
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if path is None:
+        raise LabError(f"{name} is missing: apt-get install -y {package} (scripts/setup.sh)")
+    return path
+
+
+def _wait(what: str, ready: Any, pid: int, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not _alive(pid):
+            raise LabError(f"{what} exited: {log.read_text(errors='replace')[-2000:]}")
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} did not become ready in {timeout:g} s (log: {log})")
+        time.sleep(0.1)
+
+
+def _dns_ready() -> bool:
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    try:
+        reply = dns.query.tcp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=DNS_PORT,
+                              timeout=1)  # fmt: skip
+    except Exception:
+        return False
+    return reply.rcode() == dns.rcode.NOERROR and bool(reply.answer)
+
+
+def _http_ready(address: str) -> bool:
+    import http.client
+
+    host, port = address.rsplit(":", 1)
+    try:
+        conn = http.client.HTTPConnection(host, int(port), timeout=1)
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        conn.close()
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------- files
+
+
+def site_config(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "local-lab",
+        "taskQueue": "cutover",
+        "stagingDir": str(DATA / "staging"),
+        "vcenter": {
+            "host": "127.0.0.1",
+            "port": VCSIM_PORT,
+            "user": state["vcenterUser"],
+            "passwordRef": {"file": str(LAB / "vcsim" / "password")},
+            "caFile": state["caFile"],
+            "datacenter": "DC0",
+        },
+        "libvirt": {"uri": state["libvirtUri"]},
+        "storageMappings": [
+            {"sourceDatastore": "LocalDS_0", "targetPool": "cutover-lab", "format": "raw"}
+        ],
+        "loadBalancer": {
+            "socket": str(LAB / "haproxy" / "admin.sock"),
+            "healthTimeoutSeconds": 20,
+            "drainTimeoutSeconds": 5,
+        },
+        "dns": {
+            "server": "127.0.0.1",
+            "port": DNS_PORT,
+            "zone": ZONE,
+            "tsigKeyFile": str(LAB / "named" / "cutover-lab.key"),
+            "ttlThresholdSeconds": 60,
+        },
+        "checks": {
+            "migration_concerns": {
+                "type": "vsphere-concerns",
+                "description": "no critical pre-migration concern on the application's VMs",
+            },
+            "orchestrator_reachable": {
+                "type": "tcp",
+                "host": "127.0.0.1",
+                "port": TEMPORAL_PORT,
+                "description": "the Temporal frontend answers (it keeps the rollback timer)",
+            },
+            "dns_ttl_lowered": {
+                "type": "dns",
+                "name": "{dns_name}",
+                "description": "the application's record has a low TTL before the switch",
+            },
+            "data_consistency_confirmed": {
+                "type": "data-consistency",
+                "description": "every block of the frozen source equals the migrated copy",
+            },
+            "served_through_load_balancer": {
+                "type": "http",
+                "url": f"http://127.0.0.1:{LB_PORT}/{{application}}/",
+                "samples": 10,
+                "maxErrorRate": 0,
+                "maxP95Ms": 500,
+                "timeoutSeconds": 5,
+                "description": "users reach the application through HAProxy, without errors",
+            },
+            "dns_points_at_target": {
+                "type": "dns",
+                "name": "{dns_name}",
+                "expectValue": "{target_host}",
+                "description": "the application's name resolves to the target",
+            },
+        },
+    }
+
+
+def runbook(app: App, wave: str = "lab-1", window_minutes: float = 0.5) -> dict[str, Any]:
+    rb: dict[str, Any] = {
+        "application": app.name,
+        "wave": wave,
+        "sourcePlatform": "vmware-vsphere",
+        "sourceCluster": "lab-cluster",
+        "targetPlatform": "kvm-libvirt",
+        "rollbackWindowMinutes": window_minutes,
+        "checkIntervalSeconds": 5,
+        "vms": [app.vm],
+        "quiesce": {"guestShutdownTimeoutSeconds": 30},
+        "dataSync": {"warm": True, "incrementalPasses": 1},
+        "endpoint": {
+            "loadBalancer": {"backend": app.name},
+            "dns": {"name": app.name, "ttl": 30},
+            "sourceAddress": app.source,
+            "targetAddress": app.target,
+        },
+        "smokeTest": {"path": "/", "samples": 40, "concurrency": 4, "maxErrorRate": 0},
+        "preChecks": ["orchestrator_reachable", "migration_concerns", "dns_ttl_lowered"],
+        "cutoverSteps": [
+            "quiesce_application",
+            "final_data_sync",
+            "convert_image",
+            "attach_target_storage_profile",
+            "validate_guest_tools_and_drivers",
+            "power_on_target",
+            "smoke_test",
+            "update_load_balancer",
+            "update_dns",
+        ],
+        "postChecks": [
+            "data_consistency_confirmed",
+            "served_through_load_balancer",
+            "dns_points_at_target",
+        ],
+        "rollbackCriteria": ["data_consistency_confirmed", "served_through_load_balancer"],
+    }
+    if app.scenario == "criterion-rollback":  # the demo writes behind CBT while it waits
+        rb["approval"] = {"required": True, "approvers": ["ops-lead"]}
+    return rb
+
+
+# ------------------------------------------------------------------------- commands
+
+
+def up(
+    apps: list[App] = APPS,
+    disk_mib: int = 128,
+    libvirt_uri: str | None = None,
+    concurrency: int | None = None,
+    window_minutes: float = 0.5,
+) -> dict[str, Any]:
+    """Start the lab (cleaning what a crashed one left first); returns its state.
+    `libvirt_uri`: use that libvirtd instead of starting one (one libvirtd per host: the
+    test suite runs the lab on its own daemon)."""
+    if load_state() is not None:
+        down(quiet=True)
+    for port in (TEMPORAL_PORT, UI_PORT, VCSIM_PORT, DNS_PORT, LB_PORT):
+        import socket
+
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                raise LabError(f"port {port} is in use: stop what listens there first")
+    LAB.mkdir(parents=True, exist_ok=True)
+    state: dict[str, Any] = {"dir": str(LAB), "pids": {}, "apps": []}
+    try:
+        _start_all(state, apps, disk_mib, libvirt_uri, concurrency or len(apps), window_minutes)
+    except BaseException:
+        state_file().write_text(json.dumps(state, indent=2))
+        down(quiet=True)
+        raise
+    return state
+
+
+def _start_all(
+    state: dict[str, Any],
+    apps: list[App],
+    disk_mib: int,
+    libvirt_uri: str | None,
+    concurrency: int,
+    window_minutes: float,
+) -> None:
+    pids: dict[str, Any] = state["pids"]
+
+    def save() -> None:
+        state_file().write_text(json.dumps(state, indent=2))
+
+    # Temporal: a fresh database per lab (a crashed lab's cutovers would meet a new world)
+    db = LAB / "temporal.db"
+    for f in LAB.glob("temporal.db*"):
+        f.unlink()
+    proc = server.start(db, TEMPORAL_PORT, UI_PORT, log=LAB / "temporal.log")
+    pids["temporal"] = proc.pid
+    save()
+
+    shutil.rmtree(LAB / "vcsim", ignore_errors=True)
+    sim = vcsim.start(vcsim.DEFAULT_BINARY, LAB / "vcsim", hosts=1, vms=len(apps),
+                      port=VCSIM_PORT)  # fmt: skip
+    pids["vcsim"] = sim.proc.pid
+    (LAB / "vcsim" / "password").write_text(sim.password)
+    (LAB / "vcsim" / "password").chmod(0o600)
+    state["vcenterUser"], state["caFile"] = sim.user, str(sim.ca_file)
+    state["datastore"] = str(sim.datastore_dir)
+    save()
+
+    if libvirt_uri is None:
+        lv = libvirtd.start(LAB / "libvirtd", LIBVIRT_SOCK)
+        pids["libvirtd"], libvirt_uri = lv.pids, lv.uri
+    state["libvirtUri"] = libvirt_uri
+    save()
+    _clean_target(libvirt_uri)
+
+    ndir = LAB / "named"
+    shutil.rmtree(ndir, ignore_errors=True)
+    ndir.mkdir(parents=True)
+    key = ndir / "cutover-lab.key"
+    key.write_text(subprocess.run(
+        [_tool("tsig-keygen", "bind9-utils"), "-a", "hmac-sha256", "cutover-lab"],
+        check=True, capture_output=True, text=True,
+    ).stdout)  # fmt: skip
+    key.chmod(0o600)
+    (ndir / "lab.test.db").write_text(_zone(apps))
+    (ndir / "named.conf").write_text(_named_conf(ndir, key))
+    pids["named"] = _spawn([_tool("named", "bind9"), "-g", "-4", "-c", str(ndir / "named.conf")],
+                           ndir / "named.log")  # fmt: skip
+    save()
+    _wait("named", _dns_ready, pids["named"], ndir / "named.log")
+
+    for app in apps:
+        digest = labdisk.seed(Path(sim.datastore_dir), app.vm, size=disk_mib * MiB)
+        flat, _ = labdisk.paths(Path(sim.datastore_dir), app.vm)
+        state["apps"].append({
+            "name": app.name, "vm": app.vm, "scenario": app.scenario,
+            "sourceAddress": app.source, "targetAddress": app.target,
+            "disk": str(flat), "seedDigest": digest,
+            "url": f"http://127.0.0.1:{LB_PORT}/{app.name}/",
+        })  # fmt: skip
+    (LAB / "knobs.json").write_text("{}\n")
+    site_file = LAB / "site.yaml"
+    state["site"] = str(site_file)
+    site_file.write_text(yaml.safe_dump(site_config(state), sort_keys=False))
+    rdir = LAB / "runbooks"
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir()
+    for app in apps:
+        rb = runbook(app, window_minutes=window_minutes)
+        (rdir / f"{app.name}.yaml").write_text(yaml.safe_dump(rb, sort_keys=False))
+    wave = {
+        "wave": "lab-1",
+        "concurrency": concurrency,
+        "failureThreshold": len(apps),
+        "applications": [{"runbook": f"runbooks/{a.name}.yaml"} for a in apps],
+    }
+    (LAB / "wave.yaml").write_text(yaml.safe_dump(wave, sort_keys=False))
+    save()
+
+    pids["apps"] = _spawn([sys.executable, "-m", "cutover.labapps", str(state_file())],
+                          LAB / "apps.log")  # fmt: skip
+    save()
+    for app in apps:
+        _wait(f"the {app.name} service", lambda a=app: _http_ready(a.source), pids["apps"],
+              LAB / "apps.log")  # fmt: skip
+
+    hdir = LAB / "haproxy"
+    hdir.mkdir(exist_ok=True)
+    (hdir / "haproxy.cfg").write_text(_haproxy_cfg(apps, hdir / "admin.sock"))
+    pids["haproxy"] = _spawn([_tool("haproxy", "haproxy"), "-W", "-db", "-f",
+                              str(hdir / "haproxy.cfg")], hdir / "haproxy.log")  # fmt: skip
+    save()
+    _wait("haproxy", lambda: (hdir / "admin.sock").exists() and _lb_up(apps), pids["haproxy"],
+          hdir / "haproxy.log")  # fmt: skip
+
+
+def _lb_up(apps: list[App]) -> bool:
+    from activities.loadbalancer import HAProxyRuntime
+
+    try:
+        rt = HAProxyRuntime(str(LAB / "haproxy" / "admin.sock"))
+        return all(rt.state(a.name)["source"].status == "UP" for a in apps)
+    except Exception:
+        return False
+
+
+def _clean_target(uri: str) -> list[str]:
+    """Domains cutover made, the lab's pools and their volumes, staging: all removed."""
+    import libvirt
+
+    from activities.libvirt_target import remove_cutover_domains
+
+    removed = [f"domain {d}" for d in remove_cutover_domains(uri)]
+    conn = libvirt.open(uri)
+    try:
+        for pool in conn.listAllStoragePools(0):
+            if not pool.name().startswith("cutover-lab"):
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                if pool.isActive():
+                    for vol in pool.listAllVolumes(0):
+                        vol.delete(0)
+                        removed.append(f"volume {vol.name()}")
+                    pool.destroy()
+                pool.undefine()
+                removed.append(f"pool {pool.name()}")
+    finally:
+        conn.close()
+    if DATA.exists():
+        shutil.rmtree(DATA)
+        removed.append(str(DATA))
+    return removed
+
+
+def down(quiet: bool = False) -> list[str]:
+    """Remove what cutovers made, then stop exactly the processes `up` started."""
+    state = load_state()
+    if state is None:
+        return []
+    done: list[str] = []
+    pids = state.get("pids", {})
+    lv_pids = pids.get("libvirtd") or []
+    uri = state.get("libvirtUri")
+    if uri:
+        restarted: libvirtd.Libvirtd | None = None
+        if lv_pids and not _alive(lv_pids[0]):  # crashed: a daemon to clean up with
+            with contextlib.suppress(Exception):
+                restarted = libvirtd.start(LAB / "libvirtd", LIBVIRT_SOCK)
+        with contextlib.suppress(Exception):
+            done += _clean_target(uri)
+        if restarted is not None:
+            restarted.stop()
+    for name in ("haproxy", "apps", "named", "vcsim", "temporal"):
+        pid = pids.get(name)
+        if pid and _alive(pid):
+            _stop(pid)
+            done.append(f"stopped {name} ({pid})")
+    for pid in lv_pids:
+        if _alive(pid):
+            _stop(pid)
+            done.append(f"stopped libvirtd/virtlogd ({pid})")
+    state_file().unlink()
+    if not quiet:
+        for line in done:
+            print(f"lab: {line}")
+    return done
+
+
+def status() -> dict[str, Any]:
+    state = load_state()
+    if state is None:
+        return {"up": False}
+    pids = state["pids"]
+    alive = {k: (all(_alive(p) for p in v) if isinstance(v, list) else _alive(v))
+             for k, v in pids.items()}  # fmt: skip
+    return {"up": all(alive.values()), "processes": alive, "site": state.get("site"),
+            "ui": f"http://127.0.0.1:{UI_PORT}", "apps": state.get("apps", [])}  # fmt: skip
+
+
+def set_knob(app: str, side: str, **values: Any) -> dict[str, Any]:
+    """Make an application's source or target slow, failing or unhealthy (or well again)."""
+    state = load_state()
+    if state is None:
+        raise LabError("the lab is not up (cutover lab up)")
+    if app not in {a["name"] for a in state["apps"]}:
+        raise LabError(
+            f"no application {app!r} in the lab ({', '.join(a['name'] for a in state['apps'])})"
+        )
+    path = LAB / "knobs.json"
+    knobs: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    knobs.setdefault(app, {})[side] = {k: v for k, v in values.items() if v}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(knobs, indent=2))
+    tmp.replace(path)
+    return knobs

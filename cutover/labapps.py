@@ -1,0 +1,220 @@
+"""The lab's applications: one HTTP service per application and side, in one process.
+
+    python -m cutover.labapps LAB_STATE_JSON
+
+Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one (on
+`127.0.2.N:8080`), standing for the application on its VM:
+
+- the source serves while the source VM is powered on in the vSphere simulator (polled),
+  from the VM's disk file in the simulator's datastore;
+- the target serves only while the application's libvirt domain runs, from the disk that
+  domain boots (its volume), so a lost or corrupted block shows in what it serves.
+
+`GET /health` answers 200 when the side is up, else 503. Any other path (a leading
+`/<application>` segment, as HAProxy forwards it, is ignored) answers JSON
+`{"application", "side", "sha256", "bytes"}`: the served disk's digest, cached by the file's
+identity and mtime. Knobs (`<lab>/knobs.json`, re-read when it changes), per application
+and side: `latencyMs` (every answer waits), `failing` (500 on data requests) and
+`unhealthy` (503 on /health), so rollback can be shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MiB = 1 << 20
+
+
+@dataclass
+class Side:
+    app: str
+    side: str  # source | target
+    address: str
+    disk: Path | None = None
+    up: bool = False
+    #: asks the world on demand (targets); sources are polled by a watcher thread
+    refresh: Any = None
+    _asked: float = -1.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def current(self) -> bool:
+        if self.refresh is not None:
+            with self._lock:  # concurrent requests wait for one fresh answer, not a stale one
+                if time.monotonic() - self._asked > 0.2:
+                    self.refresh(self)
+                    self._asked = time.monotonic()
+        return self.up
+
+
+@dataclass
+class Knobs:
+    path: Path
+    _mtime: float = -1.0
+    _data: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, app: str, side: str) -> dict[str, Any]:
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return {}
+        if mtime != self._mtime:
+            try:
+                self._data, self._mtime = json.loads(self.path.read_text()), mtime
+            except (OSError, ValueError):
+                return {}
+        knobs: dict[str, Any] = self._data.get(app, {}).get(side, {})
+        return knobs
+
+
+_digests: dict[tuple[int, int, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def disk_digest(path: Path) -> tuple[str, int]:
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    with _digest_lock:
+        if key not in _digests:
+            h = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(16 * MiB):
+                    h.update(chunk)
+            _digests[key] = h.hexdigest()
+        return _digests[key], st.st_size
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_GET(self) -> None:
+        s, knobs = (
+            self.server.side,
+            self.server.knobs.get(self.server.side.app, self.server.side.side),
+        )
+        if knobs.get("latencyMs"):
+            time.sleep(float(knobs["latencyMs"]) / 1000)
+        if self.path.rstrip("/").endswith("/health"):
+            ok = s.current() and not knobs.get("unhealthy")
+            self._send(200 if ok else 503, {"up": ok})
+            return
+        if not s.current() or s.disk is None:
+            self._send(503, {"application": s.app, "side": s.side, "error": "not running"})
+            return
+        if knobs.get("failing"):
+            self._send(500, {"application": s.app, "side": s.side, "error": "failing (knob)"})
+            return
+        try:
+            digest, size = disk_digest(s.disk)
+        except OSError as exc:
+            self._send(503, {"application": s.app, "side": s.side, "error": str(exc)})
+            return
+        self._send(200, {"application": s.app, "side": s.side, "sha256": digest, "bytes": size})
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        if status >= 500 and not self.path.endswith("/health"):
+            print(f"{time.strftime('%H:%M:%S')} {self.server.side.app} {self.server.side.side} "
+                  f"{self.path}: {status} {body.get('error')}", flush=True)  # fmt: skip
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, side: Side, knobs: Knobs) -> None:
+        self.side, self.knobs = side, knobs
+        host, port = side.address.rsplit(":", 1)
+        super().__init__((host, int(port)), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Health checks hang up early: not worth a traceback."""
+
+
+def _watch_sources(state: dict[str, Any], sides: list[Side], stop: threading.Event) -> None:
+    """Every 0.3 s: which source VMs are powered on, as vCenter says."""
+    from activities.vsphere import ClientPool, find_vms
+    from cutover.site import load_site
+
+    site = load_site(state["site"])
+    assert site.vcenter is not None
+    vms = {a["name"]: a["vm"] for a in state["apps"]}
+    pool = ClientPool()
+    while not stop.is_set():
+        try:
+            found = find_vms(pool.get(site.vcenter), [*vms.values()])
+            power = {vm.name: str(vm.runtime.powerState) for vm in found}
+            for s in sides:
+                s.up = power.get(vms[s.app]) == "poweredOn"
+        except Exception:  # the simulator busy or restarting: keep the last view, retry
+            pool.close()
+            pool = ClientPool()
+        stop.wait(0.3)
+
+
+def _target_refresher(uri: str) -> Any:
+    """A target's state straight from libvirt, at most every 0.2 s per application: it
+    serves only while its domain runs, from the disk that domain boots."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    lock = threading.Lock()
+    conn: list[Any] = []
+
+    def refresh(side: Side) -> None:
+        with lock:
+            try:
+                if not conn or not conn[0].isAlive():
+                    conn[:] = [libvirt.open(uri)]
+                dom = conn[0].lookupByName(side.app)
+                src = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/source")
+                side.disk = Path(src.get("file", "")) if src is not None else None
+                side.up = bool(dom.isActive())
+            except libvirt.libvirtError:  # no such domain (or it just went)
+                side.up = False
+
+    return refresh
+
+
+def main(argv: list[str]) -> int:
+    state = json.loads(Path(argv[0]).read_text())
+    knobs = Knobs(Path(state["dir"]) / "knobs.json")
+    sides: list[Side] = []
+    refresh = _target_refresher(state["libvirtUri"])
+    for app in state["apps"]:
+        sides.append(Side(app["name"], "source", app["sourceAddress"], Path(app["disk"])))
+        sides.append(Side(app["name"], "target", app["targetAddress"], refresh=refresh))
+    servers = [_Server(s, knobs) for s in sides]
+    stop = threading.Event()
+    sources = [s for s in sides if s.side == "source"]
+    threading.Thread(target=_watch_sources, args=(state, sources, stop), daemon=True).start()
+    for srv in servers:
+        threading.Thread(
+            target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        ).start()
+    print("lab apps serving", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
