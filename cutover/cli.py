@@ -353,21 +353,8 @@ async def _worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-SITE_HELP = "site config YAML file (default: $CUTOVER_SITE, else the lab's when it is up)"
 #: Commands that need a site; without --site they take the default one.
 NEEDS_SITE = {"run", "inventory", "lower-ttl"}
-
-
-def default_site() -> str:
-    """$CUTOVER_SITE, else the site `cutover lab up` wrote; else a clear error."""
-    from cutover import lab
-
-    env = os.environ.get("CUTOVER_SITE")
-    if env:
-        return env
-    if (lab.LAB / "site.yaml").is_file() and lab.state_file().is_file():
-        return str(lab.LAB / "site.yaml")
-    raise ValueError("no site config: pass --site FILE, set CUTOVER_SITE, or `cutover lab up`")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -389,7 +376,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("run", "Start the cutover of one application; prints the workflow ID.")
     sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file")
-    sp.add_argument("--site", help=SITE_HELP)
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
     sp.add_argument("--wait", action="store_true", help="wait for and print the final result")
     sp.add_argument(
         "--print-input",
@@ -418,7 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
 
     sp = add("inventory", "Read the vCenter inventory named in a site config.")
-    sp.add_argument("--site", help=SITE_HELP)
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
     sp.add_argument("--no-tags", dest="tags", action="store_false", help="skip the tagging API")
 
     sp = add("concerns", "Pre-migration concerns of VMs; exit 1 when any is critical.")
@@ -429,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("lower-ttl", "Lower an application's DNS TTL ahead of its wave (preparation).")
     sp.add_argument("runbook", metavar="RUNBOOK", help="runbook YAML file (its endpoint.dns)")
-    sp.add_argument("--site", help=SITE_HELP)
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
 
     sp = add("server", "Run the embedded Temporal dev server (SQLite, UI).", json_flag=False)
     sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
@@ -457,8 +444,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in NEEDS_SITE and not args.site:
-            args.site = default_site()
+        needs_site = args.command in NEEDS_SITE or args.command in cli_wave.COMMANDS
+        if needs_site and hasattr(args, "site") and not args.site:
+            args.site = cli_lab.default_site()
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "server":

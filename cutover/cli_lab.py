@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+SITE_HELP = "site config YAML file (default: $CUTOVER_SITE, else the lab's when it is up)"
+
+
+def default_site() -> str:
+    """$CUTOVER_SITE, else the site `cutover lab up` wrote; else a clear error."""
+    from cutover import lab
+
+    env = os.environ.get("CUTOVER_SITE")
+    if env:
+        return env
+    if (lab.LAB / "site.yaml").is_file() and lab.state_file().is_file():
+        return str(lab.LAB / "site.yaml")
+    raise ValueError("no site config: pass --site FILE, set CUTOVER_SITE, or `cutover lab up`")
 
 
 def add_parser(sub: Any) -> None:

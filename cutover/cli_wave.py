@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from cutover import cli_lab
+
 if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowHandle
 
@@ -517,10 +519,10 @@ def register(sub: Any) -> None:
     ws = wave.add_subparsers(dest="wave_command", required=True, metavar="WAVE_COMMAND")
     sp = add(ws, "validate", "Check a wave file, its runbooks and dependencies against a site.")
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
-    sp.add_argument("--site", required=True, help="site config YAML file")
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
     sp = add(ws, "run", "Start a wave; prints its workflow ID.")
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
-    sp.add_argument("--site", required=True, help="site config YAML file")
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
     sp.add_argument("--wait", action="store_true", help="wait for and print the result")
     sp = add(ws, "approve", "Approve a wave waiting for approval before its first cutover.")
     sp.add_argument("id", metavar="ID", help="wave workflow ID or wave name")
@@ -549,7 +551,7 @@ def register(sub: Any) -> None:
     ss = sched.add_subparsers(dest="schedule_command", required=True, metavar="SCHEDULE_COMMAND")
     sp = add(ss, "create", "Schedule a wave (never two runs of it at once).")
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
-    sp.add_argument("--site", required=True, help="site config YAML file")
+    sp.add_argument("--site", help=cli_lab.SITE_HELP)
     when = sp.add_mutually_exclusive_group(required=True)
     when.add_argument("--at", metavar="TIME", help="once, at this ISO 8601 time (with offset)")
     when.add_argument("--cron", metavar="EXPR", help="repeatedly, e.g. '0 22 * * SAT' (UTC)")
