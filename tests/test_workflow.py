@@ -72,10 +72,12 @@ async def wait_post_checks(
 ) -> None:
     """The window evaluates its checks right after it opens; finalize needs them passed."""
     await wait_phase(handle, Phase.ROLLBACK_WINDOW)
+    want = set(SEED["postChecks"])  # cutover_input's runbook is the seed's
     async with asyncio.timeout(timeout):
-        while not any(
-            c.phase == "post" for c in (await handle.query(AppCutoverWorkflow.status)).checks
-        ):
+        # every post-check evaluated and passing (they run concurrently: one is not all)
+        while not want <= {
+            c.name for c in (await handle.query(AppCutoverWorkflow.status)).checks if c.passed
+        }:
             await asyncio.sleep(0.05)
 
 
