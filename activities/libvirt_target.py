@@ -336,6 +336,7 @@ class LibvirtTarget:
     pool_root: Path | None = None
     _conns: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _conn(self, site: SiteConfig) -> Any:
         if site.libvirt is None:
@@ -370,25 +371,38 @@ class LibvirtTarget:
     # --------------------------------------------------------------------- storage
 
     def _pool(self, conn: Any, site: SiteConfig, name: str) -> Any:
-        pool = _lookup(conn.storagePoolLookupByName, name)
-        if pool is None:
-            root = self.pool_root or staging_dir(site) / "pools"
-            path = confined(root, safe_name(name, "target pool"), "pool directory")
-            xml = ET.Element("pool", type="dir")
-            ET.SubElement(xml, "name").text = name
-            target = ET.SubElement(xml, "target")
-            ET.SubElement(target, "path").text = str(path)
-            # QEMU runs as its own user (libvirt-qemu) and must reach the volumes
-            ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0755"
-            pool = conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
-            pool.build(0)
-            with contextlib.suppress(libvirt.libvirtError):
-                pool.setAutostart(1)
-        if not pool.isActive():
-            with contextlib.suppress(libvirt.libvirtError):
-                pool.build(0)  # its directory may be gone (a defined pool outlives it)
-            pool.create(0)
-        return pool
+        # Cutovers running at once share a pool: one thread defines and starts it, and a
+        # second worker process doing the same is tolerated (define/create race on libvirt).
+        with self._pool_lock:
+            pool = _lookup(conn.storagePoolLookupByName, name)
+            if pool is None:
+                root = self.pool_root or staging_dir(site) / "pools"
+                path = confined(root, safe_name(name, "target pool"), "pool directory")
+                xml = ET.Element("pool", type="dir")
+                ET.SubElement(xml, "name").text = name
+                target = ET.SubElement(xml, "target")
+                ET.SubElement(target, "path").text = str(path)
+                # QEMU runs as its own user (libvirt-qemu) and must reach the volumes
+                ET.SubElement(ET.SubElement(target, "permissions"), "mode").text = "0755"
+                try:
+                    pool = conn.storagePoolDefineXML(ET.tostring(xml, encoding="unicode"), 0)
+                except libvirt.libvirtError:
+                    pool = _lookup(conn.storagePoolLookupByName, name)
+                    if pool is None:
+                        raise
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.build(0)
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.setAutostart(1)
+            if not pool.isActive():
+                with contextlib.suppress(libvirt.libvirtError):
+                    pool.build(0)  # its directory may be gone (a defined pool outlives it)
+                try:
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():  # not started by someone else meanwhile
+                        raise
+            return pool
 
     @staticmethod
     def _link_volume(pool: Any, source: Path, name: str) -> Any | None:

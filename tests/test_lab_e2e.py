@@ -58,7 +58,10 @@ async def test_wave_of_three_through_the_lab(
         ran = await labdemo.run_wave(state, CUTOVER, out=sys.stderr)
         results = ran["results"]
         outcomes = {n: r.outcome.value for n, r in results.items()}
-        assert outcomes == {"shop": "COMPLETED", "billing": "ROLLED_BACK", "search": "ROLLED_BACK"}
+        reasons = {n: r.reason for n, r in results.items()}
+        expected = {"shop": "COMPLETED", "billing": "ROLLED_BACK", "search": "ROLLED_BACK"}
+        tail = log.read_text()[-4000:]
+        assert outcomes == expected, f"outcomes {outcomes}, reasons {reasons}\n{tail}"
         assert labdemo.summary(state, results) == []  # each rolled back for its own reason
         assert "data_consistency_confirmed" in results["billing"].reason
         assert "smoke_test" in results["search"].reason

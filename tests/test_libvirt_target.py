@@ -4,6 +4,7 @@ QEMU driver for a real domain, a libvirtd started here for storage upload stream
 from __future__ import annotations
 
 import os
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,47 @@ def test_raw_target_takes_no_copy_in_the_downtime(tmp_path: Path, libvirtd_uri: 
         assert not Path(converted.facts["converted_path.web-1-2000"]).exists()
     finally:
         storage.close()
+
+
+def test_concurrent_cutovers_share_a_new_pool(tmp_path: Path, libvirtd_uri: str) -> None:
+    """Cutovers of one wave attach storage at the same moment into a pool that does not
+    exist yet: threads of one worker and a second worker (another LibvirtTarget) race to
+    define and start it; every one gets the same running pool, none fails."""
+    targets = [LibvirtTarget(pool_root=tmp_path / "pools") for _ in range(2)]
+    site = step_input(libvirtd_uri, tmp_path, {}).context.site
+    conn = open_connection(libvirtd_uri)
+
+    def attach(
+        target: LibvirtTarget, name: str, gate: threading.Barrier, got: list[object]
+    ) -> None:
+        gate.wait()
+        try:
+            got.append(target._pool(target._conn(site), site, name).UUIDString())
+        except BaseException as exc:
+            got.append(exc)
+
+    try:
+        for round_ in range(8):
+            name = f"cutover-race-{round_}"
+            gate = threading.Barrier(6)
+            got: list[object] = []
+            threads = [
+                threading.Thread(target=attach, args=(targets[i % 2], name, gate, got))
+                for i in range(6)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert [g for g in got if isinstance(g, BaseException)] == [], f"round {round_}"
+            assert len(got) == 6 and len(set(got)) == 1
+            assert conn.storagePoolLookupByName(name).isActive()
+    finally:
+        for pool in conn.listAllStoragePools(0):
+            if pool.name().startswith("cutover-race-"):
+                if pool.isActive():
+                    pool.destroy()
+                pool.undefine()
+        conn.close()
+        for target in targets:
+            target.close()
