@@ -44,7 +44,7 @@ from activities.common import error as _error
 from activities.common import heartbeat as _heartbeat
 from cutover.catalog import Compensation, Step
 from cutover.inventory import VM
-from cutover.models import StepInput, StepResult
+from cutover.models import StepContext, StepInput, StepResult
 from cutover.site import SiteConfig, StorageMapping
 
 SourceFormat = Literal["raw", "vmdk"]
@@ -279,11 +279,21 @@ def vms_from_facts(inp: StepInput) -> list[VM]:
     return [VM.model_validate_json(facts[k]) for k in sorted(facts) if k.startswith(SOURCE_VM_FACT)]
 
 
+class PreConverted(Protocol):
+    """A target image converted during the warm phase and kept in step (`activities.mirror`)."""
+
+    def take(
+        self, ctx: StepContext, disk: str, out: Path
+    ) -> dict[str, str | int | float] | None: ...
+
+
 @dataclass
 class ConvertActivities:
     converter: Converter = field(default_factory=QemuImgConverter)
     vm_source: VmSource = vms_from_facts
     verify: bool = True
+    #: qcow2 images pre-converted in the warm phase; None: convert here, in the window
+    prepared: PreConverted | None = None
 
     def _plan(self, inp: StepInput) -> list[tuple[str, Path, Path, TargetFormat]]:
         """(disk key, source, output, format) for each staged disk; checks every path
@@ -317,7 +327,15 @@ class ConvertActivities:
             def beat(pct: float, key: str = key) -> None:
                 _heartbeat({"disk": key, "percent": pct})
 
-            if src_fmt == fmt == "raw" and _link(source, part):
+            taken = None
+            if fmt == "qcow2" and self.prepared is not None:
+                taken = self.prepared.take(inp.context, key, part)
+            if taken is not None:
+                # Converted in the warm phase, the final pass wrote into it: no full
+                # conversion in the downtime.
+                details[f"method.{key}"] = str(taken["method"])
+                details[f"applied.{key}"] = taken["bytes"]
+            elif src_fmt == fmt == "raw" and _link(source, part):
                 # Nothing to convert: the staged copy becomes the image without a byte
                 # copied (the final sync's digest maps and the window's full comparison
                 # verify it), so the downtime does not grow with the disk.

@@ -15,6 +15,7 @@ from the heartbeat offset. No shell anywhere; every path is confined to the stag
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -26,7 +27,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -318,6 +319,10 @@ class StagedDisk:
     src_map: Path
     copy_map: Path
     state: Path
+    #: one byte per block: changed in `raw` since the pre-converted image last caught up
+    dirty: Path
+    #: the target image kept in step with the source during the warm phase (qcow2)
+    mirror: Path
 
     @staticmethod
     def of(ctx: StepContext, disk: str) -> StagedDisk:
@@ -328,8 +333,10 @@ class StagedDisk:
             src_map=base / f"{disk}.src.sha256",
             copy_map=base / f"{disk}.copy.sha256",
             state=base / f"{disk}.state.json",
+            dirty=base / f"{disk}.dirty",
+            mirror=base / f"{disk}.target.qcow2",
         )
-        for p in (staged.raw, staged.src_map, staged.copy_map, staged.state):
+        for p in (staged.raw, staged.src_map, staged.copy_map, staged.state, staged.mirror):
             _confined(staging_root(ctx), p)
         return staged
 
@@ -378,6 +385,49 @@ class DigestMap:
     @staticmethod
     def load(path: Path, size: int, block_size: int) -> DigestMap:
         return DigestMap(size, block_size, path.read_bytes())
+
+
+def load_dirty(path: Path, blocks: int) -> bytearray:
+    """The dirty bitmap (one byte per block); all clean when there is none yet."""
+    try:
+        data = bytearray(path.read_bytes())
+    except FileNotFoundError:
+        return bytearray(blocks)
+    return data if len(data) == blocks else bytearray(b"\x01" * blocks)
+
+
+def save_dirty(path: Path, dirty: bytearray) -> None:
+    _atomic_write(path, bytes(dirty))
+
+
+class Sink(Protocol):
+    """Where the final pass writes instead of the staged raw file (a pre-converted image)."""
+
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MirrorHooks(Protocol):
+    """The pre-converted target image kept in step with the staged copy (see
+    `activities.mirror`): caught up after each warm pass, written directly by the final
+    pass, and read by the window's consistency check."""
+
+    def after_warm_pass(self, ctx: StepContext, disk: str) -> dict[str, str | int | float]: ...
+
+    def final_sink(self, ctx: StepContext, disk: str) -> Sink | None: ...
+
+    def reader(self, ctx: StepContext, disk: str) -> Reader | None: ...
+
+
+class Reader(Protocol):
+    """The guest's view of a target image, block by block."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -515,16 +565,28 @@ class _Pass:
         fd: int,
         stats: PassStats,
         chunk: int,
+        sink: Sink | None = None,
     ) -> None:
         self.src, self.staged, self.state = src, staged, state
         self.smap, self.cmap, self.fd, self.stats, self.chunk = smap, cmap, fd, stats, chunk
         self.block = state.blockSize
+        self.sink = sink
+        # blocks the staged file gets here that a pre-converted image has not (with a
+        # sink, the image itself is written and the staged file is left as it was)
+        self.dirty = load_dirty(staged.dirty, smap.blocks)
         self._last = time.monotonic()
+
+    def save_dirty(self) -> None:
+        if self.sink is None:
+            save_dirty(self.staged.dirty, self.dirty)
 
     def checkpoint(self, offset: int, force: bool = False) -> None:
         """Persist the maps up to `offset`, then heartbeat it (never ahead of the maps)."""
         if not force and time.monotonic() - self._last < CHECKPOINT_SECONDS:
             return
+        if self.sink is not None:
+            self.sink.flush()  # the maps never claim what the image may not hold
+        self.save_dirty()
         self.smap.save(self.staged.src_map)
         self.cmap.save(self.staged.copy_map)
         self.state.checkpoint = offset
@@ -572,7 +634,10 @@ class _Pass:
                 if compare and digest == self.smap.get(i):
                     continue
                 zero = digest == zero_digest(len(piece))
-                if zero and not incremental:
+                if self.sink is not None:
+                    self.sink.write(off + rel, piece)
+                    self.stats.bytesWritten += len(piece)
+                elif zero and not incremental:
                     if self.stats.resumedFrom:  # a crashed attempt may have written here
                         _punch_hole(self.fd, off + rel, len(piece))
                 elif zero:
@@ -580,6 +645,8 @@ class _Pass:
                 else:
                     _write_block(self.fd, piece, off + rel)
                     self.stats.bytesWritten += len(piece)
+                if self.sink is None and (incremental or not zero):
+                    self.dirty[i] = 1
                 self.smap.set(i, digest)
                 if readback:
                     written.append(i)
@@ -610,38 +677,49 @@ class ConsistencyReport:
     copyRoot: str
 
 
+def _pread(fd: int, offset: int, length: int) -> bytes:
+    return os.pread(fd, length, offset)
+
+
 def data_consistency_confirmed(
-    source: DiskSource, staged: Path, block_size: int = BLOCK, chunk: int = CHUNK
+    source: DiskSource, staged: Path | Reader, block_size: int = BLOCK, chunk: int = CHUNK
 ) -> ConsistencyReport:
-    """Full digest comparison of a frozen source against its staged copy (every block,
-    holes included; CBT is not trusted here). Read-only."""
+    """Full digest comparison of a frozen source against its copy (every block, holes
+    included; CBT is not trusted here): the staged file, or a reader of the target image.
+    Read-only."""
     t0 = time.monotonic()
     size = source.size
     smap, cmap = DigestMap(size, block_size), DigestMap(size, block_size)
     read = 0
-    if not staged.exists() or staged.stat().st_size != size:
-        have = staged.stat().st_size if staged.exists() else None
-        return ConsistencyReport(
-            source.name,
-            False,
-            smap.blocks,
-            list(range(smap.blocks)),
-            0,
-            time.monotonic() - t0,
-            "",
-            f"size {have}",
-        )
-    fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+    fd: int | None = None
+    if isinstance(staged, Path):
+        if not staged.exists() or staged.stat().st_size != size:
+            have = staged.stat().st_size if staged.exists() else None
+            return ConsistencyReport(
+                source.name,
+                False,
+                smap.blocks,
+                list(range(smap.blocks)),
+                0,
+                time.monotonic() - t0,
+                "",
+                f"size {have}",
+            )
+        fd = os.open(staged, os.O_RDONLY | os.O_CLOEXEC)
+        copy: Callable[[int, int], bytes] = partial(_pread, fd)
+    else:
+        copy = staged.read
     try:
         for off, length in _chunks([(0, size)], chunk):
-            a, b = source.read(off, length), os.pread(fd, length, off)
+            a, b = source.read(off, length), copy(off, length)
             read += len(a) + len(b)
             for rel in range(0, length, block_size):
                 i = (off + rel) // block_size
                 smap.set(i, hashlib.sha256(a[rel : rel + block_size]).digest())
                 cmap.set(i, hashlib.sha256(b[rel : rel + block_size]).digest())
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
     bad = smap.differing(cmap)
     return ConsistencyReport(
         disk=source.name,
@@ -678,10 +756,12 @@ class DiskActivities:
     sources: SourceFactory
     block_size: int = BLOCK
     chunk_size: int = CHUNK
+    #: keeps a pre-converted target image in step (qcow2 targets); None: convert in window
+    mirror: MirrorHooks | None = None
 
     @classmethod
-    def for_vsphere(cls, pool: ClientPool) -> DiskActivities:
-        return cls(vsphere_sources(pool))
+    def for_vsphere(cls, pool: ClientPool, mirror: MirrorHooks | None = None) -> DiskActivities:
+        return cls(vsphere_sources(pool), mirror=mirror)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.pre_copy, self.incremental_sync, self.final_data_sync, self.discard_staging]
@@ -718,6 +798,9 @@ class DiskActivities:
             cmap = DigestMap.load(staged.copy_map, src.size, self.block_size)
         else:
             start = 0
+            # a new copy: an image pre-converted from an older one is worthless
+            staged.mirror.unlink(missing_ok=True)
+            staged.dirty.unlink(missing_ok=True)
             # the change ID from *before* the first read: writes during the copy are next
             state = DiskState(ctx.workflowId, src.size, self.block_size, inProgress="precopy",
                               pendingChangeId=src.change_id())  # fmt: skip
@@ -732,6 +815,7 @@ class DiskActivities:
             p.checkpoint(start, force=True)
             p.run(_block_aligned(extents, src.size, self.block_size), start, False, False, False)
             os.fdatasync(fd)
+            p.save_dirty()
         finally:
             os.close(fd)
         stats.seconds = time.monotonic() - t0
@@ -786,9 +870,12 @@ class DiskActivities:
         else:
             stats = PassStats(label, "digest", resumedFrom=start)
             extents, compare = [(0, src.size)], True
+        # The final pass (in the downtime) writes straight into a pre-converted image that
+        # is caught up, so no conversion of the whole disk follows it.
+        sink = self.mirror.final_sink(ctx, src.name) if self.mirror and not readback else None
         fd = self._open(src, staged, ctx, fresh=False)
         try:
-            p = _Pass(src, staged, state, smap, cmap, fd, stats, self.chunk_size)
+            p = _Pass(src, staged, state, smap, cmap, fd, stats, self.chunk_size, sink)
             p.checkpoint(start, force=True)
             if compare:
                 # Blocks the source says are holes: no read needed, zero digests compared.
@@ -800,8 +887,16 @@ class DiskActivities:
             else:
                 p.run(extents, start, False, True, readback)
             os.fdatasync(fd)
+            p.save_dirty()
+            if sink is not None:
+                sink.close()
+                sink = None
+                stats.mode += "->image"
         finally:
             os.close(fd)
+            if sink is not None:  # failed: the image keeps what was flushed; maps say so
+                with contextlib.suppress(Exception):
+                    sink.close()
         stats.seconds = time.monotonic() - t0
         state.changeId, state.pendingChangeId = state.pendingChangeId, None
         state.inProgress, state.checkpoint = None, src.size
@@ -819,7 +914,11 @@ class DiskActivities:
                 continue
             zero = zero_digest(p.smap.block_len(i))
             if p.smap.get(i) != zero:
-                _punch_hole(p.fd, i * p.block, p.smap.block_len(i))
+                if p.sink is not None:
+                    p.sink.write(i * p.block, bytes(p.smap.block_len(i)))
+                else:
+                    _punch_hole(p.fd, i * p.block, p.smap.block_len(i))
+                    p.dirty[i] = 1
                 p.smap.set(i, zero)
                 if readback:
                     back = os.pread(p.fd, p.smap.block_len(i), i * p.block)
@@ -890,16 +989,26 @@ class DiskActivities:
             result.details[f"resumedFrom.{src.name}"] = st.resumedFrom
         return sources, stats, result
 
+    def _catch_up(self, inp: StepInput, sources: list[DiskSource], result: StepResult) -> None:
+        """Warm phase, source still serving: bring the pre-converted images up to date."""
+        if self.mirror is None:
+            return
+        for src in sources:
+            for k, v in self.mirror.after_warm_pass(inp.context, src.name).items():
+                result.details[f"{k}.{src.name}"] = v
+
     @activity.defn(name=WarmStep.PRE_COPY)
     def pre_copy(self, inp: StepInput) -> StepResult:
-        _, _, result = self._each(inp, True, lambda s: self.precopy_disk(inp.context, s))
+        srcs, _, result = self._each(inp, True, lambda s: self.precopy_disk(inp.context, s))
+        self._catch_up(inp, srcs, result)
         return result
 
     @activity.defn(name=WarmStep.INCREMENTAL_SYNC)
     def incremental_sync(self, inp: StepInput) -> StepResult:
         label = f"pass-{inp.passNumber}"
-        _, _, result = self._each(inp, False, lambda s: self.sync_disk(inp.context, s, label))
+        srcs, _, result = self._each(inp, False, lambda s: self.sync_disk(inp.context, s, label))
         result.details["pass"] = inp.passNumber
+        self._catch_up(inp, srcs, result)
         return result
 
     @activity.defn(name=Step.FINAL_DATA_SYNC)
@@ -942,11 +1051,18 @@ class DiskActivities:
     def consistency(self, ctx: StepContext) -> list[ConsistencyReport]:
         """`data_consistency_confirmed` for every disk of the application (frozen source)."""
         sources = self.sources(ctx, False)
+        reports = []
         try:
-            return [
-                data_consistency_confirmed(s, StagedDisk.of(ctx, s.name).raw, self.block_size)
-                for s in sources
-            ]
+            for s in sources:
+                # what the target boots: the pre-converted image where there is one
+                reader = self.mirror.reader(ctx, s.name) if self.mirror else None
+                copy: Path | Reader = StagedDisk.of(ctx, s.name).raw if reader is None else reader
+                try:
+                    reports.append(data_consistency_confirmed(s, copy, self.block_size))
+                finally:
+                    if reader is not None:
+                        reader.close()
+            return reports
         finally:
             for s in sources:
                 s.close()

@@ -56,6 +56,7 @@ def write(
     libvirt_uri: str = "test:///default",
     approval: bool = False,
     staging: Path | None = None,
+    fmt: str = "raw",
 ) -> tuple[str, str, str]:
     staging = staging or tmp / "staging"
     app = unique_app("wrk")
@@ -65,7 +66,7 @@ def write(
         "stagingDir": str(staging),
         "libvirt": {"uri": libvirt_uri},
         "storageMappings": [
-            {"sourceDatastore": "LocalDS_0", "targetPool": f"cutover-test-{app}", "format": "raw"}
+            {"sourceDatastore": "LocalDS_0", "targetPool": f"cutover-test-{app}", "format": fmt}
         ],
         "vcenter": {
             "host": sim.host,
@@ -202,10 +203,12 @@ async def test_shipped_worker_migrates_through_every_real_component(
         assert not (qemu_dir / app2).exists()  # no staging debt after finalize
         assert power_state(sim, site2, VM0) == "poweredOff"  # retired
 
-        # 3. CBT misses a write: the window's full comparison catches it; rollback.
+        # 3. A qcow2 target (converted in the warm phase, the final pass writes into the
+        # image); CBT misses a write: the window's full comparison of the image catches it.
         app3, runbook3, site3 = write(
-            tmp_path, queue, sim, vm=VM1, libvirt_uri=libvirtd_uri, approval=True, staging=qemu_dir
-        )
+            tmp_path, queue, sim, vm=VM1, libvirt_uri=libvirtd_uri, approval=True,
+            staging=qemu_dir, fmt="qcow2",
+        )  # fmt: skip
         run = asyncio.ensure_future(
             acli(temporal_server, "run", runbook3, "--site", site3, "--wait", "--json")
         )
@@ -240,6 +243,16 @@ async def test_shipped_worker_migrates_through_every_real_component(
         assert not (qemu_dir / app3).exists()
         assert not list(qemu_dir.glob(f"{app3}-*"))
         assert power_state(sim, site3, VM1) == "poweredOn"
+        done: dict[str, dict[str, Any]] = {}
+        for e in (await handle.fetch_history()).events:
+            if e.HasField("activity_task_completed_event_attributes"):
+                for p in e.activity_task_completed_event_attributes.result.payloads:
+                    r = json.loads(p.data)
+                    if isinstance(r, dict) and "step" in r:
+                        done[r["step"]] = r["details"]
+        assert any(v == "pre-converted" for v in done["pre_copy"].values()), done["pre_copy"]
+        assert "cbt->image" in done["final_data_sync"].values(), done["final_data_sync"]
+        assert "pre-converted" in done["convert_image"].values(), done["convert_image"]
         history = await client.get_workflow_handle(f"cutover-{app2}").fetch_history()
     finally:
         os.killpg(worker.pid, signal.SIGTERM)

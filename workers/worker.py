@@ -21,6 +21,7 @@ from activities.disks import DiskActivities
 from activities.dns import DnsActivities
 from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
+from activities.mirror import TargetMirror
 from activities.smoke import SmokeActivities
 from activities.vsphere import ClientPool, VSphereActivities
 from activities.wave import WaveActivities
@@ -48,13 +49,14 @@ def default_activities(client: Client | None = None) -> list[Callable[..., Any]]
     with a client, also the wave's (which talk to Temporal itself)."""
     pool = ClientPool()
     vsphere = VSphereActivities(pool)
-    disks = DiskActivities.for_vsphere(pool)
+    mirror = TargetMirror()  # qcow2 targets: converted in the warm phase, not the downtime
+    disks = DiskActivities.for_vsphere(pool, mirror)
     real: list[Callable[..., Any]] = [
         CheckActivities(vsphere, disks).run_check,
         SmokeActivities().smoke_test,
         *vsphere.activities(),
         *disks.activities(),
-        *ConvertActivities().activities(),
+        *ConvertActivities(prepared=mirror).activities(),
         *LibvirtTarget().activities(),
         *DnsActivities().activities(),
         *LoadBalancerActivities().activities(),
