@@ -75,6 +75,8 @@ class TargetMirror:
                     n = min(state.blockSize, state.size - i * state.blockSize)
                     image.write(i * state.blockSize, os.pread(fd, n, i * state.blockSize))
                     written += n
+                    if written % (256 << 20) < n:
+                        _heartbeat({"image": staged.mirror.name, "bytes": written})
         except NbdError as exc:
             raise _error("ConversionFailed", f"updating {staged.mirror}: {exc}", True) from None
         finally:

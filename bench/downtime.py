@@ -11,16 +11,17 @@ file beside it (the simulator's format, so the final pass uses CBT as against vS
 - **cold**: no warm phase; the window starts right away (the full copy happens in it).
 
 The window is what runs between quiesce and a running target, the real activities called in
-order in this process: `final_data_sync`, `convert_image` (raw target), `attach_target_storage_
-profile` and `validate_guest_tools_and_drivers` against a private libvirtd, and
-`power_on_target` (a real QEMU domain). Its I/O is this process's `rchar + wchar` from
-/proc/self/io over the window (every byte read or written through a syscall: the source,
-staging, digest maps, the tracking file; `qemu-img info` in validate runs as a child and
-reads a few sectors). Reported: downtime seconds, I/O / (2 x changed bytes) (each changed
-byte read once and written once is 1.0; target <= 1.1), and warm / cold downtime (target
-<= 0.25 at 8 GiB). The source's cached pages are dropped before each window.
-Temporal is left out on purpose: its per-step cost is the same in both and measured in
-bench.orchestration.
+order in this process: `final_data_sync`, `convert_image`, `attach_target_storage_profile`
+and `validate_guest_tools_and_drivers` against a private libvirtd, and `power_on_target` (a
+real QEMU domain), for each target format (`--formats`, default raw and qcow2). Its I/O is
+this process's `rchar + wchar` from /proc/self/io over the window (every byte read or
+written through a syscall: the source, staging, digest maps, the tracking file; for qcow2
+the changed blocks handed to `qemu-nbd`, which writes them into the pre-converted image;
+`qemu-img info`/`check` run as children and read metadata only). Reported: downtime
+seconds, I/O / (2 x changed bytes) (each changed byte read once and written once is 1.0;
+target <= 1.1), and warm / cold downtime (target <= 0.25 at 8 GiB). The source's cached
+pages are dropped before each window. Temporal is left out on purpose: its per-step cost
+is the same in both and measured in bench.orchestration.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import Any
 from activities.convert import ConvertActivities
 from activities.disks import BLOCK, DiskActivities, DiskSource, LocalFileSource
 from activities.libvirt_target import LibvirtTarget, remove_cutover_domains
+from activities.mirror import TargetMirror
 from bench.precopy import drop, make_disk
 from cutover import libvirtd
 from cutover.inventory import VM, Disk
@@ -60,7 +62,9 @@ def io() -> int:
 class Run:
     """One cutover's activities and the facts they pass along (as the workflow does)."""
 
-    def __init__(self, app: str, staging: Path, src: Path, uri: str, size: int) -> None:
+    def __init__(
+        self, app: str, staging: Path, src: Path, uri: str, size: int, fmt: str = "raw"
+    ) -> None:
         vm = VM(moref="vm-1", name=VM_NAME, numCpu=1, memoryMB=64,
                 disks=[Disk(key=2000, capacityBytes=size, datastore="ds1")])  # fmt: skip
         rb = Runbook.model_validate({**SEED, "application": app, "vms": [VM_NAME],
@@ -69,7 +73,7 @@ class Run:
             stagingDir=str(staging),
             libvirt=Libvirt(uri=uri),
             storageMappings=[
-                StorageMapping(sourceDatastore="ds1", targetPool=f"bench-{app}", format="raw")
+                StorageMapping(sourceDatastore="ds1", targetPool=f"bench-{app}", format=fmt)
             ],
         )
         self.ctx = StepContext(workflowId=f"cutover-{app}", application=app, wave="0",
@@ -79,8 +83,9 @@ class Run:
         def sources(ctx: StepContext, precopy: bool) -> list[DiskSource]:
             return [LocalFileSource(src, name=DISK_ID)]
 
-        self.disks = DiskActivities(sources)
-        self.convert = ConvertActivities()
+        mirror = TargetMirror()  # as the worker wires it: qcow2 pre-converted while warm
+        self.disks = DiskActivities(sources, mirror=mirror)
+        self.convert = ConvertActivities(prepared=mirror)
         self.target = LibvirtTarget()
 
     def step(self, fn: Any, name: str, n: int = 0) -> StepResult:
@@ -91,7 +96,7 @@ class Run:
     def window(self) -> dict[str, Any]:
         before, t0 = io(), time.perf_counter()
         final = self.step(self.disks.final_data_sync, "final_data_sync")
-        self.step(self.convert.convert_image, "convert_image")
+        conv = self.step(self.convert.convert_image, "convert_image")
         self.step(self.target.attach_target_storage_profile, "attach_target_storage_profile")
         self.step(self.target.validate_guest_tools_and_drivers, "validate_guest_tools_and_drivers")
         on = self.step(self.target.power_on_target, "power_on_target")
@@ -101,6 +106,7 @@ class Run:
             "ioBytes": io() - before,
             "finalBytesMoved": int(final.details["bytesMoved"]),
             "finalMode": final.details[f"mode.{DISK_ID}"],
+            "convertMethod": conv.details[f"method.{DISK_ID}"],
             "domain": on.facts["target_domain"],
         }
 
@@ -118,7 +124,7 @@ def drop_pool(uri: str, name: str) -> None:
         conn.close()
 
 
-def one_size(size: int, fraction: float, work: Path, uri: str) -> dict[str, Any]:
+def one_size(size: int, fraction: float, work: Path, uri: str, fmt: str) -> dict[str, Any]:
     src = work / "disk1-flat.vmdk"
     make_disk(src, size)
     with open(src, "r+b") as f:  # an MBR: the target's boot-sector check must pass
@@ -130,7 +136,7 @@ def one_size(size: int, fraction: float, work: Path, uri: str) -> dict[str, Any]
     ctk.unlink(missing_ok=True)
     record_writes(ctk, range(size // BLOCK_SIZE), capacity=size)
 
-    warm = Run(f"warm-{size // MiB}m", work / "staging", src, uri, size)
+    warm = Run(f"warm-{fmt}-{size // MiB}m", work / "staging", src, uri, size, fmt)
     t0 = time.perf_counter()
     warm.step(warm.disks.pre_copy, "pre_copy")
     warm.step(warm.disks.incremental_sync, "incremental_sync", 1)
@@ -147,7 +153,7 @@ def one_size(size: int, fraction: float, work: Path, uri: str) -> dict[str, Any]
     drop(src)
     w = warm.window()
 
-    cold = Run(f"cold-{size // MiB}m", work / "staging", src, uri, size)
+    cold = Run(f"cold-{fmt}-{size // MiB}m", work / "staging", src, uri, size, fmt)
     drop(src)
     c = cold.window()
     for r in (warm, cold):
@@ -158,6 +164,7 @@ def one_size(size: int, fraction: float, work: Path, uri: str) -> dict[str, Any]
     shutil.rmtree(work / "staging", ignore_errors=True)
     src.unlink()
     return {
+        "format": fmt,
         "diskBytes": size,
         "changedBytes": changed,
         "warmPhaseSeconds": round(warm_phase, 3),
@@ -172,6 +179,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes-gib", type=float, nargs="+", default=[2.0, 8.0])
     ap.add_argument("--changed", type=float, default=0.02)
+    ap.add_argument("--formats", nargs="+", choices=["raw", "qcow2"], default=["raw", "qcow2"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     # QEMU runs as libvirt-qemu: the pools must be reachable (not under a 0700 tmp dir)
@@ -179,7 +187,11 @@ def main() -> None:
     work.chmod(0o711)
     lv = libvirtd.start(work / "libvirtd")
     try:
-        out = [one_size(int(g * GiB), args.changed, work, lv.uri) for g in args.sizes_gib]
+        out = [
+            one_size(int(g * GiB), args.changed, work, lv.uri, fmt)
+            for g in args.sizes_gib
+            for fmt in args.formats
+        ]
     finally:
         lv.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -189,7 +201,8 @@ def main() -> None:
     for r in out:
         w, c = r["warm"], r["cold"]
         print(
-            f"{r['diskBytes'] / GiB:4.0f} GiB, {r['changedBytes'] / MiB:.0f} MiB changed: "
+            f"{r['format']:5} {r['diskBytes'] / GiB:4.0f} GiB, "
+            f"{r['changedBytes'] / MiB:.0f} MiB changed: "
             f"warm window {w['seconds']:.2f} s, I/O {w['ioBytes'] / MiB:.1f} MiB "
             f"(= {r['warmIoOverTwiceChanged']} x 2 x changed; target <= 1.1) | "
             f"cold window {c['seconds']:.2f} s, I/O {c['ioBytes'] / MiB:.0f} MiB | "
