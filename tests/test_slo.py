@@ -33,7 +33,7 @@ from cutover.models import (
 from cutover.runbook import Runbook
 from cutover.site import HttpProbe, SiteConfig
 from tests.factories import SEED, cutover_input
-from tests.prometheus_fixtures import App, Plan
+from tests.prometheus_fixtures import App
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow, workflow_id_for
@@ -177,12 +177,6 @@ async def test_slo_probe_threshold_lists_every_bound_and_pre_check_sets_the_base
 # --------------------------------------- sustained_latency_regression, in a workflow
 
 
-def slow_from_evaluation(first: int, per_eval: int, delay: float) -> Plan:
-    """Each evaluation of the criterion sends `per_eval` requests (one evaluation at a
-    time): from evaluation `first` (from 0) on, every response takes `delay`."""
-    return lambda i: ((delay if i // per_eval >= first else 0.0), 200)
-
-
 def latency_cutover(queue: str, app: App, window_minutes: float) -> CutoverInput:
     inp = cutover_input(queue, rollbackWindowMinutes=window_minutes, checkIntervalSeconds=0.4)
     criterion = HttpProbe(
@@ -233,27 +227,31 @@ def queue() -> str:
 
 
 async def test_a_single_slow_response_does_not_roll_back(client: Client, app: App) -> None:
-    # One response of the 2nd evaluation takes 150 ms: with 8 samples its p95 is that one,
-    # so the evaluation fails (streak 1); the next passes (streak 0): no rollback.
+    # One response (the 9th request) takes 150 ms: with 8 samples its evaluation's p95 is
+    # that one, so that evaluation fails (streak 1); the next passes (streak 0): no rollback.
+    # Which evaluation it lands in is not asserted (a loaded machine may shift it).
     app.reset(lambda i: (0.15 if i == 8 else 0.0, 200))
     inp = latency_cutover(queue(), app, window_minutes=0.15)
     result, evaluations = await run_cutover(client, inp, World(), [CheckActivities().run_check])
     assert result.outcome == Outcome.COMPLETED, result.reason
     assert result.reason == "rollback window closed healthy"
     verdicts = [e["passed"] for e in evaluations]
-    assert verdicts[:2] == [True, False] and all(verdicts[2:]), verdicts
-    assert len(verdicts) >= 5  # the window went on evaluating after the slow one
-    p50, p95 = map(float, re.findall(r"p(?:50|95) (\d+\.\d) ms", evaluations[1]["measured"]))
-    assert p50 < 100 and p95 >= 150, evaluations[1]["measured"]
+    slow = [e for e in evaluations if not e["passed"]]
+    assert slow and len(verdicts) >= 5, verdicts  # it went on evaluating after the slow one
+    assert "False, False, False" not in str(verdicts), verdicts  # never 3 in a row
+    assert verdicts[-1], verdicts  # the streak was reset by passing evaluations
+    p50, p95 = map(float, re.findall(r"p(?:50|95) (\d+\.\d) ms", slow[0]["measured"]))
+    assert p50 < 100 and p95 >= 150, slow[0]["measured"]
 
 
 async def test_sustained_slowness_rolls_back(client: Client, app: App) -> None:
-    # slow from the 2nd evaluation on: the 4th evaluation is the 3rd failure in a row
-    app.reset(slow_from_evaluation(1, per_eval=8, delay=0.15))
+    # slow from the 3rd request on (inside the first evaluation, wherever its requests
+    # start): every evaluation fails, and the 3rd failure in a row rolls back
+    app.reset(lambda i: (0.15 if i >= 2 else 0.0, 200))
     inp = latency_cutover(queue(), app, window_minutes=1)
     result, evaluations = await run_cutover(client, inp, World(), [CheckActivities().run_check])
     assert result.outcome == Outcome.ROLLED_BACK, result.reason
-    assert [e["passed"] for e in evaluations] == [True, False, False, False]
+    assert [e["passed"] for e in evaluations] == [False, False, False]
     assert re.match(
         r"rollback criterion fired: sustained_latency_regression failed: measured "
         r"p50 \d+\.\d ms, p95 \d+\.\d ms, p99 \d+\.\d ms, errors 0/8, expected status 200, "
