@@ -97,7 +97,7 @@ class Run:
         before, t0 = io(), time.perf_counter()
         final = self.step(self.disks.final_data_sync, "final_data_sync")
         conv = self.step(self.convert.convert_image, "convert_image")
-        self.step(self.target.attach_target_storage_profile, "attach_target_storage_profile")
+        att = self.step(self.target.attach_target_storage_profile, "attach_target_storage_profile")
         self.step(self.target.validate_guest_tools_and_drivers, "validate_guest_tools_and_drivers")
         on = self.step(self.target.power_on_target, "power_on_target")
         seconds = time.perf_counter() - t0
@@ -107,6 +107,7 @@ class Run:
             "finalBytesMoved": int(final.details["bytesMoved"]),
             "finalMode": final.details[f"mode.{DISK_ID}"],
             "convertMethod": conv.details[f"method.{DISK_ID}"],
+            "attachMethod": att.details[f"method.{DISK_ID}"],
             "domain": on.facts["target_domain"],
         }
 
