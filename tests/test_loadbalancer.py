@@ -122,7 +122,7 @@ def test_a_target_that_never_gets_healthy_gives_up_and_the_source_keeps_serving(
     assert err.message.startswith(
         f"target {address} never became healthy in 1s; traffic stays on the source"
     )
-    assert 1 <= elapsed < 2.5
+    assert 1 <= elapsed < 5  # gave up after its 1 s health wait (slack for a loaded CI)
     assert failures(load.samples) == []
     assert served_by(load.samples, 0) == {"source"}
     after = lab.servers()

@@ -85,9 +85,9 @@ def test_sampling_timeouts_refusals_and_stop(app: App) -> None:
     app.reset(lambda i: (1.0, 200))
     start = time.monotonic()
     s = sample_http(app.url, samples=4, concurrency=2, timeout=0.2)
-    assert time.monotonic() - start < 0.9
+    assert time.monotonic() - start < 1.5  # uncut, two rounds of 1 s would take 2 s
     assert s.errors == 4 and s.error_kinds == {"timeout": 4}
-    assert all(200 <= ms < 700 for ms in s.latencies_ms)  # a timeout counts at its elapsed
+    assert all(200 <= ms < 1000 for ms in s.latencies_ms)  # a timeout counts at its elapsed
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
