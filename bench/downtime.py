@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.downtime [--sizes-gib 2 8] [--changed 0.02] [--json]
 
-For each size: a dense source disk (every 1 MiB block distinct) with a change-tracking
+For each size: a source disk half data, half holes (64 MiB of every 128 MiB; every 1 MiB
+block distinct) with a change-tracking
 file beside it (the simulator's format, so the final pass uses CBT as against vSphere).
 
 - **warm**: pre-copy and one incremental pass while the "source serves" (not timed as
@@ -15,9 +16,9 @@ order in this process: `final_data_sync`, `convert_image`, `attach_target_storag
 and `validate_guest_tools_and_drivers` against a private libvirtd, and `power_on_target` (a
 real QEMU domain), for each target format (`--formats`, default raw and qcow2). Its I/O is
 this process's `rchar + wchar` from /proc/self/io over the window (every byte read or
-written through a syscall: the source, staging, digest maps, the tracking file; for qcow2
-the changed blocks handed to `qemu-nbd`, which writes them into the pre-converted image;
-`qemu-img info`/`check` run as children and read metadata only). Reported: downtime
+written through a syscall: the source, staging, digest maps, the tracking file; and, as
+Linux adds reaped children to it, `qemu-nbd` writing the changed blocks into a qcow2 image
+and `qemu-img` runs; socket transfers between them are not counted). Reported: downtime
 seconds, I/O / (2 x changed bytes) (each changed byte read once and written once is 1.0;
 target <= 1.1), and warm / cold downtime (target <= 0.25 at 8 GiB). The source's cached
 pages are dropped before each window. Temporal is left out on purpose: its per-step cost
