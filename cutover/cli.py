@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover import cli_audit, cli_lab, cli_wave, search_attributes
+from cutover import cli_audit, cli_lab, cli_wave
 from cutover.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -161,7 +161,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _update(args: argparse.Namespace) -> int:
-    from cutover.temporal import connect, identity
+    from cutover.temporal import connect, identity, why_finished
 
     who = identity()
     client = await connect(wait_seconds=3)
@@ -171,21 +171,9 @@ async def _update(args: argparse.Namespace) -> int:
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
-        raise _Failed(await _why_closed(handle, args.command)) from None
+        raise _Failed(await why_finished(handle, args.command, "cutover")) from None
     _print({"workflowId": handle.id, "message": msg}, args.json, msg)
     return EXIT_OK
-
-
-async def _why_closed(handle: WorkflowHandle[Any, Any], command: str) -> str:
-    """Updates reach only running workflows: say what the cutover did instead."""
-    try:
-        desc = await handle.describe()
-    except RPCError:
-        return f"no cutover with workflow ID {handle.id}"
-    state = desc.status.name if desc.status else "UNKNOWN"
-    outcome = desc.typed_search_attributes.get(search_attributes.OUTCOME) or state
-    extra = "; after finalize the source is retired" if outcome == "COMPLETED" else ""
-    return f"{command} refused: cutover {handle.id} has already finished ({outcome}){extra}"
 
 
 async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any], who: str) -> str:

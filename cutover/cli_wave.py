@@ -184,7 +184,7 @@ async def _wave_update(args: argparse.Namespace) -> int:
     from temporalio.service import RPCError, RPCStatusCode
 
     from cutover.models import ApprovalRequest
-    from cutover.temporal import identity
+    from cutover.temporal import identity, why_finished
     from cutover.wave import CancelRequest, PauseRequest
     from workflows.wave import WaveWorkflow
 
@@ -213,20 +213,9 @@ async def _wave_update(args: argparse.Namespace) -> int:
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise
-        raise _failed(await _why_not_running(handle, args.wave_command)) from None
+        raise _failed(await why_finished(handle, args.wave_command, "wave")) from None
     _print({"workflowId": handle.id, "message": msg}, args.json, msg)
     return EXIT_OK
-
-
-async def _why_not_running(handle: WorkflowHandle[Any, Any], command: str) -> str:
-    from temporalio.service import RPCError
-
-    try:
-        desc = await handle.describe()
-    except RPCError:
-        return f"no wave with workflow ID {handle.id}"
-    state = desc.status.name if desc.status else "UNKNOWN"
-    return f"{command} refused: wave {handle.id} has already finished ({state})"
 
 
 async def _child_lines(client: Client, st: WaveStatus) -> dict[str, tuple[str, str]]:

@@ -13,14 +13,15 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 from temporalio.api.failure.v1 import Failure
-from temporalio.client import Client, Interceptor
+from temporalio.client import Client, Interceptor, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverter, PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
-from temporalio.service import TLSConfig
+from temporalio.service import RPCError, TLSConfig
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
@@ -93,3 +94,18 @@ async def connect(
             if not starting or time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def why_finished(handle: WorkflowHandle[Any, Any], command: str, what: str) -> str:
+    """Updates reach only running workflows: say what the cutover or wave did instead."""
+    from cutover import search_attributes
+
+    try:
+        desc = await handle.describe()
+    except RPCError:
+        return f"no {what} with workflow ID {handle.id}"
+    state = desc.status.name if desc.status else "UNKNOWN"
+    outcome = desc.typed_search_attributes.get(search_attributes.OUTCOME) or state
+    retired = what == "cutover" and outcome == "COMPLETED"
+    extra = "; after finalize the source is retired" if retired else ""
+    return f"{command} refused: {what} {handle.id} has already finished ({outcome}){extra}"
