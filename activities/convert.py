@@ -155,6 +155,20 @@ def image_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
     return info
 
 
+def check_qcow2(path: Path, what: Path | None = None) -> None:
+    """`qemu-img check` of a qcow2 image's metadata; `VerificationFailed` naming `what`."""
+    done = subprocess.run(
+        [_tool("qemu-img"), "check", "-f", "qcow2", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise _error(
+            "VerificationFailed",
+            f"qemu-img check {what or path} (exit {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip()}",
+        )
+
+
 def source_format(path: Path) -> SourceFormat:
     """By name, never by probing content (a raw guest disk may hold any header)."""
     return "vmdk" if path.suffix.lower() == ".vmdk" else "raw"
@@ -229,20 +243,10 @@ class QemuImgConverter:
     def verify(
         self, source: Path, source_format: SourceFormat, target: Path, target_format: TargetFormat
     ) -> None:
-        qemu_img = _tool("qemu-img")
         if target_format == "qcow2":
-            done = subprocess.run(
-                [qemu_img, "check", "-f", "qcow2", str(target)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if done.returncode != 0:
-                raise _error(
-                    "VerificationFailed",
-                    f"qemu-img check {target} (exit {done.returncode}): "
-                    f"{(done.stdout + done.stderr).strip()}",
-                )
+            check_qcow2(target)
         done = subprocess.run(
-            [qemu_img, "compare", "-f", source_format, "-F", target_format,
+            [_tool("qemu-img"), "compare", "-f", source_format, "-F", target_format,
              str(source), str(target)],
             capture_output=True, text=True, check=False,
         )  # fmt: skip

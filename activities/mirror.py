@@ -17,7 +17,6 @@ Raw mappings need none of this: the staged copy itself is linked in (see `conver
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from activities.convert import (
     SOURCE_VM_FACT,
     Converter,
     QemuImgConverter,
-    _tool,
+    check_qcow2,
     mapping_for,
 )
 from activities.disks import DiskState, StagedDisk, load_dirty, save_dirty
@@ -143,15 +142,9 @@ class TargetMirror:
             os.link(staged.mirror, out)
         except OSError:
             return None
-        done = subprocess.run(
-            [_tool("qemu-img"), "check", "-f", "qcow2", str(out)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
+        try:
+            check_qcow2(out, staged.mirror)
+        except BaseException:
             out.unlink(missing_ok=True)
-            raise _error(
-                "VerificationFailed",
-                f"qemu-img check {staged.mirror} (exit {done.returncode}): "
-                f"{(done.stdout + done.stderr).strip()}",
-            )
+            raise
         return {"method": "pre-converted", "bytes": applied}
