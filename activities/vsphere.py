@@ -56,6 +56,11 @@ T = TypeVar("T")
 
 #: Custom attributes written on a migrated source VM (vSphere-side audit trail).
 MIGRATED_FIELDS = ("cutover.migratedTo", "cutover.migratedAt", "cutover.workflowId")
+#: Custom attribute on a source VM: its power state before a cutover quiesced it, and which
+#: workflow run recorded it ("poweredOn by cutover-shop/<run ID>"). Written before quiesce
+#: changes anything, so a retry on another worker (the VM already off) still knows it;
+#: restart_source powers on only what was on, then clears it.
+PRIOR_POWER_FIELD = "cutover.priorPowerState"
 
 
 # ---------------------------------------------------------------------------- errors
@@ -846,6 +851,32 @@ def _find_snapshot(si: Any, vm: Any, name: str) -> Any | None:
     return None
 
 
+def _custom_values(si: Any, vm: Any) -> dict[str, str]:
+    """The VM's custom attributes by name; an attribute set to "" counts as unset."""
+    names = {f.key: f.name for f in (si.content.customFieldsManager.field or [])}
+    values = _property(si, vm, "customValue") or []
+    return {names.get(v.key, str(v.key)): str(v.value) for v in values if str(v.value)}
+
+
+def _set_custom_value(si: Any, vm: Any, name: str, value: str) -> None:
+    """Set one custom attribute on a VM, defining it (for VMs) when vCenter lacks it."""
+    cfm = si.content.customFieldsManager
+    keys = {f.name: f.key for f in (cfm.field or [])}
+    key = keys.get(name)
+    if key is None:
+        key = cfm.AddFieldDefinition(name=name, moType=vim.VirtualMachine).key
+    cfm.SetField(entity=vm, key=key, value=value)
+
+
+def _run_scope(inp: StepInput) -> str:
+    """Which run a prior-power-state mark belongs to: a retry of the same run keeps its mark,
+    a later cutover of the same application (a new run) records afresh."""
+    if activity.in_activity():
+        info = activity.info()
+        return f"{info.workflow_id}/{info.workflow_run_id}"
+    return inp.context.workflowId
+
+
 def _post_event(si: Any, vm: Any, message: str) -> None:
     """Record the action in vCenter's event log, where vSphere-side audit tools look."""
     arg = vim.event.VmEventArgument(vm=vm, name=vm.name)
@@ -961,9 +992,20 @@ class VSphereActivities:
     @activity.defn(name=Step.QUIESCE_APPLICATION)
     def quiesce_application(self, inp: StepInput) -> StepResult:
         policy = inp.context.runbook.quiesce
+        scope = _run_scope(inp)
+        prior: dict[str, str] = {}
 
         def act(vm: Any, si: Any) -> bool:
-            if str(vm.runtime.powerState) == "poweredOff":
+            # The prior state goes on the VM before anything changes; a retry of this run
+            # (the VM already off) keeps the first record instead of writing "poweredOff".
+            state = str(_property(si, vm, "runtime.powerState"))
+            mark = _custom_values(si, vm).get(PRIOR_POWER_FIELD, "")
+            recorded, _, by = mark.partition(" by ")
+            if not recorded or by != scope:
+                recorded = state
+                _set_custom_value(si, vm, PRIOR_POWER_FIELD, f"{state} by {scope}")
+            prior[vm.name] = recorded
+            if state == "poweredOff":
                 return False
             if str(vm.guest.toolsRunningStatus) == "guestToolsRunning":
                 with contextlib.suppress(vim.fault.ToolsUnavailable):
@@ -986,17 +1028,34 @@ class VSphereActivities:
                 wait_task(si, vm.PowerOffVM_Task(), f"powering off {vm.name}")
             return True
 
-        return self._each(inp, "quiesce", act, describe=True)
+        result = self._each(inp, "quiesce", act, describe=True)
+        result.details["priorPowerState"] = ",".join(f"{n}={s}" for n, s in prior.items())
+        return result
 
     @activity.defn(name=Compensation.RESTART_SOURCE)
     def restart_source(self, inp: StepInput) -> StepResult:
-        def act(vm: Any, si: Any) -> bool:
-            if str(vm.runtime.powerState) == "poweredOn":
-                return False
-            wait_task(si, vm.PowerOnVM_Task(), f"powering on {vm.name}")
-            return True
+        """Back to the power state quiesce recorded: on only what was on before the cutover.
+        A VM without a record was never changed by quiesce (it records first): left as is."""
+        found: dict[str, str] = {}
 
-        return self._each(inp, "power on", act)
+        def act(vm: Any, si: Any) -> bool:
+            mark = _custom_values(si, vm).get(PRIOR_POWER_FIELD)
+            found[vm.name] = mark.partition(" by ")[0] if mark else "unrecorded"
+            if mark is None:
+                return False
+            changed = False
+            if found[vm.name] == "poweredOn" and (
+                str(_property(si, vm, "runtime.powerState")) != "poweredOn"
+            ):
+                wait_task(si, vm.PowerOnVM_Task(), f"powering on {vm.name}")
+                changed = True
+            # cleared only once restored: a retry after a crash here still knows
+            _set_custom_value(si, vm, PRIOR_POWER_FIELD, "")
+            return changed
+
+        result = self._each(inp, "restore power state of", act)
+        result.details["priorPowerState"] = ",".join(f"{n}={s}" for n, s in found.items())
+        return result
 
     def _set_nics(self, inp: StepInput, connected: bool) -> StepResult:
         def act(vm: Any, si: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 import yaml
 from pyVmomi import vim
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.vsphere import (
+    PRIOR_POWER_FIELD,
     ClientPool,
     DatastoreFile,
     Tagging,
@@ -219,6 +222,104 @@ def test_quiesce_and_restart_are_idempotent_and_compensate(sim: Vcsim, pool: Cli
     assert not acts.restart_source(inp).changed
     for name in ("DC0_C0_H0_VM2", "DC0_C0_H1_VM2"):
         assert str(vm_state(client, name).runtime.powerState) == "poweredOn"
+
+
+def power(client: VSphereClient, name: str, on: bool) -> None:
+    vm = find_vms(client, [name])[0]
+    task = vm.PowerOnVM_Task if on else vm.PowerOffVM_Task
+    client.call(f"powering {name}", lambda si: wait_task(si, task(), f"powering {name}"))
+
+
+def test_restart_source_restores_the_power_state_before_the_cutover(
+    vcsim_factory: VcsimFactory,
+) -> None:
+    # A fresh simulator: this test leaves a VM off.
+    small = vcsim_factory(clusters=0, hosts=1, vms=2, standalone_hosts=1)
+    pool = ClientPool(password=lambda s: small.password)
+    client = pool.get(settings(small))
+    off, on = "DC0_H0_VM0", "DC0_H0_VM1"
+    power(client, off, on=False)  # e.g. a standby VM, off before the cutover
+    inp = step_input(small, "quiesce_application", [off, on])
+    first = VSphereActivities(pool).quiesce_application(inp)
+    # a retry on another worker (its own connections) finds both VMs off
+    retry_pool = ClientPool(password=lambda s: small.password)
+    retried = VSphereActivities(retry_pool).quiesce_application(inp)
+    assert not retried.changed
+    restarted = VSphereActivities(retry_pool).restart_source(inp)
+    assert str(vm_state(client, off).runtime.powerState) == "poweredOff"
+    assert str(vm_state(client, on).runtime.powerState) == "poweredOn"
+    assert restarted.changed and restarted.details["changed"] == on
+    assert not VSphereActivities(pool).restart_source(inp).changed
+
+    # what was recorded, and that the retry did not overwrite it with "poweredOff"
+    recorded = f"{off}=poweredOff,{on}=poweredOn"
+    assert first.details["priorPowerState"] == retried.details["priorPowerState"] == recorded
+    assert restarted.details["priorPowerState"] == recorded
+    inv = read_inventory(client)  # the marks are cleared once restored
+    assert all(inv.vm(n).customAttributes.get(PRIOR_POWER_FIELD, "") == "" for n in (off, on))
+    pool.close()
+    retry_pool.close()
+
+
+def test_the_prior_power_state_is_on_the_vm_before_quiesce_changes_it(
+    sim: Vcsim, pool: ClientPool
+) -> None:
+    client = client_for(pool, sim)
+    name = "DC0_C0_H1_VM1"
+    inp = step_input(sim, "quiesce_application", [name])
+    VSphereActivities(pool).quiesce_application(inp)
+    mark = read_inventory(client).vm(name).customAttributes[PRIOR_POWER_FIELD]
+    assert mark == f"poweredOn by {inp.context.workflowId}"
+    VSphereActivities(pool).restart_source(inp)
+    assert str(vm_state(client, name).runtime.powerState) == "poweredOn"
+
+
+def test_a_later_cutover_records_the_power_state_afresh(sim: Vcsim, pool: ClientPool) -> None:
+    # A mark left by an earlier cutover that never restored (it finalized, or was
+    # terminated) must not decide a later cutover's restart.
+    client = client_for(pool, sim)
+    name = "DC0_C0_H1_VM1"
+    earlier = step_input(sim, "quiesce_application", [name])
+    VSphereActivities(pool).quiesce_application(earlier)  # on -> recorded poweredOn, now off
+    later = step_input(sim, "quiesce_application", [name])
+    assert later.context.workflowId != earlier.context.workflowId
+    quiesced = VSphereActivities(pool).quiesce_application(later)
+    VSphereActivities(pool).restart_source(later)
+    assert str(vm_state(client, name).runtime.powerState) == "poweredOff"
+    assert quiesced.details["priorPowerState"] == f"{name}=poweredOff"
+    power(client, name, on=True)  # as the module's other tests expect it
+
+
+def test_in_an_activity_the_record_belongs_to_the_workflow_run(
+    sim: Vcsim, pool: ClientPool
+) -> None:
+    # Under Temporal a cutover's workflow ID is the same for every run of one application:
+    # a retry keeps its run's record, a new run (a re-migration) records afresh.
+    client = client_for(pool, sim)
+    name = "DC0_C0_H1_VM1"
+    inp = step_input(sim, "quiesce_application", [name])
+    acts = VSphereActivities(pool)
+
+    def in_run(run_id: str, fn: Any) -> Any:
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(
+            env.info, workflow_id=inp.context.workflowId, workflow_run_id=run_id
+        )
+        return env.run(fn, inp)
+
+    assert in_run("run-1", acts.quiesce_application).details["priorPowerState"] == (
+        f"{name}=poweredOn"
+    )
+    assert in_run("run-1", acts.quiesce_application).details["priorPowerState"] == (
+        f"{name}=poweredOn"
+    )
+    mark = read_inventory(client).vm(name).customAttributes[PRIOR_POWER_FIELD]
+    assert mark == f"poweredOn by {inp.context.workflowId}/run-1"
+    assert in_run("run-2", acts.quiesce_application).details["priorPowerState"] == (
+        f"{name}=poweredOff"
+    )
+    power(client, name, on=True)
+    in_run("run-2", acts.restart_source)  # clears the mark; the VM stays as it is
 
 
 def test_nics_disconnect_and_reconnect(sim: Vcsim, pool: ClientPool) -> None:
