@@ -55,6 +55,10 @@ class FinalizeStep(StrEnum):
 #: The activity that evaluates any check (pre-check, post-check or rollback criterion).
 RUN_CHECK = "run_check"
 
+#: Read-only, first of all: is the source already marked migrated (a finished cutover)?
+#: Its result's details carry `migrated` (bool) and `evidence` (which VM, marks, when).
+VERIFY_NOT_MIGRATED = "verify_not_migrated"
+
 #: What undoes each step that changes the world. Steps absent here only read (smoke test,
 #: driver validation) or write nothing outside the staging area the warm phase owns.
 COMPENSATIONS: dict[str, Compensation] = {
@@ -67,6 +71,51 @@ COMPENSATIONS: dict[str, Compensation] = {
     WarmStep.SNAPSHOT_SOURCE: Compensation.REMOVE_SOURCE_SNAPSHOT,
     WarmStep.PRE_COPY: Compensation.DISCARD_STAGING,
 }
+
+class Holds(StrEnum):
+    """What the world must look like before an undo may run (checked during unwinding)."""
+
+    SOURCE_RUNNING = "the source runs"
+    TRAFFIC_ON_SOURCE = "traffic is back on the source"
+    TARGET_STOPPED = "the target no longer runs"
+
+
+#: Before each undo, what must hold. An undo that would destroy or stop something that may
+#: be serving (the target, its data, the staged copies, the source's recovery point)
+#: requires traffic back on a running source; traffic moves back only to a running source.
+UNDO_REQUIRES: dict[str, frozenset[Holds]] = {
+    Compensation.RESTART_SOURCE: frozenset(),
+    Compensation.RESTORE_LOAD_BALANCER: frozenset({Holds.SOURCE_RUNNING}),
+    Compensation.RESTORE_DNS: frozenset({Holds.SOURCE_RUNNING}),
+    Compensation.REMOVE_TARGET_DOMAIN: frozenset({Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}),
+    Compensation.DETACH_TARGET_STORAGE: frozenset(
+        {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE, Holds.TARGET_STOPPED}
+    ),
+    Compensation.REMOVE_CONVERTED_IMAGE: frozenset(
+        {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE, Holds.TARGET_STOPPED}
+    ),
+    Compensation.DISCARD_STAGING: frozenset(
+        {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE, Holds.TARGET_STOPPED}
+    ),
+    Compensation.REMOVE_SOURCE_SNAPSHOT: frozenset(
+        {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}
+    ),
+}
+
+#: What each undo makes hold once it succeeds; when it fails (or is skipped) that stays
+#: in doubt for the rest of the unwinding.
+UNDO_ESTABLISHES: dict[str, Holds] = {
+    Compensation.RESTART_SOURCE: Holds.SOURCE_RUNNING,
+    Compensation.RESTORE_LOAD_BALANCER: Holds.TRAFFIC_ON_SOURCE,
+    Compensation.RESTORE_DNS: Holds.TRAFFIC_ON_SOURCE,
+    Compensation.REMOVE_TARGET_DOMAIN: Holds.TARGET_STOPPED,
+}
+
+
+def undo_blocked_by(comp: str, in_doubt: set[Holds]) -> list[Holds]:
+    """What keeps `comp` from running now (empty: it may run), in a stable order."""
+    return sorted(UNDO_REQUIRES.get(comp, frozenset()) & in_doubt, key=list(Holds).index)
+
 
 #: Steps that act on the target platform: none may run before `convert_image`.
 TARGET_STEPS: frozenset[Step] = frozenset(

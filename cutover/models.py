@@ -27,7 +27,12 @@ class Phase(StrEnum):
     CUTOVER = "CUTOVER"
     ROLLBACK_WINDOW = "ROLLBACK_WINDOW"
     ROLLING_BACK = "ROLLING_BACK"
+    #: An undo failed or was held back (it would have destroyed what may serve): waiting
+    #: for an operator to fix the cause and send `resume`.
+    ROLLBACK_BLOCKED = "ROLLBACK_BLOCKED"
     FINALIZING = "FINALIZING"
+    #: A finalize step failed; the steps after it (which retire the source) wait for `resume`.
+    FINALIZE_BLOCKED = "FINALIZE_BLOCKED"
     DONE = "DONE"
 
 
@@ -44,9 +49,18 @@ class Tuning(_M):
     maxAttempts: Annotated[int, Field(ge=1)] = 5
     initialRetrySeconds: Annotated[float, Field(gt=0)] = 1.0
     maxRetrySeconds: Annotated[float, Field(gt=0)] = 60.0
+    #: Start-to-close of the steps that move or convert data (they heartbeat progress).
     stepTimeoutMinutes: Annotated[float, Field(gt=0)] = 120.0
-    heartbeatSeconds: Annotated[float, Field(gt=0)] = 60.0
+    #: Start-to-close of every other step (each also has a heartbeat timeout).
+    shortStepTimeoutMinutes: Annotated[float, Field(gt=0)] = 10.0
+    #: Every activity heartbeats (the worker keeps it alive): a dead worker is noticed
+    #: after this long and its activity retried on another.
+    heartbeatSeconds: Annotated[float, Field(gt=0)] = 30.0
     compensationAttempts: Annotated[int, Field(ge=1)] = 10
+    #: How long a blocked rollback or finalize waits for an operator's `resume`.
+    blockedWaitHours: Annotated[float, Field(gt=0)] = 72.0
+    #: The rollback window continues as new past this many history events.
+    continueAsNewEvents: Annotated[int, Field(ge=100)] = 10_000
 
 
 class CutoverInput(_M):
@@ -54,6 +68,11 @@ class CutoverInput(_M):
     site: SiteConfig
     requestedBy: str = "unknown"
     tuning: Tuning = Field(default_factory=Tuning)
+    #: Why an application already migrated is cut over again (`--remigrate REASON`); without
+    #: it, a source marked migrated is refused before anything changes.
+    remigrate: Annotated[str, Field(min_length=1)] | None = None
+    #: Set only by the workflow itself when its rollback window continues as new.
+    carry: WindowCarry | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -87,22 +106,6 @@ class CutoverInput(_M):
 #: What the workflow accepts: a CutoverInput, or (only when that fails) the raw mapping, so
 #: the workflow can fail with the problems named instead of failing its task forever.
 WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
-
-#: Stands in for an input that failed validation, keeping the workflow instance well-formed
-#: (queries answer) until run() fails the workflow. Built once, here, outside the sandbox.
-INPUT_PLACEHOLDER = CutoverInput(
-    runbook=Runbook(
-        application="invalid-input",
-        wave=0,
-        sourcePlatform="vmware-vsphere",
-        sourceCluster="none",
-        targetPlatform="kvm-libvirt",
-        rollbackWindowMinutes=1,
-        cutoverSteps=["quiesce_application"],
-    ),
-    site=SiteConfig(),
-)
-
 
 class StepContext(_M):
     """What every step activity gets: who it is for, and what earlier steps learned."""
@@ -181,7 +184,7 @@ class StepRecord(_M):
     kind: StepKind
     startedAt: datetime
     endedAt: datetime | None = None
-    outcome: Literal["running", "ok", "failed"] = "running"
+    outcome: Literal["running", "ok", "failed", "skipped"] = "running"
     attempts: int | None = None
     error: str | None = None
     changed: bool | None = None
@@ -206,6 +209,12 @@ class CutoverStatus(_M):
     steps: list[StepRecord] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     compensationsRegistered: list[str] = Field(default_factory=list)
+    #: Blocked rollback or finalize: what is left, each with why, and how to go on.
+    leftWhere: list[str] = Field(default_factory=list)
+    snapshotTakenAt: datetime | None = None
+    #: Set when the warm snapshot is older than the runbook's `dataSync.maxSnapshotAgeHours`.
+    snapshotWarning: str | None = None
+    checkRounds: int = 0
 
 
 class CutoverResult(_M):
@@ -223,6 +232,10 @@ class CutoverResult(_M):
     compensationFailures: list[str] = Field(default_factory=list)
     #: Bytes the data path moved, when it reports them (waves sum it).
     bytesMoved: int | None = None
+    #: The operator's reason for cutting over an application already migrated.
+    remigrate: str | None = None
+    #: Rollback-window check rounds run (only the first, the last and failures are kept).
+    checkRounds: int = 0
 
 
 class ApprovalRequest(_M):
@@ -242,3 +255,47 @@ class ExtendRequest(_M):
 
 class FinalizeRequest(_M):
     requestedBy: str = "unknown"
+
+
+class ResumeRequest(_M):
+    """Go on with a blocked rollback or finalize once its cause is fixed."""
+
+    requestedBy: str = "unknown"
+    reason: str = ""
+
+
+class WindowCarry(_M):
+    """A cutover's state when its rollback window continues as new (bounded history)."""
+
+    compensations: list[str]
+    facts: dict[str, str]
+    records: list[StepRecord]
+    checks: list[CheckResult]
+    streaks: dict[str, int]
+    approvedBy: str | None
+    deadline: datetime
+    nextEval: datetime
+    downFrom: datetime | None
+    downTo: datetime | None
+    bytesMoved: int
+    rounds: int
+    snapshotTakenAt: datetime | None = None
+
+
+CutoverInput.model_rebuild()
+
+
+#: Stands in for an input that failed validation, keeping the workflow instance well-formed
+#: (queries answer) until run() fails the workflow. Built once, here, outside the sandbox.
+INPUT_PLACEHOLDER = CutoverInput(
+    runbook=Runbook(
+        application="invalid-input",
+        wave=0,
+        sourcePlatform="vmware-vsphere",
+        sourceCluster="none",
+        targetPlatform="kvm-libvirt",
+        rollbackWindowMinutes=1,
+        cutoverSteps=["quiesce_application"],
+    ),
+    site=SiteConfig(),
+)

@@ -165,6 +165,9 @@ class DataSync(_Model):
     incrementalPasses: Annotated[StrictInt, Field(ge=0, le=100)] = 1
     #: Ask VMware Tools to quiesce the guest file systems for the pre-cutover snapshot.
     quiesceSnapshot: StrictBool = True
+    #: The warm snapshot's delta grows on the production datastore while the cutover waits
+    #: (e.g. for approval): `cutover status` warns past this age.
+    maxSnapshotAgeHours: Annotated[StrictFloat | StrictInt, Field(gt=0, le=24 * 30)] = 24
 
 
 class Quiesce(_Model):
