@@ -26,6 +26,19 @@ same atomic update, writes the TXT record ``_cutover-ttl.<name>`` = ``old=<ttl> 
 seconds>``: the TTL resolvers may still be caching and when the low one was published.
 The ``dns`` probe then passes only once ``now - at >= old``; without a marker it judges
 the TTL alone and says the age is unknown.
+
+The prior-state record. ``update_dns`` writes, in the same atomic update that points the
+record at the target, the TXT record ``_cutover-prior.<name>`` = ``prev=<addresses>
+ttl=<ttl> orig=<ttl before the cutover> to=<target> at=<unix seconds>``. The zone is the
+one store every worker reads and no crash can lose: a retried ``update_dns`` (its first
+attempt's update landed, then the worker died or the verification read failed) reads what
+the switch replaced from it, and so do ``restore_dns`` and ``restore_dns_ttl``. (Heartbeat
+details would die with a worker killed before its heartbeat was sent; the zone cannot
+hold the switch without this record.) ``restore_dns`` (rollback) and ``restore_dns_ttl``
+(finalize) put back the TTL in place before the cutover (the one ``lower_dns_ttl``
+replaced, when it ran) and delete both companion records in the same update. The key
+must be granted TXT at ``_cutover-prior.<name>`` and ``_cutover-ttl.<name>`` as well as A
+at the name; an update-policy that does not refuses the switch whole (nothing changes).
 """
 
 from __future__ import annotations
@@ -71,6 +84,13 @@ LOWER_DNS_TTL = "lower_dns_ttl"
 #: First label of the companion TXT record that says when the low TTL was published.
 TTL_MARKER_LABEL = "_cutover-ttl"
 _MARKER_TEXT = re.compile(r"^\s*old=(\d+)\s+at=(\d+)\s*$")
+#: The finalize step that puts back the TTL in place before the cutover.
+RESTORE_DNS_TTL = "restore_dns_ttl"
+#: First label of the companion TXT record that holds what update_dns replaced.
+PRIOR_LABEL = "_cutover-prior"
+_PRIOR_TEXT = re.compile(
+    r"^\s*prev=([0-9.,]+)\s+ttl=(\d+)\s+orig=(\d+)\s+to=([0-9.]+)\s+at=(\d+)\s*$"
+)
 
 _A = dns.rdatatype.A
 _TXT = dns.rdatatype.TXT
@@ -220,6 +240,11 @@ def record_name(name: str, zone: str | None) -> dns.name.Name:
 def marker_name(name: dns.name.Name) -> dns.name.Name:
     """``_cutover-ttl.<name>``: where lower_dns_ttl records the TTL it replaced, and when."""
     return dns.name.Name((TTL_MARKER_LABEL.encode(), *name.labels))
+
+
+def prior_name(name: dns.name.Name) -> dns.name.Name:
+    """``_cutover-prior.<name>``: where update_dns records what it replaced."""
+    return dns.name.Name((PRIOR_LABEL.encode(), *name.labels))
 
 
 def _host(address: str) -> str:
@@ -534,130 +559,6 @@ def _cas_update(
 
 
 @dataclass(frozen=True)
-class Switch:
-    """What a switch or restore did (``changed`` False: the record was already as wanted)."""
-
-    name: str
-    changed: bool
-    value: str
-    ttl: int
-    previous_value: str | None
-    previous_ttl: int | None
-    note: str = ""
-
-
-def switch_record(
-    settings: Dns,
-    name: str,
-    target: str,
-    ttl: int,
-    transport: DnsTransport | None = None,
-) -> Switch:
-    """Point the A record `name` at the IPv4 `target` with `ttl`, compare-and-swap."""
-    fqdn = record_name(name, settings.zone)
-    target = _ipv4(target, "target")
-    server = DnsServer.for_site(settings, transport)
-    what = f"switching {fqdn} to {target}"
-    current = server.read_authoritative(fqdn, f"{what} (reading it first)")
-    if current.rdataset is None:
-        raise _error(
-            "DnsRecordNotFound",
-            f"{what}: {server.where} has {current.describe()} for {fqdn}; update_dns switches "
-            "an existing A record: check endpoint.dns.name and the site's dns.zone",
-        )
-    wanted = frozenset({target})
-    if current.values == wanted:
-        # A retry after a switch that landed, or a record pointed there beforehand: what it
-        # held before is unknown here (restore_dns falls back to endpoint.sourceAddress).
-        changed = current.ttl != ttl
-        if changed:
-            _cas_update(server, settings, fqdn, current, wanted, ttl, f"{what} (TTL {ttl}s)")
-        return Switch(
-            str(fqdn),
-            changed=changed,
-            value=target,
-            ttl=ttl,
-            previous_value=None,
-            previous_ttl=None,
-            note="the record already pointed at the target"
-            + (f" (its TTL was {current.ttl}s)" if changed else ""),
-        )
-    _cas_update(server, settings, fqdn, current, wanted, ttl, what)
-    return Switch(
-        str(fqdn),
-        changed=True,
-        value=target,
-        ttl=ttl,
-        previous_value=",".join(sorted(current.values)),
-        previous_ttl=current.ttl,
-    )
-
-
-def restore_record(
-    settings: Dns,
-    name: str,
-    target: str | None,
-    previous: str | None,
-    previous_ttl: int | None,
-    switched: bool,
-    transport: DnsTransport | None = None,
-) -> Switch:
-    """Point `name` back at `previous` (comma-separated IPv4s) with `previous_ttl` (None:
-    keep the current TTL), only if it still holds `target` (our switch), compare-and-swap.
-
-    `switched`: the switch is known to have completed, so a record holding anything but
-    the target or the previous value is someone's later change (DnsConflict); otherwise it
-    means the switch never happened, and there is nothing to undo."""
-    fqdn = record_name(name, settings.zone)
-    old = (
-        frozenset(_ipv4(v, "previous") for v in previous.split(",") if v.strip())
-        if previous
-        else None
-    )
-    ours = frozenset({_ipv4(target, "target")}) if target else None
-    server = DnsServer.for_site(settings, transport)
-    what = f"restoring {fqdn} to {_show(old) if old else 'its previous value'}"
-    current = server.read_authoritative(fqdn, f"{what} (reading it first)")
-    if old is not None and current.rdataset is not None and current.values == old:
-        return Switch(
-            str(fqdn),
-            False,
-            _show(old),
-            current.ttl or 0,
-            None,
-            None,
-            note="the record already holds the previous value (never switched, or restored)",
-        )
-    if ours is None or current.rdataset is None or current.values != ours:
-        if not switched:
-            return Switch(
-                str(fqdn),
-                False,
-                current.describe(),
-                current.ttl or 0,
-                None,
-                None,
-                note=f"the record holds {current.describe()}, not the target: it was never "
-                "switched, so there is nothing to restore",
-            )
-        raise _error(
-            "DnsConflict",
-            f"{what}: {fqdn} holds {current.describe()}, neither the target "
-            f"{_show(ours) if ours else '(unknown)'} nor the previous value: someone changed "
-            "it after the switch. Not overwriting their change: decide which value is right "
-            "and set it by hand",
-        )
-    if old is None:
-        raise _config(
-            f"{what}: {fqdn} points at the target, but its previous value is unknown "
-            "(update_dns reported none): set the runbook's endpoint.sourceAddress"
-        )
-    ttl = previous_ttl if previous_ttl is not None else int(current.rdataset.ttl)
-    _cas_update(server, settings, fqdn, current, old, ttl, what)
-    return Switch(str(fqdn), True, _show(old), ttl, _show(current.values), current.ttl)
-
-
-@dataclass(frozen=True)
 class TtlMarker:
     """The companion TXT record: `old` TTL seconds may still be cached from before `at`."""
 
@@ -689,6 +590,360 @@ def _read_marker(server: DnsServer, fqdn: dns.name.Name, what: str) -> tuple[Ttl
     if answer.values:
         return None, f"the marker {marker_name(fqdn)} is unreadable ({_show(answer.values)})"
     return None, ""
+
+
+@dataclass(frozen=True)
+class PriorState:
+    """What update_dns replaced, kept in the zone itself (see the module docstring).
+
+    ``previous``/``ttl``: the A RRset the switch found; ``original_ttl``: the TTL in place
+    before the cutover (before ``lower_dns_ttl`` lowered it, when it did); ``target``: the
+    address the switch wrote; ``at``: when (unix seconds)."""
+
+    previous: frozenset[str]
+    ttl: int
+    original_ttl: int
+    target: str
+    at: int
+
+    @property
+    def text(self) -> str:
+        return (
+            f"prev={','.join(sorted(self.previous))} ttl={self.ttl} "
+            f"orig={self.original_ttl} to={self.target} at={self.at}"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> PriorState | None:
+        m = _PRIOR_TEXT.match(text)
+        if m is None:
+            return None
+        try:
+            previous = frozenset(str(ipaddress.IPv4Address(v)) for v in m.group(1).split(","))
+            target = str(ipaddress.IPv4Address(m.group(4)))
+        except ValueError:
+            return None
+        return cls(previous, int(m.group(2)), int(m.group(3)), target, int(m.group(5)))
+
+    def rdataset(self, ttl: int) -> dns.rdataset.Rdataset:
+        # One TXT string holds at most 255 bytes: a long round-robin set spans several
+        # (read back joined, see _value).
+        raw = self.text.encode()
+        chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)]
+        return dns.rdataset.from_rdata(ttl, dns.rdtypes.ANY.TXT.TXT(_IN, _TXT, chunks))
+
+
+def _read_prior(server: DnsServer, fqdn: dns.name.Name, what: str) -> PriorState | None:
+    answer = server.read(prior_name(fqdn), _TXT, what)
+    for text in sorted(answer.values):
+        prior = PriorState.parse(text)
+        if prior is not None:
+            return prior
+    return None
+
+
+def _forget(fqdn: dns.name.Name) -> Callable[[dns.update.UpdateMessage], None]:
+    """Remove both companion records, in the same update that restores the record."""
+
+    def delete(message: dns.update.UpdateMessage) -> None:
+        message.delete(prior_name(fqdn), _TXT)
+        message.delete(marker_name(fqdn), _TXT)
+
+    return delete
+
+
+@dataclass(frozen=True)
+class Switch:
+    """What a switch or restore did (``changed`` False: the record was already as wanted)."""
+
+    name: str
+    changed: bool
+    value: str
+    ttl: int
+    previous_value: str | None
+    previous_ttl: int | None
+    note: str = ""
+    #: The TTL in place before the cutover (switch: as recorded in _cutover-prior).
+    original_ttl: int | None = None
+
+
+def switch_record(
+    settings: Dns,
+    name: str,
+    target: str,
+    ttl: int,
+    transport: DnsTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Switch:
+    """Point the A record `name` at the IPv4 `target` with `ttl`, compare-and-swap, and in
+    the same update record what it held in ``_cutover-prior.<name>``."""
+    fqdn = record_name(name, settings.zone)
+    target = _ipv4(target, "target")
+    server = DnsServer.for_site(settings, transport)
+    what = f"switching {fqdn} to {target}"
+    current = server.read_authoritative(fqdn, f"{what} (reading it first)")
+    if current.rdataset is None:
+        raise _error(
+            "DnsRecordNotFound",
+            f"{what}: {server.where} has {current.describe()} for {fqdn}; update_dns switches "
+            "an existing A record: check endpoint.dns.name and the site's dns.zone",
+        )
+    wanted = frozenset({target})
+    prior = _read_prior(server, fqdn, f"{what} (reading {prior_name(fqdn)})")
+    if current.values == wanted:
+        # A retry after a switch that landed (the prior record, written by the same update,
+        # says what it replaced), or a record pointed there before this cutover (unknown:
+        # restore_dns falls back to endpoint.sourceAddress).
+        known = prior if prior is not None and prior.target == target else None
+        changed = current.ttl != ttl
+        if changed:
+            _cas_update(server, settings, fqdn, current, wanted, ttl, f"{what} (TTL {ttl}s)")
+        note = (
+            f"the record already pointed at the target (a switch that landed before this "
+            f"attempt); what it replaced is read from {prior_name(fqdn)}"
+            if known is not None
+            else "the record already pointed at the target before this cutover: what it held "
+            "before is unknown"
+        )
+        return Switch(
+            str(fqdn),
+            changed=changed,
+            value=target,
+            ttl=ttl,
+            previous_value=",".join(sorted(known.previous)) if known else None,
+            previous_ttl=known.ttl if known else None,
+            note=note + (f" (its TTL was {current.ttl}s)" if changed else ""),
+            original_ttl=known.original_ttl if known else None,
+        )
+    assert current.ttl is not None
+    marker, _ = _read_marker(server, fqdn, f"{what} (reading {marker_name(fqdn)})")
+    # The TTL before the cutover: the one lower_dns_ttl replaced, if it lowered it.
+    original = max(marker.old, current.ttl) if marker is not None else current.ttl
+    record = PriorState(current.values, current.ttl, original, target, int(clock()))
+
+    def add_prior(message: dns.update.UpdateMessage) -> None:
+        message.replace(prior_name(fqdn), record.rdataset(ttl))
+
+    _cas_update(
+        server,
+        settings,
+        fqdn,
+        current,
+        wanted,
+        ttl,
+        f"{what} (and recording what it held in {prior_name(fqdn)} TXT)",
+        extra=add_prior,
+    )
+    return Switch(
+        str(fqdn),
+        changed=True,
+        value=target,
+        ttl=ttl,
+        previous_value=",".join(sorted(current.values)),
+        previous_ttl=current.ttl,
+        original_ttl=original,
+    )
+
+
+def restore_record(
+    settings: Dns,
+    name: str,
+    target: str | None,
+    previous: str | None,
+    previous_ttl: int | None,
+    transport: DnsTransport | None = None,
+    *,
+    original_ttl: int | None = None,
+    fallback: str | None = None,
+) -> Switch:
+    """Point `name` back at what the switch replaced, only if it still holds the target
+    (our switch), compare-and-swap, with the TTL in place before the cutover; the same
+    update removes ``_cutover-prior.<name>`` and ``_cutover-ttl.<name>``.
+
+    What the switch replaced: `previous` (update_dns's facts), else the prior record in the
+    zone, else `fallback` (the runbook's source address, a guess). The TTL: `original_ttl`
+    (facts), else the prior record's, else the lowering marker's, else `previous_ttl`, else
+    the current one. A record that already holds the previous value keeps it; only its TTL
+    is restored (a rollback that finds the switch never happened, or already undone).
+
+    A record holding anything else is someone's later change when the switch is known to
+    have landed (DnsConflict); otherwise the switch never happened and there is nothing to
+    undo."""
+    fqdn = record_name(name, settings.zone)
+    server = DnsServer.for_site(settings, transport)
+    current = server.read_authoritative(fqdn, f"restoring {fqdn} (reading it first)")
+    prior = _read_prior(server, fqdn, f"restoring {fqdn} (reading {prior_name(fqdn)})")
+    marker, _ = _read_marker(server, fqdn, f"restoring {fqdn} (reading {marker_name(fqdn)})")
+    ours = frozenset({_ipv4(target, "target")}) if target else None
+    if prior is not None and ours is not None and frozenset({prior.target}) != ours:
+        prior = None  # another switch's record (not to the target this cutover started)
+    if ours is None and prior is not None:
+        ours = frozenset({prior.target})
+    old: frozenset[str] | None
+    if previous:
+        old = frozenset(_ipv4(v, "previous") for v in previous.split(",") if v.strip())
+    elif prior is not None:
+        old = prior.previous
+    elif fallback:
+        old = frozenset({_ipv4(fallback, "source")})
+    else:
+        old = None
+    switched = bool(previous) or prior is not None
+    ttl = next(
+        (
+            t
+            for t in (
+                original_ttl,
+                prior.original_ttl if prior else None,
+                marker.old if marker else None,
+                previous_ttl,
+            )
+            if t is not None
+        ),
+        None,
+    )
+    what = f"restoring {fqdn} to {_show(old) if old else 'its previous value'}"
+    if old is not None and current.rdataset is not None and current.values == old:
+        assert current.ttl is not None
+        if prior is None and marker is None and ttl in (None, current.ttl):
+            return Switch(
+                str(fqdn),
+                False,
+                _show(old),
+                current.ttl,
+                None,
+                None,
+                note="the record already holds the previous value (never switched, or restored)",
+            )
+        # Never switched (or restored without its TTL): the TTL lowered for the cutover
+        # goes back, and the companion records go.
+        restored = ttl if ttl is not None else current.ttl
+        _cas_update(
+            server,
+            settings,
+            fqdn,
+            current,
+            old,
+            restored,
+            f"{what} (TTL {restored}s, as before the cutover)",
+            extra=_forget(fqdn),
+        )
+        return Switch(
+            str(fqdn),
+            True,
+            _show(old),
+            restored,
+            None,
+            current.ttl,
+            note=f"the record already holds the previous value; its TTL {current.ttl}s is "
+            f"back to {restored}s, as before the cutover",
+        )
+    if ours is None or current.rdataset is None or current.values != ours:
+        if not switched:
+            return Switch(
+                str(fqdn),
+                False,
+                current.describe(),
+                current.ttl or 0,
+                None,
+                None,
+                note=f"the record holds {current.describe()}, not the target: it was never "
+                "switched, so there is nothing to restore",
+            )
+        raise _error(
+            "DnsConflict",
+            f"{what}: {fqdn} holds {current.describe()}, neither the target "
+            f"{_show(ours) if ours else '(unknown)'} nor the previous value: someone changed "
+            "it after the switch. Not overwriting their change: decide which value is right "
+            "and set it by hand",
+        )
+    if old is None:
+        raise _config(
+            f"{what}: {fqdn} points at the target, but its previous value is unknown "
+            f"(update_dns reported none and there is no {prior_name(fqdn)} record: the record "
+            "pointed at the target before the cutover): set the runbook's endpoint.sourceAddress"
+        )
+    restored = ttl if ttl is not None else int(current.rdataset.ttl)
+    _cas_update(server, settings, fqdn, current, old, restored, what, extra=_forget(fqdn))
+    return Switch(str(fqdn), True, _show(old), restored, _show(current.values), current.ttl)
+
+
+@dataclass(frozen=True)
+class TtlRestored:
+    name: str
+    changed: bool
+    ttl: int
+    previous_ttl: int
+    note: str = ""
+
+
+def restore_ttl(
+    settings: Dns,
+    name: str,
+    original_ttl: int | None,
+    transport: DnsTransport | None = None,
+) -> TtlRestored:
+    """Put back the TTL in place before the cutover on whatever the record holds now (the
+    target after a finalize), compare-and-swap on its values, and remove the companion
+    records in the same update. The TTL: `original_ttl` (facts), else the prior record's,
+    else the lowering marker's; none known: nothing to do.
+
+    A record the switch pointed at the target that now holds something else was changed by
+    someone after the switch: DnsConflict, nothing touched."""
+    fqdn = record_name(name, settings.zone)
+    server = DnsServer.for_site(settings, transport)
+    what = f"restoring the TTL of {fqdn}"
+    current = server.read_authoritative(fqdn, f"{what} (reading it first)")
+    if current.rdataset is None or current.ttl is None:
+        raise _error(
+            "DnsRecordNotFound", f"{what}: {server.where} has {current.describe()} for {fqdn}"
+        )
+    prior = _read_prior(server, fqdn, f"{what} (reading {prior_name(fqdn)})")
+    marker, _ = _read_marker(server, fqdn, f"{what} (reading {marker_name(fqdn)})")
+    ttl = next(
+        (
+            t
+            for t in (
+                original_ttl,
+                prior.original_ttl if prior else None,
+                marker.old if marker else None,
+            )
+            if t is not None
+        ),
+        None,
+    )
+    if prior is not None and current.values != frozenset({prior.target}):
+        raise _error(
+            "DnsConflict",
+            f"{what}: {fqdn} holds {current.describe()}, not the target {prior.target} the "
+            f"cutover wrote: someone changed it after the switch. Not touching it: set its "
+            f"TTL by hand (it was {prior.original_ttl}s before the cutover) and delete "
+            f"{prior_name(fqdn)} and {marker_name(fqdn)} TXT",
+        )
+    if ttl is None:
+        return TtlRestored(
+            str(fqdn),
+            False,
+            current.ttl,
+            current.ttl,
+            note="nothing records the TTL from before the cutover (no marker, no prior record, "
+            "no fact): left as it is",
+        )
+    if current.ttl == ttl and prior is None and marker is None:
+        return TtlRestored(
+            str(fqdn), False, ttl, ttl, note=f"the TTL is already {ttl}s, as before the cutover"
+        )
+    _cas_update(
+        server,
+        settings,
+        fqdn,
+        current,
+        current.values,
+        ttl,
+        f"{what} to {ttl}s",
+        extra=_forget(fqdn),
+    )
+    return TtlRestored(str(fqdn), True, ttl, current.ttl)
 
 
 @dataclass(frozen=True)
@@ -757,6 +1012,10 @@ def _site_dns(inp: StepInput) -> Dns:
     return settings
 
 
+def _seconds(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
 def _endpoint(inp: StepInput) -> DnsEndpoint:
     endpoint = inp.context.runbook.endpoint.dns
     if endpoint is None:
@@ -773,7 +1032,8 @@ class DnsActivities:
 
     @activity.defn(name=Step.UPDATE_DNS)
     def update_dns(self, inp: StepInput) -> StepResult:
-        """Point endpoint.dns.name at the target with endpoint.dns.ttl (compare-and-swap)."""
+        """Point endpoint.dns.name at the target with endpoint.dns.ttl (compare-and-swap),
+        recording what it replaced in the zone (``_cutover-prior.<name>``, same update)."""
         settings, endpoint = _site_dns(inp), _endpoint(inp)
         ctx = inp.context
         target = ctx.facts.get("target_address") or ctx.runbook.endpoint.targetAddress
@@ -782,11 +1042,15 @@ class DnsActivities:
                 "update_dns: the target's address is unknown: power_on_target reports it "
                 "(fact target_address), or set the runbook's endpoint.targetAddress"
             )
-        done = switch_record(settings, endpoint.name, target, endpoint.ttl, self.transport)
+        done = switch_record(
+            settings, endpoint.name, target, endpoint.ttl, self.transport, self.clock
+        )
         facts = {"dns_value": done.value}
         if done.previous_value is not None and done.previous_ttl is not None:
             facts["dns_previous_value"] = done.previous_value
             facts["dns_previous_ttl"] = str(done.previous_ttl)
+        if done.original_ttl is not None:
+            facts["dns_original_ttl"] = str(done.original_ttl)
         details: dict[str, str | int | float | bool] = {
             "name": done.name,
             "value": done.value,
@@ -800,6 +1064,8 @@ class DnsActivities:
                 # False: the record pointed elsewhere than the runbook's source (still
                 # switched; restore_dns puts back what was there).
                 details["previousIsSource"] = done.previous_value == _host(source)
+        if done.original_ttl is not None:
+            details["originalTtl"] = done.original_ttl
         if done.note:
             details["note"] = done.note
         return StepResult(
@@ -808,35 +1074,59 @@ class DnsActivities:
 
     @activity.defn(name=Compensation.RESTORE_DNS)
     def restore_dns(self, inp: StepInput) -> StepResult:
-        """Point the record back at what update_dns found (its facts; else the host of
-        endpoint.sourceAddress), only if it still holds the target. TTL: the previous one
-        from the facts, else the current one is kept."""
+        """Point the record back at what update_dns replaced (its facts; else the zone's
+        ``_cutover-prior`` record; else the host of endpoint.sourceAddress), only if it
+        still holds the target, with the TTL in place before the cutover. A record already
+        back on the source only gets that TTL back."""
         settings, endpoint = _site_dns(inp), _endpoint(inp)
         ctx = inp.context
         facts = ctx.facts
-        previous = facts.get("dns_previous_value")
-        switched = previous is not None
-        if previous is None and ctx.runbook.endpoint.sourceAddress:
-            previous = _host(ctx.runbook.endpoint.sourceAddress)
+        source = ctx.runbook.endpoint.sourceAddress
         target = (
             facts.get("dns_value")
             or facts.get("target_address")
             or ctx.runbook.endpoint.targetAddress
         )
-        prev_ttl = facts.get("dns_previous_ttl")
         done = restore_record(
             settings,
             endpoint.name,
             target,
-            previous,
-            int(prev_ttl) if prev_ttl and prev_ttl.isdigit() else None,
-            switched,
+            facts.get("dns_previous_value"),
+            _seconds(facts.get("dns_previous_ttl")),
             self.transport,
+            original_ttl=_seconds(facts.get("dns_original_ttl")),
+            fallback=_host(source) if source else None,
         )
         details: dict[str, str | int | float | bool] = {
             "name": done.name,
             "value": done.value,
             "ttl": done.ttl,
+        }
+        if done.note:
+            details["note"] = done.note
+        return StepResult(step=inp.step, changed=done.changed, details=details, attempt=_attempt())
+
+    @activity.defn(name=RESTORE_DNS_TTL)
+    def restore_dns_ttl(self, inp: StepInput) -> StepResult:
+        """Finalize (and the end of a rollback that never switched the record): put back
+        the TTL in place before the cutover, keeping what the record points at, and remove
+        the ``_cutover-prior`` and ``_cutover-ttl`` records. Nothing known: a no-op."""
+        if inp.context.runbook.endpoint.dns is None or inp.context.site.dns is None:
+            note = "no DNS record in this cutover (runbook endpoint.dns or site dns unset)"
+            return StepResult(
+                step=inp.step, changed=False, details={"note": note}, attempt=_attempt()
+            )
+        settings, endpoint = _site_dns(inp), _endpoint(inp)
+        done = restore_ttl(
+            settings,
+            endpoint.name,
+            _seconds(inp.context.facts.get("dns_original_ttl")),
+            self.transport,
+        )
+        details: dict[str, str | int | float | bool] = {
+            "name": done.name,
+            "ttl": done.ttl,
+            "previousTtl": done.previous_ttl,
         }
         if done.note:
             details["note"] = done.note
@@ -869,7 +1159,7 @@ class DnsActivities:
         return dns_probe(inp, probe, transport=self.transport, clock=self.clock)
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.update_dns, self.restore_dns, self.lower_dns_ttl]
+        return [self.update_dns, self.restore_dns, self.restore_dns_ttl, self.lower_dns_ttl]
 
 
 # ---------------------------------------------------------------------------- probe

@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.message
 import dns.update
 import pytest
@@ -229,6 +230,7 @@ def test_switch_and_rollback_verified_by_query(bind: BindServer) -> None:
         "dns_value": "10.1.0.7",
         "dns_previous_value": SOURCE,
         "dns_previous_ttl": "3600",
+        "dns_original_ttl": "3600",
     }
     assert res.details["previousIsSource"] is True
     assert bind.a("app") == ({"10.1.0.7"}, 60)
@@ -256,10 +258,11 @@ def test_switch_is_idempotent(bind: BindServer) -> None:
     again = acts.update_dns(step_input(bind, facts=first.facts))
     assert first.changed and not again.changed
     assert "already pointed at the target" in str(again.details["note"])
+    assert again.facts == first.facts  # read back from _cutover-prior
     assert bind.a("app") == ({TARGET}, 60)
-    # already at the target with another TTL: only the TTL changes, no previous is claimed
+    # already at the target with another TTL: only the TTL changes
     ttl_only = acts.update_dns(step_input(bind, ttl=30))
-    assert ttl_only.changed and ttl_only.facts == {"dns_value": TARGET}
+    assert ttl_only.changed and ttl_only.facts["dns_previous_value"] == SOURCE
     assert bind.a("app") == ({TARGET}, 30)
     # the workflow merges facts: the retry does not erase what the first attempt learnt
     facts = {**first.facts, **again.facts, **ttl_only.facts}
@@ -281,17 +284,147 @@ def test_restore_when_never_switched_is_a_no_op(bind: BindServer) -> None:
     assert not bind.dirty()
 
 
-def test_restore_without_facts_uses_the_source_address(bind: BindServer) -> None:
-    """The switch landed but its result was lost (e.g. the worker died before replying)."""
+def _delete(bind: BindServer, name: str, rdtype: str) -> None:
+    key = load_tsig_key(str(bind.key_file))
+    theirs = dns.update.UpdateMessage(ZONE, keyring=key, keyname=key.name)
+    theirs.delete(name, rdtype)
+    DnsServer.for_site(bind.settings()).update(theirs, f"deleting {name}", key)
+
+
+def test_restore_without_facts_or_prior_record_uses_the_source_address(
+    bind: BindServer,
+) -> None:
+    """No facts and no _cutover-prior record (deleted by hand, or the record pointed at the
+    target before the cutover): the runbook's source address is the last resort."""
     acts = DnsActivities()
     acts.update_dns(step_input(bind))
+    _delete(bind, "_cutover-prior.app", "TXT")
     res = acts.restore_dns(step_input(bind, "restore_dns", source="10.0.0.1:8080"))
     assert res.changed
     assert bind.a("app") == ({SOURCE}, 60)  # previous TTL unknown: the current one stays
     acts.update_dns(step_input(bind))
+    _delete(bind, "_cutover-prior.app", "TXT")
     with pytest.raises(ApplicationError) as exc:
         acts.restore_dns(step_input(bind, "restore_dns", source=None))
     assert "endpoint.sourceAddress" in refused(exc, "ConfigError").message
+
+
+class _VerifyFails(TcpTransport):
+    """The update reaches the server, then the verification read times out (once)."""
+
+    def __init__(self) -> None:
+        self.updated = self.failed = False
+
+    def send(
+        self, message: dns.message.Message, address: str, port: int, timeout: float
+    ) -> dns.message.Message:
+        if isinstance(message, dns.update.UpdateMessage):
+            self.updated = True
+        elif self.updated and not self.failed:
+            self.failed = True
+            raise dns.exception.Timeout
+        return super().send(message, address, port, timeout)
+
+
+def test_a_retried_switch_still_restores_the_original_without_a_source_address(
+    bind: BindServer,
+) -> None:
+    """update_dns's first attempt lands but never reports (its verification read fails, or
+    the worker dies): the retry, on a fresh activity (another worker), still learns what
+    the switch replaced, so restore_dns restores it with no endpoint.sourceAddress."""
+    flaky = _VerifyFails()
+    with pytest.raises(ApplicationError) as exc:
+        DnsActivities(transport=flaky).update_dns(step_input(bind, source=None))
+    assert refused(exc, "DnsUnavailable").non_retryable is False and flaky.failed
+    assert bind.a("app") == ({TARGET}, 60)  # it landed
+    # the same update wrote what it replaced, beside the record
+    prior = bind.query("_cutover-prior.app", "TXT")
+    assert prior is not None and f"prev={SOURCE} ttl=3600 orig=3600 to={TARGET}" in str(prior)
+
+    retry = DnsActivities().update_dns(step_input(bind, source=None))
+    assert not retry.changed
+    assert retry.facts["dns_previous_value"] == SOURCE
+    assert retry.facts["dns_previous_ttl"] == "3600"
+    # a second retry as well, and the compensation on yet another worker with only the
+    # retries' facts
+    DnsActivities().update_dns(step_input(bind, source=None))
+    back = DnsActivities().restore_dns(step_input(bind, "restore_dns", facts=retry.facts))
+    assert back.changed and bind.a("app") == ({SOURCE}, 3600)
+    assert bind.query("_cutover-prior.app", "TXT") is None
+    # with no facts at all (every result lost), the zone alone says what to restore
+    DnsActivities().update_dns(step_input(bind, source=None))
+    DnsActivities().restore_dns(step_input(bind, "restore_dns", source=None))
+    assert bind.a("app") == ({SOURCE}, 3600)
+
+
+def test_rollback_puts_back_the_ttl_from_before_lower_dns_ttl(bind: BindServer) -> None:
+    acts = DnsActivities()
+    acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
+    assert bind.a("app") == ({SOURCE}, 30)
+    switched = acts.update_dns(step_input(bind, ttl=30))
+    assert switched.facts["dns_previous_ttl"] == "30"
+    assert switched.facts["dns_original_ttl"] == "3600"
+    back = acts.restore_dns(step_input(bind, "restore_dns", facts=switched.facts))
+    assert back.changed and back.details["ttl"] == 3600
+    assert bind.a("app") == ({SOURCE}, 3600)
+    assert bind.query("_cutover-ttl.app", "TXT") is None
+    assert bind.query("_cutover-prior.app", "TXT") is None
+    again = acts.restore_dns(step_input(bind, "restore_dns", facts=switched.facts))
+    assert not again.changed
+
+
+def test_rollback_before_the_switch_puts_back_the_lowered_ttl(bind: BindServer) -> None:
+    """The cutover rolled back before update_dns changed anything (or its update never
+    landed): the record keeps the source and gets its TTL from before the cutover back."""
+    acts = DnsActivities()
+    acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
+    back = acts.restore_dns(step_input(bind, "restore_dns"))
+    assert back.changed and bind.a("app") == ({SOURCE}, 3600)
+    assert bind.query("_cutover-ttl.app", "TXT") is None
+    assert not acts.restore_dns(step_input(bind, "restore_dns")).changed
+    # the same through restore_dns_ttl (for a rollback that never ran update_dns)
+    acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
+    assert acts.restore_dns_ttl(step_input(bind, "restore_dns_ttl")).changed
+    assert bind.a("app") == ({SOURCE}, 3600)
+
+
+def test_finalize_puts_back_the_ttl_from_before_the_cutover_on_the_target(
+    bind: BindServer,
+) -> None:
+    acts = DnsActivities()
+    acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
+    switched = acts.update_dns(step_input(bind, ttl=30))
+    assert bind.a("app") == ({TARGET}, 30)
+    # a fresh worker with no facts: the zone says what the TTL was
+    done = DnsActivities().restore_dns_ttl(step_input(bind, "restore_dns_ttl"))
+    assert done.changed and done.details == {
+        "name": "app.apps.test.",
+        "ttl": 3600,
+        "previousTtl": 30,
+    }
+    assert bind.a("app") == ({TARGET}, 3600)
+    assert bind.query("_cutover-ttl.app", "TXT") is None
+    assert bind.query("_cutover-prior.app", "TXT") is None
+    again = acts.restore_dns_ttl(step_input(bind, "restore_dns_ttl", facts=switched.facts))
+    assert not again.changed and bind.a("app") == ({TARGET}, 3600)
+    # a site without a DNS server has nothing to restore
+    no_dns = step_input(bind, "restore_dns_ttl")
+    no_dns.context.site = SiteConfig(name="no-dns")
+    assert not acts.restore_dns_ttl(no_dns).changed
+
+
+def test_finalize_leaves_a_record_someone_changed_after_the_switch(bind: BindServer) -> None:
+    acts = DnsActivities()
+    acts.update_dns(step_input(bind))
+    key = load_tsig_key(str(bind.key_file))
+    theirs = dns.update.UpdateMessage(ZONE, keyring=key, keyname=key.name)
+    theirs.replace("app", 120, "A", "10.8.8.8")
+    DnsServer.for_site(bind.settings()).update(theirs, "their change", key)
+    with pytest.raises(ApplicationError) as exc:
+        acts.restore_dns_ttl(step_input(bind, "restore_dns_ttl"))
+    err = refused(exc, "DnsConflict")
+    assert "10.8.8.8" in err.message and "3600s before the cutover" in err.message
+    assert bind.a("app") == ({"10.8.8.8"}, 120)
 
 
 def test_missing_record_is_named(bind: BindServer) -> None:
