@@ -39,6 +39,7 @@ from typing import IO, Any, Literal, Protocol
 
 from temporalio import activity
 
+from activities import staging
 from activities.common import attempt as _attempt
 from activities.common import error as _error
 from activities.common import heartbeat as _heartbeat
@@ -86,9 +87,8 @@ def confined(root: Path, candidate: str | Path, what: str) -> Path:
 
 
 def staging_dir(site: SiteConfig) -> Path:
-    if not site.stagingDir:
-        raise _error("ConfigError", "the site config sets no `stagingDir`")
-    return Path(site.stagingDir)
+    """The site's `stagingDir`: every staged and converted image lies inside it."""
+    return staging.root(site)
 
 
 def disk_id(vm_name: str, device_key: int | str) -> str:
@@ -123,9 +123,23 @@ def mapping_for(site: SiteConfig, vms: Sequence[VM], disk_key: str) -> StorageMa
 
 
 def output_name(application: str, disk_key: str, fmt: str) -> str:
-    """The converted image's file name (distinct from any staged name the warm copy uses)."""
+    """The target volume's name (in its pool)."""
     app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
     return f"{app}-{key}-target.{fmt}"
+
+
+def converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
+    """The converted image, in this workflow's staging dir beside the staged disk (named
+    after it, distinct from every name the warm copy uses)."""
+    key = safe_name(disk_key, "disk key")
+    return staging.application_dir(ctx.site, ctx.application, ctx.workflowId) / (
+        f"{key}.converted.{fmt}"
+    )
+
+
+def legacy_converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
+    """Where a worker before `activities.staging` wrote the converted image."""
+    return staging.root(ctx.site) / output_name(ctx.application, disk_key, fmt)
 
 
 # ------------------------------------------------------------------------- qemu-img
@@ -312,7 +326,7 @@ class ConvertActivities:
         for key in keys:
             source = confined(root, ctx.facts[STAGING_FACT + key], f"staged disk {key}")
             fmt = mapping_for(ctx.site, vms, key).format
-            out = confined(root, output_name(ctx.application, key, fmt), "converted image")
+            out = confined(root, converted_path(ctx, key, fmt), "converted image")
             plan.append((key, source, out, fmt))
         return plan
 
@@ -326,6 +340,7 @@ class ConvertActivities:
                 raise _error("NotFound", f"staged disk {key} is missing: {source}")
             src_fmt = source_format(source)
             part = out.with_name(out.name + ".part")
+            part.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             part.unlink(missing_ok=True)
 
             def beat(pct: float, key: str = key) -> None:
@@ -364,11 +379,15 @@ class ConvertActivities:
         removed: list[str] = []
         for key in disk_keys(ctx.facts, STAGING_FACT) or disk_keys(ctx.facts, CONVERTED_FACT):
             for fmt in ("qcow2", "raw"):
-                out = confined(root, output_name(ctx.application, key, fmt), "converted image")
-                for path in (out, out.with_name(out.name + ".part")):
-                    if path.is_file():
-                        path.unlink()
-                        removed.append(path.name)
+                outs = [confined(root, converted_path(ctx, key, fmt), "converted image")]
+                legacy = legacy_converted_path(ctx, key, fmt)
+                if ctx.facts.get(CONVERTED_FACT + key) == str(legacy):
+                    outs.append(legacy)  # converted before the upgrade: this workflow's
+                for out in outs:
+                    for path in (out, out.with_name(out.name + ".part")):
+                        if path.is_file():
+                            path.unlink()
+                            removed.append(path.name)
         return StepResult(
             step=inp.step,
             changed=bool(removed),

@@ -1,6 +1,6 @@
 """The warm data path: pre-copy, incremental passes, the final sync and its integrity check.
 
-Each source disk is copied to `<stagingDir>/<application>/<disk>.raw`, sparse (holes stay
+Each source disk is copied to `<stagingDir>/apps/<application>/<disk>.raw`, sparse (holes stay
 holes), in large sequential chunks. Beside it live two block digest maps (SHA-256 per
 `block_size` block, a root digest over them): `<disk>.src.sha256` (what was read from the
 source) and `<disk>.copy.sha256` (what the staged copy holds, read back after each
@@ -22,7 +22,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +33,10 @@ from typing import Any, Protocol
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import staging
 from activities.common import attempt as _attempt
 from activities.convert import disk_id
+from activities.staging import check_name, config_error
 from activities.vsphere import (
     ClientPool,
     DatastoreFile,
@@ -58,10 +59,6 @@ Extent = tuple[int, int]  # (offset, length)
 
 
 # ---------------------------------------------------------------------------- errors
-
-
-def config_error(message: str) -> ApplicationError:
-    return ApplicationError(message, type="ConfigError", non_retryable=True)
 
 
 def integrity_error(message: str) -> ApplicationError:
@@ -275,40 +272,14 @@ def vsphere_sources(pool: ClientPool) -> SourceFactory:
 
 # ---------------------------------------------------------------------------- paths
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def check_name(name: str, what: str) -> str:
-    """A single safe path component: letters, digits, `.`, `_`, `-`; no `..`."""
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise config_error(
-            f"{what} name {name!r} is not allowed in a staging path: use letters, digits, "
-            "'.', '_' and '-' (starting with a letter or digit, no '..', no '/')"
-        )
-    return name
-
 
 def staging_root(ctx: StepContext) -> Path:
-    if not ctx.site.stagingDir:
-        raise config_error("the site config has no `stagingDir` (where disks are staged)")
-    root = Path(ctx.site.stagingDir)
-    if not root.is_absolute():
-        raise config_error(f"`stagingDir` must be an absolute path, not {root}")
-    return root
+    return staging.root(ctx.site)
 
 
 def app_dir(ctx: StepContext) -> Path:
-    root = staging_root(ctx)
-    path = root / check_name(ctx.application, "application")
-    _confined(root, path)
-    return path
-
-
-def _confined(root: Path, path: Path) -> None:
-    real_root = root.resolve()
-    real = path.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise config_error(f"{path} resolves to {real}, outside the staging dir {real_root}")
+    """This workflow's staging dir (`activities.staging.application_dir`)."""
+    return staging.application_dir(ctx.site, ctx.application, ctx.workflowId)
 
 
 @dataclass(frozen=True)
@@ -332,12 +303,12 @@ class StagedDisk:
             raw=base / f"{disk}.raw",
             src_map=base / f"{disk}.src.sha256",
             copy_map=base / f"{disk}.copy.sha256",
-            state=base / f"{disk}.state.json",
+            state=base / f"{disk}{staging.STATE_SUFFIX}",
             dirty=base / f"{disk}.dirty",
             mirror=base / f"{disk}.target.qcow2",
         )
         for p in (staged.raw, staged.src_map, staged.copy_map, staged.state, staged.mirror):
-            _confined(staging_root(ctx), p)
+            staging.confine(staging_root(ctx), p)
         return staged
 
 
@@ -770,7 +741,7 @@ class DiskActivities:
 
     def _open(self, src: DiskSource, staged: StagedDisk, ctx: StepContext, fresh: bool) -> int:
         staged.raw.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        _confined(staging_root(ctx), staged.raw.parent)
+        staging.confine(staging_root(ctx), staged.raw.parent)
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(staged.raw, flags | (os.O_TRUNC if fresh else 0), 0o640)
         os.ftruncate(fd, src.size)
@@ -1034,17 +1005,26 @@ class DiskActivities:
 
     @activity.defn(name=Compensation.DISCARD_STAGING)
     def discard_staging(self, inp: StepInput) -> StepResult:
-        """Remove this application's staging dir; a no-op when it is not there."""
-        path = app_dir(inp.context)
-        existed = path.exists() or path.is_symlink()
+        """Remove this application's staging dir; a no-op when it is not there. At the
+        pre-upgrade path (`activities.staging`), only this workflow's disk files."""
+        ctx = inp.context
+        removed = staging.legacy_files(ctx.site, ctx.application, ctx.workflowId)
+        for f in removed:
+            f.unlink(missing_ok=True)
+        if removed and removed[0].parent.name not in staging.INTERNAL:
+            with contextlib.suppress(OSError):  # only when empty
+                removed[0].parent.rmdir()
+        path = staging.application_dir(ctx.site, ctx.application)
         if path.is_symlink():
             path.unlink()  # never follow a link out of the staging dir
-        elif existed:
+            removed.append(path)
+        elif path.exists():
             shutil.rmtree(path)
+            removed.append(path)
         return StepResult(
             step=inp.step,
-            changed=existed,
-            details={"removed": str(path) if existed else ""},
+            changed=bool(removed),
+            details={"removed": ",".join(str(p) for p in removed)},
             attempt=_attempt(),
         )
 

@@ -36,6 +36,7 @@ import libvirt
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import staging
 from activities.common import attempt as _attempt
 from activities.common import error as _error
 from activities.common import heartbeat as _heartbeat
@@ -332,7 +333,8 @@ class LibvirtTarget:
 
     connect: ConnectionFactory = open_connection
     vm_source: VmSource = vms_from_facts
-    #: Where dir pools that do not exist yet are created (default: `<stagingDir>/pools`).
+    #: Where dir pools that do not exist yet are created (default: `<stagingDir>/pools`,
+    #: see `activities.staging`).
     pool_root: Path | None = None
     _conns: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -376,7 +378,7 @@ class LibvirtTarget:
         with self._pool_lock:
             pool = _lookup(conn.storagePoolLookupByName, name)
             if pool is None:
-                root = self.pool_root or staging_dir(site) / "pools"
+                root = self.pool_root or staging.pools_root(site)
                 path = confined(root, safe_name(name, "target pool"), "pool directory")
                 xml = ET.Element("pool", type="dir")
                 ET.SubElement(xml, "name").text = name

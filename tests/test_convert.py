@@ -91,7 +91,8 @@ def test_vmdk_converts_identical(tmp_path: Path, qemu_img: str, fmt: str) -> Non
     result = acts.convert_image(inp)
 
     out = Path(result.facts["converted_path.web-1-2000"])
-    assert out == staging / f"web-web-1-2000-target.{fmt}"
+    # in the application's own staging dir (`activities.staging`), beside its staged disks
+    assert out == staging / "apps" / "web" / f"web-1-2000.converted.{fmt}"
     assert result.facts["converted_format.web-1-2000"] == fmt
     assert result.details["verified"] is True
     info = json.loads(
@@ -106,7 +107,7 @@ def test_vmdk_converts_identical(tmp_path: Path, qemu_img: str, fmt: str) -> Non
     subprocess.run([qemu_img, "convert", "-f", fmt, "-O", "raw", str(out), str(back)], check=True)
     assert back.read_bytes() == content
     assert beats and beats[-1] == 100.0
-    assert not list(staging.glob("*.part"))
+    assert not list(staging.rglob("*.part"))
 
     # compensation removes it, and a second run is a no-op
     undo = ConvertActivities().remove_converted_image(step_input(staging, inp.context.facts))

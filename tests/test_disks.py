@@ -123,7 +123,7 @@ def test_precopy_sparse_then_digest_incremental_and_final(tmp_path: Path) -> Non
     t0 = time.monotonic()
     res = acts.pre_copy(inp)
     copy = Path(res.facts["staging_path.db01_disk1"])
-    assert copy == staging / inp.context.application / "db01_disk1.raw"
+    assert copy == staging / "apps" / inp.context.application / "db01_disk1.raw"
     assert same_bytes(src, copy)
     # holes stay holes: the copy allocates no more than the source (1 GiB apparent)
     assert os.stat(copy).st_blocks <= os.stat(src).st_blocks + 2 * BLOCK // 512
@@ -334,11 +334,19 @@ def test_symlinked_app_dir_and_missing_staging_dir_are_rejected(tmp_path: Path) 
     inp = step(tmp_path / "staging", "pre_copy")
     outside = tmp_path / "outside"
     outside.mkdir()
-    (tmp_path / "staging").mkdir()
-    (tmp_path / "staging" / inp.context.application).symlink_to(outside)
+    (tmp_path / "staging" / "apps").mkdir(parents=True)
+    (tmp_path / "staging" / "apps" / inp.context.application).symlink_to(outside)
     with pytest.raises(ApplicationError) as err:
         acts.pre_copy(inp)
     assert err.value.type == "ConfigError" and "outside the staging dir" in err.value.message
+    # the applications' directory itself leading out
+    (tmp_path / "staging" / "apps" / inp.context.application).unlink()
+    (tmp_path / "staging" / "apps").rmdir()
+    (tmp_path / "staging" / "apps").symlink_to(outside)
+    for fn in (acts.pre_copy, acts.discard_staging):
+        with pytest.raises(ApplicationError) as err:
+            fn(inp)
+        assert err.value.type == "ConfigError" and "symlink" in err.value.message
     assert list(outside.iterdir()) == []
     unset = inp.model_copy(
         update={"context": inp.context.model_copy(update={"site": SiteConfig()})}
@@ -353,11 +361,11 @@ def test_discard_staging_is_idempotent(tmp_path: Path) -> None:
     acts = DiskActivities(local_factory(src))
     staging = tmp_path / "staging"
     inp = step(staging, "pre_copy")
-    other = staging / "other-app"
+    other = staging / "apps" / "other-app"
     other.mkdir(parents=True)
     acts.pre_copy(inp)
     first = acts.discard_staging(again(inp, "discard_staging"))
-    assert first.changed and not (staging / inp.context.application).exists()
+    assert first.changed and not (staging / "apps" / inp.context.application).exists()
     assert acts.discard_staging(again(inp, "discard_staging")).changed is False
     assert other.is_dir()  # other applications' staging untouched
 

@@ -261,7 +261,7 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
     assert detach.changed and not vol.exists()
     assert not storage.detach_target_storage(step_input(libvirtd_uri, staging, facts)).changed
     conv.remove_converted_image(step_input(libvirtd_uri, staging, facts))
-    assert sorted(p.name for p in staging.iterdir()) == ["web-2000.vmdk"]
+    assert sorted(p.name for p in staging.rglob("*") if p.is_file()) == ["web-2000.vmdk"]
     assert content[510:512] == b"\x55\xaa"
 
     storage.close()
@@ -272,8 +272,8 @@ def test_raw_target_takes_no_copy_in_the_downtime(tmp_path: Path, libvirtd_uri: 
     """Staged raw -> raw target: convert and attach link the staged copy in (same file
     system), so the window's data work does not grow with the disk; undo removes each link."""
     staging = tmp_path / "staging"
-    (staging / "web").mkdir(parents=True)
-    staged = staging / "web" / "web-1-2000.raw"
+    (staging / "apps" / "web").mkdir(parents=True)
+    staged = staging / "apps" / "web" / "web-1-2000.raw"
     content = make_raw(staged, SIZE)
     facts = {"staging_path.web-1-2000": str(staged)}
     conv = ConvertActivities()
