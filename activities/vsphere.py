@@ -877,6 +877,46 @@ def _run_scope(inp: StepInput) -> str:
     return inp.context.workflowId
 
 
+@dataclass(frozen=True)
+class MigratedMark:
+    """What a source VM's migrated marks (MIGRATED_FIELDS) say; None: that field is unset."""
+
+    vm: str
+    migratedTo: str | None
+    migratedAt: str | None
+    workflowId: str | None
+
+    def describe(self) -> str:
+        return (
+            f"source VM {self.vm} is marked migrated to {self.migratedTo or '(target unset)'} "
+            f"at {self.migratedAt or '(time unset)'} "
+            f"by workflow {self.workflowId or '(workflow unset)'}"
+        )
+
+
+def migrated_marks(client: VSphereClient, names: list[str]) -> list[MigratedMark]:
+    """The named VMs that carry any migrated mark (a cutover finalized them). Read only."""
+    vms = find_vms(client, names)
+
+    def read(si: Any) -> list[MigratedMark]:
+        found = []
+        for vm in vms:
+            values = _custom_values(si, vm)
+            if any(values.get(f) for f in MIGRATED_FIELDS):
+                to, at, wf = (values.get(f) for f in MIGRATED_FIELDS)
+                found.append(MigratedMark(str(vm.name), to, at, wf))
+        return found
+
+    return client.call("reading the migrated marks", read)
+
+
+def migration_evidence(names: list[str], marks: list[MigratedMark]) -> str:
+    """One sentence: each marked VM with its marks, or that none of `names` is marked."""
+    if not marks:
+        return f"no source VM carries a migrated mark (checked {', '.join(names)})"
+    return "; ".join(m.describe() for m in marks)
+
+
 def _post_event(si: Any, vm: Any, message: str) -> None:
     """Record the action in vCenter's event log, where vSphere-side audit tools look."""
     arg = vim.event.VmEventArgument(vm=vm, name=vm.name)
@@ -906,10 +946,13 @@ class VSphereActivities:
             raise _error("ConfigError", "the site config has no `vcenter` section")
         return self.pool.get(vc)
 
-    def _vms(self, inp: StepInput) -> tuple[VSphereClient, list[Any]]:
+    def _vm_names(self, inp: StepInput) -> tuple[VSphereClient, list[str]]:
         client = self._client(inp)
         names = inp.context.facts.get("source_vms")
-        vm_names = names.split(",") if names else resolve_vms(client, inp.context.runbook)
+        return client, names.split(",") if names else resolve_vms(client, inp.context.runbook)
+
+    def _vms(self, inp: StepInput) -> tuple[VSphereClient, list[Any]]:
+        client, vm_names = self._vm_names(inp)
         return client, find_vms(client, vm_names)
 
     def _each(
@@ -1115,6 +1158,24 @@ class VSphereActivities:
 
         return self._each(inp, "mark migrated", act)
 
+    @activity.defn(name="verify_not_migrated")
+    def verify_not_migrated(self, inp: StepInput) -> StepResult:
+        """Whether the application's source VMs carry migrated marks, with the evidence.
+        Only reads: the workflow decides (a deliberate re-migration names its reason)."""
+        client, names = self._vm_names(inp)
+        marks = migrated_marks(client, names)
+        return StepResult(
+            step=inp.step,
+            changed=False,
+            details={
+                "migrated": bool(marks),
+                "evidence": migration_evidence(names, marks),
+                "vms": ",".join(names),
+                "marked": ",".join(m.vm for m in marks),
+            },
+            attempt=_attempt(),
+        )
+
     def concerns_check(self, inp: CheckInput, probe: VSphereConcernsProbe) -> CheckResult:
         """The application's VMs' pre-migration concerns as a check result."""
         if inp.runbook is None or inp.vcenter is None:
@@ -1142,6 +1203,7 @@ class VSphereActivities:
 
     def activities(self) -> list[Callable[..., Any]]:
         return [
+            self.verify_not_migrated,
             self.snapshot_source,
             self.remove_source_snapshot,
             self.revert_source_snapshot,

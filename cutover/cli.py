@@ -77,15 +77,18 @@ async def _run(args: argparse.Namespace) -> int:
     from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
     from temporalio.exceptions import WorkflowAlreadyStartedError
 
-    from cutover import telemetry
+    from cutover import remigration, telemetry
     from cutover.models import CutoverInput, Outcome
     from cutover.site import load_runbook, load_site
     from cutover.temporal import connect, identity
     from workflows.cutover import AppCutoverWorkflow, workflow_id_for
 
+    reason = remigration.check_reason(args.remigrate)
     site = load_site(args.site)
     runbook = load_runbook(args.runbook, site, args.site)
-    inp = CutoverInput(runbook=runbook, site=site, requestedBy=identity())
+    # the workflow records a re-migration's reason in its history and audit
+    again: dict[str, Any] = {"remigrate": reason} if reason else {}
+    inp = CutoverInput(runbook=runbook, site=site, requestedBy=identity(), **again)
     if args.print_input:
         # For the Temporal UI's Start Workflow form: the input as JSON on stdout, the
         # form's other fields on stderr. Nothing is started; no server is needed.
@@ -101,6 +104,18 @@ async def _run(args: argparse.Namespace) -> int:
     # in the history, so the workflow's and activities' spans join this trace for good.
     client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
     wf_id = workflow_id_for(runbook.application)
+    # A finished application is not cut over again by accident: refused before any start.
+    [found], warnings = await remigration.verdicts(client, site, [runbook])
+    for warning in warnings:
+        print(f"cutover run: warning: {warning}", file=sys.stderr)
+    if found.migrated and reason is None:
+        raise _Failed(
+            f"refused: {found.sentence()}. Nothing was started. To cut it over again "
+            f"deliberately: cutover run {args.runbook} --remigrate REASON (the reason is "
+            "recorded in the history and the audit)"
+        )
+    if found.migrated:
+        print(f"re-migrating ({reason}): {found.sentence()}", file=sys.stderr)
     try:
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
@@ -197,7 +212,7 @@ async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any
         )
     else:
         msg = await handle.execute_update(
-            AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy=who)
+            "finalize", FinalizeRequest(requestedBy=who), result_type=str
         )
     return msg
 
@@ -371,6 +386,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the workflow input as JSON (for the Temporal UI's Start Workflow form) "
         "instead of starting",
+    )
+    sp.add_argument(
+        "--remigrate",
+        metavar="REASON",
+        help="cut over an application that was already migrated (its last cutover "
+        "completed, or its source is marked migrated); the reason is recorded",
     )
 
     sp = add("status", "Show a cutover's phase, steps and checks.")

@@ -136,7 +136,9 @@ async def _wave_run(args: argparse.Namespace) -> int:
     from workflows.wave import WaveWorkflow
 
     inp = _load(args)
+    reasons = remigrate_reasons(args.remigrate, [a.application for a in inp.apps])
     client = await _client()
+    inp = await _refuse_migrated(client, inp, reasons)
     wf_id = workflow_id_for_wave(inp.name)
     try:
         handle = await client.start_workflow(
@@ -157,6 +159,58 @@ async def _wave_run(args: argparse.Namespace) -> int:
     result = await handle.result()
     _print(result, args.json, result_text(result))
     return EXIT_OK if result.outcome.value == "COMPLETED" else EXIT_FAILED
+
+
+def remigrate_reasons(flags: list[str] | None, apps: list[str]) -> dict[str, str]:
+    """`--remigrate APP=REASON` flags as {application: reason}, each naming a wave app."""
+    from cutover.remigration import check_reason
+
+    reasons: dict[str, str] = {}
+    for flag in flags or []:
+        app, sep, reason = flag.partition("=")
+        app = app.strip()
+        if not sep or not app:
+            raise ValueError(f"--remigrate: expected APP=REASON, got '{flag}'")
+        if app not in apps:
+            raise ValueError(f"--remigrate: '{app}' is not an application of this wave")
+        reasons[app] = str(check_reason(reason, f"--remigrate {app}"))
+    return reasons
+
+
+async def _refuse_migrated(client: Client, inp: WaveInput, reasons: dict[str, str]) -> WaveInput:
+    """Refuse the whole wave, before it starts, when any application was already cut over
+    (its last cutover completed, or its source is marked migrated) without `--remigrate`;
+    else the input with each re-migration's reason for its cutover to record."""
+    from cutover import remigration
+    from cutover.wave import WaveApp
+
+    found, warnings = await remigration.verdicts(client, inp.site, [a.runbook for a in inp.apps])
+    for warning in warnings:
+        print(f"cutover wave run: warning: {warning}", file=sys.stderr)
+    refused = [v for v in found if v.migrated and v.application not in reasons]
+    if refused:
+        raise _failed(
+            f"refused: wave {inp.name}: {len(refused)} application(s) already cut over; "
+            "nothing was started.\n"
+            + "\n".join(f"  {v.sentence()}" for v in refused)
+            + "\nTo cut one over again deliberately: cutover wave run ... --remigrate "
+            "APP=REASON (the reason is recorded in its history and audit); or remove it "
+            "from the wave file"
+        )
+    for v in found:
+        if v.migrated:
+            print(f"re-migrating ({reasons[v.application]}): {v.sentence()}", file=sys.stderr)
+    if not reasons:
+        return inp
+    if "remigrate" not in WaveApp.model_fields:  # until the wave carries it to its cutovers
+        raise _failed("--remigrate: this version's wave cannot pass a re-migration on yet")
+    apps = [
+        a.model_copy(update={"remigrate": reasons[a.application]})
+        if a.application in reasons
+        else a
+        for a in inp.apps
+    ]
+    return inp.model_copy(update={"apps": apps})
 
 
 def _secs(v: float | None) -> str:
@@ -513,6 +567,13 @@ def register(sub: Any) -> None:
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
     sp.add_argument("--site", help=cli_lab.SITE_HELP)
     sp.add_argument("--wait", action="store_true", help="wait for and print the result")
+    sp.add_argument(
+        "--remigrate",
+        action="append",
+        metavar="APP=REASON",
+        help="cut over APP although it was already migrated (its last cutover completed, or "
+        "its source is marked migrated); the reason is recorded (repeatable)",
+    )
     sp = add(ws, "approve", "Approve a wave waiting for approval before its first cutover.")
     sp.add_argument("id", metavar="ID", help="wave workflow ID or wave name")
     sp.add_argument("--as", dest="as_", required=True, metavar="NAME", help="approver's name")

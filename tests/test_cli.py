@@ -140,7 +140,10 @@ async def test_cli_run_wait_and_finalize_refusal(
         assert "after finalize the source is retired" in refused.stderr
 
         world.fail = {"smoke_test"}
-        failed = await acli(temporal_server, "run", runbook, "--site", site, "--wait")
+        # a completed application runs again only deliberately (tests/test_remigration.py)
+        failed = await acli(
+            temporal_server, "run", runbook, "--site", site, "--wait", "--remigrate", "test"
+        )
         assert failed.returncode == 1
         assert "ROLLED_BACK - step smoke_test failed" in failed.stdout
 

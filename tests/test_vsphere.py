@@ -375,6 +375,32 @@ def test_mark_migrated_sets_attributes_and_posts_events(sim: Vcsim, pool: Client
     )
 
 
+def test_verify_not_migrated_reads_the_marks_a_finalized_cutover_left(
+    sim: Vcsim, pool: ClientPool
+) -> None:
+    acts = VSphereActivities(pool)
+    name = "DC0_C0_H0_VM0"
+    inp = step_input(sim, "verify_not_migrated", [name])
+    fresh = acts.verify_not_migrated(inp)
+    assert not fresh.changed and fresh.details["migrated"] is False
+    assert fresh.details["evidence"] == f"no source VM carries a migrated mark (checked {name})"
+
+    acts.mark_source_migrated(inp.model_copy(update={"step": "mark_source_migrated"}))
+    marked = acts.verify_not_migrated(inp)
+    attrs = read_inventory(client_for(pool, sim)).vm(name).customAttributes
+    assert not marked.changed and marked.details["migrated"] is True
+    assert marked.details["marked"] == name
+    assert marked.details["evidence"] == (
+        f"source VM {name} is marked migrated to {attrs['cutover.migratedTo']} at "
+        f"{attrs['cutover.migratedAt']} by workflow {inp.context.workflowId}"
+    )
+    assert attrs["cutover.migratedAt"].startswith("20")  # a time, as marked
+    # only read: verifying twice changes nothing on the VM
+    acts.verify_not_migrated(inp)
+    assert read_inventory(client_for(pool, sim)).vm(name).customAttributes == attrs
+    assert acts.verify_not_migrated in acts.activities()
+
+
 def test_vms_resolved_by_tag_and_by_custom_attribute(sim: Vcsim, pool: ClientPool) -> None:
     client = client_for(pool, sim)
     app = unique_app("tagged")
