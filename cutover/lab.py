@@ -260,6 +260,8 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
         ],
         "loadBalancer": {
             "socket": str(LAB / "haproxy" / "admin.sock"),
+            # finalize writes the switch into it, so a reload keeps the target
+            "configFile": str(LAB / "haproxy" / "haproxy.cfg"),
             "healthTimeoutSeconds": 20,
             "drainTimeoutSeconds": 5,
         },

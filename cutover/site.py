@@ -113,6 +113,14 @@ class HAProxy(_Model):
     healthTimeoutSeconds: Seconds = 60
     #: How long the old server may take to finish its sessions once draining.
     drainTimeoutSeconds: Seconds = 120
+    #: The HAProxy config file holding the backend (on the worker's host, like `socket`).
+    #: Finalize writes the switch into it (the target's server line gets its address, the
+    #: source's `disabled`), checked by `haproxy -c` first, so a reload keeps the target.
+    #: Unset: finalize fails after the runtime change, saying a reload would revert it.
+    configFile: NonEmpty | None = None
+    #: Where the worker records each backend's state before it switches it (default: the
+    #: directory of `socket`), so a retry or the rollback on any worker restores exactly it.
+    stateDir: NonEmpty | None = None
 
 
 class Dns(_Model):

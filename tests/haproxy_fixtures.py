@@ -5,9 +5,11 @@ test's tmp dir) with a frontend on a free loopback port and one backend, named l
 test application (`APP`), holding two servers: `source` (serving) and `target` (`disabled`,
 i.e. in maintenance, at a placeholder address nothing listens on), both health-checked
 every 200 ms (`GET /health`). The admin socket is `<tmp>/admin.sock` (mode 600, level
-admin). The two backends are Python `http.server`s in threads that answer `GET /` with
-their own name; `lab.target.failing = True` makes the target fail its health checks.
-Everything is stopped by PID (the HAProxy master, then its process group) at teardown.
+admin); the config `<tmp>/haproxy.cfg` is the site's `loadBalancer.configFile` (finalize
+writes the switch into it; `reload()` re-reads it). The two backends are Python
+`http.server`s in threads that answer `GET /` with their own name; `lab.target.failing =
+True` makes the target fail its health checks. Everything is stopped by PID (the HAProxy
+master, then its process group) at teardown.
 
 A missing `haproxy` binary FAILS the tests: they are never skipped.
 
@@ -174,7 +176,7 @@ class HAProxyLab:
         return HAProxyRuntime(self.socket_path)
 
     def start(self) -> None:
-        cfg = self.directory / "haproxy.cfg"
+        cfg = self.config_path
         cfg.write_text(
             CONFIG.format(
                 socket=self.socket_path,
@@ -204,9 +206,9 @@ class HAProxyLab:
                 return int(line.split(":", 1)[1])
         return None
 
-    def wait_ready(self, worker_not: int | None, timeout: float = 10.0) -> None:
+    def wait_ready(self, worker_not: int | None, timeout: float = 10.0, up: str = "source") -> None:
         """Until a worker (other than `worker_not`) answers on the socket, several times in
-        a row, and the source passed a health check."""
+        a row, and server `up` passed a health check."""
         deadline = time.monotonic() + timeout
         streak = 0
         while time.monotonic() < deadline:
@@ -214,17 +216,18 @@ class HAProxyLab:
                 raise RuntimeError(f"haproxy exited ({self.proc.returncode}):\n{self.log()}")
             pid = self.worker_pid()
             streak = streak + 1 if pid is not None and pid != worker_not else 0
-            if streak >= 3 and self.servers()["source"].status == "UP":
+            if streak >= 3 and self.servers()[up].status == "UP":
                 return
             time.sleep(0.05)
         raise RuntimeError(f"haproxy did not become ready in {timeout}s:\n{self.log()}")
 
-    def reload(self) -> None:
+    def reload(self, up: str = "source") -> None:
         """What an operator's `systemctl reload` does: SIGUSR2 to the master. The new
-        worker starts from the config: every runtime change is gone."""
+        worker starts from the config: every runtime change is gone. Returns once server
+        `up` (the one the config says serves) passed a health check."""
         old = self.worker_pid()
         os.kill(self.pid, signal.SIGUSR2)
-        self.wait_ready(worker_not=old)
+        self.wait_ready(worker_not=old, up=up)
 
     def servers(self) -> dict[str, ServerState]:
         return self.runtime().state(self.backend)
@@ -262,13 +265,22 @@ class HAProxyLab:
 
     # -- activity inputs
 
-    def site(self, health_s: float = 10, drain_s: float = 10) -> SiteConfig:
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "haproxy.cfg"
+
+    def site(
+        self, health_s: float = 10, drain_s: float = 10, config_file: bool = True
+    ) -> SiteConfig:
+        """The site's `loadBalancer`: this HAProxy's socket and (unless `config_file` is
+        False) its config file, which finalize writes the switch into."""
         return SiteConfig(
             name="lab",
             loadBalancer=HAProxy(
                 socket=self.socket_path,
                 healthTimeoutSeconds=health_s,
                 drainTimeoutSeconds=drain_s,
+                configFile=str(self.config_path) if config_file else None,
             ),
         )
 
@@ -280,6 +292,7 @@ class HAProxyLab:
         health_s: float = 10,
         drain_s: float = 10,
         endpoint: dict[str, Any] | None = None,
+        config_file: bool = True,
     ) -> StepInput:
         ep: dict[str, Any] = dict(endpoint or {})
         if target_address is not None:
@@ -290,7 +303,7 @@ class HAProxyLab:
             application=self.backend,
             wave=rb.wave_name,
             runbook=rb,
-            site=self.site(health_s, drain_s),
+            site=self.site(health_s, drain_s, config_file),
             facts=facts or {},
         )
         return StepInput(step=step, context=ctx)

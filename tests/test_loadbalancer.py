@@ -66,7 +66,8 @@ def served_by(samples: list[Sample], after: float, before: float = float("inf"))
 def test_switch_and_rollback_under_load_lose_no_request(haproxy_lab: HAProxyLab) -> None:
     lab = haproxy_lab
     assert serving(lab) == ["source"]
-    with LoadGen(lab.frontend_port, threads=4, max_requests=6000, max_seconds=30) as load:
+    # the bound is a backstop: the waits below end the load well before it
+    with LoadGen(lab.frontend_port, threads=4, max_requests=20_000, max_seconds=30) as load:
         load.wait_for(400)
         t0 = time.monotonic()
         switched = switch(lab)
@@ -142,8 +143,10 @@ def test_switching_twice_changes_nothing_the_second_time(haproxy_lab: HAProxyLab
     second = switch(lab)
     assert first.changed and not second.changed
     assert states(lab) == after_first
-    # a no-op re-run does not overwrite what the first run recorded as "previous"
-    assert "lb_previous_source_state" not in second.facts
+    # a no-op re-run reports what the first run recorded as "previous", not the switched
+    # state it finds
+    assert second.facts["lb_previous_source_state"] == first.facts["lb_previous_source_state"]
+    assert second.facts["lb_previous_target_state"].startswith("maint/MAINT")
     assert second.facts["lb_target_address"] == lab.target.address
     assert {lab.get() for _ in range(10)} == {"target"}
 
@@ -161,11 +164,67 @@ def test_retire_twice(haproxy_lab: HAProxyLab) -> None:
     lab = haproxy_lab
     assert switch(lab).changed
     first, second = retire(lab), retire(lab)
-    assert not first.changed and not second.changed
+    assert first.changed and not second.changed  # the first wrote the config
     assert first.facts["lb_source_retired"] == "maint"
-    assert "update the HAProxy config" in str(first.details["note"])
+    assert first.facts["lb_persisted"] == "config"
+    assert "already says so" in str(second.details["note"])
     assert lab.servers()["source"].admin == "maint"
     assert {lab.get() for _ in range(10)} == {"target"}
+
+
+def test_after_finalize_a_reload_keeps_the_target(haproxy_lab: HAProxyLab) -> None:
+    """retire_source_from_load_balancer writes the switch into the config: a reload (any
+    config push) afterwards still sends everything to the target, nothing to the source."""
+    lab = haproxy_lab
+    original = lab.config_path.read_text()
+    assert switch(lab).changed
+    retired = retire(lab)
+    assert retired.changed and retired.facts["lb_persisted"] == "config"
+    config = lab.config_path.read_text()
+    assert f"server target {lab.target.address} check\n" in config
+    assert f"server source {lab.source.address} check disabled\n" in config
+    assert f"# source retired by cutover cutover-{APP} at " in config
+    assert lab.config_path.with_name(f"haproxy.cfg.before-retire-{APP}").read_text() == original
+
+    before = lab.source.served
+    lab.reload(up="target")  # the new worker starts from the config
+    after = lab.servers()
+    assert after["source"].admin == "maint" and str(after["target"].address) == lab.target.address
+    assert {lab.get() for _ in range(20)} == {"target"}
+    assert lab.source.served == before
+    # finalize again after the reload: nothing left to change
+    assert not retire(lab).changed
+    assert lab.config_path.read_text() == config
+
+
+def test_finalize_without_a_config_file_says_a_reload_would_revert_it(
+    haproxy_lab: HAProxyLab,
+) -> None:
+    lab = haproxy_lab
+    assert switch(lab).changed
+    step = FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER
+    inp = lab.step_input(step, target_address=lab.target.address, config_file=False)
+    with pytest.raises(ApplicationError) as raised:
+        ACTS.retire_source_from_load_balancer(inp)
+    err = raised.value
+    assert err.type == "ConfigError" and err.non_retryable
+    assert "loadBalancer.configFile" in err.message and "next reload" in err.message
+    assert err.details[0] == {"trafficOn": "target", "serving": ["target"]}
+    assert serving(lab) == ["target"]
+
+
+def test_finalize_leaves_a_config_haproxy_rejects_as_it_was(haproxy_lab: HAProxyLab) -> None:
+    lab = haproxy_lab
+    assert switch(lab).changed
+    broken = lab.config_path.read_text() + "backend broken\n    no-such-keyword here\n"
+    lab.config_path.write_text(broken)
+    with pytest.raises(ApplicationError) as raised:
+        retire(lab)
+    assert raised.value.type == "ConfigError"
+    assert "haproxy -c" in raised.value.message and "left as it was" in raised.value.message
+    assert lab.config_path.read_text() == broken
+    assert [p.name for p in lab.directory.glob(".haproxy.cfg.*.tmp")] == []
+    assert serving(lab) == ["target"]
 
 
 def test_re_runs_finish_a_switch_or_rollback_interrupted_half_way(
@@ -191,6 +250,88 @@ def test_re_runs_finish_a_switch_or_rollback_interrupted_half_way(
     assert rollback(lab).changed
     assert serving(lab) == ["source"]
     assert lab.servers()["target"].admin == "maint"
+
+
+class _DiesBeforeDraining(HAProxyRuntime):
+    """A worker killed after the target came up, before the source was drained."""
+
+    def _take_out(self, backend: str, server: ServerState, timeouts: Any) -> Any:
+        raise SystemExit("worker killed")
+
+
+def test_a_rollback_after_a_retried_switch_restores_exactly_the_state_before_it(
+    haproxy_lab: HAProxyLab,
+) -> None:
+    lab = haproxy_lab
+    rt = lab.runtime()
+    rt.command(f"set weight {APP}/source 7")  # an operator's runtime weight
+    before = lab.servers()
+    dying = LoadBalancerActivities(factory=lambda s: _DiesBeforeDraining(s.socket))
+    with pytest.raises(SystemExit):
+        dying.update_load_balancer(
+            lab.step_input(Step.UPDATE_LOAD_BALANCER, target_address=lab.target.address)
+        )
+    assert sorted(serving(lab)) == ["source", "target"]  # half-way
+
+    # the retry, on another worker: it finds the half-way state but reports the one before
+    retry = LoadBalancerActivities().update_load_balancer(
+        lab.step_input(Step.UPDATE_LOAD_BALANCER, target_address=lab.target.address)
+    )
+    assert retry.facts["lb_previous_target_state"] == before["target"].describe()
+    assert retry.facts["lb_previous_source_state"] == before["source"].describe()
+    assert serving(lab) == ["target"]
+
+    # the rollback, on a third worker, with none of the facts (all results lost)
+    back = LoadBalancerActivities().restore_load_balancer(
+        lab.step_input(Compensation.RESTORE_LOAD_BALANCER)
+    )
+    assert back.changed and "put_back" in back.details
+    after = lab.servers()
+    for name in ("source", "target"):
+        was, now = before[name], after[name]
+        assert (now.admin, now.address, now.weight, now.check_enabled) == (
+            was.admin,
+            was.address,
+            was.weight,
+            was.check_enabled,
+        ), name
+    assert serving(lab) == ["source"] and {lab.get() for _ in range(10)} == {"source"}
+    assert list(lab.directory.glob("*.cutover-prior.json")) == []  # forgotten once restored
+
+
+def test_a_rollback_to_an_unhealthy_source_gives_up_cleanly_saying_traffic_stays_on_the_target(
+    haproxy_lab: HAProxyLab,
+) -> None:
+    lab = haproxy_lab
+    assert switch(lab).changed
+    lab.source.failing = True  # restart_source brought back a source that fails its checks
+    before = lab.servers()
+    with LoadGen(lab.frontend_port, threads=2, max_requests=20_000, max_seconds=20) as load:
+        load.wait_for(50)
+        with pytest.raises(ApplicationError) as raised:
+            rollback(lab, health_s=1)
+        load.wait_for(50)
+    err = raised.value
+    assert err.type == "SourceUnhealthy" and not err.non_retryable  # it may still be booting
+    assert err.message.startswith(
+        f"source {lab.source.address} never became healthy in 1s; traffic stays on the "
+        f"target (serving: {APP}/target at {lab.target.address}); {APP}/source is back in "
+        "maintenance"
+    )
+    assert err.details[0] == {"trafficOn": "target", "serving": ["target"]}
+    assert failures(load.samples) == [] and served_by(load.samples, 0) == {"target"}
+    # nothing half-changed: the servers are as the switch left them
+    assert states(lab) == {n: s.describe() for n, s in before.items()}
+    assert lab.servers()["source"].check_enabled == before["source"].check_enabled
+    # any other failure of the undo says where traffic is too
+    with pytest.raises(ApplicationError) as raised:
+        rollback(lab, endpoint={"loadBalancer": {"sourceServer": "green"}})
+    assert raised.value.type == "ConfigError" and raised.value.non_retryable
+    assert raised.value.details[0] == {"trafficOn": "target", "serving": ["target"]}
+    assert f"traffic is on: target ({APP}/target at {lab.target.address})" in str(raised.value)
+    # once the source is healthy, the retry Temporal makes rolls back
+    lab.source.failing = False
+    assert rollback(lab).changed and serving(lab) == ["source"]
 
 
 def _wait(cond: Any, timeout: float = 5) -> None:
