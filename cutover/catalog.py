@@ -50,6 +50,8 @@ class FinalizeStep(StrEnum):
     DISCONNECT_SOURCE_NICS = "disconnect_source_nics"
     MARK_SOURCE_MIGRATED = "mark_source_migrated"
     RETIRE_SOURCE_FROM_LOAD_BALANCER = "retire_source_from_load_balancer"
+    #: Put back the DNS TTL from before the cutover (lowered for the window).
+    RESTORE_DNS_TTL = "restore_dns_ttl"
 
 
 #: The activity that evaluates any check (pre-check, post-check or rollback criterion).
@@ -71,6 +73,7 @@ COMPENSATIONS: dict[str, Compensation] = {
     WarmStep.SNAPSHOT_SOURCE: Compensation.REMOVE_SOURCE_SNAPSHOT,
     WarmStep.PRE_COPY: Compensation.DISCARD_STAGING,
 }
+
 
 class Holds(StrEnum):
     """What the world must look like before an undo may run (checked during unwinding)."""
@@ -97,9 +100,7 @@ UNDO_REQUIRES: dict[str, frozenset[Holds]] = {
     Compensation.DISCARD_STAGING: frozenset(
         {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE, Holds.TARGET_STOPPED}
     ),
-    Compensation.REMOVE_SOURCE_SNAPSHOT: frozenset(
-        {Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}
-    ),
+    Compensation.REMOVE_SOURCE_SNAPSHOT: frozenset({Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}),
 }
 
 #: What each undo makes hold once it succeeds; when it fails (or is skipped) that stays

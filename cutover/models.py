@@ -107,6 +107,7 @@ class CutoverInput(_M):
 #: the workflow can fail with the problems named instead of failing its task forever.
 WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
 
+
 class StepContext(_M):
     """What every step activity gets: who it is for, and what earlier steps learned."""
 

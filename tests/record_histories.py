@@ -67,7 +67,7 @@ async def main(only_waves: bool = False) -> None:
                 await wait_post_checks(handle)
                 await handle.execute_update(AppCutoverWorkflow.extend, ExtendRequest(minutes=5))
                 await handle.execute_update(
-                    AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="alice")
+                    "finalize", FinalizeRequest(requestedBy="alice"), result_type=str
                 )
                 await handle.result()
                 await write(handle, "approved_extended_finalized_early")

@@ -10,12 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 from temporalio.client import (
     Client,
-    WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from cutover import search_attributes as sa
@@ -28,6 +27,7 @@ from cutover.models import (
     FinalizeRequest,
     Outcome,
     Phase,
+    ResumeRequest,
     RollbackRequest,
 )
 from tests.factories import SEED, cutover_input
@@ -93,6 +93,7 @@ async def test_all_steps_succeed_in_runbook_order(client: Client) -> None:
     assert cutover_calls == SEED_STEPS
     # warm phase first, then the steps, then finalize; no compensation ran
     assert world.calls[:3] == WARM
+    assert world.guard_calls == ["verify_not_migrated"]  # first, before anything changed
     assert not any(
         c in world.calls
         for c in ("restart_source", "remove_target_domain", "restore_load_balancer")
@@ -151,19 +152,31 @@ async def test_failure_at_each_step_runs_registered_compensations_in_reverse(
     assert comp_records == after
 
 
-async def test_failing_compensation_is_reported_and_the_others_still_run(client: Client) -> None:
-    world = World(fail={"power_on_target", "detach_target_storage"})
+async def test_failing_compensation_blocks_the_rollback_until_resumed(client: Client) -> None:
+    """An undo that fails for good leaves the rollback blocked (FAILED in the search
+    attributes, what is left named) instead of ending; `resume` once fixed finishes it."""
+    world = World(fail={"power_on_target"}, broken={"detach_target_storage"})
     async with running(client, world) as queue:
-        result = await (await start(client, cutover_input(queue))).result()
-    assert result.outcome == Outcome.FAILED
-    assert len(result.compensationFailures) == 1
-    assert result.compensationFailures[0].startswith("detach_target_storage:")
-    after = world.calls[world.calls.index("power_on_target") + 1 :]
-    assert after == expected_compensations(SEED_STEPS[:5], "power_on_target")
-    assert ("restart_source" in after and after[-1] == "discard_staging") or after[
-        -1
-    ] == "remove_source_snapshot"
-    assert any("detach_target_storage" in line for line in result.leftWhere)
+        handle = await start(client, cutover_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        status = await handle.query(AppCutoverWorkflow.status)
+        assert status.outcome == Outcome.FAILED
+        assert any(line.startswith("detach_target_storage: failed") for line in status.leftWhere)
+        attrs = (await handle.describe()).typed_search_attributes
+        assert attrs.get(sa.OUTCOME) == Outcome.FAILED.value
+        assert attrs.get(sa.PHASE) == Phase.ROLLBACK_BLOCKED.value
+        after = world.calls[world.calls.index("power_on_target") + 1 :]
+        # the undos after the failed one still ran: none needs the target's storage gone
+        assert [c for c in after if c != "detach_target_storage"] == [
+            c
+            for c in expected_compensations(SEED_STEPS[:5], "power_on_target")
+            if c != "detach_target_storage"
+        ]
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert world.calls[-1] == "detach_target_storage"
 
 
 async def test_pre_check_failure_changes_nothing(client: Client) -> None:
@@ -240,7 +253,7 @@ async def test_extend_finalize_early_and_rollback_after_finalize_refused(client:
         after = (await handle.query(AppCutoverWorkflow.status)).windowClosesAt
         assert before is not None and after is not None
         assert (after - before).total_seconds() == pytest.approx(600)
-        await handle.execute_update(AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="ops"))
+        await handle.execute_update("finalize", FinalizeRequest(requestedBy="ops"), result_type=str)
         result = await handle.result()
         assert result.outcome == Outcome.COMPLETED
         assert result.reason == "finalized early by ops"
@@ -260,7 +273,7 @@ async def test_rollback_refused_while_finalizing(client: Client) -> None:
         )
         await wait_post_checks(handle)
         world.delay = 1.0  # finalize steps now take long enough to be caught in the act
-        await handle.execute_update(AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="ops"))
+        await handle.execute_update("finalize", FinalizeRequest(requestedBy="ops"), result_type=str)
         await wait_phase(handle, Phase.FINALIZING)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="late"))
@@ -295,7 +308,7 @@ async def test_finalize_early_refused_while_post_checks_fail(client: Client) -> 
         await asyncio.sleep(0.5)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
-                AppCutoverWorkflow.finalize, FinalizeRequest(requestedBy="bob")
+                "finalize", FinalizeRequest(requestedBy="bob"), result_type=str
             )
         assert "error_rate_below_threshold" in str(refused.value.cause)
         await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="done"))
@@ -363,15 +376,17 @@ async def test_second_cutover_of_a_running_application_is_refused(client: Client
 
 
 async def test_cancel_runs_compensations(client: Client) -> None:
+    """A Temporal cancel request rolls back like an operator's rollback; the cutover then
+    ends with its result (ROLLED_BACK, the cancel named), not abandoned as CANCELED."""
     world = World()
     async with running(client, world) as queue:
         inp = cutover_input(queue, approval={"required": True, "approvers": ["alice"]})
         handle = await start(client, inp)
         await wait_phase(handle, Phase.AWAITING_APPROVAL)
         await handle.cancel()
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-        assert isinstance(failure.value.cause, CancelledError)
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert "cancel" in result.reason
     assert world.calls[len(WARM) :] == ["discard_staging", "remove_source_snapshot"]
 
 
@@ -397,8 +412,8 @@ async def test_cancel_during_window_rolls_back(client: Client) -> None:
         )
         await wait_phase(handle, Phase.ROLLBACK_WINDOW)
         await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await handle.result()
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK and "cancel" in result.reason
     after = world.calls[world.calls.index("update_load_balancer") + 1 :]
     assert after == expected_compensations(SEED_STEPS[:-1], "update_load_balancer")
     assert "mark_source_migrated" not in world.calls

@@ -16,11 +16,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.common import log
-from cutover.catalog import RUN_CHECK, Compensation, FinalizeStep, Step, WarmStep
+from cutover.catalog import (
+    RUN_CHECK,
+    VERIFY_NOT_MIGRATED,
+    Compensation,
+    FinalizeStep,
+    Step,
+    WarmStep,
+)
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 
 ALL_STEP_NAMES: list[str] = sorted(
     {s.value for e in (Step, WarmStep, Compensation, FinalizeStep) for s in e}
+    | {VERIFY_NOT_MIGRATED}
 )
 
 
@@ -39,12 +47,30 @@ class World:
     flaky: set[str] = field(default_factory=set)
     #: step name -> bytes it reports moved (StepResult.details["bytesMoved"], as disks do)
     bytes_moved: dict[str, int] = field(default_factory=dict)
+    #: steps that fail every attempt with a retryable error (an undo that cannot succeed)
+    broken: set[str] = field(default_factory=set)
+    #: steps that wait this many seconds, heartbeating (cancellable), before they finish
+    slow: dict[str, float] = field(default_factory=dict)
+    #: what `verify_not_migrated` finds: the source's marks (None: not migrated)
+    migrated: str | None = None
+    #: read-only guard calls (`verify_not_migrated`), kept apart from `calls`
+    guard_calls: list[str] = field(default_factory=list)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._step(n) for n in ALL_STEP_NAMES] + [self._check()]
 
     def _step(self, name: str) -> Callable[..., Any]:
         async def run(inp: StepInput) -> StepResult:
+            if name == VERIFY_NOT_MIGRATED:
+                self.guard_calls.append(name)
+                return StepResult(
+                    step=name,
+                    changed=False,
+                    details={
+                        "migrated": self.migrated is not None,
+                        "evidence": self.migrated or "",
+                    },
+                )
             self.calls.append(name)
             log().debug("test step ran", changed=True)  # as adapters log: context is bound
             if self.delay:
@@ -55,6 +81,13 @@ class World:
                 )
             if name in self.flaky and activity.info().attempt == 1:
                 raise ApplicationError(f"{name} hiccup (test)", type="Transient")
+            if name in self.broken:
+                raise ApplicationError(f"{name} cannot succeed (test)", type="Transient")
+            if name in self.slow:
+                end = asyncio.get_running_loop().time() + self.slow[name]
+                while asyncio.get_running_loop().time() < end:
+                    activity.heartbeat()
+                    await asyncio.sleep(0.05)
             facts = {"target_address": self.target_address} if name == Step.POWER_ON_TARGET else {}
             details: dict[str, str | int | float | bool] = (
                 {"bytesMoved": self.bytes_moved[name]} if name in self.bytes_moved else {}

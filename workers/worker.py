@@ -27,6 +27,7 @@ from activities.vsphere import ClientPool, VSphereActivities
 from activities.wave import WaveActivities
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
+from workers.heartbeat import HeartbeatKeepAlive
 from workflows.cutover import AppCutoverWorkflow
 from workflows.wave import WaveWorkflow
 
@@ -89,6 +90,7 @@ def build_worker(
         interceptors=[
             *(interceptors if interceptors is not None else [tracing_interceptor()]),
             LoggingInterceptor(),
+            HeartbeatKeepAlive(),
         ],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

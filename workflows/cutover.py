@@ -26,10 +26,14 @@ with workflow.unsafe.imports_passed_through():
         COMPENSATIONS,
         RUN_CHECK,
         TRAFFIC_STEPS,
+        UNDO_ESTABLISHES,
+        VERIFY_NOT_MIGRATED,
         Compensation,
         FinalizeStep,
+        Holds,
         Step,
         WarmStep,
+        undo_blocked_by,
     )
     from cutover.config import format_path
     from cutover.models import (
@@ -45,15 +49,17 @@ with workflow.unsafe.imports_passed_through():
         FinalizeRequest,
         Outcome,
         Phase,
+        ResumeRequest,
         RollbackRequest,
         StepContext,
         StepInput,
         StepKind,
         StepRecord,
         StepResult,
+        WindowCarry,
         WorkflowInput,
     )
-    from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
+    from cutover.site import DataConsistencyProbe, DnsProbe, Probe, VSphereConcernsProbe
     from cutover.telemetry import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.templating import expand, values_for
 
@@ -71,6 +77,28 @@ _LONG = {
     Compensation.RESTORE_LOAD_BALANCER,
     FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
 }
+#: Steps that move or convert data: sized by `stepTimeoutMinutes` (they heartbeat progress).
+_DATA = {
+    WarmStep.PRE_COPY,
+    WarmStep.INCREMENTAL_SYNC,
+    Step.FINAL_DATA_SYNC,
+    Step.CONVERT_IMAGE,
+    Step.ATTACH_TARGET_STORAGE_PROFILE,
+    Step.SMOKE_TEST,
+}
+#: Steps that wait for a guest to shut down or boot: sized by the runbook's shutdown timeout.
+_POWER = {Step.QUIESCE_APPLICATION, Compensation.RESTART_SOURCE}
+#: Steps that wait on load-balancer health checks and drains: sized by the site's timeouts.
+_LB = {
+    Step.UPDATE_LOAD_BALANCER,
+    Compensation.RESTORE_LOAD_BALANCER,
+    FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
+}
+#: An approval gate with no timeout of its own closes after a day: the warm snapshot's
+#: delta grows on the production datastore while it waits.
+DEFAULT_APPROVAL_MINUTES = 24 * 60
+#: Window-check records kept beside the first and the last round: failures, up to this many.
+_KEPT_FAILED_CHECKS = 50
 #: Errors no retry can fix; activities raise ApplicationError with these types.
 NON_RETRYABLE = [
     "ConfigError",
@@ -144,6 +172,15 @@ class AppCutoverWorkflow:
         self._rollback_reason: str | None = None
         self._reason = ""
         self._bytes_moved = 0
+        self._v2 = False
+        self._cancel_requested = False
+        self._next_eval: datetime | None = None
+        self._rounds = 0
+        self._last_round: list[StepRecord] = []
+        self._finalize_verdict: tuple[bool, str] | None = None
+        self._resume: ResumeRequest | None = None
+        self._left: list[str] = []
+        self._snapshot_at: datetime | None = None
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
         self._step_site = inp.site.model_copy(update={"checks": {}})
@@ -154,8 +191,11 @@ class AppCutoverWorkflow:
     async def run(self, _: WorkflowInput) -> CutoverResult:
         if self._input_error is not None:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
-        inp = self._inp
-        rb = inp.runbook
+        # Everything issue 11 changed (the remigration guard, undo preconditions and blocked
+        # rollbacks, bounded steps, cancellation, finalize on fresh evidence, bounded
+        # windows) is one patch: cutovers started before it replay exactly as they ran.
+        self._v2 = workflow.patched("safety-v2")
+        rb = self._inp.runbook
         expected_id = workflow_id_for(rb.application)
         # The workflow ID is what keeps two cutovers of one application apart; the UI's start
         # form takes any ID (it even offers a random one). Patched: runs that started under
@@ -168,6 +208,120 @@ class AppCutoverWorkflow:
                 type="ConfigError",
                 non_retryable=True,
             )
+        if not self._v2:
+            return await self._run_v1()
+        return await self._until_done(asyncio.ensure_future(self._run_v2()))
+
+    async def _until_done(self, task: asyncio.Future[CutoverResult]) -> CutoverResult:
+        """Await the cutover in its own task, so that a cancel request from Temporal can
+        never abandon a step, an undo or finalize half-way: it becomes a rollback request
+        (acted on at the next step boundary, or at once in the window), or is noted once
+        rollback is no longer possible. The cutover then ends with its result as usual."""
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    raise
+                self._cancel_requested = True
+                self._wake = True
+                late = (
+                    Phase.ROLLING_BACK,
+                    Phase.ROLLBACK_BLOCKED,
+                    Phase.FINALIZING,
+                    Phase.FINALIZE_BLOCKED,
+                )
+                if self._rollback is None and self._phase not in (*late, Phase.DONE):
+                    self._rollback = RollbackRequest(
+                        reason="the workflow was cancelled (a Temporal cancel request)",
+                        requestedBy="a Temporal cancel request",
+                    )
+                self._log(logging.WARNING, "cancel requested", phase=self._phase.value)
+
+    async def _run_v2(self) -> CutoverResult:
+        inp = self._inp
+        rb = inp.runbook
+        if inp.carry is not None:
+            self._restore(inp.carry)
+            return await self._window_then_finalize()
+        self._set_phase(
+            Phase.PRE_CHECKS,
+            sa.WAVE.value_set(rb.wave_name),
+            sa.APPLICATION.value_set(rb.application),
+            sa.OUTCOME.value_set(Outcome.RUNNING.value),
+        )
+        self._log(logging.INFO, "cutover started", requested_by=inp.requestedBy)
+        refused = await self._guard_remigration()
+        if refused is not None:
+            return refused
+        failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
+        if failed:
+            return self._finish(
+                Outcome.FAILED,
+                "pre-check failed: " + "; ".join(r.describe() for r in failed),
+                ["nothing was changed: the source still serves"],
+            )
+        if self._rollback:
+            return self._finish(
+                Outcome.ROLLED_BACK,
+                f"cancelled before any change by {self._rollback.requestedBy}: "
+                f"{self._rollback.reason}",
+                ["nothing was changed: the source still serves"],
+            )
+        try:
+            if rb.dataSync.warm and Step.FINAL_DATA_SYNC in rb.cutoverSteps:
+                await self._warm_phase()
+            if rb.approval.required:
+                await self._await_approval()
+            await self._cutover_steps()
+        except _RollbackNow as rollback:
+            return await self._roll_back(rollback.reason)
+        except ActivityError as err:
+            return await self._roll_back(f"step {self._current} failed: {_cause(err)}")
+        return await self._window_then_finalize()
+
+    async def _window_then_finalize(self) -> CutoverResult:
+        reason = await self._rollback_window()
+        if reason is not None:
+            return await self._roll_back(reason)
+        return await self._finalize_cutover()
+
+    async def _guard_remigration(self) -> CutoverResult | None:
+        """First, before anything changes and whatever the input says: an application whose
+        source is marked migrated is not cut over again without an explicit reason."""
+        rb = self._inp.runbook
+        try:
+            res = await self._step(VERIFY_NOT_MIGRATED, "check")
+        except ActivityError as err:
+            return self._finish(
+                Outcome.FAILED,
+                f"could not verify that {rb.application} is not already migrated: {_cause(err)}",
+                ["nothing was changed: the source still serves"],
+            )
+        if res.details.get("migrated") is not True:
+            return None
+        evidence = str(res.details.get("evidence") or "its source is marked migrated")
+        if self._inp.remigrate is None:
+            return self._finish(
+                Outcome.FAILED,
+                f"refused: {rb.application} was already migrated ({evidence}); cutting it "
+                "over again would copy the retired source over what the target wrote since. "
+                "A deliberate re-migration needs a recorded reason: "
+                "`cutover run --remigrate REASON` (input field `remigrate`)",
+                ["nothing was changed"],
+            )
+        self._log(
+            logging.WARNING,
+            "re-migrating an application already migrated",
+            reason=self._inp.remigrate,
+            evidence=evidence,
+        )
+        return None
+
+    async def _run_v1(self) -> CutoverResult:
+        """The cutover as it ran before the `safety-v2` patch (replay of older runs only)."""
+        inp = self._inp
+        rb = inp.runbook
         # One upsert per phase change (each is a history event): identity, outcome and phase
         # go together here.
         self._set_phase(
@@ -225,6 +379,8 @@ class AppCutoverWorkflow:
         for step in (WarmStep.SNAPSHOT_SOURCE, WarmStep.PRE_COPY):
             self._register_for(step)
             await self._step(step, "warm")
+            if step == WarmStep.SNAPSHOT_SOURCE:
+                self._snapshot_at = workflow.now()
             self._raise_if_rollback()
         for n in range(1, self._inp.runbook.dataSync.incrementalPasses + 1):
             await self._step(WarmStep.INCREMENTAL_SYNC, "warm", pass_number=n)
@@ -234,6 +390,8 @@ class AppCutoverWorkflow:
         if self._approved_by is None:
             self._set_phase(Phase.AWAITING_APPROVAL)
             timeout = self._inp.runbook.approval.timeoutMinutes
+            if timeout is None and self._v2:
+                timeout = DEFAULT_APPROVAL_MINUTES
             try:
                 await workflow.wait_condition(
                     lambda: self._approved_by is not None or self._rollback is not None,
@@ -262,6 +420,8 @@ class AppCutoverWorkflow:
 
     async def _rollback_window(self) -> str | None:
         """Hold rollback open; return why to roll back, or None to finalize."""
+        if self._v2:
+            return await self._window_v2()
         rb = self._inp.runbook
         self._set_phase(Phase.ROLLBACK_WINDOW)
         self._deadline = workflow.now() + self._window
@@ -297,8 +457,172 @@ class AppCutoverWorkflow:
             )
         return None
 
+    async def _window_v2(self) -> str | None:
+        """The window, bounded: rounds an operator's rollback interrupts at once, finalize on
+        fresh evidence only, and continue-as-new before the history grows past its limits."""
+        rb = self._inp.runbook
+        if self._deadline is None or self._next_eval is None:  # not continued from a run
+            self._set_phase(Phase.ROLLBACK_WINDOW)
+            self._deadline = workflow.now() + self._window
+            self._next_eval = workflow.now()
+        interval = timedelta(seconds=rb.checkIntervalSeconds)
+        while True:
+            if self._rollback is not None:
+                return self._rollback_text(self._rollback)
+            if self._finalize is not None:
+                fired = await self._decide_finalize()
+                self._next_eval = workflow.now() + interval
+                if fired is None and self._finalize is not None:
+                    return None
+                if fired:
+                    return fired
+                continue
+            now = workflow.now()
+            if now >= self._deadline:
+                break
+            if now >= self._next_eval:
+                fired = await self._round()
+                if fired:
+                    return fired
+                self._next_eval = workflow.now() + interval
+                if self._history_full():
+                    await self._continue_window_as_new()
+                continue
+            self._wake = False
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: self._wake,
+                    timeout=min(self._next_eval, self._deadline) - now,
+                    timeout_summary="rollback window",
+                )
+        failing = self._failing_post_checks()
+        if failing:
+            return "rollback window closed with post-checks failing: " + "; ".join(failing)
+        return None
+
+    def _failing_post_checks(self) -> list[str]:
+        failing: list[str] = []
+        for name in self._inp.runbook.postChecks:
+            res = self._checks.get(name)
+            if res is None or res.phase != "post":
+                failing.append(f"{name} not evaluated in the window")
+            elif not res.passed:
+                failing.append(res.describe())
+        return failing
+
+    async def _round(self) -> str | None:
+        """One round of post-checks and criteria. A rollback request (an operator's, or a
+        cancel) cancels the round's in-flight checks at once instead of waiting for it."""
+        task = asyncio.ensure_future(self._evaluate_window())
+        try:
+            await workflow.wait_condition(lambda: task.done() or self._rollback is not None)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done() or task.cancelled():
+            return None
+        return task.result()
+
+    async def _decide_finalize(self) -> str | None:
+        """A finalize request proceeds on fresh evidence only: a round that starts after the
+        request, with every post-check passing and no criterion firing. Returns why to roll
+        back (a criterion fired), or None; `self._finalize` stays set only when accepted."""
+        fired = await self._round()
+        failing = self._failing_post_checks()
+        if fired:
+            verdict = f"finalize refused: {fired}; rolling back"
+        elif self._rollback is not None:
+            verdict = "finalize refused: " + self._rollback_text(self._rollback)
+        elif failing:
+            verdict = (
+                "finalize refused: the check round that started after the request failed: "
+                + "; ".join(failing)
+            )
+        else:
+            self._finalize_verdict = (True, "finalizing: a fresh check round passed")
+            return None
+        self._finalize_verdict = (False, verdict)
+        self._finalize = None
+        self._log(logging.WARNING, "finalize refused", reason=verdict)
+        return fired
+
+    def _dns_configured(self) -> bool:
+        return self._inp.runbook.endpoint.dns is not None and self._inp.site.dns is not None
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() >= self._inp.tuning.continueAsNewEvents
+        )
+
+    async def _continue_window_as_new(self) -> None:
+        """Carry the window into a new run (same workflow ID) so that a 30-day window with
+        unlimited extends stays inside Temporal's history limits. Returns (without
+        continuing) when a request came in meanwhile: the loop acts on it first."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._rollback is not None or self._finalize is not None or self._cancel_requested:
+            return
+        assert self._deadline is not None and self._next_eval is not None
+        carry = WindowCarry(
+            compensations=self._compensations,
+            facts=self._facts,
+            records=self._records,
+            checks=list(self._checks.values()),
+            streaks=self._streaks,
+            approvedBy=self._approved_by,
+            deadline=self._deadline,
+            nextEval=self._next_eval,
+            downFrom=self._down_from,
+            downTo=self._down_to,
+            bytesMoved=self._bytes_moved,
+            rounds=self._rounds,
+            snapshotTakenAt=self._snapshot_at,
+        )
+        self._log(logging.INFO, "rollback window continues as new", rounds=self._rounds)
+        workflow.continue_as_new(self._inp.model_copy(update={"carry": carry}))
+
+    def _restore(self, c: WindowCarry) -> None:
+        self._compensations = list(c.compensations)
+        self._facts = dict(c.facts)
+        self._records = list(c.records)
+        self._checks = {r.name: r for r in c.checks}
+        self._streaks = dict(c.streaks)
+        self._approved_by = c.approvedBy
+        self._deadline, self._next_eval = c.deadline, c.nextEval
+        self._down_from, self._down_to = c.downFrom, c.downTo
+        self._bytes_moved, self._rounds = c.bytesMoved, c.rounds
+        self._snapshot_at = c.snapshotTakenAt
+        rb = self._inp.runbook
+        self._set_phase(
+            Phase.ROLLBACK_WINDOW,
+            sa.WAVE.value_set(rb.wave_name),
+            sa.APPLICATION.value_set(rb.application),
+            sa.OUTCOME.value_set(Outcome.RUNNING.value),
+        )
+
+    def _keep_round(self, round_records: list[StepRecord]) -> None:
+        """Bound what the window keeps: the first round, the last one, and failed checks
+        (up to a limit); counters say how many rounds ran."""
+        self._rounds += 1
+        if self._rounds > 2:
+            failed = sum(1 for r in self._records if r.kind == "check" and r.outcome == "failed")
+            drop = {
+                id(r)
+                for r in self._last_round
+                if r.outcome != "failed" or failed > _KEPT_FAILED_CHECKS
+            }
+            self._records = [r for r in self._records if id(r) not in drop]
+        if self._rounds > 1:
+            self._last_round = round_records
+
+    @staticmethod
+    def _rollback_text(req: RollbackRequest) -> str:
+        return f"rollback requested by {req.requestedBy}: {req.reason}"
+
     async def _evaluate_window(self) -> str | None:
         rb = self._inp.runbook
+        first = len(self._records)
         await self._run_checks(rb.postChecks, "post")
         fired: list[str] = []
         for result in await self._run_checks(rb.rollbackCriteria, "criterion"):
@@ -306,6 +630,8 @@ class AppCutoverWorkflow:
             self._streaks[result.name] = streak
             if streak >= self._inp.site.checks[result.name].failAfter:
                 fired.append(f"{result.describe()} ({streak} consecutive)")
+        if self._v2:
+            self._keep_round(self._records[first:])
         self._details()
         return "rollback criterion fired: " + "; ".join(fired) if fired else None
 
@@ -320,6 +646,8 @@ class AppCutoverWorkflow:
         lb_first = workflow.patched("retire-lb-before-nics")
         if retire_lb and lb_first:
             steps.append(FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER)
+        if self._v2 and self._dns_configured():
+            steps.append(FinalizeStep.RESTORE_DNS_TTL)
         if Compensation.REMOVE_SOURCE_SNAPSHOT in self._compensations:
             steps.append(FinalizeStep.REMOVE_SOURCE_SNAPSHOT)
         if Step.QUIESCE_APPLICATION in rb.cutoverSteps:
@@ -336,6 +664,8 @@ class AppCutoverWorkflow:
         ]
         if leftovers and workflow.patched("discard-staging-at-finalize"):
             steps += leftovers
+        if self._v2:
+            return await self._finalize_steps(steps)
         problems: list[str] = []
         for step in steps:
             try:
@@ -355,10 +685,73 @@ class AppCutoverWorkflow:
             ["the target serves the application", "the source is retired", *problems],
         )
 
+    async def _finalize_steps(self, steps: list[str]) -> CutoverResult:
+        """Finalize in order; a failed step stops the ones after it (they retire the source
+        further) until an operator resumes, bounded; the result says what is left."""
+        how = (
+            f"finalized early by {self._finalize.requestedBy}"
+            if self._finalize
+            else "rollback window closed healthy"
+        )
+        i = 0
+        while i < len(steps):
+            try:
+                await self._step(steps[i], "finalize")
+            except ActivityError as err:
+                left = [
+                    f"finalize step {steps[i]} failed: {_cause(err)}",
+                    "not run yet: " + ", ".join(steps[i:]),
+                    "the target serves the application; the source is not retired further "
+                    "until these run",
+                    f"fix the cause, then resume: Update `resume` (CLI: `cutover resume "
+                    f"{self._inp.runbook.application}`)",
+                ]
+                if await self._blocked(Phase.FINALIZE_BLOCKED, left):
+                    self._set_phase(Phase.FINALIZING)
+                    continue
+                return self._finish(
+                    Outcome.COMPLETED,
+                    f"{how}; finalize incomplete",
+                    ["finalize incomplete:", *self._left],
+                )
+            i += 1
+        return self._finish(
+            Outcome.COMPLETED, how, ["the target serves the application", "the source is retired"]
+        )
+
+    async def _blocked(self, phase: Phase, left: list[str]) -> bool:
+        """Wait, bounded, for an operator's `resume`; False when the wait ended without one
+        (time bound or a cancel request). The phase and search attributes say so meanwhile."""
+        self._left = left
+        if phase == Phase.ROLLBACK_BLOCKED:
+            self._outcome = Outcome.FAILED
+        self._set_phase(phase, sa.OUTCOME.value_set(self._outcome.value))
+        self._log(logging.ERROR, "blocked: waiting for an operator", left=left)
+        hours = self._inp.tuning.blockedWaitHours
+        self._resume = None
+        try:
+            await workflow.wait_condition(
+                lambda: self._resume is not None or self._cancel_requested,
+                timeout=timedelta(hours=hours),
+                timeout_summary=f"{phase.value}: waiting for resume",
+            )
+        except TimeoutError:
+            self._left.append(f"nobody resumed within {hours:g} h: the workflow ended here")
+            return False
+        if self._resume is None:
+            self._left.append("the workflow was cancelled while waiting for resume")
+            return False
+        self._log(logging.INFO, "resumed", requested_by=self._resume.requestedBy)
+        self._left = []
+        self._outcome = Outcome.RUNNING
+        return True
+
     async def _roll_back(self, reason: str) -> CutoverResult:
         self._rollback_reason = reason
         self._set_phase(Phase.ROLLING_BACK)
         self._log(logging.WARNING, "rolling back", reason=reason)
+        if self._v2:
+            return await self._unwind(reason)
         # Shielded: a cancellation of the workflow must not stop the undo half-way.
         failures = await asyncio.shield(asyncio.ensure_future(self._compensate()))
         if not self._compensations:
@@ -372,6 +765,97 @@ class AppCutoverWorkflow:
             left = ["the source serves the application again", "the target was removed"]
         outcome = Outcome.FAILED if failures else Outcome.ROLLED_BACK
         return self._finish(outcome, reason, left, failures)
+
+    async def _unwind(self, reason: str) -> CutoverResult:
+        """Undo in reverse; an undo whose precondition does not hold is held back (never
+        destroy what may serve), and a blocked rollback waits for an operator's `resume`."""
+        if not self._compensations:
+            return self._finish(
+                Outcome.ROLLED_BACK, reason, ["nothing was changed: the source still serves"]
+            )
+        pending = list(reversed(self._compensations))
+        if self._dns_configured() and Compensation.RESTORE_DNS not in pending:
+            # The TTL was lowered for the cutover (`cutover lower-ttl`) but the name never
+            # moved: put the TTL from before back (restore_dns does that when it runs).
+            pending.append(FinalizeStep.RESTORE_DNS_TTL)
+        while True:
+            left = await self._compensate_v2(pending)
+            if not left:
+                return self._finish(
+                    Outcome.ROLLED_BACK,
+                    reason,
+                    ["the source serves the application again", "the target was removed"],
+                )
+            if not await self._blocked(Phase.ROLLBACK_BLOCKED, self._where_left(left)):
+                return self._finish(
+                    Outcome.FAILED,
+                    reason,
+                    ["rollback incomplete:", *self._left],
+                    [f"{c}: {why}" for c, why in left],
+                )
+            pending = [c for c, _ in left]
+            self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
+
+    async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]:
+        """Run `pending` undos in order; return each that failed or was held back, and why."""
+        doubt: dict[Holds, set[str]] = {h: set() for h in Holds}
+        left: list[tuple[str, str]] = []
+        for comp in pending:
+            establishes = UNDO_ESTABLISHES.get(comp)
+            blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
+            if blocked:
+                why = "held back: needs " + " and ".join(h.value for h in blocked)
+                now = workflow.now()
+                self._records.append(
+                    StepRecord(
+                        name=comp,
+                        kind="compensation",
+                        startedAt=now,
+                        endedAt=now,
+                        outcome="skipped",
+                        error=why,
+                    )
+                )
+                self._log(logging.ERROR, "compensation held back", compensation=comp, why=why)
+            else:
+                try:
+                    await self._step(comp, "compensation")
+                except ActivityError as err:
+                    why = f"failed: {_cause(err)}"
+                    self._log(logging.ERROR, "compensation failed", compensation=comp, error=why)
+                else:
+                    if establishes is not None:
+                        doubt[establishes].discard(comp)
+                    if comp == Compensation.RESTART_SOURCE and self._down_to is None:
+                        self._down_to = workflow.now()
+                    continue
+            if establishes is not None:
+                doubt[establishes].add(comp)
+            left.append((comp, why))
+        return left
+
+    def _where_left(self, left: list[tuple[str, str]]) -> list[str]:
+        """Where each side is after a blocked rollback, and what to do next."""
+        names = {c for c, _ in left}
+        lb = self._inp.runbook.lb_backend
+        lines: list[str] = []
+        if Compensation.RESTART_SOURCE in names:
+            lines.append("the source is not running again")
+        if Compensation.RESTORE_LOAD_BALANCER in names:
+            lines.append(f"load balancer backend {lb}: traffic still goes to the target")
+        if Compensation.RESTORE_DNS in names:
+            lines.append("DNS: the name still points at the target")
+        if Compensation.REMOVE_TARGET_DOMAIN in names:
+            lines.append("the target is kept running: it may be serving users")
+        if Compensation.DETACH_TARGET_STORAGE in names:
+            lines.append("the target's volumes are kept: they hold what the target wrote")
+        lines += [f"{c}: {why}" for c, why in left]
+        lines.append(
+            "fix the cause, then resume the rollback: Update `resume` (CLI: `cutover resume "
+            f"{self._inp.runbook.application}`); it runs, in order: "
+            + ", ".join(c for c, _ in left)
+        )
+        return lines
 
     async def _compensate(self) -> list[str]:
         failures: list[str] = []
@@ -430,10 +914,35 @@ class AppCutoverWorkflow:
             self._bytes_moved += int(moved)
         return result
 
+    def _bounds(self, name: str, arg: Any) -> tuple[timedelta, timedelta | None]:
+        """Start-to-close sized to the step's work, and a heartbeat timeout for every
+        activity (the worker keeps heartbeats going), so a dead worker costs one heartbeat
+        timeout, not the step's whole budget."""
+        t = self._inp.tuning
+        if not self._v2:
+            beat = timedelta(seconds=t.heartbeatSeconds) if name in _LONG else None
+            return timedelta(minutes=t.stepTimeoutMinutes), beat
+        beat = timedelta(seconds=t.heartbeatSeconds)
+        short = timedelta(minutes=t.shortStepTimeoutMinutes)
+        if isinstance(arg, CheckInput):
+            probe: Probe = arg.probe
+            return timedelta(seconds=probe.timeoutSeconds) + timedelta(minutes=1), beat
+        if name in _DATA:
+            return timedelta(minutes=t.stepTimeoutMinutes), beat
+        if name in _POWER:
+            shutdown = self._inp.runbook.quiesce.guestShutdownTimeoutSeconds
+            return timedelta(seconds=shutdown) + short, beat
+        if name in _LB and self._inp.site.loadBalancer is not None:
+            lb = self._inp.site.loadBalancer
+            work = timedelta(seconds=lb.healthTimeoutSeconds + lb.drainTimeoutSeconds)
+            return work + short, beat
+        return short, beat
+
     async def _activity(
         self, label: str, kind: StepKind, name: str, arg: Any, result_type: type[R], attempts: int
     ) -> R:
         t = self._inp.tuning
+        start_to_close, heartbeat = self._bounds(name, arg)
         record = StepRecord(name=label, kind=kind, startedAt=workflow.now())
         self._records.append(record)
         self._current = label
@@ -443,8 +952,8 @@ class AppCutoverWorkflow:
                 name,
                 arg,
                 result_type=result_type,
-                start_to_close_timeout=timedelta(minutes=t.stepTimeoutMinutes),
-                heartbeat_timeout=timedelta(seconds=t.heartbeatSeconds) if name in _LONG else None,
+                start_to_close_timeout=start_to_close,
+                heartbeat_timeout=heartbeat,
                 retry_policy=RetryPolicy(
                     initial_interval=timedelta(seconds=t.initialRetrySeconds),
                     maximum_interval=timedelta(seconds=t.maxRetrySeconds),
@@ -523,13 +1032,32 @@ class AppCutoverWorkflow:
                 'Updates: `rollback` `{"reason": "..."}`, `extend` `{"minutes": 30}`'
                 + (", `finalize` `{}`" if rb.approval.allowEarlyFinalize else "")
             )
+        elif self._phase in (Phase.ROLLBACK_BLOCKED, Phase.FINALIZE_BLOCKED):
+            lines += self._left
         elif self._phase == Phase.DONE:
             lines.append(f"{self._outcome.value}: {self._reason}")
         elif self._current:
             lines.append(f"current: `{self._current}`")
         if self._rollback_reason:
             lines.append(f"rollback: {self._rollback_reason}")
+        warning = self._snapshot_warning()
+        if warning:
+            lines.append(f"warning: {warning}")
         workflow.set_current_details("\n\n".join(lines))
+
+    def _snapshot_warning(self) -> str | None:
+        """The warm snapshot's delta grows on the production datastore while it is open."""
+        if self._snapshot_at is None or self._phase in (Phase.FINALIZING, Phase.DONE):
+            return None
+        limit = self._inp.runbook.dataSync.maxSnapshotAgeHours
+        age = (workflow.now() - self._snapshot_at).total_seconds() / 3600
+        if age <= limit:
+            return None
+        return (
+            f"the source snapshot is {age:.1f} h old (runbook limit "
+            f"dataSync.maxSnapshotAgeHours: {limit:g} h): its delta keeps growing on the "
+            "production datastore; approve, roll back, or finish the cutover"
+        )
 
     def _finish(
         self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
@@ -564,6 +1092,8 @@ class AppCutoverWorkflow:
             steps=self._records,
             checks=list(self._checks.values()),
             compensationFailures=failures or [],
+            remigrate=self._inp.remigrate,
+            checkRounds=self._rounds,
         )
 
     def _log(self, level: int, msg: str, **fields: Any) -> None:
@@ -611,6 +1141,10 @@ class AppCutoverWorkflow:
             steps=self._records,
             checks=list(self._checks.values()),
             compensationsRegistered=list(self._compensations),
+            leftWhere=list(self._left),
+            snapshotTakenAt=self._snapshot_at,
+            snapshotWarning=self._snapshot_warning(),
+            checkRounds=self._rounds,
         )
 
     @workflow.update(
@@ -658,8 +1192,13 @@ class AppCutoverWorkflow:
                 f"rollback refused: the cutover is {self._phase.value.lower()} "
                 f"({self._outcome.value}); after finalize the source is retired"
             )
-        if self._phase == Phase.ROLLING_BACK:
-            _refuse("already rolling back")
+        if self._phase in (Phase.ROLLING_BACK, Phase.ROLLBACK_BLOCKED):
+            _refuse(
+                "already rolling back"
+                + (": blocked, send `resume` once the cause is fixed" if self._left else "")
+            )
+        if self._phase == Phase.FINALIZE_BLOCKED:
+            _refuse("rollback refused: finalizing has begun (blocked: send `resume`)")
 
     @workflow.update(
         description='Extend the rollback window. Input: {"minutes": 30, "requestedBy": "NAME"}.'
@@ -674,17 +1213,32 @@ class AppCutoverWorkflow:
 
     @extend.validator
     def _validate_extend(self, req: ExtendRequest) -> None:
-        if self._phase in (Phase.FINALIZING, Phase.DONE, Phase.ROLLING_BACK):
+        if self._phase != Phase.ROLLBACK_WINDOW and self._phase in (
+            Phase.FINALIZING,
+            Phase.DONE,
+            Phase.ROLLING_BACK,
+            Phase.ROLLBACK_BLOCKED,
+            Phase.FINALIZE_BLOCKED,
+        ):
             _refuse(f"cannot extend: the cutover is in phase {self._phase.value}")
 
     @workflow.update(
         description='Finalize before the rollback window closes. Input: {"requestedBy": "NAME"} '
         "or {}. Only in the window, when the runbook allows it and post-checks pass."
     )
-    def finalize(self, req: FinalizeRequest) -> str:
+    async def finalize(self, req: FinalizeRequest) -> str:
         self._finalize = req
         self._wake = True
-        return f"finalize requested by {req.requestedBy}"
+        if not self._v2:
+            return f"finalize requested by {req.requestedBy}"
+        # Answered once a check round that started after this request decided it.
+        self._finalize_verdict = None
+        await workflow.wait_condition(lambda: self._finalize_verdict is not None)
+        assert self._finalize_verdict is not None
+        accepted, message = self._finalize_verdict
+        if not accepted:
+            _refuse(message)
+        return f"{message} (requested by {req.requestedBy})"
 
     @finalize.validator
     def _validate_finalize(self, req: FinalizeRequest) -> None:
@@ -692,6 +1246,8 @@ class AppCutoverWorkflow:
             _refuse(f"finalize is possible only in the rollback window (phase {self._phase.value})")
         if not self._inp.runbook.approval.allowEarlyFinalize:
             _refuse("this runbook does not allow finalizing before the window closes")
+        if self._finalize is not None:
+            _refuse("a finalize request is already being decided by a check round")
         failing = [
             n
             for n in self._inp.runbook.postChecks
@@ -699,6 +1255,22 @@ class AppCutoverWorkflow:
         ]
         if failing:
             _refuse("post-checks not passing yet: " + ", ".join(failing))
+
+    @workflow.update(
+        description="Go on with a blocked rollback or finalize once its cause is fixed. Input: "
+        '{"requestedBy": "NAME", "reason": "what was fixed"}.'
+    )
+    def resume(self, req: ResumeRequest) -> str:
+        self._resume = req
+        self._log(logging.INFO, "resume requested", requested_by=req.requestedBy)
+        return f"{self._phase.value.lower().replace('_', ' ')}: resumed by {req.requestedBy}"
+
+    @resume.validator
+    def _validate_resume(self, req: ResumeRequest) -> None:
+        if self._phase not in (Phase.ROLLBACK_BLOCKED, Phase.FINALIZE_BLOCKED):
+            _refuse(f"nothing to resume: the cutover is in phase {self._phase.value}")
+        if self._resume is not None:
+            _refuse("already resumed")
 
 
 def _refuse(message: str) -> NoReturn:
