@@ -163,10 +163,14 @@ async def _status(args: argparse.Namespace) -> int:
     text = "\n".join(
         [
             f"{st.workflowId}: phase {st.phase.value}, outcome {st.outcome.value}",
+            # a blocked rollback or finalize: what is left, and how to go on (read first)
+            *(["  left where:", *(f"    {line}" for line in st.leftWhere)] if st.leftWhere else []),
+            *([f"  warning: {st.snapshotWarning}"] if st.snapshotWarning else []),
             *([f"  current step: {st.currentStep}"] if st.currentStep else []),
             *([f"  approved by: {st.approvedBy}"] if st.approvedBy else []),
             *([f"  rollback window closes: {st.windowClosesAt}"] if st.windowClosesAt else []),
             *([f"  rollback reason: {st.rollbackReason}"] if st.rollbackReason else []),
+            *([f"  window check rounds: {st.checkRounds}"] if st.checkRounds else []),
             *(f"  {s.kind:<12} {s.name:<40} {s.outcome}" for s in st.steps),
             *(f"  check {c.describe()}" for c in st.checks),
         ]
@@ -192,7 +196,13 @@ async def _update(args: argparse.Namespace) -> int:
 
 
 async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any], who: str) -> str:
-    from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, RollbackRequest
+    from cutover.models import (
+        ApprovalRequest,
+        ExtendRequest,
+        FinalizeRequest,
+        ResumeRequest,
+        RollbackRequest,
+    )
     from workflows.cutover import AppCutoverWorkflow
 
     msg: str
@@ -209,6 +219,11 @@ async def _send_update(args: argparse.Namespace, handle: WorkflowHandle[Any, Any
             raise ValueError("--minutes: expected a positive number")
         msg = await handle.execute_update(
             AppCutoverWorkflow.extend, ExtendRequest(minutes=args.minutes, requestedBy=who)
+        )
+    elif args.command == "resume":
+        msg = await handle.execute_update(
+            AppCutoverWorkflow.resume,
+            ResumeRequest(requestedBy=args.as_ or who, reason=args.reason),
         )
     else:
         msg = await handle.execute_update(
@@ -412,6 +427,17 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("finalize", "Finalize a healthy cutover before its rollback window closes.")
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+
+    sp = add(
+        "resume",
+        "Go on with a cutover whose rollback or finalize is blocked (phase ROLLBACK_BLOCKED "
+        "or FINALIZE_BLOCKED), once its cause is fixed.",
+    )
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    sp.add_argument(
+        "--as", dest="as_", metavar="NAME", help="who resumes (default: you, as user@host)"
+    )
+    sp.add_argument("--reason", default="", help="what was fixed; recorded in the history")
 
     sp = add("inventory", "Read the vCenter inventory named in a site config.")
     sp.add_argument("--site", help=cli_lab.SITE_HELP)

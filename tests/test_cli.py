@@ -148,6 +148,104 @@ async def test_cli_run_wait_and_finalize_refusal(
         assert "ROLLED_BACK - step smoke_test failed" in failed.stdout
 
 
+async def test_cli_status_shows_a_blocked_rollback_and_resume_ends_it(
+    client: Client, temporal_server: DevServer
+) -> None:
+    """An undo that fails for good blocks the rollback: `cutover status` names the phase and
+    where each side is left; `cutover resume` once the cause is fixed ends it ROLLED_BACK.
+    Started through the client with the tests' short retry tuning (`cutover run` would retry
+    the broken undo ten times, minutes)."""
+    world = World(fail={"power_on_target"}, broken={"detach_target_storage"})
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    inp = cutover_input(queue)
+    app = inp.runbook.application
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow(
+            AppCutoverWorkflow.run, inp, id=f"cutover-{app}", task_queue=queue
+        )
+        await wait_phase_cli(temporal_server, app, "ROLLBACK_BLOCKED")
+        shown = await acli(temporal_server, "status", app)
+        assert shown.returncode == 0, shown.stderr
+        lines = shown.stdout.splitlines()
+        assert lines[0] == f"cutover-{app}: phase ROLLBACK_BLOCKED, outcome FAILED"
+        assert lines[1] == "  left where:"
+        left = [line.strip() for line in lines[2:] if line.startswith("    ")]
+        assert "the target's volumes are kept: they hold what the target wrote" in left
+        assert any(line.startswith("detach_target_storage: failed") for line in left)
+        assert any(f"cutover resume {app}" in line for line in left)
+
+        world.broken.clear()
+        res = await acli(
+            temporal_server, "resume", app, "--as", "ops-oncall", "--reason", "array back"
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "rollback blocked: resumed by ops-oncall"
+        result = await asyncio.wait_for(handle.result(), 30)
+        assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
+        assert world.calls[-1] == "detach_target_storage"
+
+        again = await acli(temporal_server, "resume", app)
+        assert again.returncode == 1
+        assert f"cutover-{app} has already finished (ROLLED_BACK)" in again.stderr
+    # who resumed and why are in the history (the accepted update's input)
+    updates = [
+        event.workflow_execution_update_accepted_event_attributes.accepted_request.input
+        for event in (await handle.fetch_history()).events
+        if event.HasField("workflow_execution_update_accepted_event_attributes")
+    ]
+    accepted = [json.loads(p.data) for u in updates if u.name == "resume" for p in u.args.payloads]
+    assert {"requestedBy": "ops-oncall", "reason": "array back"} in accepted
+
+
+async def test_cli_resume_of_a_cutover_that_is_not_blocked_is_refused_naming_its_phase(
+    client: Client, temporal_server: DevServer
+) -> None:
+    """Also: status shows the snapshot-age warning and the window's check rounds."""
+    world = World(slow={"incremental_sync": 1.5})
+    queue = f"cli-{uuid.uuid4().hex[:8]}"
+    inp = cutover_input(
+        queue,
+        rollbackWindowMinutes=5,
+        approval={"required": True, "approvers": ["alice"]},
+        # 0.36 s: the snapshot is older than that once the warm phase has waited 1.5 s
+        dataSync={"warm": True, "maxSnapshotAgeHours": 0.0001},
+    )
+    app = inp.runbook.application
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow(
+            AppCutoverWorkflow.run, inp, id=f"cutover-{app}", task_queue=queue
+        )
+        await wait_phase_cli(temporal_server, app, "AWAITING_APPROVAL")
+        shown = await acli(temporal_server, "status", app)
+        assert shown.returncode == 0, shown.stderr
+        assert "  warning: the source snapshot is " in shown.stdout
+        assert "dataSync.maxSnapshotAgeHours" in shown.stdout
+
+        early = await acli(temporal_server, "resume", app, "--reason", "nothing")
+        assert early.returncode == 1, early.stdout
+        assert early.stderr.strip() == (
+            "cutover resume: nothing to resume: the cutover is in phase AWAITING_APPROVAL"
+        )
+
+        ok = await acli(temporal_server, "approve", app, "--as", "alice")
+        assert ok.returncode == 0, ok.stderr
+        async with asyncio.timeout(30):
+            while True:
+                shown = await acli(temporal_server, "status", app)
+                if "window check rounds: " in shown.stdout:
+                    break
+                await asyncio.sleep(0.3)
+        assert "phase ROLLBACK_WINDOW" in shown.stdout and "left where" not in shown.stdout
+        late = await acli(temporal_server, "resume", app)
+        assert late.returncode == 1
+        assert "nothing to resume: the cutover is in phase ROLLBACK_WINDOW" in late.stderr
+        assert "Traceback" not in late.stderr
+
+        rb = await acli(temporal_server, "rollback", app, "--reason", "test over")
+        assert rb.returncode == 0, rb.stderr
+        assert (await asyncio.wait_for(handle.result(), 30)).outcome == Outcome.ROLLED_BACK
+
+
 async def test_cli_print_input_is_what_the_ui_start_form_takes(
     client: Client, temporal_server: DevServer, tmp_path: Path
 ) -> None:
@@ -214,6 +312,7 @@ def test_cli_without_server_and_help_everywhere() -> None:
         "rollback",
         "extend",
         "finalize",
+        "resume",
         "server",
         "worker",
     ):
