@@ -42,6 +42,12 @@ class DurableWorld:
             marker = self.state / f"done-{inp.context.workflowId}-{name}-{inp.passNumber}"
             if marker.exists():
                 return StepResult(step=name, changed=False, attempt=info.attempt)
+            slow = self.state / f"slow-{name}"
+            if slow.exists():
+                # a step that waits without heartbeating itself (e.g. a guest shutdown):
+                # only the worker's keep-alive heartbeat tells Temporal the worker lives
+                (self.state / f"{name}_running").touch()
+                await asyncio.sleep(float(slow.read_text()))
             if name == "pre_copy":
                 start = int(info.heartbeat_details[0]) if info.heartbeat_details else 0
                 self._log("resumes", f"{name} from={start}")

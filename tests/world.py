@@ -53,6 +53,10 @@ class World:
     slow: dict[str, float] = field(default_factory=dict)
     #: what `verify_not_migrated` finds: the source's marks (None: not migrated)
     migrated: str | None = None
+    #: check name -> seconds each evaluation takes (heartbeating, cancellable)
+    check_delay: dict[str, float] = field(default_factory=dict)
+    #: checks whose evaluation was cancelled (the workflow stopped waiting for them)
+    checks_cancelled: list[str] = field(default_factory=list)
     #: read-only guard calls (`verify_not_migrated`), kept apart from `calls`
     guard_calls: list[str] = field(default_factory=list)
 
@@ -101,6 +105,15 @@ class World:
     def _check(self) -> Callable[..., Any]:
         async def run(inp: CheckInput) -> CheckResult:
             self.check_calls.append(inp.name)
+            if inp.name in self.check_delay and inp.phase != "pre":
+                try:
+                    end = asyncio.get_running_loop().time() + self.check_delay[inp.name]
+                    while asyncio.get_running_loop().time() < end:
+                        activity.heartbeat()
+                        await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    self.checks_cancelled.append(inp.name)
+                    raise
             plan = self.check_plan.get(inp.name, [True])
             n = sum(1 for c in self.check_calls if c == inp.name) - 1
             passed = plan[min(n, len(plan) - 1)]

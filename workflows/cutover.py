@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from temporalio import workflow
@@ -564,6 +564,9 @@ class AppCutoverWorkflow:
         if self._rollback is not None or self._finalize is not None or self._cancel_requested:
             return
         assert self._deadline is not None and self._next_eval is not None
+        if self._rounds > 1:  # this run's last round is not the cutover's last
+            drop = {id(r) for r in self._last_round if r.outcome != "failed"}
+            self._records = [r for r in self._records if id(r) not in drop]
         carry = WindowCarry(
             compensations=self._compensations,
             facts=self._facts,
@@ -1045,12 +1048,12 @@ class AppCutoverWorkflow:
             lines.append(f"warning: {warning}")
         workflow.set_current_details("\n\n".join(lines))
 
-    def _snapshot_warning(self) -> str | None:
+    def _snapshot_warning(self, now: datetime | None = None) -> str | None:
         """The warm snapshot's delta grows on the production datastore while it is open."""
         if self._snapshot_at is None or self._phase in (Phase.FINALIZING, Phase.DONE):
             return None
         limit = self._inp.runbook.dataSync.maxSnapshotAgeHours
-        age = (workflow.now() - self._snapshot_at).total_seconds() / 3600
+        age = ((now or workflow.now()) - self._snapshot_at).total_seconds() / 3600
         if age <= limit:
             return None
         return (
@@ -1143,7 +1146,7 @@ class AppCutoverWorkflow:
             compensationsRegistered=list(self._compensations),
             leftWhere=list(self._left),
             snapshotTakenAt=self._snapshot_at,
-            snapshotWarning=self._snapshot_warning(),
+            snapshotWarning=self._snapshot_warning(_wall_clock()),
             checkRounds=self._rounds,
         )
 
@@ -1271,6 +1274,13 @@ class AppCutoverWorkflow:
             _refuse(f"nothing to resume: the cutover is in phase {self._phase.value}")
         if self._resume is not None:
             _refuse("already resumed")
+
+
+def _wall_clock() -> datetime:
+    """Now, for queries only: workflow time stands still while the workflow waits (e.g. for
+    an approval), and a query adds nothing to the history, so it may read the clock."""
+    with workflow.unsafe.sandbox_unrestricted():
+        return datetime.now(UTC)
 
 
 def _refuse(message: str) -> NoReturn:

@@ -1,0 +1,367 @@
+"""Faults at any instant (issue 11): each finding of the review, against a real Temporal server.
+
+Each test is named after what it proves; each fails on the workflow before the `safety-v2`
+patch (see the docstrings for how it failed there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from cutover import search_attributes as sa
+from cutover.models import (
+    ApprovalRequest,
+    CutoverInput,
+    CutoverResult,
+    FinalizeRequest,
+    Outcome,
+    Phase,
+    ResumeRequest,
+    RollbackRequest,
+    Tuning,
+)
+from tests import procs
+from tests.conftest import DevServer
+from tests.factories import SEED, cutover_input
+from tests.test_workflow import running, start, wait_phase, wait_post_checks
+from tests.world import World
+from workflows.cutover import AppCutoverWorkflow
+
+Handle = WorkflowHandle[AppCutoverWorkflow, CutoverResult]
+DESTRUCTIVE = {"remove_target_domain", "detach_target_storage", "discard_staging"}
+
+
+def window_input(queue: str, **runbook: object) -> CutoverInput:
+    """A cutover whose window stays open until something acts on it."""
+    return cutover_input(queue, rollbackWindowMinutes=10, checkIntervalSeconds=0.3, **runbook)
+
+
+async def wait_until(predicate: object, timeout: float = 20) -> None:
+    assert callable(predicate)
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+async def status_of(handle: Handle) -> tuple[Phase, list[str]]:
+    st = await handle.query(AppCutoverWorkflow.status)
+    return st.phase, st.leftWhere
+
+
+# ------------------------------------------------------------ finding 1: undo preconditions
+
+
+async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
+    client: Client,
+) -> None:
+    """Before: remove_target_domain and detach_target_storage ran after restore_load_balancer
+    failed for good, destroying the target while the LB still sent users to it."""
+    world = World(
+        check_plan={"app_health_check_failure": [False]}, broken={"restore_load_balancer"}
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+        assert not DESTRUCTIVE & set(world.calls), world.calls
+        assert "remove_source_snapshot" not in world.calls  # the source's recovery point stays
+        assert any("traffic still goes to the target" in line for line in left), left
+        assert any("the target is kept running" in line for line in left), left
+        assert any(line.startswith("remove_target_domain: held back") for line in left), left
+        attrs = (await handle.describe()).typed_search_attributes
+        assert attrs.get(sa.OUTCOME) == Outcome.FAILED.value
+        assert attrs.get(sa.PHASE) == Phase.ROLLBACK_BLOCKED.value
+        # the operator fixes the LB and resumes: the rest of the rollback runs, in order
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
+    resumed = world.calls[world.calls.index("restore_load_balancer", -8) :]
+    assert resumed.index("restore_load_balancer") < resumed.index("remove_target_domain")
+    assert set(resumed) >= DESTRUCTIVE
+
+
+async def test_a_source_that_does_not_restart_keeps_traffic_on_the_target(client: Client) -> None:
+    """Before: with restart_source failing, restore_load_balancer still pointed users at a
+    powered-off source, and then the serving target was removed."""
+    world = World(check_plan={"app_health_check_failure": [False]}, broken={"restart_source"})
+    async with running(client, world) as queue:
+        inp = window_input(queue)
+        tuning = inp.tuning.model_copy(update={"blockedWaitHours": 0.001})  # 3.6 s
+        result = await (await start(client, inp.model_copy(update={"tuning": tuning}))).result()
+    assert result.outcome == Outcome.FAILED
+    assert "restore_load_balancer" not in world.calls
+    assert not DESTRUCTIVE & set(world.calls)
+    assert any("the source is not running again" in line for line in result.leftWhere)
+    assert any("nobody resumed within" in line for line in result.leftWhere)
+    failures = {f.split(":")[0] for f in result.compensationFailures}
+    assert {"restart_source", "restore_load_balancer", "remove_target_domain"} <= failures
+
+
+# --------------------------------------------------------- finding 2: cancellation at any instant
+
+
+async def test_a_cancel_during_compensations_lets_them_all_run(client: Client) -> None:
+    """Before: the cancel ended the workflow CANCELED while remove_target_domain ran, and the
+    undos after it (storage, image, source restart, staging, snapshot) never ran."""
+    world = World(fail={"smoke_test"}, slow={"remove_target_domain": 1.5})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_until(lambda: "remove_target_domain" in world.calls)
+        await handle.cancel()
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK
+    after = world.calls[world.calls.index("smoke_test") + 1 :]
+    assert after[-2:] == ["discard_staging", "remove_source_snapshot"]
+    assert {"detach_target_storage", "remove_converted_image", "restart_source"} <= set(after)
+
+
+async def test_a_cancel_during_finalize_completes_it(client: Client) -> None:
+    """Before: a cancel while finalizing ended CANCELED half-way (NICs disconnected, not
+    marked migrated, staging left)."""
+    world = World(slow={"disconnect_source_nics": 1.5})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_until(lambda: "disconnect_source_nics" in world.calls)
+        await handle.cancel()
+        result = await handle.result()
+    assert result.outcome == Outcome.COMPLETED
+    assert world.calls[-3:] == ["mark_source_migrated", "remove_converted_image", "discard_staging"]
+
+
+async def test_a_cancel_during_a_step_lets_it_finish_then_rolls_back(client: Client) -> None:
+    """A step in flight is not cut off (its world change would race the undo): it finishes,
+    then the registered undos run."""
+    world = World(slow={"power_on_target": 1.5})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_until(lambda: "power_on_target" in world.calls)
+        await handle.cancel()
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK and "cancel" in result.reason
+    power = next(s for s in result.steps if s.name == "power_on_target")
+    assert power.outcome == "ok"
+    assert "smoke_test" not in world.calls
+    after = world.calls[world.calls.index("power_on_target") + 1 :]
+    assert after[0] == "remove_target_domain"
+
+
+# ------------------------------------------------------ finding 4: finalize on fresh evidence
+
+
+async def test_finalize_needs_a_passing_round_that_started_after_the_request(
+    client: Client,
+) -> None:
+    """Before: a finalize accepted on the last round's passing checks finalized at once,
+    although the next round failed."""
+    world = World(check_plan={"error_rate_below_threshold": [True, False]})
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=10, checkIntervalSeconds=60)
+        handle = await start(client, inp)
+        await wait_post_checks(handle)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                "finalize", FinalizeRequest(requestedBy="ops"), result_type=str
+            )
+        assert "started after the request" in str(refused.value.cause)
+        assert "error_rate_below_threshold failed" in str(refused.value.cause)
+        assert (await handle.query(AppCutoverWorkflow.status)).phase == Phase.ROLLBACK_WINDOW
+        await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="done"))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert "mark_source_migrated" not in world.calls
+
+
+async def test_a_failed_finalize_step_stops_the_steps_that_retire_the_source(
+    client: Client,
+) -> None:
+    """Before: finalize went on after retire_source_from_load_balancer failed, disconnected
+    the source's NICs and reported COMPLETED."""
+    world = World(broken={"retire_source_from_load_balancer"})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_phase(handle, Phase.FINALIZE_BLOCKED)
+        _, left = await status_of(handle)
+        assert any("retire_source_from_load_balancer failed" in line for line in left), left
+        retiring = {"remove_source_snapshot", "disconnect_source_nics", "mark_source_migrated"}
+        assert not retiring & set(world.calls)
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        result = await handle.result()
+    assert result.outcome == Outcome.COMPLETED
+    assert result.leftWhere == ["the target serves the application", "the source is retired"]
+    assert retiring <= set(world.calls)
+
+
+# ------------------------------------------------ bounded stalls: an operator's rollback
+
+
+async def test_a_rollback_cancels_the_check_round_in_flight(client: Client) -> None:
+    """Before: the rollback waited for the round (here a 60 s check) to end."""
+    world = World(check_delay={"backup_job_succeeds": 60})
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_WINDOW)
+        await wait_until(lambda: "backup_job_succeeds" in world.check_calls)
+        t0 = time.monotonic()
+        await handle.execute_update(
+            AppCutoverWorkflow.rollback, RollbackRequest(reason="users complain")
+        )
+        result = await handle.result()
+        took = time.monotonic() - t0
+        # the worker hears of the cancel with its next heartbeat (throttled: 80% of 30 s)
+        await wait_until(lambda: "backup_job_succeeds" in world.checks_cancelled, 40)
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert took < 30, f"the rollback waited {took:.1f} s for a 60 s check"
+
+
+async def test_every_activity_has_a_heartbeat_timeout_and_a_sized_start_to_close(
+    client: Client,
+) -> None:
+    """Before: most activities had no heartbeat timeout and a 2-hour start-to-close."""
+    world = World()
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await handle.result()
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled
+    for a in scheduled:
+        assert a.heartbeat_timeout.ToSeconds() == 30, a.activity_type.name
+        data = ("pre_copy", "incremental_sync", "final_data_sync", "convert_image", "smoke_test")
+        data += ("attach_target_storage_profile",)
+        limit = 120 * 60 if a.activity_type.name in data else 20 * 60
+        assert a.start_to_close_timeout.ToSeconds() <= limit, a.activity_type.name
+    checks = [a for a in scheduled if a.activity_type.name == "run_check"]
+    assert checks and all(a.start_to_close_timeout.ToSeconds() == 10 + 60 for a in checks)
+
+
+async def test_a_dead_worker_costs_one_heartbeat_timeout(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    """kill -9 of the worker while quiesce waits (no heartbeat of its own): a new worker
+    retries it after the heartbeat timeout. Before: quiesce had no heartbeat timeout and a
+    2-hour start-to-close, so the cutover sat in its downtime for two hours."""
+    queue = f"dead-{uuid.uuid4().hex[:8]}"
+    inp = cutover_input(queue).model_copy(
+        update={"tuning": Tuning(maxAttempts=5, initialRetrySeconds=0.2, heartbeatSeconds=3)}
+    )
+    (tmp_path / "slow-quiesce_application").write_text("600")
+    args = (temporal_server.address, queue, str(tmp_path))
+    worker = procs.spawn_worker("tests.durable_world", *args, state=tmp_path)
+    try:
+        handle = await start(client, inp)
+        await wait_until(lambda: (tmp_path / "quiesce_application_running").exists(), 30)
+        procs.kill9(worker)
+        killed = time.monotonic()
+        (tmp_path / "slow-quiesce_application").unlink()
+        worker = procs.spawn_worker("tests.durable_world", *args, state=tmp_path)
+        async with asyncio.timeout(120):
+            result = await handle.result()
+        took = time.monotonic() - killed
+    finally:
+        procs.kill9(worker)
+    assert result.outcome == Outcome.COMPLETED, result.reason
+    quiesce = next(s for s in result.steps if s.name == "quiesce_application")
+    assert quiesce.attempts == 2
+    # the rest of this cutover takes a few seconds: what is left is the heartbeat timeout
+    assert took < 45, f"the cutover ended {took:.1f} s after the kill (heartbeat 3 s)"
+
+
+# ------------------------------------------------ a finished application is not cut over again
+
+
+async def test_a_source_marked_migrated_is_refused_before_anything_changes(
+    client: Client,
+) -> None:
+    """Before: a second cutover of a finished application re-copied the retired source."""
+    evidence = "source VM vm-1 is marked migrated to kvm-libvirt:app at 2026-12-01 by cutover-app"
+    world = World(migrated=evidence)
+    async with running(client, world) as queue:
+        inp = cutover_input(queue)
+        result = await (await start(client, inp)).result()
+        assert result.outcome == Outcome.FAILED
+        assert evidence in result.reason and "--remigrate" in result.reason
+        assert world.calls == [] and world.check_calls == []  # not even a pre-check ran
+        assert result.leftWhere == ["nothing was changed"]
+        again = inp.model_copy(update={"remigrate": "restore drill after a datastore loss"})
+        result = await (await start(client, again)).result()
+    assert result.outcome == Outcome.COMPLETED
+    assert result.remigrate == "restore drill after a datastore loss"
+
+
+# ------------------------------------------------ finding 8: long windows stay bounded
+
+
+async def test_a_long_window_continues_as_new_and_stays_bounded(client: Client) -> None:
+    """Before: every round added ~32 events and a record to the result, so a 30-day window
+    ran into Temporal's history limits. Now the window continues as new (carrying its
+    state: a rollback in a later run undoes everything) and keeps first/last rounds only."""
+    world = World()
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=10, checkIntervalSeconds=0.05)
+        inp = inp.model_copy(
+            update={"tuning": inp.tuning.model_copy(update={"continueAsNewEvents": 150})}
+        )
+        handle = await start(client, inp)
+        first_run = handle.result_run_id
+        async with asyncio.timeout(60):
+            while (await handle.query(AppCutoverWorkflow.status)).checkRounds < 25:
+                await asyncio.sleep(0.2)
+        await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="enough"))
+        result = await handle.result()
+        runs = [w async for w in client.list_workflows(f"WorkflowId = '{handle.id}'")]
+        first = client.get_workflow_handle(handle.id, run_id=first_run)
+        first_events = (await first.fetch_history()).events
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert len(runs) >= 3, "the window did not continue as new"
+    assert first_events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    assert len(first_events) < 150 + 60
+    assert result.checkRounds >= 25
+    window_checks = [s for s in result.steps if s.kind == "check"]
+    per_round = len(SEED["postChecks"]) + len(SEED["rollbackCriteria"])
+    assert len(window_checks) <= len(SEED["preChecks"]) + 3 * per_round
+    after = world.calls[world.calls.index("update_load_balancer") + 1 :]
+    assert after[-2:] == ["discard_staging", "remove_source_snapshot"]
+    assert "remove_target_domain" in after
+
+
+# ------------------------------------------------ finding 9: the warm snapshot's age
+
+
+async def test_approval_times_out_after_a_day_by_default_and_status_warns_of_an_old_snapshot(
+    client: Client,
+) -> None:
+    """Before: no approval timeout by default; the snapshot's delta grew unnoticed."""
+    world = World()
+    async with running(client, world) as queue:
+        inp = cutover_input(
+            queue,
+            approval={"required": True, "approvers": ["alice"]},
+            dataSync={"maxSnapshotAgeHours": 0.0002},
+        )
+        handle = await start(client, inp)
+        await wait_phase(handle, Phase.AWAITING_APPROVAL)
+        await asyncio.sleep(1.0)
+        status = await handle.query(AppCutoverWorkflow.status)
+        assert status.snapshotTakenAt is not None
+        assert status.snapshotWarning and "dataSync.maxSnapshotAgeHours" in status.snapshotWarning
+        await handle.execute_update(AppCutoverWorkflow.approve, ApprovalRequest(approver="alice"))
+        result = await handle.result()
+        timers = [
+            e.timer_started_event_attributes
+            for e in (await handle.fetch_history()).events
+            if e.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+        ]
+    assert result.outcome == Outcome.COMPLETED
+    assert any(t.start_to_fire_timeout.ToSeconds() == 24 * 3600 for t in timers)
