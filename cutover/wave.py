@@ -24,6 +24,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     model_validator,
 )
@@ -37,9 +38,22 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
-def _wave_name(value: int | str) -> str:
+# -------------------------------------------------------------------- rules
+# One set of rules for the wave file and the workflow's input (a wave started from the
+# Temporal UI, a schedule, or `wave run`): the numbers' bounds, names, dependencies.
+
+#: Validation context that reads a wave input without these rules, as workers before them
+#: did: only to replay a wave that such a worker started (see `WaveWorkflow.__init__`).
+WITHOUT_RULES: dict[str, Any] = {"waveRules": False}
+
+
+def _rules_apply(info: ValidationInfo) -> bool:
+    return (info.context or {}).get("waveRules", True) is not False
+
+
+def _wave_name(value: int | str, info: ValidationInfo) -> str:
     name = str(value)
-    if not _DNS_LABEL.fullmatch(name) or len(name) > 58:
+    if _rules_apply(info) and (not _DNS_LABEL.fullmatch(name) or len(name) > 58):
         raise ValueError(
             f"'{name}' is not a wave name: expected a number or 1-58 lowercase letters, digits "
             "or '-', starting and ending with a letter or digit (it becomes the workflow ID "
@@ -54,8 +68,72 @@ def _app_name(value: str) -> str:
     return value
 
 
+def _bounded(low: int, high: int | None, why: str) -> AfterValidator:
+    def check(value: int, info: ValidationInfo) -> int:
+        if _rules_apply(info) and (value < low or (high is not None and value > high)):
+            span = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ValueError(f"{value} is out of range: must be {span} ({why})")
+        return value
+
+    return AfterValidator(check)
+
+
 WaveName = Annotated[StrictInt | StrictStr, AfterValidator(_wave_name)]
 AppName = Annotated[StrictStr, AfterValidator(_app_name)]
+#: At most this many cutovers run at once (0 would never start one).
+CONCURRENCY = _bounded(1, 1000, "at most this many cutovers run at once")
+#: Blast radius: once more than this many cutovers failed or rolled back, no new one starts.
+FAILURE_THRESHOLD = _bounded(0, None, "failures tolerated before no new cutover starts")
+#: Continue-as-new after this many cutovers finished in one run (0 would continue-as-new
+#: before starting any, forever).
+CONTINUE_AS_NEW_AFTER = _bounded(1, 2000, "cutovers finished per run before continue-as-new")
+
+
+def dependency_problems(
+    apps: list[tuple[str, list[str]]], done: frozenset[str] = frozenset()
+) -> list[tuple[int, int | None, str]]:
+    """`dependsOn` of each application (in order), as (app index, dependency index or None,
+    problem): unknown or self dependencies, else the first cycle. `done`: applications a
+    previous run of the wave already dealt with (known, and outside any cycle)."""
+    known = {name for name, _ in apps} | done
+    problems: list[tuple[int, int | None, str]] = []
+    for i, (name, deps) in enumerate(apps):
+        for j, dep in enumerate(deps):
+            if dep == name:
+                problems.append((i, j, f"'{dep}' depends on itself"))
+            elif dep not in known:
+                problems.append(
+                    (i, j, f"unknown application '{dep}': dependsOn names applications of "
+                           f"this wave ({', '.join(sorted(known))})")
+                )  # fmt: skip
+    if not problems:
+        cycle = find_cycle({name: deps for name, deps in apps})
+        if cycle:
+            first = next(i for i, (name, _) in enumerate(apps) if name == cycle[0])
+            problems.append((first, None, "dependency cycle: " + " -> ".join(cycle)))
+    return problems
+
+
+class InputProblems(ValueError):
+    """Problems across a wave input's fields, each with its path (see `input_problems`)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
+        self.problems = problems
+
+
+def input_problems(exc: ValidationError, limit: int = 20) -> list[str]:
+    """A wave input's validation errors as `path: problem` lines."""
+    lines: list[str] = []
+    for e in exc.errors():
+        err = (e.get("ctx") or {}).get("error")
+        if isinstance(err, InputProblems):
+            lines += [f"{path}: {msg}" for path, msg in err.problems]
+        else:
+            lines.append(
+                f"{format_path(e['loc']) or '(input)'}: " + e["msg"].removeprefix("Value error, ")
+            )
+    return lines[:limit]
 
 
 #: The wave's input is one Temporal payload (2 MB hard limit); keep a margin.
@@ -101,15 +179,15 @@ class WaveFile(_File):
     wave: WaveName
     applications: Annotated[list[WaveEntry], Field(min_length=1)]
     #: At most this many cutovers run at once.
-    concurrency: Annotated[StrictInt, Field(ge=1, le=1000)] = 1
+    concurrency: Annotated[StrictInt, CONCURRENCY] = 1
     approval: WaveApproval = Field(default_factory=WaveApproval)
     #: Blast radius: once more than this many cutovers failed or rolled back, no new one
     #: starts (running ones finish).
-    failureThreshold: Annotated[StrictInt, Field(ge=0)] = 0
+    failureThreshold: Annotated[StrictInt, FAILURE_THRESHOLD] = 0
     #: What `wave cancel` does to running cutovers: let them finish, or roll them back.
     onCancel: OnCancel = "finish"
     #: Continue-as-new after this many cutovers finished in one run (history stays small).
-    continueAsNewAfter: Annotated[StrictInt, Field(ge=1, le=2000)] = 200
+    continueAsNewAfter: Annotated[StrictInt, CONTINUE_AS_NEW_AFTER] = 200
 
 
 # ---------------------------------------------------------- workflow input
@@ -204,20 +282,68 @@ class WaveCarry(_M):
 
 
 class WaveInput(_M):
-    name: str
+    """The wave workflow's input, under the wave file's rules (bounds, names, dependencies)
+    and, for each application, the cutover workflow's input rules: an input that breaks one
+    fails the wave at once with every problem named, however it was started."""
+
+    name: Annotated[str, AfterValidator(_wave_name)]
     site: SiteConfig
     #: Applications not started yet (all of them on the first run).
     apps: list[WaveApp]
-    concurrency: int = 1
+    concurrency: Annotated[int, CONCURRENCY] = 1
     approval: WaveApproval = Field(default_factory=WaveApproval)
-    failureThreshold: int = 0
+    failureThreshold: Annotated[int, FAILURE_THRESHOLD] = 0
     onCancel: OnCancel = "finish"
-    continueAsNewAfter: int = 200
+    continueAsNewAfter: Annotated[int, CONTINUE_AS_NEW_AFTER] = 200
     #: No new cutover starts this long after the wave started (a maintenance window).
     windowSeconds: float | None = None
     requestedBy: str = "unknown"
     tuning: Tuning = Field(default_factory=Tuning)
     carry: WaveCarry | None = None
+
+    @model_validator(mode="after")
+    def _applications(self, info: ValidationInfo) -> WaveInput:
+        if _rules_apply(info):
+            problems = self.application_problems()
+            if problems:
+                raise InputProblems(problems)
+        return self
+
+    def application_problems(self) -> list[tuple[str, str]]:
+        """The applications under the wave file's rules (at least one, each once, known
+        dependencies, no cycle) and each one's cutover input (runbook against the site)."""
+        done = frozenset(a.application for a in (self.carry.apps if self.carry else []))
+        problems: list[tuple[str, str]] = []
+        if not self.apps and not done:
+            problems.append(("apps", "a wave needs at least one application"))
+        first: dict[str, int] = {}
+        for i, app in enumerate(self.apps):
+            where = format_path(["apps", i])
+            name = app.application
+            if app.runbook.application != name:
+                why = f"'{name}' is not its runbook's application '{app.runbook.application}'"
+                problems.append((f"{where}.application", why))
+            if name in first or name in done:
+                earlier = f"as apps[{first[name]}]" if name in first else "in an earlier run"
+                why = (
+                    f"application '{name}' is listed twice (first {earlier}); each may appear once"
+                )
+                problems.append((f"{where}.application", why))
+                continue
+            first[name] = i
+            try:
+                CutoverInput(runbook=app.runbook, site=self.site)
+            except ValidationError as exc:
+                problems += [
+                    (format_path(["apps", i, *e["loc"]]), e["msg"].removeprefix("Value error, "))
+                    for e in exc.errors()
+                ]
+        deps = [(a.application, a.dependsOn) for a in self.apps]
+        for i, j, msg in dependency_problems(deps, done):
+            loc: list[int | str] = ["apps", i, "dependsOn"]
+            loc += [] if j is None else [j]
+            problems.append((format_path(loc), msg))
+        return problems
 
     def cutover_input(self, app: WaveApp) -> CutoverInput:
         return CutoverInput(
@@ -230,7 +356,9 @@ class WaveInput(_M):
 WaveWorkflowInput = Annotated[WaveInput | dict[str, Any], Field(union_mode="left_to_right")]
 
 #: Stands in for an input that failed validation until run() fails the workflow.
-WAVE_INPUT_PLACEHOLDER = WaveInput(name="invalid-input", site=SiteConfig(), apps=[])
+WAVE_INPUT_PLACEHOLDER = WaveInput.model_validate(
+    {"name": "invalid-input", "site": SiteConfig(), "apps": []}, context=WITHOUT_RULES
+)
 
 
 class WaveCounts(_M):
@@ -381,29 +509,25 @@ def figures(apps: list[AppSummary]) -> tuple[float | None, float | None, Downtim
 
 
 def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle as a path (first == last), or None. Deterministic order."""
-    color: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        color[node] = 1
-        stack.append(node)
-        for nxt in deps.get(node, []):
-            if color.get(nxt) == 1:
-                return [*stack[stack.index(nxt) :], nxt]
-            if color.get(nxt, 0) == 0 and nxt in deps:
-                found = visit(nxt)
-                if found:
-                    return found
-        stack.pop()
-        color[node] = 2
-        return None
-
-    for node in deps:
-        if color.get(node, 0) == 0:
-            found = visit(node)
-            if found:
-                return found
+    """A dependency cycle as a path (first == last), or None. Deterministic order.
+    Iterative: a chain of thousands of applications (a wave's size) must not recurse."""
+    color: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in deps:
+        if color.get(root, 0):
+            continue
+        color[root] = 1
+        path, todo = [root], [iter(deps.get(root, []))]
+        while path:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                color[path.pop()] = 2
+                todo.pop()
+            elif color.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            elif color.get(nxt, 0) == 0 and nxt in deps:
+                color[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(deps.get(nxt, [])))
     return None
 
 
@@ -513,50 +637,28 @@ def load_wave(
             continue
         where[rb.application] = i
         apps.append(WaveApp(application=rb.application, runbook=rb, dependsOn=entry.dependsOn))
-    known = {a.application for a in apps}
     if not problems:
-        for a in apps:
-            i = where[a.application]
-            loc = ["applications", i, "dependsOn"]
-            for j, dep in enumerate(a.dependsOn):
-                if dep == a.application:
-                    msg = f"'{dep}' depends on itself"
-                elif dep not in known:
-                    msg = (f"unknown application '{dep}': dependsOn names applications of this "
-                           f"wave ({', '.join(sorted(known))})")  # fmt: skip
-                else:
-                    continue
-                problems.append(
-                    Problem(file, format_path([*loc, j]), msg, _line(_subnode(node, [*loc, j])))
-                )
-    if not problems:
-        cycle = find_cycle({a.application: a.dependsOn for a in apps})
-        if cycle:
-            first = where[cycle[0]]
-            loc = ["applications", first, "dependsOn"]
-            problems.append(
-                Problem(file, format_path(loc), "dependency cycle: " + " -> ".join(cycle),
-                        _line(_subnode(node, loc)))
-            )  # fmt: skip
+        for i, j, msg in dependency_problems([(a.application, a.dependsOn) for a in apps]):
+            at: list[int | str] = ["applications", where[apps[i].application], "dependsOn"]
+            at += [] if j is None else [j]
+            problems.append(Problem(file, format_path(at), msg, _line(_subnode(node, at))))
     if problems:
         raise ConfigError(problems)
-    try:
-        for a in apps:  # the same checks the cutover workflow's input makes
-            CutoverInput(runbook=a.runbook, site=site)
-    except ValidationError as exc:  # pragma: no cover - load_runbook caught these above
-        raise ConfigError([Problem(file, "applications", str(exc))]) from None
-    inp = WaveInput(
-        name=name,
-        site=site,
-        apps=apps,
-        concurrency=wf.concurrency,
-        approval=wf.approval,
-        failureThreshold=wf.failureThreshold,
-        onCancel=wf.onCancel,
-        continueAsNewAfter=wf.continueAsNewAfter,
-        windowSeconds=window_seconds,
-        requestedBy=requested_by,
-    )
+    try:  # the input's rules, as the workflow checks them (also each cutover's input)
+        inp = WaveInput(
+            name=name,
+            site=site,
+            apps=apps,
+            concurrency=wf.concurrency,
+            approval=wf.approval,
+            failureThreshold=wf.failureThreshold,
+            onCancel=wf.onCancel,
+            continueAsNewAfter=wf.continueAsNewAfter,
+            windowSeconds=window_seconds,
+            requestedBy=requested_by,
+        )
+    except ValidationError as exc:  # pragma: no cover - the file's checks caught these above
+        raise ConfigError([Problem(file, "", p) for p in input_problems(exc)]) from None
     size = len(inp.model_dump_json())
     if size > MAX_INPUT_BYTES:
         msg = (

@@ -11,14 +11,16 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from temporalio import activity
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
@@ -32,8 +34,10 @@ from cutover.catalog import BUILTIN_CHECKS
 from cutover.models import ApprovalRequest, Phase, Tuning
 from cutover.runbook import Runbook
 from cutover.wave import (
+    REQUEST_ROLLBACK,
     AppState,
     CancelRequest,
+    CutoverRollback,
     PauseRequest,
     WaveApp,
     WaveApproval,
@@ -530,3 +534,109 @@ async def test_bad_input_from_the_ui_fails_the_wave_with_fields_named(client: Cl
     assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
     assert "concurrency" in cause.message and "apps[0].runbook.cutoverSteps" in cause.message
     assert world.calls == []
+
+
+async def ui_start(client: Client, queue: str, raw: dict[str, Any]) -> ApplicationError:
+    """Start "Wave" with a raw input, as the Temporal UI does; the failure it ends with
+    within 15 s (a wave still running then is terminated and the test fails)."""
+    handle = await client.start_workflow(
+        "Wave", raw, id=f"wave-ui-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+    try:
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 15)
+    except TimeoutError:
+        with contextlib.suppress(RPCError):
+            await handle.terminate("test: the wave did not fail at once")
+        pytest.fail("the wave did not fail at once: still running after 15 s")
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError", cause
+    return cause
+
+
+@pytest.mark.parametrize("field", ["concurrency", "continueAsNewAfter"])
+async def test_a_wave_started_from_the_ui_with_zero_fails_at_once_naming_the_field(
+    client: Client, field: str
+) -> None:
+    """Before: concurrency 0 never started a cutover (the wave hung); continueAsNewAfter 0
+    continued-as-new before starting any, forever. The wave file's rules now apply."""
+    world = World()
+    async with running(client, world) as queue:
+        raw = wave_input(queue, apps(2)).model_dump(mode="json")
+        raw[field] = 0
+        cause = await ui_start(client, queue, raw)
+    assert f"{field}: 0 is out of range: must be between 1 and" in cause.message
+    assert world.calls == []
+
+
+async def test_a_wave_from_the_ui_names_every_bad_field_and_dependency(client: Client) -> None:
+    """Every bounded field at once; then the applications: an unknown dependency, one
+    listed twice, a runbook check without a probe, a cycle (each as the wave file's)."""
+    world = World()
+    async with running(client, world) as queue:
+        a, b = apps(2)
+        raw = wave_input(queue, [a, b]).model_dump(mode="json")
+        raw |= {"concurrency": 0, "continueAsNewAfter": 0, "failureThreshold": -1}
+        cause = await ui_start(client, queue, raw)
+        for field in ("concurrency", "continueAsNewAfter", "failureThreshold"):
+            assert f"{field}: " in cause.message, field
+        raw = wave_input(queue, [a, b]).model_dump(mode="json")
+        raw["apps"][0]["dependsOn"] = ["nope"]
+        raw["apps"].append(raw["apps"][1])
+        raw["apps"][1]["runbook"]["preChecks"] = ["no_probe_here"]
+        cause = await ui_start(client, queue, raw)
+        assert "apps[0].dependsOn[0]: unknown application 'nope'" in cause.message
+        assert f"apps[2].application: application '{b}' is listed twice" in cause.message
+        assert "apps[1]" in cause.message and "no_probe_here" in cause.message
+        raw = wave_input(queue, [a, b]).model_dump(mode="json")
+        raw["apps"][0]["dependsOn"], raw["apps"][1]["dependsOn"] = [b], [a]
+        cause = await ui_start(client, queue, raw)
+        assert f"apps[0].dependsOn: dependency cycle: {a} -> {b} -> {a}" in cause.message
+    assert world.calls == []
+
+
+async def test_a_cancelled_wave_returns_only_after_its_cancel_handler_finished(
+    client: Client,
+) -> None:
+    """`wave cancel` (rollback): the cutover rolls back and finishes while the rollback
+    request is still being answered. Before, the wave returned then, abandoning the
+    handler (its caller got an error); now it waits: the caller gets its answer and the
+    wave closes after the last request was answered."""
+    world = World()
+    names = apps(1)
+    answered: list[datetime] = []
+    real = WaveActivities(client)
+
+    @activity.defn(name=REQUEST_ROLLBACK)
+    async def slow_request_rollback(req: CutoverRollback) -> str:
+        answer = await real.request_rollback(req)
+        child = client.get_workflow_handle(req.workflowId)
+        async with asyncio.timeout(30):  # the cutover finished its rollback meanwhile
+            while (await child.describe()).status == WorkflowExecutionStatus.RUNNING:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        answered.append(datetime.now(UTC))
+        return answer
+
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    acts = [*world.activities(), slow_request_rollback]
+    async with build_worker(client, queue, activities=acts):
+        inp = wave_input(queue, names, onCancel="rollback", runbook={"rollbackWindowMinutes": 5})
+        handle = await start(client, inp)
+        child = client.get_workflow_handle_for(AppCutoverWorkflow.run, f"cutover-{names[0]}")
+        async with asyncio.timeout(20):
+            while True:
+                with contextlib.suppress(RPCError):  # not started yet
+                    if (await child.query(AppCutoverWorkflow.status)).phase == (
+                        Phase.ROLLBACK_WINDOW
+                    ):
+                        break
+                await asyncio.sleep(0.05)
+        msg = await handle.execute_update(WaveWorkflow.cancel, CancelRequest(requestedBy="erin"))
+        assert "rollback requested for 1 running cutover(s)" in msg
+        assert f"{names[0]}: " in msg
+        result = await handle.result()
+    assert result.outcome == WaveOutcome.CANCELLED
+    assert result.applications[0].state == AppState.ROLLED_BACK
+    closed = (await handle.describe()).close_time
+    assert answered and closed is not None and closed >= answered[0]

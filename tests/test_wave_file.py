@@ -230,6 +230,22 @@ def test_find_cycle() -> None:
     assert find_cycle({"a": ["a"]}) == ["a", "a"]
 
 
+def test_a_dependency_chain_as_long_as_a_wave_is_checked_without_recursion(
+    tmp_path: Path,
+) -> None:
+    """Each application depends on the next one, 1,800 deep (a large wave): validating it
+    crashed with RecursionError (the wave file, and now the workflow's input); a cycle
+    closing the chain is named."""
+    n = 1800
+    chain = {f"a-{i}": [f"a-{i + 1}"] for i in range(n - 1)} | {f"a-{n - 1}": []}
+    assert find_cycle(chain) is None
+    cycle = find_cycle(chain | {f"a-{n - 1}": ["a-0"]})
+    assert cycle is not None and len(cycle) == n + 1 and cycle[0] == cycle[-1] == "a-0"
+    apps = [{"runbook": inline(a), "dependsOn": d} for a, d in chain.items()]
+    w = load_wave(write(tmp_path, {"wave": 3, "applications": apps}), the_site())
+    assert len(w.apps) == n
+
+
 def test_a_wave_too_large_for_one_payload_is_refused(tmp_path: Path) -> None:
     apps = [{"runbook": inline(f"app-{i}")} for i in range(2600)]
     (msg,) = problems(write(tmp_path, {"wave": 9, "applications": apps}))

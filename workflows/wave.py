@@ -30,12 +30,12 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from cutover import search_attributes as sa
-    from cutover.config import format_path
     from cutover.models import ApprovalRequest, CutoverResult, Outcome
     from cutover.wave import (
         FINISHED,
         REQUEST_ROLLBACK,
         WAVE_INPUT_PLACEHOLDER,
+        WITHOUT_RULES,
         AppState,
         AppSummary,
         CancelRequest,
@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         WaveWorkflowInput,
         counts_of,
         figures,
+        input_problems,
         recovery_seconds,
     )
     from workflows.cutover import AppCutoverWorkflow, _cause, workflow_id_for
@@ -63,6 +64,11 @@ _STATE_OF = {
 _REASON_MAX = 300
 #: A dependency in one of these states will never complete: its dependents are skipped.
 _BLOCKING = (AppState.ROLLED_BACK, AppState.FAILED, AppState.SKIPPED, AppState.NOT_STARTED)
+#: An input that breaks the wave's rules (`cutover.wave`) fails the wave; before, a worker
+#: ran it (and hung or continued-as-new forever): such a run replays as it ran.
+PATCH_INPUT_RULES = "wave-input-rules"
+#: run() waits for running update handlers (a `cancel` sending rollbacks) before returning.
+PATCH_WAIT_HANDLERS = "wave-waits-for-handlers"
 
 
 def _short(text: str) -> str:
@@ -74,16 +80,20 @@ class WaveWorkflow:
     @workflow.init
     def __init__(self, inp: WaveWorkflowInput) -> None:
         self._input_error: str | None = None
+        #: Breaks only the rules: what workers before them accepted (see PATCH_INPUT_RULES).
+        self._rules_error: str | None = None
         if not isinstance(inp, WaveInput):
+            raw = inp
             try:
-                inp = WaveInput.model_validate(inp)
+                inp = WaveInput.model_validate(raw)
             except ValidationError as exc:
-                self._input_error = "invalid wave input: " + "; ".join(
-                    f"{format_path(e['loc']) or '(input)'}: "
-                    + e["msg"].removeprefix("Value error, ")
-                    for e in exc.errors()[:20]
-                )
-                inp = WAVE_INPUT_PLACEHOLDER
+                error = "invalid wave input: " + "; ".join(input_problems(exc))
+                try:
+                    inp = WaveInput.model_validate(raw, context=WITHOUT_RULES)
+                    self._rules_error = error
+                except ValidationError:
+                    self._input_error = error
+                    inp = WAVE_INPUT_PLACEHOLDER
         self._inp = inp
         self._id = workflow.info().workflow_id
         carry = inp.carry or WaveCarry(apps=[])
@@ -114,6 +124,8 @@ class WaveWorkflow:
     async def run(self, _: WaveWorkflowInput) -> WaveResult:
         if self._input_error is not None:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
+        if self._rules_error is not None and workflow.patched(PATCH_INPUT_RULES):
+            raise ApplicationError(self._rules_error, type="ConfigError", non_retryable=True)
         c, inp = self._carry, self._inp
         if c.startedAt is None:
             c.startedAt = workflow.now()
@@ -131,6 +143,10 @@ class WaveWorkflow:
                 if c.cancelPolicy == "rollback":
                     await self._roll_back_running(f"wave {inp.name} cancelled", c.cancelledBy)
             await workflow.wait_condition(lambda: not self._running)
+        if not workflow.all_handlers_finished() and workflow.patched(PATCH_WAIT_HANDLERS):
+            # A `cancel` may still be sending rollbacks: its caller gets its answer, and no
+            # rollback request is abandoned.
+            await workflow.wait_condition(workflow.all_handlers_finished)
         return self._finish()
 
     async def _drive(self) -> None:
