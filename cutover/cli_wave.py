@@ -182,7 +182,6 @@ async def _refuse_migrated(client: Client, inp: WaveInput, reasons: dict[str, st
     (its last cutover completed, or its source is marked migrated) without `--remigrate`;
     else the input with each re-migration's reason for its cutover to record."""
     from cutover import remigration
-    from cutover.wave import WaveApp
 
     found, warnings = await remigration.verdicts(client, inp.site, [a.runbook for a in inp.apps])
     for warning in warnings:
@@ -202,8 +201,6 @@ async def _refuse_migrated(client: Client, inp: WaveInput, reasons: dict[str, st
             print(f"re-migrating ({reasons[v.application]}): {v.sentence()}", file=sys.stderr)
     if not reasons:
         return inp
-    if "remigrate" not in WaveApp.model_fields:  # until the wave carries it to its cutovers
-        raise _failed("--remigrate: this version's wave cannot pass a re-migration on yet")
     apps = [
         a.model_copy(update={"remigrate": reasons[a.application]})
         if a.application in reasons

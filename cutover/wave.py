@@ -201,6 +201,9 @@ class WaveApp(_M):
     application: str
     runbook: Runbook
     dependsOn: list[str] = Field(default_factory=list)
+    #: Why this application is cut over again though already migrated
+    #: (`wave run --remigrate APP=REASON`); passed on to its cutover's input.
+    remigrate: Annotated[str, Field(min_length=1)] | None = None
 
     @field_serializer("runbook")
     def _compact(self, rb: Runbook) -> dict[str, Any]:
@@ -347,7 +350,11 @@ class WaveInput(_M):
 
     def cutover_input(self, app: WaveApp) -> CutoverInput:
         return CutoverInput(
-            runbook=app.runbook, site=self.site, requestedBy=self.requestedBy, tuning=self.tuning
+            runbook=app.runbook,
+            site=self.site,
+            requestedBy=self.requestedBy,
+            tuning=self.tuning,
+            remigrate=app.remigrate,
         )
 
 

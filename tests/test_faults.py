@@ -238,8 +238,8 @@ async def test_every_activity_has_a_heartbeat_timeout_and_a_sized_start_to_close
     assert scheduled
     for a in scheduled:
         assert a.heartbeat_timeout.ToSeconds() == 30, a.activity_type.name
-        data = ("pre_copy", "incremental_sync", "final_data_sync", "convert_image", "smoke_test")
-        data += ("attach_target_storage_profile",)
+        data = {"pre_copy", "incremental_sync", "final_data_sync", "convert_image", "smoke_test"}
+        data.add("attach_target_storage_profile")
         limit = 120 * 60 if a.activity_type.name in data else 20 * 60
         assert a.start_to_close_timeout.ToSeconds() <= limit, a.activity_type.name
     checks = [a for a in scheduled if a.activity_type.name == "run_check"]

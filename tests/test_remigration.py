@@ -30,7 +30,6 @@ from cutover.models import CutoverResult, Outcome, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
 from cutover.vcsim import Vcsim
-from cutover.wave import WaveApp
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
 from tests.world import World
@@ -294,10 +293,6 @@ async def test_wave_run_refuses_a_wave_with_an_application_already_cut_over(
             assert bad.returncode == 2 and says in bad.stderr, bad.stderr
 
 
-@pytest.mark.skipif(
-    "remigrate" not in WaveApp.model_fields,
-    reason="needs WaveApp.remigrate passed to the cutover's input (cutover/wave.py)",
-)
 async def test_wave_run_remigrate_passes_the_reason_to_that_cutover(
     client: Client, temporal_server: DevServer, sim: Vcsim, tmp_path: Path
 ) -> None:

@@ -200,7 +200,7 @@ async def test_shipped_worker_migrates_through_every_real_component(
             assert Path(disk.get("file", "")).read_bytes() == content
         finally:
             conn.close()
-        assert not (qemu_dir / app2).exists()  # no staging debt after finalize
+        assert not (qemu_dir / "apps" / app2).exists()  # no staging debt after finalize
         assert power_state(sim, site2, VM0) == "poweredOff"  # retired
 
         # 3. A qcow2 target (converted in the warm phase, the final pass writes into the
