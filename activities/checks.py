@@ -167,6 +167,12 @@ async def _command(inp: CheckInput, probe: CommandProbe) -> CheckResult:
         proc.kill()
         await proc.wait()
         return _result(inp, False, "timed out", threshold)
+    except asyncio.CancelledError:
+        # The workflow stopped waiting (an operator's rollback interrupts the round): the
+        # probe's program goes with the activity instead of running on to its own end.
+        proc.kill()
+        await proc.wait()
+        raise
     tail = out.decode(errors="replace").strip()[-300:]
     code = proc.returncode
     return _result(inp, code == probe.expectExitCode, f"exit code {code}", threshold, tail)

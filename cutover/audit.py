@@ -168,6 +168,8 @@ class AuditReport(_R):
     startedBy: str
     #: Who the cutover input names as requester.
     requestedBy: str | None = None
+    #: The recorded reason when an application already migrated was cut over again.
+    remigrate: str | None = None
     parentWorkflowId: str | None = None
     closedAt: datetime | None = None
     runbook: RunbookSummary | None = None
@@ -586,6 +588,7 @@ class _Reader:
         if self._input is not None:
             rb = self._input.runbook
             rep.requestedBy = self._input.requestedBy
+            rep.remigrate = self._input.remigrate
             rep.runbook = RunbookSummary(
                 application=rb.application,
                 wave=rb.wave_name,
@@ -709,6 +712,8 @@ def _lines(report: AuditReport) -> list[tuple[str, Any]]:
     ]
     if r.requestedBy:
         summary.append(("Requested by", r.requestedBy))
+    if r.remigrate:
+        summary.append(("Re-migration", r.remigrate))
     if r.parentWorkflowId:
         summary.append(("Started by workflow", r.parentWorkflowId))
     summary.append(("Closed", _ts(r.closedAt)))

@@ -83,6 +83,30 @@ def test_command_probe_no_shell_timeout_and_missing_program() -> None:
     assert not missing.passed and missing.measured == "not started"
 
 
+def test_a_cancelled_command_probe_stops_its_program(tmp_path: Any) -> None:
+    """A rollback cancels the window's round: the probe's program must not run on."""
+    import asyncio
+    import os
+
+    pidfile = tmp_path / "pid"
+    script = f"echo $$ > {pidfile}; exec sleep 60"
+    probe = CommandProbe(type="command", argv=["sh", "-c", script], timeoutSeconds=120)
+    inp = CheckInput(name="c", phase="post", application="app", probe=probe)
+
+    async def cancel_it() -> None:
+        task = asyncio.ensure_future(CheckActivities().run_check(inp))
+        while not pidfile.exists() or not pidfile.read_text().strip():
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_it())
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):  # gone (and reaped), not left sleeping
+        os.kill(pid, 0)
+
+
 def test_http_json_expectation(http_port: int) -> None:
     base = f"http://127.0.0.1:{http_port}"
     ok = run(HttpProbe(type="http", url=f"{base}/healthz", expectJson={"status": "ok"}))

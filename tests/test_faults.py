@@ -16,6 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from cutover import search_attributes as sa
+from cutover.audit import audit
 from cutover.models import (
     ApprovalRequest,
     CutoverInput,
@@ -295,9 +296,12 @@ async def test_a_source_marked_migrated_is_refused_before_anything_changes(
         assert world.calls == [] and world.check_calls == []  # not even a pre-check ran
         assert result.leftWhere == ["nothing was changed"]
         again = inp.model_copy(update={"remigrate": "restore drill after a datastore loss"})
-        result = await (await start(client, again)).result()
+        handle = await start(client, again)
+        result = await handle.result()
+        report = await audit(client, handle.id)
     assert result.outcome == Outcome.COMPLETED
     assert result.remigrate == "restore drill after a datastore loss"
+    assert report.remigrate == "restore drill after a datastore loss"  # the audit says so
 
 
 # ------------------------------------------------ finding 8: long windows stay bounded
@@ -323,11 +327,15 @@ async def test_a_long_window_continues_as_new_and_stays_bounded(client: Client) 
         runs = [w async for w in client.list_workflows(f"WorkflowId = '{handle.id}'")]
         first = client.get_workflow_handle(handle.id, run_id=first_run)
         first_events = (await first.fetch_history()).events
+        report = await audit(client, handle.id)
     assert result.outcome == Outcome.ROLLED_BACK
     assert len(runs) >= 3, "the window did not continue as new"
     assert first_events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     assert len(first_events) < 150 + 60
     assert result.checkRounds >= 25
+    # the audit reads the whole chain: the steps of the first run, the outcome of the last
+    assert len(report.runIds) == len(runs) and report.outcome == Outcome.ROLLED_BACK.value
+    assert "quiesce_application" in {s.name for s in report.steps}
     window_checks = [s for s in result.steps if s.kind == "check"]
     per_round = len(SEED["postChecks"]) + len(SEED["rollbackCriteria"])
     assert len(window_checks) <= len(SEED["preChecks"]) + 3 * per_round

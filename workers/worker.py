@@ -87,6 +87,9 @@ def build_worker(
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # A workflow task sent to a dead worker's sticky queue goes to the shared queue
+        # after this long (SDK default 10 s), so a kill -9 costs seconds, not tens of them.
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
         interceptors=[
             *(interceptors if interceptors is not None else [tracing_interceptor()]),
             LoggingInterceptor(),
