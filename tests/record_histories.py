@@ -1,6 +1,7 @@
-"""Record workflow histories for the replay test: python -m tests.record_histories [waves]
+"""Record workflow histories for the replay test: python -m tests.record_histories [waves|safety]
 
-`waves` records only the wave scenarios (wave_*.json), leaving the cutover ones as they are.
+`waves` records only the wave scenarios (wave_*.json), leaving the cutover ones as they are;
+`safety` only the cutover scenarios of the `safety-v2` patch (v2_*.json).
 
 Run it when a workflow change is *meant* to be compatible and new scenarios need covering;
 never to paper over a replay failure (that failure means running cutovers would break).
@@ -27,14 +28,17 @@ from workflows.cutover import AppCutoverWorkflow
 OUT = Path(__file__).parent / "histories"
 
 
-async def main(only_waves: bool = False) -> None:
+async def main(mode: str = "") -> None:
     with tempfile.TemporaryDirectory() as d:
         srv = DevServer(Path(d) / "t.db", Path(d) / "log")
         srv.start()
         try:
             client = await connect(srv.address, "default")
+            if mode == "safety":
+                await safety(client)
+                return
             await waves(client)
-            if only_waves:
+            if mode == "waves":
                 return
             scenarios = {
                 "completed": (World(), {}),
@@ -114,6 +118,69 @@ async def waves(client: Client) -> None:
         await write(client.get_workflow_handle(handle.id), "wave_continued_as_new_last_run")
 
 
+async def safety(client: Client) -> None:
+    """Issue 11's behaviours: blocked undos resumed, cancel during undos, finalize refused on
+    a fresh round, a window continued as new, a remigration refused."""
+    from cutover.models import ResumeRequest, RollbackRequest
+    from tests.test_faults import wait_until, window_input
+
+    world = World(
+        check_plan={"app_health_check_failure": [False]}, broken={"restore_load_balancer"}
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await handle.result()
+        await write(handle, "v2_rollback_blocked_then_resumed")
+    world = World(broken={"retire_source_from_load_balancer"})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_phase(handle, Phase.FINALIZE_BLOCKED)
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await handle.result()
+        await write(handle, "v2_finalize_blocked_then_resumed")
+    world = World(fail={"smoke_test"}, slow={"remove_target_domain": 1.0})
+    async with running(client, world) as queue:
+        handle = await start(client, cutover_input(queue))
+        await wait_until(lambda: "remove_target_domain" in world.calls)
+        await handle.cancel()
+        await handle.result()
+        await write(handle, "v2_cancel_during_compensation")
+    world = World(check_plan={"error_rate_below_threshold": [True, False]})
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=10, checkIntervalSeconds=60)
+        handle = await start(client, inp)
+        await wait_post_checks(handle)
+        try:
+            await handle.execute_update(
+                "finalize", FinalizeRequest(requestedBy="ops"), result_type=str
+            )
+        except Exception as refused:  # expected: the fresh round failed
+            print(f"finalize refused as expected: {refused}")
+        await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="done"))
+        await handle.result()
+        await write(handle, "v2_finalize_refused_on_a_fresh_round")
+    world = World()
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=10, checkIntervalSeconds=0.05)
+        tuning = inp.tuning.model_copy(update={"continueAsNewEvents": 150})
+        handle = await start(client, inp.model_copy(update={"tuning": tuning}))
+        first_run = handle.result_run_id
+        while (await handle.query(AppCutoverWorkflow.status)).checkRounds < 12:
+            await asyncio.sleep(0.2)
+        await handle.execute_update(AppCutoverWorkflow.rollback, RollbackRequest(reason="done"))
+        await handle.result()
+        await write(client.get_workflow_handle(handle.id, run_id=first_run), "v2_window_first_run")
+        await write(client.get_workflow_handle(handle.id), "v2_window_last_run")
+    async with running(client, World(migrated="vm-1 marked migrated (test)")) as queue:
+        handle = await start(client, cutover_input(queue))
+        await handle.result()
+        await write(handle, "v2_remigration_refused")
+
+
 async def write(handle: object, name: str) -> None:
     history = await handle.fetch_history()  # type: ignore[attr-defined]
     OUT.mkdir(exist_ok=True)
@@ -122,4 +189,4 @@ async def write(handle: object, name: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(only_waves=sys.argv[1:] == ["waves"]))
+    asyncio.run(main(sys.argv[1] if sys.argv[1:] else ""))
