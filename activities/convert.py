@@ -123,9 +123,18 @@ def mapping_for(site: SiteConfig, vms: Sequence[VM], disk_key: str) -> StorageMa
 
 
 def output_name(application: str, disk_key: str, fmt: str) -> str:
-    """The target volume's name (in its pool)."""
+    """The name volumes and converted images had before `volume_name` (legacy): it can
+    collide across applications (`web` + disk `db-1-2000`, `web-db` + disk `1-2000`)."""
     app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
     return f"{app}-{key}-target.{fmt}"
+
+
+def volume_name(application: str, disk_key: str, fmt: str) -> str:
+    """The target volume's name in its pool: `<app>.<disk>.target.<fmt>`. An application
+    name holds no '.', so no two applications' volumes can share a name (detach and a
+    re-attach delete by name: they must never reach another application's volume)."""
+    app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
+    return f"{app}.{key}.target.{fmt}"
 
 
 def converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:

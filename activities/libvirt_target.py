@@ -55,6 +55,7 @@ from activities.convert import (
     safe_name,
     staging_dir,
     vms_from_facts,
+    volume_name,
 )
 from cutover.catalog import Compensation, Step
 from cutover.inventory import VM
@@ -499,7 +500,7 @@ class LibvirtTarget:
             if fmt not in ("qcow2", "raw"):
                 raise _error("ConfigError", f"disk {key}: unknown image format {fmt!r}")
             pool_name = safe_name(mapping_for(ctx.site, vms, key).targetPool, "target pool")
-            plan.append((key, src, fmt, pool_name, output_name(ctx.application, key, fmt)))
+            plan.append((key, src, fmt, pool_name, volume_name(ctx.application, key, fmt)))
         conn = self._conn(ctx.site)
         facts: dict[str, str] = {}
         details: dict[str, str | int | float | bool] = {}
@@ -544,7 +545,11 @@ class LibvirtTarget:
             {*disk_keys(ctx.facts, CONVERTED_FACT), *disk_keys(ctx.facts, VOLUME_FACT),
              *disk_keys(ctx.facts, STAGING_FACT)}
         )  # fmt: skip
-        names = {output_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
+        names = {volume_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
+        # A volume attached under the legacy name (before an upgrade) is removed only when
+        # it is the very file this cutover attached: that name may be another application's.
+        recorded = {ctx.facts[VOLUME_FACT + k] for k in keys if VOLUME_FACT + k in ctx.facts}
+        legacy = {output_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
         pools = {m.targetPool for m in ctx.site.storageMappings} or {"default"}
         removed: list[str] = []
         conn = self._conn(ctx.site)
@@ -553,11 +558,12 @@ class LibvirtTarget:
                 pool = _lookup(conn.storagePoolLookupByName, pool_name)
                 if pool is None or not pool.isActive():
                     continue
-                for name in sorted(names):
+                for name in sorted(names | legacy):
                     vol = _lookup(pool.storageVolLookupByName, name)
-                    if vol is not None:
-                        vol.delete(0)
-                        removed.append(f"{pool_name}/{name}")
+                    if vol is None or (name in legacy and vol.path() not in recorded):
+                        continue
+                    vol.delete(0)
+                    removed.append(f"{pool_name}/{name}")
         except libvirt.libvirtError as exc:
             raise translate(exc, "detaching target storage") from None
         return StepResult(

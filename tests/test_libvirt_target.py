@@ -50,6 +50,7 @@ def step_input(
     step: str = "power_on_target",
     target_address: str | None = "192.0.2.10:8080",
     fmt: str = "qcow2",
+    application: str = "web",
 ) -> StepInput:
     site = SiteConfig(
         stagingDir=str(staging),
@@ -64,7 +65,7 @@ def step_input(
     )
     runbook = Runbook.model_validate(
         {
-            "application": "web",
+            "application": application,
             "wave": 1,
             "sourcePlatform": "vmware-vsphere",
             "sourceCluster": "c1",
@@ -76,8 +77,8 @@ def step_input(
     )
     vm = vm or make_vm()
     ctx = StepContext(
-        workflowId="wf-1",
-        application="web",
+        workflowId=f"cutover-{application}",
+        application=application,
         wave="1",
         runbook=runbook,
         site=site,
@@ -295,6 +296,40 @@ def test_raw_target_takes_no_copy_in_the_downtime(tmp_path: Path, libvirtd_uri: 
         assert not vol.exists() and staged.read_bytes() == content
         conv.remove_converted_image(step_input(libvirtd_uri, staging, facts, fmt="raw"))
         assert not Path(converted.facts["converted_path.web-1-2000"]).exists()
+    finally:
+        storage.close()
+
+
+def test_one_applications_undo_never_reaches_anothers_volume(
+    tmp_path: Path, libvirtd_uri: str
+) -> None:
+    """`web` (VM db-1) and `web-db` (VM 1) had the same volume name, web-db-1-2000-target.raw:
+    attaching the second deleted the first's volume, and detaching either deleted the
+    other's. Volume names now put a '.' (never in an application name) after the app."""
+    staging = tmp_path / "staging"
+    storage = LibvirtTarget(pool_root=tmp_path / "pools")
+    conv = ConvertActivities()
+    inputs: dict[str, tuple[VM, dict[str, str], bytes]] = {}
+    try:
+        for app, vm_name in (("web", "db-1"), ("web-db", "1")):
+            vm = make_vm().model_copy(update={"name": vm_name})
+            staged = staging / "apps" / app / f"{vm_name}-2000.raw"
+            staged.parent.mkdir(parents=True)
+            content = make_raw(staged, SIZE)
+            facts = {f"staging_path.{vm_name}-2000": str(staged)}
+            one = step_input(libvirtd_uri, staging, facts, vm=vm, fmt="raw", application=app)
+            facts |= conv.convert_image(one).facts
+            one = step_input(libvirtd_uri, staging, facts, vm=vm, fmt="raw", application=app)
+            facts |= storage.attach_target_storage_profile(one).facts
+            inputs[app] = (vm, facts, content)
+        vols = {app: Path(f[f"target_volume.{vm.name}-2000"]) for app, (vm, f, _) in inputs.items()}
+        assert vols["web"] != vols["web-db"]
+        assert all(vols[app].read_bytes() == inputs[app][2] for app in vols)
+        vm, facts, _ = inputs["web"]
+        undo = step_input(libvirtd_uri, staging, facts, vm=vm, application="web")
+        assert storage.detach_target_storage(undo).changed
+        assert not vols["web"].exists()
+        assert vols["web-db"].read_bytes() == inputs["web-db"][2]  # the other one serves on
     finally:
         storage.close()
 

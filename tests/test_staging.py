@@ -135,7 +135,7 @@ def test_discarding_an_application_named_like_an_internal_dir_leaves_others_and_
     make_raw(src, SIZE)
     site = the_site(staging)
     stage_and_convert(site, "web", src)
-    vol = staging / "pools" / "p1" / "web-web-1-2000-target.raw"
+    vol = staging / "pools" / "p1" / "web.web-1-2000.target.raw"
     vol.parent.mkdir(parents=True)
     vol.write_bytes(b"serving")
     kept = tree(staging)
@@ -199,12 +199,12 @@ def test_old_staging_of_an_application_named_pools_is_discarded_file_by_file(
     site = the_site(staging)
     facts = disks(src).pre_copy(step(site, "pools", "pre_copy")).facts
     old_layout(staging, "pools")
-    vol = staging / "pools" / "p1" / "web-web-1-2000-target.raw"
+    vol = staging / "pools" / "p1" / "web.web-1-2000.target.raw"
     vol.parent.mkdir()
     vol.write_bytes(b"serving")
     (staging / "pools" / "notes.txt").write_text("someone else's")
     undo(site, "pools", src, facts)
-    assert sorted(tree(staging)) == ["pools/notes.txt", "pools/p1/web-web-1-2000-target.raw"]
+    assert sorted(tree(staging)) == ["pools/notes.txt", "pools/p1/web.web-1-2000.target.raw"]
     assert vol.read_bytes() == b"serving"
 
 
