@@ -673,6 +673,8 @@ def summarize(bench: Bench, world: ChaosWorld, wall: float) -> dict[str, Any]:
     attempts = world.attempts()
     waits = lost_attempt_waits(attempts, time.time(), bench.run_ended)
     times = [r.seconds_to_final for r in recs if r.seconds_to_final is not None]
+    expected = Counter(v["kind"] for v in violations if v["kind"].startswith("expected:"))
+    violations = [v for v in violations if not v["kind"].startswith("expected:")]
     by_kind: dict[str, dict[str, Any]] = {}
     for v in violations:
         k = by_kind.setdefault(v["kind"], {"occurrences": 0, "cutovers": set(), "example": ""})
@@ -692,7 +694,8 @@ def summarize(bench: Bench, world: ChaosWorld, wall: float) -> dict[str, Any]:
     clean = {
         r.app
         for r in recs
-        if r.outcome in ("COMPLETED", "ROLLED_BACK", "FAILED") and not r.end_violations
+        if r.outcome in ("COMPLETED", "ROLLED_BACK", "FAILED")
+        and not any(not v.startswith("expected:") for v in r.end_violations)
     }
     return {
         "wall_seconds": round(wall, 1),
@@ -714,6 +717,7 @@ def summarize(bench: Bench, world: ChaosWorld, wall: float) -> dict[str, Any]:
             for k, v in sorted(by_kind.items())
         },
         "cutovers_with_violations": len({v["app"] for v in violations}),
+        "expected_states": dict(expected),
         "seconds_to_final": {
             "p50": pct(times, 50),
             "p95": pct(times, 95),
@@ -772,6 +776,8 @@ def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  {'kind':<36}{'times':>6}{'cutovers':>9}  example")
     for k, v in s["violations_by_kind"].items():
         print(f"  {k:<36}{v['occurrences']:>6}{v['cutovers']:>9}  {v['example'][:90]}")
+    for k, n in s["expected_states"].items():
+        print(f"  (not counted) {k}: {n}")
     t = s["seconds_to_final"]
 
     def f(x: float | None) -> str:

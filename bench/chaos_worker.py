@@ -25,6 +25,7 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from bench.chaos_world import (
+    RESTORE_DNS_TTL,
     VERIFY_NOT_MIGRATED,
     ChaosWorld,
     Fault,
@@ -74,7 +75,8 @@ class ChaosActivities:
         self.world, self.seed, self.p = world, seed, p_fault
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self._step(n) for n in [*STEP_NAMES, VERIFY_NOT_MIGRATED]] + [
+        names = sorted({*STEP_NAMES, VERIFY_NOT_MIGRATED, RESTORE_DNS_TTL})
+        return [self._step(n) for n in names] + [
             self._check(),
             self._unknown(),
         ]
@@ -128,6 +130,8 @@ class ChaosActivities:
                         raise ApplicationError(
                             f"{name}: {r.message}", type=r.type, non_retryable=not r.retryable
                         ) from None
+                if applied.details.get("unmodelled"):
+                    self.world.unknown_activity(name, info.workflow_id or "")
                 if fault is not None:
                     outcome = f"fault-after:{fault.type}"
                     _raise(fault, name, "after the change landed")

@@ -37,6 +37,7 @@ VIA_LB = "lb"
 BOOT_SECONDS = 0.5
 
 VERIFY_NOT_MIGRATED = "verify_not_migrated"
+RESTORE_DNS_TTL = "restore_dns_ttl"
 
 #: Steps of the cutover proper (warm phase included) that change the world.
 CUTOVER_CHANGING: frozenset[str] = frozenset(
@@ -96,6 +97,8 @@ NOT_ONE_HEALTHY_BACKEND = "traffic_not_on_one_healthy_backend"
 SOURCE_NOT_INTACT_AFTER_ROLLBACK = "source_not_intact_after_rollback"
 OUTCOME_CONTRADICTS_WORLD = "outcome_contradicts_world"
 STATE_NOT_NAMED = "failed_state_not_named"
+#: Not a violation: the application is down because the world broke restart_source.
+EXPECTED_DOWN = "expected:down_restart_source_broken"
 
 
 class Refused(Exception):
@@ -371,8 +374,12 @@ def _transition(s: AppState, step: str, who: str, now: float) -> Applied:
         details["evidence"] = (
             f"source marked cutover.migratedTo by {s.src_marked_by}" if s.src_marked_by else ""
         )
+    elif step == RESTORE_DNS_TTL:
+        changed = False  # TTLs are not modelled: traffic does not move
     else:
-        raise Refused("StepNotImplemented", f"the chaos world does not model {step}")
+        # a step added to the workflow after this model: the bench lists it
+        changed = False
+        details["unmodelled"] = True
     return Applied(changed, facts, details)
 
 
@@ -474,27 +481,37 @@ def evaluate_check(
     return True, "ok"
 
 
-def _not_serving(s: AppState) -> list[tuple[str, str]]:
+def _not_serving(s: AppState, plan: Plan) -> list[tuple[str, str]]:
     """Traffic must reach exactly one backend, and it must be up (a source still booting
-    after its restart counts as up: nothing waits for it to pass health checks)."""
+    after its restart counts as up: nothing waits for it to pass health checks).
+
+    Excused (kind EXPECTED_DOWN, not a violation): traffic never left the source and the
+    source is down only because the plan broke restart_source for good and nobody fixed it:
+    no workflow can serve the application then."""
     served = sorted(s.served())
     if len(served) == 1 and s.running(served[0]):
         return []
     health = ", ".join(f"{b} {'up' if s.running(b) else 'down'}" for b in served)
+    if (
+        served == [SOURCE]
+        and plan.broken_undo == Compensation.RESTART_SOURCE
+        and not s.undo_repaired
+    ):
+        return [(EXPECTED_DOWN, f"traffic reaches {served}: {health}; restart_source broken")]
     return [(NOT_ONE_HEALTHY_BACKEND, f"traffic reaches {served}: {health}")]
 
 
-def blocked_violations(s: AppState, phase: str, run: str) -> list[Violation]:
+def blocked_violations(s: AppState, plan: Plan, phase: str, run: str) -> list[Violation]:
     """A cutover waiting for an operator (a blocked rollback or finalize) must leave the
     application served by exactly one healthy backend meanwhile."""
-    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s)]
+    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s, plan)]
 
 
 def final_violations(
-    s: AppState, outcome: str, left_where: Iterable[str], run: str
+    s: AppState, plan: Plan, outcome: str, left_where: Iterable[str], run: str
 ) -> list[Violation]:
     """The invariants once a cutover ended (or was given up on as stuck)."""
-    found = _not_serving(s)
+    found = _not_serving(s, plan)
     served = sorted(s.served())
     if outcome == "ROLLED_BACK":
         problems = [
@@ -661,7 +678,7 @@ class ChaosWorld:
         """The bench saw `run` end with `outcome`: judge the end state, remember the end."""
         with self._tx() as db:
             s = self._load(db, app)
-            found = final_violations(s, outcome, left_where, run)
+            found = final_violations(s, self.plan(app), outcome, left_where, run)
             if run not in s.ended:
                 s.ended.append(run)
             self._save(db, s, found)
@@ -670,7 +687,7 @@ class ChaosWorld:
     def judge_blocked(self, app: str, run: str, phase: str) -> list[Violation]:
         with self._tx() as db:
             s = self._load(db, app)
-            found = blocked_violations(s, phase, run)
+            found = blocked_violations(s, self.plan(app), phase, run)
             self._save(db, s, found)
         return found
 

@@ -16,6 +16,7 @@ from bench.chaos_world import (
     CHANGE_AFTER_END,
     CHANGE_AFTER_ROLLBACK,
     DESTROYED_WHILE_SERVING,
+    EXPECTED_DOWN,
     NOT_ONE_HEALTHY_BACKEND,
     OUTCOME_CONTRADICTS_WORLD,
     OVERWROTE_SERVING_DATA,
@@ -290,3 +291,23 @@ def test_lost_attempt_waits_measure_dead_workers_and_lost_tasks() -> None:
         (30.0, "worker killed mid-attempt"),
         (10.0, "no attempt after a dead one"),
     ]
+
+
+def test_an_application_down_only_because_restart_source_is_broken_is_excused(
+    world: ChaosWorld,
+) -> None:
+    broken = add(world, app="broken", broken_undo="restart_source")
+    run(world, broken, FORWARD[:4])  # failed before the switch; the restart never works
+    end = world.end_run(broken, RUN, "FAILED", ["the source is down"])
+    assert [v.kind for v in end] == [EXPECTED_DOWN]
+    plain = add(world, app="plain")
+    run(world, plain, FORWARD[:4])
+    end = world.end_run(plain, RUN, "FAILED", ["the source is down"])
+    assert [v.kind for v in end] == [NOT_ONE_HEALTHY_BACKEND]
+
+
+def test_a_step_the_model_does_not_know_changes_nothing_and_says_so(world: ChaosWorld) -> None:
+    app = add(world)
+    applied = world.apply(app, "some_new_step", RUN, "wf")
+    assert not applied.changed and applied.details == {"unmodelled": True}
+    assert not world.apply(app, "restore_dns_ttl", RUN, "wf").changed
