@@ -27,7 +27,14 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import DataConverter
 
-from cutover.catalog import RUN_CHECK, Compensation, FinalizeStep, Step, WarmStep
+from cutover.catalog import (
+    RUN_CHECK,
+    VERIFY_NOT_MIGRATED,
+    Compensation,
+    FinalizeStep,
+    Step,
+    WarmStep,
+)
 from cutover.models import (
     CheckResult,
     CutoverInput,
@@ -43,7 +50,7 @@ MAX_DEPTH = 4
 #: anyone should meet).
 MAX_RUNS = 1000
 
-StepKindName = Literal["check", "warm", "step", "compensation", "finalize", "other"]
+StepKindName = Literal["guard", "check", "warm", "step", "compensation", "finalize", "other"]
 ActivityOutcome = Literal["running", "ok", "failed", "timed_out", "canceled"]
 
 
@@ -626,7 +633,9 @@ class _Reader:
 
     def _rollback(self, reason: str, comps: list[StepAudit], rep: AuditReport) -> RollbackAudit:
         trigger: Any = "other"
-        if reason.startswith("rollback criterion fired"):
+        if rep.cancelRequestedBy and "a Temporal cancel request" in reason:
+            trigger = "cancellation"  # a cancel request becomes a rollback request
+        elif reason.startswith("rollback criterion fired"):
             trigger = "rollback criterion"
         elif reason.startswith("rollback window closed with post-checks failing"):
             trigger = "post-checks at window close"
@@ -664,10 +673,12 @@ class _Reader:
 def _kind(name: str, summary: str | None) -> StepKindName:
     if summary:
         first = summary.split(" ", 1)[0]
-        if first in ("check", "warm", "step", "compensation", "finalize"):
+        if first in ("guard", "check", "warm", "step", "compensation", "finalize"):
             return first  # type: ignore[return-value]
     if name == RUN_CHECK:
         return "check"
+    if name == VERIFY_NOT_MIGRATED:
+        return "guard"
     if name in set(WarmStep):
         return "warm"
     if name in set(Step):

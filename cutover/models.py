@@ -177,7 +177,8 @@ class CheckResult(_M):
         return ": ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
 
 
-StepKind = Literal["check", "warm", "step", "compensation", "finalize"]
+#: guard: the read-only remigration check that runs first of all.
+StepKind = Literal["guard", "check", "warm", "step", "compensation", "finalize"]
 
 
 class StepRecord(_M):

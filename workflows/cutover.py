@@ -291,7 +291,7 @@ class AppCutoverWorkflow:
         source is marked migrated is not cut over again without an explicit reason."""
         rb = self._inp.runbook
         try:
-            res = await self._step(VERIFY_NOT_MIGRATED, "check")
+            res = await self._step(VERIFY_NOT_MIGRATED, "guard")
         except ActivityError as err:
             return self._finish(
                 Outcome.FAILED,
