@@ -507,6 +507,7 @@ class Bench:
             try:
                 await asyncio.wait_for(handle.execute_update("resume", req, result_type=str), 60)
                 entry["resume"] = "accepted"
+                blocked = False  # the next blocked phase seen is a new episode
             except WorkflowUpdateFailedError as err:
                 entry["resume"] = f"refused: {err.cause}"
             except (RPCError, TimeoutError) as err:

@@ -97,8 +97,8 @@ NOT_ONE_HEALTHY_BACKEND = "traffic_not_on_one_healthy_backend"
 SOURCE_NOT_INTACT_AFTER_ROLLBACK = "source_not_intact_after_rollback"
 OUTCOME_CONTRADICTS_WORLD = "outcome_contradicts_world"
 STATE_NOT_NAMED = "failed_state_not_named"
-#: Not a violation: the application is down because the world broke restart_source.
-EXPECTED_DOWN = "expected:down_restart_source_broken"
+#: Not a violation: the application is down because the world refused restart_source.
+EXPECTED_DOWN = "expected:down_restart_source_failed"
 
 
 class Refused(Exception):
@@ -481,37 +481,36 @@ def evaluate_check(
     return True, "ok"
 
 
-def _not_serving(s: AppState, plan: Plan) -> list[tuple[str, str]]:
+def _not_serving(s: AppState, restart_refused: bool) -> list[tuple[str, str]]:
     """Traffic must reach exactly one backend, and it must be up (a source still booting
     after its restart counts as up: nothing waits for it to pass health checks).
 
-    Excused (kind EXPECTED_DOWN, not a violation): traffic never left the source and the
-    source is down only because the plan broke restart_source for good and nobody fixed it:
-    no workflow can serve the application then."""
+    Excused (kind EXPECTED_DOWN, not a violation): traffic reaches only the source, and it
+    is down because the world refused to restart it (`restart_refused`: its last
+    restart_source attempt failed before powering it on, broken for good or an injected
+    non-retryable fault): no workflow can serve the application until someone fixes that."""
     served = sorted(s.served())
     if len(served) == 1 and s.running(served[0]):
         return []
     health = ", ".join(f"{b} {'up' if s.running(b) else 'down'}" for b in served)
-    if (
-        served == [SOURCE]
-        and plan.broken_undo == Compensation.RESTART_SOURCE
-        and not s.undo_repaired
-    ):
-        return [(EXPECTED_DOWN, f"traffic reaches {served}: {health}; restart_source broken")]
+    if served == [SOURCE] and restart_refused:
+        return [(EXPECTED_DOWN, f"traffic reaches {served}: {health}; restart_source failed")]
     return [(NOT_ONE_HEALTHY_BACKEND, f"traffic reaches {served}: {health}")]
 
 
-def blocked_violations(s: AppState, plan: Plan, phase: str, run: str) -> list[Violation]:
+def blocked_violations(
+    s: AppState, phase: str, run: str, restart_refused: bool = False
+) -> list[Violation]:
     """A cutover waiting for an operator (a blocked rollback or finalize) must leave the
     application served by exactly one healthy backend meanwhile."""
-    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s, plan)]
+    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s, restart_refused)]
 
 
 def final_violations(
-    s: AppState, plan: Plan, outcome: str, left_where: Iterable[str], run: str
+    s: AppState, outcome: str, left_where: Iterable[str], run: str, restart_refused: bool = False
 ) -> list[Violation]:
     """The invariants once a cutover ended (or was given up on as stuck)."""
-    found = _not_serving(s, plan)
+    found = _not_serving(s, restart_refused)
     served = sorted(s.served())
     if outcome == "ROLLED_BACK":
         problems = [
@@ -678,16 +677,28 @@ class ChaosWorld:
         """The bench saw `run` end with `outcome`: judge the end state, remember the end."""
         with self._tx() as db:
             s = self._load(db, app)
-            found = final_violations(s, self.plan(app), outcome, left_where, run)
+            refused = self._restart_refused(db, app, run)
+            found = final_violations(s, outcome, left_where, run, refused)
             if run not in s.ended:
                 s.ended.append(run)
             self._save(db, s, found)
         return found
 
+    @staticmethod
+    def _restart_refused(db: sqlite3.Connection, app: str, run: str) -> bool:
+        """Whether this run's last restart_source attempt failed before the change."""
+        row = db.execute(
+            "SELECT outcome FROM attempts WHERE app = ? AND run = ? AND step = ? "
+            "AND ended_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (app, run, Compensation.RESTART_SOURCE.value),
+        ).fetchone()
+        outcome = str(row[0]) if row else ""
+        return outcome == "broken" or outcome.startswith(("fault-before:", "refused:"))
+
     def judge_blocked(self, app: str, run: str, phase: str) -> list[Violation]:
         with self._tx() as db:
             s = self._load(db, app)
-            found = blocked_violations(s, self.plan(app), phase, run)
+            found = blocked_violations(s, phase, run, self._restart_refused(db, app, run))
             self._save(db, s, found)
         return found
 

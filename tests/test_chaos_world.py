@@ -293,14 +293,16 @@ def test_lost_attempt_waits_measure_dead_workers_and_lost_tasks() -> None:
     ]
 
 
-def test_an_application_down_only_because_restart_source_is_broken_is_excused(
+def test_an_application_down_only_because_its_restart_was_refused_is_excused(
     world: ChaosWorld,
 ) -> None:
     broken = add(world, app="broken", broken_undo="restart_source")
     run(world, broken, FORWARD[:4])  # failed before the switch; the restart never works
+    aid = world.attempt_started("wf", RUN, "9", "restart_source", 1, broken, 1, 0.0, 0.0)
+    world.attempt_ended(aid, "broken")
     end = world.end_run(broken, RUN, "FAILED", ["the source is down"])
     assert [v.kind for v in end] == [EXPECTED_DOWN]
-    plain = add(world, app="plain")
+    plain = add(world, app="plain")  # the workflow never asked for a restart
     run(world, plain, FORWARD[:4])
     end = world.end_run(plain, RUN, "FAILED", ["the source is down"])
     assert [v.kind for v in end] == [NOT_ONE_HEALTHY_BACKEND]
