@@ -504,7 +504,8 @@ class AppCutoverWorkflow:
         failing: list[str] = []
         for name in self._inp.runbook.postChecks:
             res = self._checks.get(name)
-            if res is None or res.phase != "post":
+            # (a window result may carry phase "criterion": the same check can be both)
+            if res is None or res.phase == "pre":
                 failing.append(f"{name} not evaluated in the window")
             elif not res.passed:
                 failing.append(res.describe())
