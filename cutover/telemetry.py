@@ -9,7 +9,7 @@ default http://localhost:4318).
 Metrics: the Temporal SDK's Prometheus endpoint on the worker (`/metrics`), off unless
 CUTOVER_METRICS_ADDRESS (or `cutover worker --metrics-address`) names HOST:PORT to bind.
 Besides the SDK's own metrics it carries ours, recorded by the workflow when a cutover ends
-(replay-safe, through workflow.metric_meter()); see `record_cutover`.
+(replay-safe, through workflow.metric_meter()); the names are in `cutover.metrics`.
 """
 
 from __future__ import annotations
@@ -23,17 +23,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from temporalio.contrib.opentelemetry import TracingInterceptor
 
+# The metric names live in the domain: the workflow records them without loading the SDK.
+from cutover.metrics import DOWNTIME, DOWNTIME_BUCKETS
+
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
 _configured = False
-
-#: Our metric names (Prometheus adds nothing: counters without `_total`, no unit suffix).
-CUTOVERS = "cutover_cutovers"
-DOWNTIME = "cutover_downtime_seconds"
-BYTES_MOVED = "cutover_bytes_moved"
-#: Downtime buckets, in seconds: from a quick switch to a long data sync.
-DOWNTIME_BUCKETS = [1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0]
 
 
 def exporter_from_env() -> SpanExporter | None:

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         undo_blocked_by,
     )
     from cutover.config import format_path
+    from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.models import (
         INPUT_PLACEHOLDER,
         ApprovalRequest,
@@ -60,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
         WorkflowInput,
     )
     from cutover.site import DataConsistencyProbe, DnsProbe, Probe, VSphereConcernsProbe
-    from cutover.telemetry import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.templating import expand, values_for
 
 R = TypeVar("R", bound=BaseModel)
