@@ -37,16 +37,10 @@ from activities import staging
 from activities.common import attempt as _attempt
 from activities.convert import disk_id
 from activities.staging import check_name, config_error
-from activities.vsphere import (
-    ClientPool,
-    DatastoreFile,
-    VSphereClient,
-    changed_areas,
-    disk_change_id,
-    enable_cbt,
-    read_inventory,
-    resolve_vms,
-)
+from adapters.vsphere.cbt import changed_areas, disk_change_id, enable_cbt
+from adapters.vsphere.client import ClientPool, VSphereClient
+from adapters.vsphere.datastore import DatastoreFile
+from adapters.vsphere.inventory import read_inventory, resolve_vms
 from cutover.catalog import Compensation, Step, WarmStep
 from cutover.models import StepContext, StepInput, StepResult
 

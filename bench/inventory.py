@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.inventory [--sizes 1000,5000] [--sample 1000]
 
 For each size it starts our vSphere simulator (cluster hosts x 100 VMs each), reads the
-whole inventory with `activities.vsphere.read_inventory` (one RetrievePropertiesEx per
+whole inventory with `adapters.vsphere.inventory.read_inventory` (one RetrievePropertiesEx per
 object type per datacenter, plus page continuations), then reads the same VM properties
 one property of one VM per round trip, the way naive pyvmomi code does (`vm.config...`
 per VM). The naive read of `--sample` VMs is timed and scaled linearly to all VMs (it is
@@ -22,7 +22,9 @@ from typing import Any
 
 from pyVmomi import vim
 
-from activities.vsphere import _VM_PATHS, ClientPool, _collect, _property, read_inventory
+from adapters.vsphere.client import ClientPool
+from adapters.vsphere.inventory import VM_PATHS, read_inventory
+from adapters.vsphere.properties import collect, read_property
 from cutover import vcsim
 from cutover.site import VCenter
 
@@ -44,13 +46,13 @@ def measure(size: int, sample: int) -> dict[str, Any]:
             assert len(inv.vms) == size, len(inv.vms)
 
             def naive(si: Any) -> tuple[int, float]:
-                vms = [o.obj for o in _collect(client, si, si.content.rootFolder,
+                vms = [o.obj for o in collect(client, si, si.content.rootFolder,
                                                vim.VirtualMachine, ["name"])][:sample]  # fmt: skip
                 calls = 0
                 t = time.perf_counter()
                 for vm in vms:
-                    for path in _VM_PATHS:
-                        _property(si, vm, path)
+                    for path in VM_PATHS:
+                        read_property(si, vm, path)
                         calls += 1
                 return calls, time.perf_counter() - t
 

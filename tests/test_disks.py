@@ -32,7 +32,7 @@ from activities.disks import (
     LocalFileSource,
     data_consistency_confirmed,
 )
-from activities.vsphere import ClientPool
+from adapters.vsphere.client import ClientPool
 from cutover import vcsim as vcsim_mod
 from cutover.catalog import WarmStep
 from cutover.models import StepContext, StepInput, StepResult

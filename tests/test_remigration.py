@@ -24,7 +24,9 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.vsphere import ClientPool, VSphereActivities, read_inventory
+from activities.vsphere import VSphereActivities
+from adapters.vsphere.client import ClientPool
+from adapters.vsphere.inventory import read_inventory
 from cutover.catalog import BUILTIN_CHECKS
 from cutover.models import CutoverResult, Outcome, StepContext, StepInput
 from cutover.runbook import Runbook

@@ -17,19 +17,13 @@ from pyVmomi import vim
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.vsphere import (
-    PRIOR_POWER_FIELD,
-    ClientPool,
-    DatastoreFile,
-    Tagging,
-    VSphereActivities,
-    VSphereClient,
-    find_vms,
-    read_inventory,
-    resolve_vms,
-    snapshot_name,
-    wait_task,
-)
+from activities.vsphere import VSphereActivities
+from adapters.vsphere.client import ClientPool, VSphereClient
+from adapters.vsphere.datastore import DatastoreFile
+from adapters.vsphere.inventory import find_vms, read_inventory, resolve_vms
+from adapters.vsphere.properties import wait_task
+from adapters.vsphere.tagging import Tagging
+from adapters.vsphere.vm import PRIOR_POWER_FIELD, snapshot_name
 from cutover import vcsim as vcsim_mod
 from cutover.concerns import evaluate
 from cutover.inventory import VM

@@ -19,7 +19,8 @@ import yaml
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from activities.vsphere import ClientPool, find_vms
+from adapters.vsphere.client import ClientPool
+from adapters.vsphere.inventory import find_vms
 from cutover import vcsim as vcsim_mod
 from cutover.site import SiteConfig
 from cutover.vcsim import Vcsim

@@ -23,8 +23,9 @@ from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
 from activities.mirror import TargetMirror
 from activities.smoke import SmokeActivities
-from activities.vsphere import ClientPool, VSphereActivities
+from activities.vsphere import VSphereActivities
 from activities.wave import WaveActivities
+from adapters.vsphere.client import ClientPool
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workers.heartbeat import HeartbeatKeepAlive

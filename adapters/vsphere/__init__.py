@@ -1,0 +1,1 @@
+"""The vSphere source adapter: the only package that imports pyvmomi."""

@@ -1,0 +1,72 @@
+"""Changed-block tracking (CBT): enable it, read a disk's change ID, query changed areas.
+Used by the warm data path (activities/disks.py through adapters.vsphere.disk_source).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyVmomi import vim
+
+from adapters.vsphere.client import VSphereClient
+from adapters.vsphere.inventory import find_vms
+from adapters.vsphere.properties import read_property, wait_task
+from cutover.errors import ErrorKind, error
+
+# ------------------------------------------------------------- changed-block tracking
+# Used by activities/disks.py (the warm data path); pyvmomi stays in this module.
+
+
+def _disk_device(si: Any, vm: Any, disk_key: int) -> Any:
+    for dev in read_property(si, vm, "config.hardware.device") or []:
+        if isinstance(dev, vim.vm.device.VirtualDisk) and dev.key == disk_key:
+            return dev
+    raise error(ErrorKind.NOT_FOUND, f"{vm.name} has no disk with device key {disk_key}")
+
+
+def enable_cbt(client: VSphereClient, vm_name: str) -> bool:
+    """Turn on changed-block tracking for a VM; False when it already was (idempotent)."""
+    vm = find_vms(client, [vm_name])[0]
+
+    def act(si: Any) -> bool:
+        if read_property(si, vm, "config.changeTrackingEnabled"):
+            return False
+        spec = vim.vm.ConfigSpec(changeTrackingEnabled=True)
+        wait_task(si, vm.ReconfigVM_Task(spec=spec), f"enabling CBT on {vm_name}")
+        return True
+
+    return client.call(f"enabling CBT on {vm_name}", act)
+
+
+def disk_change_id(client: VSphereClient, vm_name: str, disk_key: int) -> str | None:
+    """The disk's current CBT change ID (None while CBT is off or nothing is tracked yet)."""
+    vm = find_vms(client, [vm_name])[0]
+
+    def read(si: Any) -> str | None:
+        cid = getattr(_disk_device(si, vm, disk_key).backing, "changeId", None)
+        return str(cid) if cid else None
+
+    return client.call(f"reading the change ID of {vm_name} disk {disk_key}", read)
+
+
+def changed_areas(
+    client: VSphereClient, vm_name: str, disk_key: int, change_id: str, end: int | None = None
+) -> list[tuple[int, int]]:
+    """`(start, length)` extents changed since `change_id` ("*": every allocated extent),
+    via QueryChangedDiskAreas; asks again from where an answer stopped, up to `end`."""
+    vm = find_vms(client, [vm_name])[0]
+
+    def query(si: Any) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        start = 0
+        while True:
+            info = vm.QueryChangedDiskAreas(
+                snapshot=None, deviceKey=disk_key, startOffset=start, changeId=change_id
+            )
+            out.extend((int(a.start), int(a.length)) for a in (info.changedArea or []))
+            reached = int(info.startOffset) + int(info.length)
+            if end is None or info.length <= 0 or reached >= end:
+                return out
+            start = reached
+
+    return client.call(f"querying changed areas of {vm_name} disk {disk_key}", query)
