@@ -116,15 +116,15 @@ class CheckActivities:
 
 
 def _dns_probe() -> Callable[[CheckInput, DnsProbe], CheckResult]:
-    """`activities.dns.dns_probe`, imported only when a dns check runs: this module works
-    on a worker without it."""
+    """`adapters.dns.probe.dns_probe`, imported only when a dns check runs: this module
+    works on a worker without it."""
     try:
-        from activities.dns import dns_probe
+        from adapters.dns.probe import dns_probe
     except ModuleNotFoundError as exc:
-        if exc.name != "activities.dns":
+        if exc.name not in ("adapters.dns", "adapters.dns.probe"):
             raise
         raise ApplicationError(
-            "this worker has no DNS probe (activities/dns.py is missing)",
+            "this worker has no DNS probe (adapters/dns is missing)",
             type="ConfigError",
             non_retryable=True,
         ) from None

@@ -75,3 +75,8 @@ NON_RETRYABLE: list[str] = [k.value for k in ErrorKind if k in NEVER_RETRIED]
 def error(kind: ErrorKind, message: str, retryable: bool = False) -> ApplicationError:
     """A typed failure: `kind` names it for people and retry policies alike."""
     return ApplicationError(message, type=kind.value, non_retryable=not retryable)
+
+
+def config_error(message: str) -> ApplicationError:
+    """The site config or runbook is wrong: nothing a retry can fix."""
+    return error(ErrorKind.CONFIG_ERROR, message)

@@ -247,9 +247,9 @@ def test_dns_probe_is_dispatched_to_activities_dns(monkeypatch: pytest.MonkeyPat
         seen.append((inp, probe))
         return CheckResult(name=inp.name, phase=inp.phase, passed=True, measured="ttl 30")
 
-    fake = types.ModuleType("activities.dns")
+    fake = types.ModuleType("adapters.dns.probe")
     fake.dns_probe = dns_probe  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "activities.dns", fake)
+    monkeypatch.setitem(sys.modules, "adapters.dns.probe", fake)
     probe = DnsProbe(type="dns", name="app.example.test")
     res = run(probe)
     assert res.passed and res.measured == "ttl 30"

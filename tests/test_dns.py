@@ -17,18 +17,11 @@ import dns.update
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.dns import (
-    DnsActivities,
-    DnsServer,
-    TcpTransport,
-    TtlMarker,
-    dns_probe,
-    load_tsig_key,
-    lower_ttl,
-    marker_name,
-    parse_tsig_key,
-    record_name,
-)
+from activities.dns import DnsActivities
+from adapters.dns.probe import dns_probe
+from adapters.dns.records import TtlMarker, lower_ttl
+from adapters.dns.server import DnsServer, TcpTransport, marker_name, record_name
+from adapters.dns.tsig import load_tsig_key, parse_tsig_key
 from cutover.models import CheckInput, CheckResult, StepContext, StepInput, StepResult
 from cutover.runbook import Runbook
 from cutover.site import DnsProbe, SiteConfig
