@@ -36,10 +36,11 @@ from typing import Any
 
 import pytest
 
-from activities.loadbalancer import HAProxyRuntime, ServerState
+from adapters.haproxy.runtime import HAProxyRuntime
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import HAProxy, SiteConfig
+from cutover.traffic import ServerState
 from tests.factories import SEED
 
 #: The application, and so the HAProxy backend (the runbook's default `lb_backend`).

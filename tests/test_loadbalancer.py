@@ -23,6 +23,7 @@ from activities.loadbalancer import (
 from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.models import StepInput
 from cutover.site import SiteConfig
+from cutover.traffic import Address, ServerState
 from tests.haproxy_fixtures import APP, HAProxyLab, LoadGen, Sample
 
 ACTS = LoadBalancerActivities()

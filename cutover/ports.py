@@ -1,0 +1,58 @@
+"""Ports: the small interfaces the activities drive and the adapters implement.
+
+Only what the code uses: a new load balancer implements `LoadBalancer` (HAProxy:
+`adapters.haproxy.runtime.HAProxyRuntime`); a new way to read source disks implements
+`DiskSource` (vSphere: `adapters.vsphere.disk_source`, local files:
+`adapters.localdisk`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cutover.traffic import Address, BackendPrior, ServerState, Switch, Timeouts
+
+
+class LoadBalancer(Protocol):
+    """A load balancer that can move one backend's traffic between two servers.
+
+    Every method is idempotent and safe to re-run after a crash or a load balancer reload,
+    and raises typed `ApplicationError`s (see the module documentation).
+    """
+
+    def switch_to_target(
+        self, backend: str, source: str, target: str, target_addr: Address, timeouts: Timeouts
+    ) -> Switch:
+        """Point `target` at target_addr, send it traffic once a real health check passed,
+        then drain `source` and put it in maintenance."""
+        ...
+
+    def switch_to_source(
+        self,
+        backend: str,
+        source: str,
+        target: str,
+        timeouts: Timeouts,
+        prior: BackendPrior | None = None,
+    ) -> Switch:
+        """The mirror image: `source` serves again once healthy; `target` drains. With
+        `prior`, the target's address, weight and health check and the source's weight go
+        back to what they were before the switch."""
+        ...
+
+    def retire(
+        self,
+        backend: str,
+        source: str,
+        target: str,
+        target_addr: Address,
+        timeouts: Timeouts,
+        why: str = "",
+    ) -> Switch:
+        """The cutover is final: the target serves, the source stays out for good, and the
+        load balancer keeps it so over a reload (persisted; `why` says who retired it)."""
+        ...
+
+    def state(self, backend: str) -> dict[str, ServerState]:
+        """Every server of the backend, by name."""
+        ...
