@@ -14,12 +14,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.loadbalancer import (
-    Address,
-    HAProxyRuntime,
-    LoadBalancerActivities,
-    ServerState,
-)
+from activities.loadbalancer import LoadBalancerActivities
+from adapters.haproxy.runtime import HAProxyRuntime
 from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.models import StepInput
 from cutover.site import SiteConfig
