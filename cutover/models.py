@@ -9,7 +9,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cutover.runbook import Runbook
 from cutover.site import Dns, Probe, SiteConfig, VCenter
@@ -63,6 +71,11 @@ class Tuning(_M):
     continueAsNewEvents: Annotated[int, Field(ge=100)] = 10_000
 
 
+#: Validation context that reads a cutover input without the target-platform rule, as
+#: workers before it did: the workflow keeps runs they started replaying (issue 15).
+WITHOUT_PLATFORM_RULE: dict[str, Any] = {"platformRule": False}
+
+
 class CutoverInput(_M):
     runbook: Runbook
     site: SiteConfig
@@ -101,6 +114,27 @@ class CutoverInput(_M):
                 + ", ".join(unbound)
             )
         return self
+
+    # -- issue 15 (platform registries): the site must bind the runbook's targetPlatform.
+    # An after-validator, not in _runbook_against_site: that one sees only raw mappings,
+    # while `cutover run` and the wave build this input from models.
+    @model_validator(mode="after")
+    def _platform_bound(self, info: ValidationInfo) -> CutoverInput:
+        problem = self.site.platform_problem(self.runbook.targetPlatform)
+        if problem is None or (info.context or {}).get("platformRule", True) is False:
+            return self
+        # Located at the field, so every path (CLI, wave, the workflow's input) names it.
+        error = PydanticCustomError("value_error", "{problem}", {"problem": problem})
+        raise ValidationError.from_exception_data(
+            type(self).__name__,
+            [
+                InitErrorDetails(
+                    type=error,
+                    loc=("runbook", "targetPlatform"),
+                    input=self.runbook.targetPlatform,
+                )
+            ],
+        )
 
 
 #: What the workflow accepts: a CutoverInput, or (only when that fails) the raw mapping, so

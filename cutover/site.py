@@ -14,17 +14,19 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    Tag,
     field_validator,
     model_validator,
 )
 
 from cutover.config import ConfigError, Problem, load_file
-from cutover.runbook import Runbook
+from cutover.runbook import Runbook, TargetPlatform
 from cutover.templating import TEMPLATED, check_placeholders
 
 _CHECK_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -92,6 +94,49 @@ class Libvirt(_Model):
     uri: NonEmpty = "qemu:///system"
 
 
+# ---------------------------------------------------------------- registries
+# The site binds each kind of external system the cutover drives to one implementation,
+# named by `type` (a tagged union: one member per adapter). Adding an implementation is a
+# model here plus a member of its union, and an adapter behind the port (ARCHITECTURE.md).
+
+
+def _tag(default: str | None, *kinds: str) -> Any:
+    """Tag a binding by its `type` (`default` when it is left out, so sites written before
+    the union keep loading); an unknown or missing `type` names the implementations."""
+
+    def tag(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return value.get("type", default)
+        return getattr(value, "type", default)
+
+    choices = ", ".join(kinds)
+    return Discriminator(
+        tag,
+        custom_error_type="unknown_implementation",
+        custom_error_message=f"`type` must name an implementation: {choices}",
+    )
+
+
+class LibvirtPlatform(_Model):
+    """A target platform whose KVM hosts the worker drives through libvirt."""
+
+    type: Literal["libvirt"] = "libvirt"
+    #: Default: the site's `libvirt.uri`. The libvirt adapter holds one connection per
+    #: site for now, so every libvirt binding must name that endpoint (checked below).
+    uri: NonEmpty | None = None
+
+
+#: How the site reaches a target platform. `type` is required: no adapter is implied.
+TargetBinding = Annotated[Annotated[LibvirtPlatform, Tag("libvirt")], _tag(None, "libvirt")]
+
+
+#: What a site without `targetPlatforms` binds to its `libvirt` section: the platforms every
+#: site config has driven through libvirt since the first release (the seed's runbook names
+#: pextra-cloud, whose hosts are KVM under libvirt). proxmox and openstack are not among them:
+#: they have APIs of their own, and running their runbooks against libvirt is never implied.
+DEFAULT_LIBVIRT_PLATFORMS: tuple[TargetPlatform, ...] = ("kvm-libvirt", "libvirt", "pextra-cloud")
+
+
 class StorageMapping(_Model):
     sourceDatastore: NonEmpty
     targetPool: NonEmpty
@@ -126,6 +171,7 @@ class HAProxy(_Model):
 class Dns(_Model):
     """The authoritative server that takes RFC 2136 updates for the applications' zone."""
 
+    type: Literal["rfc2136"] = "rfc2136"
     server: NonEmpty
     port: Port = 53
     zone: NonEmpty
@@ -133,6 +179,12 @@ class Dns(_Model):
     tsigKeyFile: NonEmpty
     ttlThresholdSeconds: Annotated[StrictInt, Field(ge=0)] = 60
     timeoutSeconds: Seconds = 5
+
+
+#: The site's load balancer (`type` defaults to haproxy, the one implementation so far).
+LoadBalancer = Annotated[Annotated[HAProxy, Tag("haproxy")], _tag("haproxy", "haproxy")]
+#: The site's DNS updater (`type` defaults to rfc2136, the one implementation so far).
+DnsUpdater = Annotated[Annotated[Dns, Tag("rfc2136")], _tag("rfc2136", "rfc2136")]
 
 
 class _Probe(_Model):
@@ -274,11 +326,68 @@ class SiteConfig(_Model):
     stagingDir: NonEmpty | None = None
     vcenter: VCenter | None = None
     libvirt: Libvirt | None = None
+    #: The target platforms this site runs cutovers to, by the runbooks' `targetPlatform`.
+    #: Unset: the `libvirt` section serves DEFAULT_LIBVIRT_PLATFORMS. A runbook whose
+    #: platform the site does not bind is refused, never run elsewhere.
+    targetPlatforms: dict[TargetPlatform, TargetBinding] | None = None
     storageMappings: list[StorageMapping] = Field(default_factory=list)
     networkMappings: list[NetworkMapping] = Field(default_factory=list)
-    loadBalancer: HAProxy | None = None
-    dns: Dns | None = None
+    loadBalancer: LoadBalancer | None = None
+    dns: DnsUpdater | None = None
     checks: dict[StrictStr, Probe] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _libvirt_from_bindings(cls, data: Any) -> Any:
+        # A site that writes only `targetPlatforms` gets the `libvirt` section its URI
+        # names: the libvirt adapter connects to `libvirt.uri` (one endpoint per site).
+        if isinstance(data, dict) and data.get("libvirt") is None:
+            bindings = data.get("targetPlatforms")
+            if isinstance(bindings, dict):
+                uris = {b.get("uri") for b in bindings.values() if isinstance(b, dict)} - {None}
+                if len(uris) == 1:
+                    data = {**data, "libvirt": {"uri": uris.pop()}}
+        return data
+
+    @model_validator(mode="after")
+    def _one_libvirt_endpoint(self) -> SiteConfig:
+        uris = {b.uri for b in (self.targetPlatforms or {}).values() if b.uri is not None}
+        if self.libvirt is not None:
+            uris.add(self.libvirt.uri)
+        if len(uris) > 1:
+            raise ValueError(
+                "`targetPlatforms`: the libvirt bindings and `libvirt.uri` name different "
+                f"endpoints ({', '.join(sorted(uris))}); a site has one libvirt endpoint"
+            )
+        return self
+
+    def bound_platforms(self) -> list[str]:
+        """The runbook `targetPlatform`s this site runs cutovers to."""
+        if self.targetPlatforms is None:
+            return list(DEFAULT_LIBVIRT_PLATFORMS)
+        return list(self.targetPlatforms)
+
+    def target_binding(self, platform: str) -> LibvirtPlatform | None:
+        """How this site reaches `platform` (the URI filled in from `libvirt`), or None
+        when it does not bind it."""
+        if platform not in self.bound_platforms():
+            return None
+        bound = self.targetPlatforms or {}
+        binding = next((b for p, b in bound.items() if p == platform), LibvirtPlatform())
+        if binding.uri is None and self.libvirt is not None:
+            return LibvirtPlatform(type=binding.type, uri=self.libvirt.uri)
+        return binding
+
+    def platform_problem(self, platform: str) -> str | None:
+        """Why a runbook for `platform` cannot run at this site, naming what it binds."""
+        if platform in self.bound_platforms():
+            return None
+        bound = ", ".join(self.bound_platforms()) or "none"
+        return (
+            f"target platform '{platform}' is not bound by site '{self.name}' (it binds: "
+            f"{bound}); bind it under the site's `targetPlatforms` (e.g. `{platform}: "
+            "{type: libvirt, uri: ...}`) or run this runbook at a site that does"
+        )
 
     @model_validator(mode="after")
     def _concerns_need_vcenter(self) -> SiteConfig:
@@ -315,36 +424,42 @@ def load_site(path: str | Path) -> SiteConfig:
     return site
 
 
+def runbook_problems(runbook: Runbook, site: SiteConfig) -> list[tuple[str, str]]:
+    """What keeps `runbook` from running at `site`, as (field, message): its target platform
+    unbound, a check without a probe, a step without the site section it needs. Caught
+    here, not halfway through a cutover (where the undo would fail the same way)."""
+    problems: list[tuple[str, str]] = []
+    unbound = site.platform_problem(runbook.targetPlatform)
+    if unbound is not None:
+        problems.append(("targetPlatform", unbound))
+    problems += [
+        (f"{field}[{i}]", f"check '{name}' has no probe in the site config (add it under `checks`)")
+        for field in ("preChecks", "postChecks", "rollbackCriteria")
+        for i, name in enumerate(getattr(runbook, field))
+        if name not in site.checks
+    ]
+    needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
+             "update_dns": ("dns", site.dns),
+             "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip
+    problems += [
+        (f"cutoverSteps[{i}]",
+         f"step '{step}' needs a `{needs[step][0]}` section in the site config")
+        for i, step in enumerate(runbook.cutoverSteps)
+        if step in needs and needs[step][1] is None
+    ]  # fmt: skip
+    return problems
+
+
 def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: str = "") -> Runbook:
-    """Load a runbook; with a site, every check it names must also have a probe there."""
+    """Load a runbook; with a site, it must be able to run there (`runbook_problems`)."""
     context = {"site_checks": frozenset(site.checks) if site else frozenset()}
     runbook = load_file(Runbook, path, context=context)
     if site is not None:
-        problems = [
-            Problem(
-                str(path),
-                f"{field}[{i}]",
-                f"check '{name}' has no probe in the site config {site_file or ''} "
-                "(add it under `checks`)".replace("  ", " "),
-            )
-            for field in ("preChecks", "postChecks", "rollbackCriteria")
-            for i, name in enumerate(getattr(runbook, field))
-            if name not in site.checks
-        ]
-        # Caught here, not halfway through a cutover (where the undo would fail the same way).
-        needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
-                 "update_dns": ("dns", site.dns),
-                 "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip
-        problems += [
-            Problem(
-                str(path),
-                f"cutoverSteps[{i}]",
-                f"step '{step}' needs a `{needs[step][0]}` section in the site config "
-                f"{site_file}".rstrip(),
-            )
-            for i, step in enumerate(runbook.cutoverSteps)
-            if step in needs and needs[step][1] is None
-        ]
+        problems = runbook_problems(runbook, site)
         if problems:
-            raise ConfigError(problems)
+            # the site file named where the message says "the site config"
+            where = f"the site config {site_file}" if site_file else "the site config"
+            raise ConfigError(
+                [Problem(str(path), f, m.replace("the site config", where, 1)) for f, m in problems]
+            )
     return runbook

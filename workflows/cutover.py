@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.models import (
         INPUT_PLACEHOLDER,
+        WITHOUT_PLATFORM_RULE,
         ApprovalRequest,
         CheckInput,
         CheckPhase,
@@ -138,6 +139,20 @@ class AppCutoverWorkflow:
         # as a plain dict; run() then fails the workflow with every field named, instead
         # of the workflow task failing forever on decoding.
         self._input_error: str | None = None
+        # --- issue 15, target platforms (begin) ---
+        # Input that breaks only the platform rule ran on workers before the rule: read it
+        # without the rule, so a run they started replays as it ran; run() refuses a new one.
+        self._platform_error: str | None = None
+        if not isinstance(inp, CutoverInput):
+            with contextlib.suppress(ValidationError):
+                relaxed = CutoverInput.model_validate(inp, context=WITHOUT_PLATFORM_RULE)
+                unbound = relaxed.site.platform_problem(relaxed.runbook.targetPlatform)
+                if unbound is not None:
+                    self._platform_error = (
+                        f"invalid cutover input: runbook.targetPlatform: {unbound}"
+                    )
+                    inp = relaxed
+        # --- issue 15, target platforms (end) ---
         if not isinstance(inp, CutoverInput):
             try:
                 inp = CutoverInput.model_validate(inp)
@@ -191,6 +206,16 @@ class AppCutoverWorkflow:
     async def run(self, _: WorkflowInput) -> CutoverResult:
         if self._input_error is not None:
             raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
+        # --- issue 15, target platforms (begin) ---
+        # A new cutover to a platform its site does not bind fails before any step, never
+        # runs elsewhere. A continued window (carry) started before the rule: it goes on.
+        if (
+            self._platform_error is not None
+            and self._inp.carry is None
+            and workflow.patched("target-platform-bound")
+        ):
+            raise ApplicationError(self._platform_error, type="ConfigError", non_retryable=True)
+        # --- issue 15, target platforms (end) ---
         # Everything issue 11 changed (the remigration guard, undo preconditions and blocked
         # rollbacks, bounded steps, cancellation, finalize on fresh evidence, bounded
         # windows) is one patch: cutovers started before it replay exactly as they ran.

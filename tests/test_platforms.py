@@ -1,0 +1,252 @@
+"""Target platforms are bound by the site (issue 15): a runbook whose `targetPlatform` its
+site does not bind is refused by `cutover validate --site`, by `cutover run` before anything
+starts, and by the workflow before any step, each naming the platforms the site binds;
+never run against whatever adapter happens to be there. Load balancers and DNS are tagged
+unions in the site the same way (HAProxy and RFC 2136 the one implementation of each)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cutover.catalog import BUILTIN_CHECKS
+from cutover.config import ConfigError
+from cutover.models import CutoverInput
+from cutover.runbook import Runbook
+from cutover.site import DEFAULT_LIBVIRT_PLATFORMS, SiteConfig, load_runbook
+from cutover.wave import WaveApp, WaveInput
+from tests.conftest import DevServer
+from tests.factories import SEED, cutover_input, site, unique_app
+from tests.world import World
+from workers.worker import build_worker
+
+CUTOVER = str(Path(sys.executable).parent / "cutover")
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "customer-analytics-api.yaml"
+#: The console script runs this checkout's code (also from a git worktree).
+CHECKOUT = {"PYTHONPATH": str(ROOT)}
+LEGACY = ", ".join(DEFAULT_LIBVIRT_PLATFORMS)
+
+
+def cutover(*args: str, address: str = "127.0.0.1:1") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **CHECKOUT, "TEMPORAL_ADDRESS": address}
+    proc = subprocess.run(
+        [CUTOVER, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def write_site(tmp: Path, **extra: Any) -> Path:
+    data: dict[str, Any] = {
+        "name": "kvm-only",
+        "checks": {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS},
+        # what the seed's steps need (the vCenter is never reached: nothing runs)
+        "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
+        "loadBalancer": {"socket": str(tmp / "haproxy.sock")},
+        **extra,
+    }
+    path = tmp / "site.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def write_runbook(tmp: Path, **fields: Any) -> tuple[str, Path]:
+    app = unique_app("plat")
+    path = tmp / "runbook.yaml"
+    path.write_text(yaml.safe_dump({**SEED, "application": app, **fields}), encoding="utf-8")
+    return app, path
+
+
+KVM_ONLY = {"targetPlatforms": {"kvm-libvirt": {"type": "libvirt", "uri": "qemu:///system"}}}
+
+
+# ------------------------------------------------------------------ cutover validate
+
+
+def test_validate_refuses_a_platform_the_site_does_not_bind_naming_what_it_binds(
+    tmp_path: Path,
+) -> None:
+    site_file = write_site(tmp_path, **KVM_ONLY)
+    res = cutover("validate", str(EXAMPLE), "--site", str(site_file))  # pextra-cloud
+    assert res.returncode == 2, res.stdout + res.stderr
+    [line] = res.stderr.splitlines()
+    assert line.startswith(f"{EXAMPLE}: targetPlatform: target platform 'pextra-cloud'")
+    assert "not bound by site 'kvm-only' (it binds: kvm-libvirt)" in line
+
+
+def test_validate_refuses_proxmox_at_a_site_that_binds_only_its_libvirt_section(
+    tmp_path: Path,
+) -> None:
+    # A site written before `targetPlatforms`: its `libvirt` serves the libvirt family only.
+    site_file = write_site(tmp_path, libvirt={"uri": "qemu:///system"})
+    _, runbook = write_runbook(tmp_path, targetPlatform="proxmox")
+    res = cutover("validate", str(runbook), "--site", str(site_file))
+    assert res.returncode == 2
+    assert f"target platform 'proxmox' is not bound by site 'kvm-only' (it binds: {LEGACY})" in (
+        res.stderr
+    )
+
+
+def test_the_seed_runbook_validates_against_a_site_that_binds_pextra_cloud(
+    tmp_path: Path,
+) -> None:
+    binding = {"pextra-cloud": {"type": "libvirt", "uri": "qemu+ssh://pextra-01/system"}}
+    site_file = write_site(tmp_path, targetPlatforms=binding)
+    res = cutover("validate", str(EXAMPLE), "--site", str(site_file))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "1 runbook(s) valid"
+
+
+# ------------------------------------------------------------------ cutover run
+
+
+async def test_run_refuses_an_unbound_platform_before_starting_anything(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    queue = f"plat-{uuid.uuid4().hex[:8]}"
+    site_file = write_site(tmp_path, taskQueue=queue, **KVM_ONLY)
+    app, runbook = write_runbook(tmp_path, rollbackWindowMinutes=0.05)
+    world = World()
+    async with build_worker(client, queue, activities=world.activities()):
+        res = await asyncio.to_thread(
+            cutover, "run", str(runbook), "--site", str(site_file), address=temporal_server.address
+        )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "target platform 'pextra-cloud' is not bound" in res.stderr
+    assert "(it binds: kvm-libvirt)" in res.stderr
+    with pytest.raises(RPCError) as missing:  # no workflow was started
+        await client.get_workflow_handle(f"cutover-{app}").describe()
+    assert missing.value.status == RPCStatusCode.NOT_FOUND
+    assert world.calls == [] and world.check_calls == [] and world.guard_calls == []
+
+
+# ------------------------------------------------------------------ the workflow
+
+
+async def test_the_workflow_refuses_an_unbound_platform_from_the_ui_before_any_step(
+    client: Client,
+) -> None:
+    # The Temporal UI's start form sends raw JSON, which no CLI has validated.
+    world = World()
+    queue = f"ui-{uuid.uuid4().hex[:8]}"
+    raw = cutover_input(queue).model_dump(mode="json")
+    raw["runbook"]["targetPlatform"] = "proxmox"
+    app = raw["runbook"]["application"]
+    async with build_worker(client, queue, activities=world.activities()):
+        handle = await client.start_workflow(
+            "AppCutover", raw, id=f"cutover-{app}", task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigError"
+    assert cause.non_retryable
+    assert cause.message.startswith("invalid cutover input: runbook.targetPlatform: ")
+    assert f"'proxmox' is not bound by site 'test' (it binds: {LEGACY})" in cause.message
+    assert world.calls == [] and world.check_calls == [] and world.guard_calls == []
+
+
+# ------------------------------------------------------------------ the models
+
+
+def test_a_site_without_target_platforms_binds_its_libvirt_section_to_the_libvirt_family() -> None:
+    legacy = SiteConfig.model_validate({"libvirt": {"uri": "qemu+ssh://kvm-01/system"}})
+    assert legacy.bound_platforms() == ["kvm-libvirt", "libvirt", "pextra-cloud"]
+    binding = legacy.target_binding("pextra-cloud")
+    assert binding is not None and binding.uri == "qemu+ssh://kvm-01/system"
+    assert legacy.target_binding("proxmox") is None and legacy.target_binding("openstack") is None
+
+
+def test_bound_platforms_are_exactly_the_ones_listed_and_reach_the_site_libvirt() -> None:
+    bound = SiteConfig.model_validate(
+        {"targetPlatforms": {"proxmox": {"type": "libvirt", "uri": "qemu+ssh://pve/system"}}}
+    )
+    assert bound.bound_platforms() == ["proxmox"]
+    # the libvirt adapter connects to `libvirt.uri`: a binding-only site gets it
+    assert bound.libvirt is not None and bound.libvirt.uri == "qemu+ssh://pve/system"
+    assert bound.platform_problem("kvm-libvirt") is not None
+    assert bound.platform_problem("proxmox") is None
+
+
+@pytest.mark.parametrize(
+    ("site_data", "where", "says"),
+    [
+        ({"targetPlatforms": {"proxmox": {"uri": "x"}}}, ("targetPlatforms", "proxmox"), "`type`"),
+        ({"targetPlatforms": {"proxmox": {"type": "ssh"}}}, ("targetPlatforms", "proxmox"), "ssh"),
+        (
+            {"targetPlatforms": {"vmware": {"type": "libvirt"}}},
+            ("targetPlatforms", "vmware", "[key]"),
+            "'proxmox'",
+        ),
+        (
+            {
+                "libvirt": {"uri": "qemu:///system"},
+                "targetPlatforms": {"proxmox": {"type": "libvirt", "uri": "qemu+ssh://b/system"}},
+            },
+            (),
+            "name different endpoints (qemu+ssh://b/system, qemu:///system)",
+        ),
+    ],
+)
+def test_a_binding_names_a_known_platform_an_implementation_and_the_one_endpoint(
+    site_data: dict[str, Any], where: tuple[str, ...], says: str
+) -> None:
+    with pytest.raises(ValidationError) as bad:
+        SiteConfig.model_validate(site_data)
+    [err] = bad.value.errors()
+    assert err["loc"] == where and says in str(bad.value)
+
+
+def test_load_balancer_and_dns_are_tagged_with_their_one_implementation() -> None:
+    written_before = SiteConfig.model_validate(
+        {
+            "loadBalancer": {"socket": "/run/haproxy.sock"},
+            "dns": {"server": "10.0.0.53", "zone": "example.com", "tsigKeyFile": "/k"},
+        }
+    )
+    assert written_before.loadBalancer is not None and written_before.loadBalancer.type == "haproxy"
+    assert written_before.dns is not None and written_before.dns.type == "rfc2136"
+    for field, value, kind in (
+        ("loadBalancer", {"type": "nginx", "socket": "/s"}, "haproxy"),
+        ("dns", {"type": "route53", "server": "s", "zone": "z", "tsigKeyFile": "k"}, "rfc2136"),
+    ):
+        with pytest.raises(ValidationError) as bad:
+            SiteConfig.model_validate({field: value})
+        assert f"`type` must name an implementation: {kind}" in str(bad.value)
+
+
+def test_every_path_to_a_cutover_refuses_an_unbound_platform(tmp_path: Path) -> None:
+    runbook = Runbook.model_validate({**SEED, "targetPlatform": "openstack"})
+    at = site(
+        vcenter={"host": "vc", "user": "svc", "passwordRef": {"env": "UNUSED"}},
+        loadBalancer={"socket": "/run/haproxy.sock"},
+    )
+    # the runbook file against the site (`validate --site`, `run`, `lower-ttl`, waves' files)
+    path = tmp_path / "rb.yaml"
+    path.write_text(yaml.safe_dump({**SEED, "targetPlatform": "openstack"}), encoding="utf-8")
+    with pytest.raises(ConfigError) as bad_file:
+        load_runbook(path, at, "site.yaml")
+    assert [p.path for p in bad_file.value.problems] == ["targetPlatform"]
+    # the workflow's input, built from models (`cutover run`, waves) or decoded
+    with pytest.raises(ValidationError) as bad_input:
+        CutoverInput(runbook=runbook, site=at)
+    assert [e["loc"] for e in bad_input.value.errors()] == [("runbook", "targetPlatform")]
+    # a wave's input: the application's field is named
+    app = WaveApp(application=runbook.application, runbook=runbook)
+    with pytest.raises(ValidationError) as bad_wave:
+        WaveInput(name="w", site=at, apps=[app])
+    assert "apps[0].runbook.targetPlatform" in str(bad_wave.value)
+    assert f"(it binds: {LEGACY})" in str(bad_wave.value)
