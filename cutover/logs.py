@@ -26,6 +26,8 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from cutover.models import CheckInput, StepInput
+
 #: Fields workflow code passes as `extra` that become top-level fields of the JSON line.
 EXTRA_FIELDS = (
     "application",
@@ -134,8 +136,6 @@ class _ActivityLogging(ActivityInboundInterceptor):
             "step": info.activity_type,
             "attempt": info.attempt,
         }
-        from cutover.models import CheckInput, StepInput
-
         arg = input.args[0] if input.args else None
         if isinstance(arg, StepInput):
             fields["application"], fields["wave"] = arg.context.application, arg.context.wave

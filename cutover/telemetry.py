@@ -15,19 +15,16 @@ Besides the SDK's own metrics it carries ours, recorded by the workflow when a c
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 # The metric names live in the domain: the workflow records them without loading the SDK.
 from cutover.metrics import DOWNTIME, DOWNTIME_BUCKETS
-
-if TYPE_CHECKING:
-    from temporalio.runtime import Runtime
 
 _configured = False
 
@@ -39,6 +36,7 @@ def exporter_from_env() -> SpanExporter | None:
     if kind == "console":
         return ConsoleSpanExporter()
     if kind == "otlp":
+        # here, not at the top: only when asked for (it loads protobuf and requests)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()
@@ -85,8 +83,6 @@ def metrics_runtime(address: str) -> Runtime:
     Clients (and so workers) built on it report there; one per process is enough. Each
     Runtime owns its own core threads: do not replace the default one for other clients.
     """
-    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-
     return Runtime(
         telemetry=TelemetryConfig(
             metrics=PrometheusConfig(

@@ -23,6 +23,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.runtime import Runtime
 from temporalio.service import RPCError, TLSConfig
 
+from cutover import search_attributes
+
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
 
@@ -98,8 +100,6 @@ async def connect(
 
 async def why_finished(handle: WorkflowHandle[Any, Any], command: str, what: str) -> str:
     """Updates reach only running workflows: say what the cutover or wave did instead."""
-    from cutover import search_attributes
-
     try:
         desc = await handle.describe()
     except RPCError:
