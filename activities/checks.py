@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
 from cutover.catalog import RUN_CHECK
+from cutover.errors import ErrorKind
 from cutover.models import CheckInput, CheckResult
 from cutover.site import (
     CommandProbe,
@@ -61,7 +62,7 @@ class CheckActivities:
         if self.disks is None or inp.context is None:
             raise ApplicationError(
                 "this worker has no disk data path (or the check got no cutover context)",
-                type="ConfigError",
+                type=ErrorKind.CONFIG_ERROR.value,
                 non_retryable=True,
             )
         reports = self.disks.consistency(inp.context)
@@ -91,7 +92,9 @@ class CheckActivities:
         if isinstance(probe, VSphereConcernsProbe):
             if self.vsphere is None:
                 raise ApplicationError(
-                    "this worker has no vSphere adapter", type="ConfigError", non_retryable=True
+                    "this worker has no vSphere adapter",
+                    type=ErrorKind.CONFIG_ERROR.value,
+                    non_retryable=True,
                 )
             return await asyncio.to_thread(self.vsphere.concerns_check, inp, probe)
         if isinstance(probe, DataConsistencyProbe):
@@ -110,7 +113,7 @@ class CheckActivities:
             return await asyncio.to_thread(_dns_probe(), inp, probe)
         raise ApplicationError(
             f"check {inp.name}: probe type {probe.type!r} is not supported by this worker yet",
-            type="ConfigError",
+            type=ErrorKind.CONFIG_ERROR.value,
             non_retryable=True,
         )
 
@@ -125,7 +128,7 @@ def _dns_probe() -> Callable[[CheckInput, DnsProbe], CheckResult]:
             raise
         raise ApplicationError(
             "this worker has no DNS probe (adapters/dns is missing)",
-            type="ConfigError",
+            type=ErrorKind.CONFIG_ERROR.value,
             non_retryable=True,
         ) from None
     return dns_probe

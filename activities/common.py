@@ -1,5 +1,5 @@
-"""What every adapter module shares: typed errors, attempts and heartbeats that also work
-when an activity method is called directly (tests, the CLI), outside a worker."""
+"""What every activity module shares: typed errors (cutover.errors), attempts and heartbeats
+that also work when an activity method is called directly (tests, the CLI), outside a worker."""
 
 from __future__ import annotations
 
@@ -7,21 +7,13 @@ from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-
-def error(kind: str, message: str, retryable: bool = False) -> ApplicationError:
-    """A typed failure: `kind` names it for people and retry policies alike."""
-    return ApplicationError(message, type=kind, non_retryable=not retryable)
+from adapters.progress import heartbeat as heartbeat
+from cutover.errors import error as error
 
 
 def attempt() -> int:
     return activity.info().attempt if activity.in_activity() else 1
-
-
-def heartbeat(details: Any) -> None:
-    if activity.in_activity():
-        activity.heartbeat(details)
 
 
 def log() -> Any:

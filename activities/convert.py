@@ -44,6 +44,7 @@ from activities.common import attempt as _attempt
 from activities.common import error as _error
 from activities.common import heartbeat as _heartbeat
 from cutover.catalog import Compensation, Step
+from cutover.errors import ErrorKind
 from cutover.inventory import VM
 from cutover.models import StepContext, StepInput, StepResult
 from cutover.site import SiteConfig, StorageMapping
@@ -67,7 +68,7 @@ def safe_name(name: str, what: str) -> str:
     """`name` if it can be one path component; else a non-retryable `PathRejected`."""
     if not _SAFE_NAME.fullmatch(name) or ".." in name:
         raise _error(
-            "PathRejected",
+            ErrorKind.PATH_REJECTED,
             f"{what} {name!r} may hold only letters, digits, '.', '_' and '-' (starting with "
             "a letter or digit, no '..'): it names a file and must not leave its directory",
         )
@@ -82,7 +83,7 @@ def confined(root: Path, candidate: str | Path, what: str) -> Path:
         path = base / path
     resolved = path.resolve()
     if resolved != base and base not in resolved.parents:
-        raise _error("PathRejected", f"{what} {str(candidate)!r} is outside {base}")
+        raise _error(ErrorKind.PATH_REJECTED, f"{what} {str(candidate)!r} is outside {base}")
     return resolved
 
 
@@ -116,7 +117,7 @@ def mapping_for(site: SiteConfig, vms: Sequence[VM], disk_key: str) -> StorageMa
     if not maps:
         return StorageMapping(sourceDatastore="*", targetPool="default")
     raise _error(
-        "ConfigError",
+        ErrorKind.CONFIG_ERROR,
         f"disk {disk_key}: no storage mapping for datastore {datastore!r} "
         f"(mapped: {', '.join(m.sourceDatastore for m in maps)})",
     )
@@ -157,7 +158,7 @@ def legacy_converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise _error("ToolMissing", f"{name} is not installed (Debian package qemu-utils)")
+        raise _error(ErrorKind.TOOL_MISSING, f"{name} is not installed (Debian package qemu-utils)")
     return path
 
 
@@ -173,7 +174,7 @@ def image_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
         argv += ["-f", fmt]
     done = subprocess.run([*argv, str(path)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise _error("NotFound", f"qemu-img info {path}: {done.stderr.strip()}")
+        raise _error(ErrorKind.NOT_FOUND, f"qemu-img info {path}: {done.stderr.strip()}")
     info: dict[str, Any] = json.loads(done.stdout)
     return info
 
@@ -186,7 +187,7 @@ def check_qcow2(path: Path, what: Path | None = None) -> None:
     )  # fmt: skip
     if done.returncode != 0:
         raise _error(
-            "VerificationFailed",
+            ErrorKind.VERIFICATION_FAILED,
             f"qemu-img check {what or path} (exit {done.returncode}): "
             f"{(done.stdout + done.stderr).strip()}",
         )
@@ -258,7 +259,9 @@ class QemuImgConverter:
         if code != 0:
             message = b"".join(err).decode(errors="replace").strip()
             raise _error(
-                "ConversionFailed", f"qemu-img convert {source} -> {target}: {message}", True
+                ErrorKind.CONVERSION_FAILED,
+                f"qemu-img convert {source} -> {target}: {message}",
+                True,
             )
         if progress is not None:
             progress(100.0)
@@ -275,7 +278,7 @@ class QemuImgConverter:
         )  # fmt: skip
         if done.returncode != 0:
             raise _error(
-                "VerificationFailed",
+                ErrorKind.VERIFICATION_FAILED,
                 f"qemu-img compare {source} {target} (exit {done.returncode}): "
                 f"{(done.stdout + done.stderr).strip()}",
             )
@@ -329,7 +332,9 @@ class ConvertActivities:
         root = staging_dir(ctx.site)
         keys = disk_keys(ctx.facts, STAGING_FACT)
         if not keys:
-            raise _error("NotFound", "no staged disks: facts `staging_path.<diskKey>` are absent")
+            raise _error(
+                ErrorKind.NOT_FOUND, "no staged disks: facts `staging_path.<diskKey>` are absent"
+            )
         vms = self.vm_source(inp)
         plan = []
         for key in keys:
@@ -346,7 +351,7 @@ class ConvertActivities:
         details: dict[str, str | int | float | bool] = {"converter": self.converter.name}
         for key, source, out, fmt in plan:
             if not source.is_file():
-                raise _error("NotFound", f"staged disk {key} is missing: {source}")
+                raise _error(ErrorKind.NOT_FOUND, f"staged disk {key} is missing: {source}")
             src_fmt = source_format(source)
             part = out.with_name(out.name + ".part")
             part.parent.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -42,6 +42,7 @@ from adapters.vsphere.client import ClientPool, VSphereClient
 from adapters.vsphere.datastore import DatastoreFile
 from adapters.vsphere.inventory import read_inventory, resolve_vms
 from cutover.catalog import Compensation, Step, WarmStep
+from cutover.errors import ErrorKind
 from cutover.models import StepContext, StepInput, StepResult
 
 BLOCK = 1 << 20  # digest block: the unit an incremental pass copies
@@ -56,7 +57,7 @@ Extent = tuple[int, int]  # (offset, length)
 
 
 def integrity_error(message: str) -> ApplicationError:
-    return ApplicationError(message, type="IntegrityError", non_retryable=True)
+    return ApplicationError(message, type=ErrorKind.INTEGRITY_ERROR.value, non_retryable=True)
 
 
 # ---------------------------------------------------------------------------- sources
@@ -587,7 +588,7 @@ class _Pass:
             if len(data) != length:
                 raise ApplicationError(
                     f"{self.src.name}: short read at {off} ({len(data)} of {length} bytes)",
-                    type="SourceReadError",
+                    type=ErrorKind.SOURCE_READ_ERROR.value,
                 )
             self.stats.bytesRead += length
             view = memoryview(data)
@@ -805,14 +806,14 @@ class DiskActivities:
             raise ApplicationError(
                 f"{src.name}: no pre-copy of this workflow in {staged.raw.parent}; run "
                 "pre_copy first",
-                type="InvalidState",
+                type=ErrorKind.INVALID_STATE.value,
                 non_retryable=True,
             )
         if state.size != src.size or not staged.raw.exists():
             raise ApplicationError(
                 f"{src.name}: the source is now {src.size} bytes, the staged copy "
                 f"{state.size}: a resized disk needs a new pre-copy",
-                type="InvalidState",
+                type=ErrorKind.INVALID_STATE.value,
                 non_retryable=True,
             )
         rec = state.done(label)

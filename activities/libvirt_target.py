@@ -58,6 +58,7 @@ from activities.convert import (
     volume_name,
 )
 from cutover.catalog import Compensation, Step
+from cutover.errors import ErrorKind
 from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
@@ -85,11 +86,11 @@ def translate(exc: BaseException, what: str) -> ApplicationError:
     if isinstance(exc, libvirt.libvirtError):
         code = exc.get_error_code()
         if code in _RETRYABLE:
-            return _error("LibvirtUnavailable", f"{what}: {exc} (will retry)", True)
-        return _error("LibvirtFault", f"{what}: {exc}")
+            return _error(ErrorKind.LIBVIRT_UNAVAILABLE, f"{what}: {exc} (will retry)", True)
+        return _error(ErrorKind.LIBVIRT_FAULT, f"{what}: {exc}")
     if isinstance(exc, OSError):
-        return _error("LibvirtUnavailable", f"{what}: {exc}", True)
-    return _error("LibvirtFault", f"{what}: {type(exc).__name__}: {exc}")
+        return _error(ErrorKind.LIBVIRT_UNAVAILABLE, f"{what}: {exc}", True)
+    return _error(ErrorKind.LIBVIRT_FAULT, f"{what}: {type(exc).__name__}: {exc}")
 
 
 # ------------------------------------------------------------------------ connection
@@ -206,7 +207,7 @@ def domain_xml(
 ) -> str:
     """The target domain for one source VM. No <graphics>: the lab has no display."""
     if vm.memoryMB <= 0:
-        raise _error("ConfigError", f"VM {vm.name}: memoryMB is {vm.memoryMB}")
+        raise _error(ErrorKind.CONFIG_ERROR, f"VM {vm.name}: memoryMB is {vm.memoryMB}")
     dom = ET.Element("domain", type=domain_type)
     ET.SubElement(dom, "name").text = name
     ET.SubElement(dom, "description").text = f"cutover of {vm.name} ({vm.moref})"
@@ -274,7 +275,9 @@ def domain_type(conn: Any) -> str:
     for kind in ("kvm", "qemu", "test"):
         if kind in offered:
             return kind
-    raise _error("ConfigError", f"the libvirt host offers no x86_64 domain type ({offered})")
+    raise _error(
+        ErrorKind.CONFIG_ERROR, f"the libvirt host offers no x86_64 domain type ({offered})"
+    )
 
 
 def _ours(dom: Any) -> ET.Element | None:
@@ -300,7 +303,7 @@ def boot_sectors(path: Path, fmt: str, sectors: int = 34) -> bytes:
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
-            raise _error("GuestNotBootable", f"cannot read {path}: {done.stderr.strip()}")
+            raise _error(ErrorKind.GUEST_NOT_BOOTABLE, f"cannot read {path}: {done.stderr.strip()}")
         with out.open("rb") as f:
             return f.read(sectors * 512)
 
@@ -343,7 +346,7 @@ class LibvirtTarget:
 
     def _conn(self, site: SiteConfig) -> Any:
         if site.libvirt is None:
-            raise _error("ConfigError", "the site config has no `libvirt` section")
+            raise _error(ErrorKind.CONFIG_ERROR, "the site config has no `libvirt` section")
         uri = site.libvirt.uri
         with self._lock:
             conn = self._conns.get(uri)
@@ -354,7 +357,9 @@ class LibvirtTarget:
             try:
                 conn = self.connect(uri)
             except Exception as exc:
-                raise _error("LibvirtUnavailable", f"connecting to {uri}: {exc}", True) from None
+                raise _error(
+                    ErrorKind.LIBVIRT_UNAVAILABLE, f"connecting to {uri}: {exc}", True
+                ) from None
             self._conns[uri] = conn
             return conn
 
@@ -368,7 +373,9 @@ class LibvirtTarget:
     def _vms(self, inp: StepInput) -> list[VM]:
         vms = self.vm_source(inp)
         if not vms:
-            raise _error("ConfigError", "no source VM model (facts `source_vm.<name>` are absent)")
+            raise _error(
+                ErrorKind.CONFIG_ERROR, "no source VM model (facts `source_vm.<name>` are absent)"
+            )
         return vms
 
     # --------------------------------------------------------------------- storage
@@ -421,7 +428,9 @@ class LibvirtTarget:
         except OSError as exc:
             if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                 return None
-            raise _error("LibvirtFault", f"linking {source} into {target}: {exc}") from None
+            raise _error(
+                ErrorKind.LIBVIRT_FAULT, f"linking {source} into {target}: {exc}"
+            ) from None
         pool.refresh(0)
         return pool.storageVolLookupByName(name)
 
@@ -491,14 +500,16 @@ class LibvirtTarget:
         root = staging_dir(ctx.site)
         keys = disk_keys(ctx.facts, CONVERTED_FACT)
         if not keys:
-            raise _error("NotFound", "no converted images: facts `converted_path.*` are absent")
+            raise _error(
+                ErrorKind.NOT_FOUND, "no converted images: facts `converted_path.*` are absent"
+            )
         vms = self.vm_source(inp)
         plan = []
         for key in keys:  # every path and name checked before anything is touched
             src = confined(root, ctx.facts[CONVERTED_FACT + key], f"converted image {key}")
             fmt = ctx.facts.get(FORMAT_FACT + key) or mapping_for(ctx.site, vms, key).format
             if fmt not in ("qcow2", "raw"):
-                raise _error("ConfigError", f"disk {key}: unknown image format {fmt!r}")
+                raise _error(ErrorKind.CONFIG_ERROR, f"disk {key}: unknown image format {fmt!r}")
             pool_name = safe_name(mapping_for(ctx.site, vms, key).targetPool, "target pool")
             plan.append((key, src, fmt, pool_name, volume_name(ctx.application, key, fmt)))
         conn = self._conn(ctx.site)
@@ -507,7 +518,7 @@ class LibvirtTarget:
         try:
             for key, src, fmt, pool_name, vol_name in plan:
                 if not src.is_file():
-                    raise _error("NotFound", f"converted image {key} is missing: {src}")
+                    raise _error(ErrorKind.NOT_FOUND, f"converted image {key} is missing: {src}")
                 pool = self._pool(conn, ctx.site, pool_name)
                 old = _lookup(pool.storageVolLookupByName, vol_name)
                 if old is not None:  # a retry: upload again from scratch
@@ -589,9 +600,11 @@ class LibvirtTarget:
             else:
                 continue
             if not Path(path).is_absolute():
-                raise _error("PathRejected", f"disk {key}: image path {path!r} is not absolute")
+                raise _error(
+                    ErrorKind.PATH_REJECTED, f"disk {key}: image path {path!r} is not absolute"
+                )
             if fmt not in ("qcow2", "raw"):
-                raise _error("ConfigError", f"disk {key}: unknown image format {fmt!r}")
+                raise _error(ErrorKind.CONFIG_ERROR, f"disk {key}: unknown image format {fmt!r}")
             out.append(DiskPlan(key=key, path=path, format=fmt))
         return out
 
@@ -631,7 +644,9 @@ class LibvirtTarget:
                 if family == "unknown":
                     details[f"note.{vm.name}"] = "unknown guest OS: assumes virtio drivers"
         if problems:
-            raise _error("GuestNotBootable", "the target cannot boot: " + "; ".join(problems))
+            raise _error(
+                ErrorKind.GUEST_NOT_BOOTABLE, "the target cannot boot: " + "; ".join(problems)
+            )
         return StepResult(
             step=inp.step, changed=False, facts=facts, details=details, attempt=_attempt()
         )
@@ -652,12 +667,15 @@ class LibvirtTarget:
                 dom = _lookup(conn.lookupByName, name)
                 if dom is not None and _ours(dom) is None:
                     raise _error(
-                        "ForeignDomain", f"a domain named {name} exists and was not made by cutover"
+                        ErrorKind.FOREIGN_DOMAIN,
+                        f"a domain named {name} exists and was not made by cutover",
                     )
                 if dom is None:
                     disks = self._disk_images(inp, vm)
                     if not disks:
-                        raise _error("NotFound", f"{vm.name}: no target volume to boot from")
+                        raise _error(
+                            ErrorKind.NOT_FOUND, f"{vm.name}: no target volume to boot from"
+                        )
                     xml = domain_xml(
                         name=name,
                         vm=vm,
@@ -726,7 +744,7 @@ class LibvirtTarget:
                     continue
                 mark = _ours(dom)
                 if mark is None or mark.get("application") != ctx.application:
-                    raise _error("ForeignDomain", f"domain {name} was not made by cutover")
+                    raise _error(ErrorKind.FOREIGN_DOMAIN, f"domain {name} was not made by cutover")
                 if dom.isActive():
                     dom.destroy()
                 flags = (

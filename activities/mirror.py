@@ -32,6 +32,7 @@ from activities.convert import (
 )
 from activities.disks import DiskState, StagedDisk, load_dirty, save_dirty
 from activities.nbd import NbdError, NbdImage
+from cutover.errors import ErrorKind
 from cutover.inventory import VM
 from cutover.models import StepContext
 
@@ -77,7 +78,9 @@ class TargetMirror:
                     if written % (256 << 20) < n:
                         _heartbeat({"image": staged.mirror.name, "bytes": written})
         except NbdError as exc:
-            raise _error("ConversionFailed", f"updating {staged.mirror}: {exc}", True) from None
+            raise _error(
+                ErrorKind.CONVERSION_FAILED, f"updating {staged.mirror}: {exc}", True
+            ) from None
         finally:
             os.close(fd)
         save_dirty(staged.dirty, bytearray(blocks))  # only once the image holds them
@@ -117,7 +120,9 @@ class TargetMirror:
         try:
             return NbdImage(staged.mirror, "qcow2")
         except NbdError as exc:
-            raise _error("ConversionFailed", f"opening {staged.mirror}: {exc}", True) from None
+            raise _error(
+                ErrorKind.CONVERSION_FAILED, f"opening {staged.mirror}: {exc}", True
+            ) from None
 
     def reader(self, ctx: StepContext, disk: str) -> NbdImage | None:
         found = self._staged(ctx, disk)
@@ -126,7 +131,9 @@ class TargetMirror:
         try:  # a running domain holds the image: read it without taking its lock
             return NbdImage(found[0].mirror, "qcow2", read_only=True, shared=True)
         except NbdError as exc:
-            raise _error("ConversionFailed", f"reading {found[0].mirror}: {exc}", True) from None
+            raise _error(
+                ErrorKind.CONVERSION_FAILED, f"reading {found[0].mirror}: {exc}", True
+            ) from None
 
     # -- activities.convert.PreConverted
 

@@ -27,6 +27,7 @@ from temporalio.exceptions import ApplicationError
 from activities.checks import HttpSampling, percent, sample_http
 from activities.common import attempt as _attempt
 from cutover.catalog import Step
+from cutover.errors import ErrorKind
 from cutover.models import StepInput, StepResult
 
 #: Each smoke request's time bound (the runbook's `smokeTest` has no timeout of its own).
@@ -50,7 +51,7 @@ class SmokeActivities:
             raise ApplicationError(
                 "smoke_test needs the target's address: power_on_target reports it as the "
                 "`target_address` fact, or set the runbook's `endpoint.targetAddress`",
-                type="ConfigError",
+                type=ErrorKind.CONFIG_ERROR.value,
                 non_retryable=True,
             )
         path = smoke.path if smoke.path.startswith("/") else f"/{smoke.path}"
@@ -92,7 +93,7 @@ class SmokeActivities:
                 f"smoke test of {url} failed: {'; '.join(failures)}; measured {measured}, "
                 f"expected {expected}{where}{errors}",
                 details,
-                type="SmokeTestFailed",
+                type=ErrorKind.SMOKE_TEST_FAILED.value,
                 non_retryable=True,
             )
         return StepResult(

@@ -23,8 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from temporalio.exceptions import ApplicationError
-
+from cutover.errors import config_error as config_error
 from cutover.site import SiteConfig
 
 APPS = "apps"
@@ -35,10 +34,6 @@ INTERNAL = (APPS, POOLS)
 STATE_SUFFIX = ".state.json"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-def config_error(message: str) -> ApplicationError:
-    return ApplicationError(message, type="ConfigError", non_retryable=True)
 
 
 def check_name(name: str, what: str) -> str:

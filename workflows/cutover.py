@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
         undo_blocked_by,
     )
     from cutover.config import format_path
+    from cutover.errors import NON_RETRYABLE as NEVER_RETRIED_KINDS
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.models import (
         INPUT_PLACEHOLDER,
@@ -100,15 +101,8 @@ _LB = {
 DEFAULT_APPROVAL_MINUTES = 24 * 60
 #: Window-check records kept beside the first and the last round: failures, up to this many.
 _KEPT_FAILED_CHECKS = 50
-#: Errors no retry can fix; activities raise ApplicationError with these types.
-NON_RETRYABLE = [
-    "ConfigError",
-    "StepNotImplemented",
-    "IntegrityError",
-    "InvalidState",
-    "SmokeTestFailed",
-    "TargetUnhealthy",
-]
+#: Errors no retry can fix: cutover.errors.NEVER_RETRIED (in the order histories carry).
+NON_RETRYABLE = list(NEVER_RETRIED_KINDS)
 
 
 def workflow_id_for(application: str) -> str:

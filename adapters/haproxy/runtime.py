@@ -203,7 +203,7 @@ class HAProxyRuntime:
         moved.facts[F.LB_SOURCE_RETIRED] = "maint"
         if self.config_file is None:
             raise _traffic_error(
-                "ConfigError",
+                ErrorKind.CONFIG_ERROR,
                 f"{backend}/{target} at {target_addr} serves and {backend}/{source} is in "
                 "maintenance, but only in HAProxy's runtime state: the site sets no "
                 "loadBalancer.configFile, so the next reload sends traffic back to the "
@@ -375,7 +375,7 @@ class HAProxyRuntime:
                     else "none: no server of the backend is serving"
                 )
                 raise _traffic_error(
-                    "TargetUnhealthy" if role == "target" else "SourceUnhealthy",
+                    ErrorKind.TARGET_UNHEALTHY if role == "target" else ErrorKind.SOURCE_UNHEALTHY,
                     f"{role} {shown} never became healthy in {timeouts.health_s:g}s; traffic "
                     f"stays on the {other_role} (serving: {where}); {name} is back in "
                     f"maintenance, nothing else changed{last}",
@@ -425,14 +425,14 @@ class HAProxyRuntime:
 
 
 def _traffic_error(
-    kind: str, message: str, *, traffic_on: str, serving: list[str], retryable: bool = False
+    kind: ErrorKind, message: str, *, traffic_on: str, serving: list[str], retryable: bool = False
 ) -> ApplicationError:
     """A typed failure that says where traffic is, in words and in its details (the
     workflow decides from them which undo may still run)."""
     return ApplicationError(
         message,
         {"trafficOn": traffic_on, "serving": serving},
-        type=kind,
+        type=kind.value,
         non_retryable=not retryable,
     )
 
