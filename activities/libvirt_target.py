@@ -36,29 +36,19 @@ import libvirt
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import staging
 from activities.common import attempt as _attempt
 from activities.common import error as _error
 from activities.common import heartbeat as _heartbeat
-from activities.convert import (
-    CONVERTED_FACT,
-    FORMAT_FACT,
-    STAGING_FACT,
-    VmSource,
-    _tool,
-    confined,
-    disk_id,
-    disk_keys,
-    image_info,
-    mapping_for,
-    output_name,
-    safe_name,
-    staging_dir,
-    vms_from_facts,
-    volume_name,
-)
+from activities.convert import VmSource, vms_from_facts
+from adapters.qemu.img import image_info
+from adapters.qemu.img import tool as _tool
+from adapters.staging import layout as staging
+from adapters.staging.layout import confined, staging_dir
+from cutover import facts as F
 from cutover.catalog import Compensation, Step
+from cutover.disknames import disk_id, mapping_for, output_name, safe_name, volume_name
 from cutover.errors import ErrorKind
+from cutover.facts import disk_keys
 from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
@@ -66,8 +56,6 @@ from cutover.site import SiteConfig
 # libvirt prints every error to stderr by default; ours arrive as exceptions, typed below.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
-VOLUME_FACT = "target_volume."
-VOLUME_FORMAT_FACT = "target_format."
 METADATA_NS = "urn:cutover:target:1"
 ConnectionFactory = Callable[[str], Any]
 
@@ -498,7 +486,7 @@ class LibvirtTarget:
     def attach_target_storage_profile(self, inp: StepInput) -> StepResult:
         ctx = inp.context
         root = staging_dir(ctx.site)
-        keys = disk_keys(ctx.facts, CONVERTED_FACT)
+        keys = disk_keys(ctx.facts, F.CONVERTED_PATH)
         if not keys:
             raise _error(
                 ErrorKind.NOT_FOUND, "no converted images: facts `converted_path.*` are absent"
@@ -506,8 +494,13 @@ class LibvirtTarget:
         vms = self.vm_source(inp)
         plan = []
         for key in keys:  # every path and name checked before anything is touched
-            src = confined(root, ctx.facts[CONVERTED_FACT + key], f"converted image {key}")
-            fmt = ctx.facts.get(FORMAT_FACT + key) or mapping_for(ctx.site, vms, key).format
+            src = confined(
+                root, ctx.facts[F.per_disk(F.CONVERTED_PATH, key)], f"converted image {key}"
+            )
+            fmt = (
+                ctx.facts.get(F.per_disk(F.CONVERTED_FORMAT, key))
+                or mapping_for(ctx.site, vms, key).format
+            )
             if fmt not in ("qcow2", "raw"):
                 raise _error(ErrorKind.CONFIG_ERROR, f"disk {key}: unknown image format {fmt!r}")
             pool_name = safe_name(mapping_for(ctx.site, vms, key).targetPool, "target pool")
@@ -539,8 +532,8 @@ class LibvirtTarget:
                     details[f"method.{key}"] = "upload"
                 with contextlib.suppress(libvirt.libvirtError):
                     pool.refresh(0)
-                facts[VOLUME_FACT + key] = vol.path()
-                facts[VOLUME_FORMAT_FACT + key] = fmt
+                facts[F.per_disk(F.TARGET_VOLUME, key)] = vol.path()
+                facts[F.per_disk(F.TARGET_FORMAT, key)] = fmt
                 details[f"bytes.{key}"] = sent
                 details[f"sparse.{key}"] = sparse
                 details[f"pool.{key}"] = pool_name
@@ -553,13 +546,17 @@ class LibvirtTarget:
         """Delete this application's volumes; a no-op when none exist. Pools stay."""
         ctx = inp.context
         keys = sorted(
-            {*disk_keys(ctx.facts, CONVERTED_FACT), *disk_keys(ctx.facts, VOLUME_FACT),
-             *disk_keys(ctx.facts, STAGING_FACT)}
+            {*disk_keys(ctx.facts, F.CONVERTED_PATH), *disk_keys(ctx.facts, F.TARGET_VOLUME),
+             *disk_keys(ctx.facts, F.STAGING_PATH)}
         )  # fmt: skip
         names = {volume_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
         # A volume attached under the legacy name (before an upgrade) is removed only when
         # it is the very file this cutover attached: that name may be another application's.
-        recorded = {ctx.facts[VOLUME_FACT + k] for k in keys if VOLUME_FACT + k in ctx.facts}
+        recorded = {
+            ctx.facts[F.per_disk(F.TARGET_VOLUME, k)]
+            for k in keys
+            if F.per_disk(F.TARGET_VOLUME, k) in ctx.facts
+        }
         legacy = {output_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
         pools = {m.targetPool for m in ctx.site.storageMappings} or {"default"}
         removed: list[str] = []
@@ -592,11 +589,14 @@ class LibvirtTarget:
         out = []
         for disk in sorted(vm.disks, key=lambda d: d.key):
             key = disk_id(vm.name, disk.key)
-            if VOLUME_FACT + key in facts:
-                path, fmt = facts[VOLUME_FACT + key], facts.get(VOLUME_FORMAT_FACT + key, "raw")
-            elif CONVERTED_FACT + key in facts:
-                path = facts[CONVERTED_FACT + key]
-                fmt = facts.get(FORMAT_FACT + key, "qcow2")
+            if F.per_disk(F.TARGET_VOLUME, key) in facts:
+                path, fmt = (
+                    facts[F.per_disk(F.TARGET_VOLUME, key)],
+                    facts.get(F.per_disk(F.TARGET_FORMAT, key), "raw"),
+                )
+            elif F.per_disk(F.CONVERTED_PATH, key) in facts:
+                path = facts[F.per_disk(F.CONVERTED_PATH, key)]
+                fmt = facts.get(F.per_disk(F.CONVERTED_FORMAT, key), "qcow2")
             else:
                 continue
             if not Path(path).is_absolute():
@@ -636,11 +636,11 @@ class LibvirtTarget:
             family = guest_family(vm)
             details[f"guest.{vm.name}"] = family
             if family == "windows":
-                facts["target_disk_bus"], facts["target_nic_model"] = "sata", "e1000"
+                facts[F.TARGET_DISK_BUS], facts[F.TARGET_NIC_MODEL] = "sata", "e1000"
                 details[f"note.{vm.name}"] = WINDOWS_NOTE
             else:
-                facts.setdefault("target_disk_bus", "virtio")
-                facts.setdefault("target_nic_model", "virtio")
+                facts.setdefault(F.TARGET_DISK_BUS, "virtio")
+                facts.setdefault(F.TARGET_NIC_MODEL, "virtio")
                 if family == "unknown":
                     details[f"note.{vm.name}"] = "unknown guest OS: assumes virtio drivers"
         if problems:
@@ -688,8 +688,8 @@ class LibvirtTarget:
                         domain_type=kind,
                         application=ctx.application,
                         workflow_id=ctx.workflowId,
-                        disk_bus=ctx.facts.get("target_disk_bus", "virtio"),
-                        nic_model=ctx.facts.get("target_nic_model", "virtio"),
+                        disk_bus=ctx.facts.get(F.TARGET_DISK_BUS, "virtio"),
+                        nic_model=ctx.facts.get(F.TARGET_NIC_MODEL, "virtio"),
                     )
                     dom = conn.defineXML(xml)
                     changed = True
@@ -699,7 +699,7 @@ class LibvirtTarget:
             facts = {"target_domain": ",".join(names)}
             address = ctx.runbook.endpoint.targetAddress or self._lease_address(conn, inp, names)
             if address:
-                facts["target_address"] = address
+                facts[F.TARGET_ADDRESS] = address
         except libvirt.libvirtError as exc:
             raise translate(exc, "powering on the target") from None
         return StepResult(

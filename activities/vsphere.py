@@ -89,7 +89,7 @@ class VSphereActivities:
         if describe:
             inv = read_inventory(client)
             facts.update(
-                {F.per_disk(F.SOURCE_VM, v.name): inv.vm(v.name).model_dump_json() for v in vms}
+                {F.per_vm(F.SOURCE_VM, v.name): inv.vm(v.name).model_dump_json() for v in vms}
             )
         return StepResult(
             step=inp.step,

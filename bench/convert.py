@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from activities.convert import QemuImgConverter
+from adapters.qemu.img import QemuImgConverter
 
 EXTENT = 64 << 20
 

@@ -38,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from activities.convert import ConvertActivities
-from activities.disks import BLOCK, DiskActivities, DiskSource, LocalFileSource
+from activities.disks import DiskActivities
 from activities.libvirt_target import LibvirtTarget, remove_cutover_domains
-from activities.mirror import TargetMirror
+from adapters.localdisk import LocalFileSource
+from adapters.qemu.mirror import TargetMirror
+from adapters.staging.copy import BLOCK
 from bench.precopy import drop, make_disk
 from cutover import libvirtd
 from cutover.inventory import VM, Disk
 from cutover.models import StepContext, StepInput, StepResult
+from cutover.ports import DiskSource
 from cutover.runbook import Runbook
 from cutover.site import Libvirt, SiteConfig, StorageMapping
 from cutover.vcsim import BLOCK_SIZE, record_writes

@@ -28,8 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from activities.disks import BLOCK, DiskActivities, DiskSource, LocalFileSource
+from activities.disks import DiskActivities
+from adapters.localdisk import LocalFileSource
+from adapters.staging.copy import BLOCK
 from cutover.models import StepContext, StepInput
+from cutover.ports import DiskSource
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig
 from tests.factories import SEED

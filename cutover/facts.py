@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from cutover.inventory import VM
+
 # --- source (vSphere)
 #: The application's source VMs, comma-separated (resolved once; later steps reuse it).
 SOURCE_VMS = "source_vms"
@@ -63,7 +65,7 @@ DNS_TTL_LOWERED_AT = "dns_ttl_lowered_at"
 
 
 def per_disk(prefix: str, disk: str) -> str:
-    """The key of a per-disk (or per-VM) fact: `per_disk(STAGING_PATH, "web-2000")`."""
+    """The key of a per-disk fact: `per_disk(STAGING_PATH, "web-2000")`."""
     return prefix + disk
 
 
@@ -78,3 +80,13 @@ def baseline_ms(percentile: int) -> str:
 
 def lb_previous_state(role: str) -> str:
     return LB_PREVIOUS_STATE.format(role)
+
+
+def source_vm_models(facts: Mapping[str, str]) -> list[VM]:
+    """The source VMs' inventory models published as facts `source_vm.<name>`."""
+    return [VM.model_validate_json(facts[k]) for k in sorted(facts) if k.startswith(SOURCE_VM)]
+
+
+def per_vm(prefix: str, vm: str) -> str:
+    """The key of a per-VM fact: `per_vm(SOURCE_VM, "web-1")`."""
+    return prefix + vm

@@ -8,8 +8,10 @@ Only what the code uses: a new load balancer implements `LoadBalancer` (HAProxy:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
+from cutover.models import StepContext
 from cutover.traffic import Address, BackendPrior, ServerState, Switch, Timeouts
 
 
@@ -56,3 +58,36 @@ class LoadBalancer(Protocol):
     def state(self, backend: str) -> dict[str, ServerState]:
         """Every server of the backend, by name."""
         ...
+
+
+Extent = tuple[int, int]  # (offset, length)
+
+
+class DiskSource(Protocol):
+    """Bytes of one source disk, plus what is known about its allocation and changes."""
+
+    name: str
+    size: int
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes (fewer only at the end of the disk)."""
+        ...
+
+    def allocated(self) -> list[Extent] | None:
+        """Extents that may hold data (the rest reads as zeros); None when unknown."""
+        ...
+
+    def change_id(self) -> str | None:
+        """The current changed-block-tracking ID; None without CBT."""
+        ...
+
+    def changed_since(self, change_id: str) -> list[Extent] | None:
+        """Extents written since `change_id`; None when CBT cannot answer (fall back)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: Which disks a step works on: `(disk name, source)` pairs. The bool says the caller is
+#: the pre-copy (a vSphere factory may enable CBT then).
+SourceFactory = Callable[[StepContext, bool], list[DiskSource]]

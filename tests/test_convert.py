@@ -9,12 +9,8 @@ from pathlib import Path
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.convert import (
-    ConvertActivities,
-    QemuImgConverter,
-    _pump_progress,
-    virt_v2v_available,
-)
+from activities.convert import ConvertActivities
+from adapters.qemu.img import QemuImgConverter, _pump_progress, virt_v2v_available
 from cutover.inventory import VM, Disk
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook

@@ -25,17 +25,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.disks import (
-    BLOCK,
-    DiskActivities,
-    DiskSource,
-    LocalFileSource,
-    data_consistency_confirmed,
-)
+from activities.disks import DiskActivities
+from adapters.localdisk import LocalFileSource
+from adapters.staging.copy import BLOCK, data_consistency_confirmed
 from adapters.vsphere.client import ClientPool
 from cutover import vcsim as vcsim_mod
 from cutover.catalog import WarmStep
 from cutover.models import StepContext, StepInput, StepResult
+from cutover.ports import DiskSource
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
 from tests import procs
@@ -184,7 +181,7 @@ def test_final_sync_integrity_mismatch_is_non_retryable(
     inp = step(tmp_path / "staging", "pre_copy")
     acts.pre_copy(inp)
     write_at(src, 3 * MiB, os.urandom(MiB))
-    import activities.disks as disks
+    import adapters.staging.copy as disks
 
     real = disks._write_block
 
@@ -214,7 +211,7 @@ def test_a_write_lost_in_the_final_pass_is_caught_by_the_full_comparison(
     inp = step(tmp_path / "staging", "pre_copy")
     acts.pre_copy(inp)
     write_at(src, 5 * MiB, os.urandom(MiB))
-    import activities.disks as disks
+    import adapters.staging.copy as disks
 
     real = disks._write_block
     monkeypatch.setattr(

@@ -13,9 +13,11 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.convert import ConvertActivities
-from activities.disks import BLOCK, DiskActivities, StagedDisk
-from activities.mirror import TargetMirror
-from activities.nbd import NbdImage
+from activities.disks import DiskActivities
+from adapters.qemu.mirror import TargetMirror
+from adapters.qemu.nbd import NbdImage
+from adapters.staging.copy import BLOCK
+from adapters.staging.layout import StagedDisk
 from cutover.models import StepInput
 from cutover.site import StorageMapping
 from tests.test_disks import MiB, again, local_factory, sparse_disk, step, write_at

@@ -15,10 +15,12 @@ import libvirt
 import pytest
 
 from activities.convert import ConvertActivities
-from activities.disks import DiskActivities, DiskSource, LocalFileSource
+from activities.disks import DiskActivities
 from activities.libvirt_target import LibvirtTarget
+from adapters.localdisk import LocalFileSource
 from cutover.inventory import VM, Disk
 from cutover.models import StepContext, StepInput
+from cutover.ports import DiskSource
 from cutover.runbook import Runbook
 from cutover.site import Libvirt, SiteConfig, StorageMapping
 from tests.factories import SEED
@@ -211,9 +213,8 @@ def test_old_staging_of_an_application_named_pools_is_discarded_file_by_file(
 def test_staging_paths_come_from_one_function(tmp_path: Path) -> None:
     """Staged disk, digest maps, pre-converted and converted images of one application all
     lie in `application_dir`; pools in `pools_root`."""
-    from activities import staging as ns
-    from activities.convert import converted_path
-    from activities.disks import StagedDisk
+    from adapters.staging import layout as ns
+    from adapters.staging.layout import StagedDisk, converted_path
 
     site = the_site(tmp_path)
     ctx = step(site, "web", "pre_copy").context

@@ -21,10 +21,10 @@ from activities.disks import DiskActivities
 from activities.dns import DnsActivities
 from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
-from activities.mirror import TargetMirror
 from activities.smoke import SmokeActivities
 from activities.vsphere import VSphereActivities
 from activities.wave import WaveActivities
+from adapters.qemu.mirror import TargetMirror
 from adapters.vsphere.client import ClientPool
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor

@@ -4,14 +4,14 @@ conversion happens in the warm phase, not in the downtime.
 - After pre-copy, the staged raw copy is converted once (`qemu-img convert`, then a full
   `qemu-img compare`), while the source still serves.
 - After each incremental pass, the blocks that pass changed in the staged copy (the dirty
-  bitmap `activities.disks` keeps) are written into the image through `qemu-nbd`.
+  bitmap `adapters.staging.copy` keeps) are written into the image through `qemu-nbd`.
 - The final pass, after quiesce, writes the changed blocks straight into the image (a
   `Sink`), so the downtime's data work is the changed bytes read once and written once.
 - `convert_image` then links the image in as the converted output (no byte copied) after
   `qemu-img check` of its metadata; the window's `data_consistency_confirmed` reads the
   image's guest view, so what the target boots is what is compared with the source.
 
-Raw mappings need none of this: the staged copy itself is linked in (see `convert.py`).
+Raw mappings need none of this: the staged copy itself is linked in (see `activities/convert.py`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activities.common import error as _error
-from activities.common import heartbeat as _heartbeat
-from activities.convert import (
-    SOURCE_VM_FACT,
-    Converter,
-    QemuImgConverter,
-    check_qcow2,
-    mapping_for,
-)
-from activities.disks import DiskState, StagedDisk, load_dirty, save_dirty
-from activities.nbd import NbdError, NbdImage
+from adapters.progress import heartbeat as _heartbeat
+from adapters.qemu.img import Converter, QemuImgConverter, check_qcow2
+from adapters.qemu.nbd import NbdError, NbdImage
+from adapters.staging.copy import DiskState, load_dirty, save_dirty
+from adapters.staging.layout import StagedDisk
+from cutover import facts as F
+from cutover.disknames import mapping_for
 from cutover.errors import ErrorKind
+from cutover.errors import error as _error
 from cutover.inventory import VM
 from cutover.models import StepContext
 
@@ -40,13 +37,12 @@ Details = dict[str, str | int | float]
 
 
 def _vms(ctx: StepContext) -> list[VM]:
-    facts = ctx.facts
-    return [VM.model_validate_json(facts[k]) for k in sorted(facts) if k.startswith(SOURCE_VM_FACT)]
+    return F.source_vm_models(ctx.facts)
 
 
 @dataclass
 class TargetMirror:
-    """Implements `activities.disks.MirrorHooks` and `activities.convert.PreConverted`."""
+    """Implements `adapters.staging.copy.MirrorHooks` and `activities.convert.PreConverted`."""
 
     converter: Converter = field(default_factory=QemuImgConverter)
 
@@ -86,7 +82,7 @@ class TargetMirror:
         save_dirty(staged.dirty, bytearray(blocks))  # only once the image holds them
         return written
 
-    # -- activities.disks.MirrorHooks
+    # -- adapters.staging.copy.MirrorHooks
 
     def after_warm_pass(self, ctx: StepContext, disk: str) -> Details:
         found = self._staged(ctx, disk)

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from cutover.disknames import output_name, safe_name
+from cutover.errors import ErrorKind, error
 from cutover.errors import config_error as config_error
+from cutover.models import StepContext
 from cutover.site import SiteConfig
 
 APPS = "apps"
 POOLS = "pools"
 #: Everything the staging dir holds at its top level.
 INTERNAL = (APPS, POOLS)
-#: Suffix of a staged disk's state file (`activities.disks.StagedDisk.state`).
+#: Suffix of a staged disk's state file (`StagedDisk.state`).
 STATE_SUFFIX = ".state.json"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -126,3 +130,74 @@ def _disks_of(directory: Path, workflow_id: str) -> list[str]:
         if isinstance(data, dict) and data.get("workflowId") == workflow_id:
             disks.append(state.name.removesuffix(STATE_SUFFIX))
     return disks
+
+
+# ------------------------------------------------------------- files of one cutover
+
+
+def confined(root: Path, candidate: str | Path, what: str) -> Path:
+    """`candidate` resolved (symlinks too) if it lies inside `root`; else `PathRejected`."""
+    base = root.resolve()
+    path = Path(candidate)
+    if not path.is_absolute():
+        path = base / path
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise error(ErrorKind.PATH_REJECTED, f"{what} {str(candidate)!r} is outside {base}")
+    return resolved
+
+
+def staging_dir(site: SiteConfig) -> Path:
+    """The site's `stagingDir`: every staged and converted image lies inside it."""
+    return root(site)
+
+
+def converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
+    """The converted image, in this workflow's staging dir beside the staged disk (named
+    after it, distinct from every name the warm copy uses)."""
+    key = safe_name(disk_key, "disk key")
+    return application_dir(ctx.site, ctx.application, ctx.workflowId) / f"{key}.converted.{fmt}"
+
+
+def legacy_converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
+    """Where a worker before this namespace wrote the converted image."""
+    return root(ctx.site) / output_name(ctx.application, disk_key, fmt)
+
+
+def staging_root(ctx: StepContext) -> Path:
+    return root(ctx.site)
+
+
+def app_dir(ctx: StepContext) -> Path:
+    """This workflow's staging dir (`application_dir`)."""
+    return application_dir(ctx.site, ctx.application, ctx.workflowId)
+
+
+@dataclass(frozen=True)
+class StagedDisk:
+    """The files of one staged disk."""
+
+    raw: Path
+    src_map: Path
+    copy_map: Path
+    state: Path
+    #: one byte per block: changed in `raw` since the pre-converted image last caught up
+    dirty: Path
+    #: the target image kept in step with the source during the warm phase (qcow2)
+    mirror: Path
+
+    @staticmethod
+    def of(ctx: StepContext, disk: str) -> StagedDisk:
+        base = app_dir(ctx)
+        check_name(disk, "disk")
+        staged = StagedDisk(
+            raw=base / f"{disk}.raw",
+            src_map=base / f"{disk}.src.sha256",
+            copy_map=base / f"{disk}.copy.sha256",
+            state=base / f"{disk}{STATE_SUFFIX}",
+            dirty=base / f"{disk}.dirty",
+            mirror=base / f"{disk}.target.qcow2",
+        )
+        for p in (staged.raw, staged.src_map, staged.copy_map, staged.state, staged.mirror):
+            confine(staging_root(ctx), p)
+        return staged
