@@ -39,7 +39,8 @@ from typing import Any
 
 from activities.convert import ConvertActivities
 from activities.disks import DiskActivities
-from activities.libvirt_target import LibvirtTarget, remove_cutover_domains
+from activities.libvirt_target import LibvirtTarget
+from adapters.libvirt.domain import remove_cutover_domains
 from adapters.localdisk import LocalFileSource
 from adapters.qemu.mirror import TargetMirror
 from adapters.staging.copy import BLOCK

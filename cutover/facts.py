@@ -38,6 +38,8 @@ TARGET_FORMAT = "target_format."
 #: Buses chosen for the guest (a guest without virtio drivers gets sata/e1000).
 TARGET_DISK_BUS = "target_disk_bus"
 TARGET_NIC_MODEL = "target_nic_model"
+#: The target domains powered on, comma-separated.
+TARGET_DOMAIN = "target_domain"
 #: The target's address (from its DHCP lease), what traffic is switched to.
 TARGET_ADDRESS = "target_address"
 

@@ -23,7 +23,8 @@ from typing import Any
 import libvirt
 import pytest
 
-from activities.libvirt_target import ensure_event_loop, remove_cutover_domains
+from adapters.libvirt.connection import ensure_event_loop
+from adapters.libvirt.domain import remove_cutover_domains
 from cutover import libvirtd
 
 QEMU_CONF = """\

@@ -14,7 +14,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.convert import ConvertActivities
-from activities.libvirt_target import LibvirtTarget, open_connection
+from activities.libvirt_target import LibvirtTarget
+from adapters.libvirt.connection import open_connection
 from cutover.inventory import VM, Disk, Nic
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook
@@ -165,7 +166,7 @@ def test_efi_and_windows_xml(tmp_path: Path, test_target: LibvirtTarget) -> None
     facts = {**disk_facts(tmp_path / "w.raw", "raw"),
              "target_disk_bus": "sata", "target_nic_model": "e1000"}  # fmt: skip
     inp = step_input("test:///default", tmp_path, facts, vm=vm)
-    from activities.libvirt_target import domain_xml, plan_nics
+    from adapters.libvirt.domain import domain_xml, plan_nics
 
     xml = domain_xml(
         name="web", vm=vm, disks=test_target._disk_images(inp, vm),

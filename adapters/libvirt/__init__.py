@@ -1,0 +1,1 @@
+"""The KVM target adapter: the only package that imports libvirt."""
