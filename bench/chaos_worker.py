@@ -62,6 +62,12 @@ async def _work(seconds: float) -> None:
         await asyncio.sleep(min(0.2, left))
 
 
+def _run_key(info: activity.Info) -> str:
+    """Faults and durations are drawn per workflow run: a re-run of an application (same
+    workflow ID, same activity IDs) must not replay its first run's faults."""
+    return f"{info.workflow_id}/{info.workflow_run_id}"
+
+
 def _raise(fault: Fault, name: str, when: str) -> None:
     raise ApplicationError(
         f"{name}: injected {fault.type} fault {when} (chaos)",
@@ -89,9 +95,7 @@ class ChaosActivities:
             info.workflow_id or "", info.workflow_run_id or "", info.activity_id, name,
             info.attempt, app, os.getpid(), first, current,
         )  # fmt: skip
-        return aid, _duration(
-            self.seed, name, info.workflow_id or "", info.activity_id, info.attempt
-        )
+        return aid, _duration(self.seed, name, _run_key(info), info.activity_id, info.attempt)
 
     def _step(self, name: str) -> Callable[..., Any]:
         async def run(inp: StepInput) -> StepResult:
@@ -110,7 +114,7 @@ class ChaosActivities:
                 fault = None
                 if name != VERIFY_NOT_MIGRATED:
                     fault = fault_for(
-                        self.seed, info.workflow_id or "", info.activity_id, info.attempt, self.p
+                        self.seed, _run_key(info), info.activity_id, info.attempt, self.p
                     )
                 if fault is not None and not fault.after:
                     outcome = f"fault-before:{fault.type}"
@@ -156,7 +160,7 @@ class ChaosActivities:
                 await _work(seconds)
                 fault = fault_for(
                     self.seed,
-                    info.workflow_id or "",
+                    _run_key(info),
                     info.activity_id,
                     info.attempt,
                     self.p,
