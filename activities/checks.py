@@ -2,36 +2,26 @@
 
 A probe that runs and sees a problem returns `passed=False` with what it measured; only a
 probe that cannot run at all raises. Probe types: command, http (one request, or SLO
-sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query);
-vsphere-concerns through the vSphere adapter; dns through `activities.dns`.
-
-`sample_http` is the SLO sampler, shared with the `smoke_test` step (activities/smoke.py).
+sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query),
+all in `adapters.probes`; vsphere-concerns through the vSphere activities; dns through
+`adapters.dns.probe`; data-consistency through the disk activities.
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.client
-import itertools
-import json
-import math
-import operator
-import ssl
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
+from adapters.probes.command import command_probe
+from adapters.probes.http import http_probe, http_slo_probe, is_slo_probe
+from adapters.probes.prometheus import prometheus_probe
+from adapters.probes.tcp import tcp_probe
+from cutover import facts as F
 from cutover.catalog import RUN_CHECK
 from cutover.errors import ErrorKind
 from cutover.models import CheckInput, CheckResult
@@ -44,9 +34,6 @@ from cutover.site import (
     TcpProbe,
     VSphereConcernsProbe,
 )
-
-#: What a sampled response body is read up to (the rest is not waited for).
-BODY_LIMIT = 1 << 20
 
 
 class CheckActivities:
@@ -83,7 +70,7 @@ class CheckActivities:
             else "no staged disk to compare",
             threshold="0 blocks differ",
             detail=detail or f"{len(reports)} disk(s) identical by block digest",
-            facts={f"digest_root.{r.disk}": r.sourceRoot for r in reports},
+            facts={F.per_disk(F.DIGEST_ROOT, r.disk): r.sourceRoot for r in reports},
         )
 
     @activity.defn(name=RUN_CHECK)
@@ -100,15 +87,15 @@ class CheckActivities:
         if isinstance(probe, DataConsistencyProbe):
             return await asyncio.to_thread(self._consistency, inp)
         if isinstance(probe, CommandProbe):
-            return await _command(inp, probe)
+            return await command_probe(inp, probe)
         if isinstance(probe, HttpProbe):
             if is_slo_probe(probe):
-                return await asyncio.to_thread(_http_slo, inp, probe)
-            return await asyncio.to_thread(_http, inp, probe)
+                return await asyncio.to_thread(http_slo_probe, inp, probe)
+            return await asyncio.to_thread(http_probe, inp, probe)
         if isinstance(probe, TcpProbe):
-            return await _tcp(inp, probe)
+            return await tcp_probe(inp, probe)
         if isinstance(probe, PrometheusProbe):
-            return await asyncio.to_thread(_prometheus, inp, probe)
+            return await asyncio.to_thread(prometheus_probe, inp, probe)
         if isinstance(probe, DnsProbe):
             return await asyncio.to_thread(_dns_probe(), inp, probe)
         raise ApplicationError(
@@ -132,462 +119,3 @@ def _dns_probe() -> Callable[[CheckInput, DnsProbe], CheckResult]:
             non_retryable=True,
         ) from None
     return dns_probe
-
-
-def _result(
-    inp: CheckInput,
-    passed: bool,
-    measured: str,
-    threshold: str,
-    detail: str = "",
-    facts: dict[str, str] | None = None,
-) -> CheckResult:
-    return CheckResult(
-        name=inp.name,
-        phase=inp.phase,
-        passed=passed,
-        measured=measured,
-        threshold=threshold,
-        detail=detail,
-        facts=facts or {},
-    )
-
-
-async def _command(inp: CheckInput, probe: CommandProbe) -> CheckResult:
-    threshold = f"exit code {probe.expectExitCode} within {probe.timeoutSeconds:g}s"
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *probe.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-    except OSError as exc:
-        return _result(inp, False, "not started", threshold, f"{probe.argv[0]}: {exc.strerror}")
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), probe.timeoutSeconds)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return _result(inp, False, "timed out", threshold)
-    except asyncio.CancelledError:
-        # The workflow stopped waiting (an operator's rollback interrupts the round): the
-        # probe's program goes with the activity instead of running on to its own end.
-        proc.kill()
-        await proc.wait()
-        raise
-    tail = out.decode(errors="replace").strip()[-300:]
-    code = proc.returncode
-    return _result(inp, code == probe.expectExitCode, f"exit code {code}", threshold, tail)
-
-
-def _json_holds(want: Any, got: Any) -> bool:
-    """`got` has every key of `want` with an equal value (objects compared recursively)."""
-    if isinstance(want, dict):
-        return isinstance(got, dict) and all(
-            k in got and _json_holds(v, got[k]) for k, v in want.items()
-        )
-    return bool(want == got)
-
-
-def _http(inp: CheckInput, probe: HttpProbe) -> CheckResult:
-    want = [f"status {probe.expectStatus}"]
-    if probe.bodyContains is not None:
-        want.append(f"body contains {probe.bodyContains!r}")
-    if probe.expectJson is not None:
-        want.append(f"JSON body holds {json.dumps(probe.expectJson, sort_keys=True)}")
-    if probe.maxLatencyMs is not None:
-        want.append(f"latency <= {probe.maxLatencyMs:g} ms")
-    threshold = ", ".join(want)
-    start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(probe.url, timeout=probe.timeoutSeconds) as resp:
-            status, body = resp.status, resp.read(1 << 20).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, ""
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return _result(inp, False, "no response", threshold, f"{probe.url}: {reason}")
-    ms = (time.perf_counter() - start) * 1000
-    passed = status == probe.expectStatus
-    if probe.bodyContains is not None:
-        passed = passed and probe.bodyContains in body
-    detail = ""
-    if probe.expectJson is not None:
-        try:
-            holds = _json_holds(probe.expectJson, json.loads(body))
-        except ValueError:
-            holds, detail = False, "the body is not JSON"
-        passed = passed and holds
-        if not holds and not detail:
-            detail = f"JSON body: {body[:300]}"
-    if probe.maxLatencyMs is not None:
-        passed = passed and ms <= probe.maxLatencyMs
-    return _result(inp, passed, f"status {status}, {ms:.1f} ms", threshold, detail)
-
-
-async def _tcp(inp: CheckInput, probe: TcpProbe) -> CheckResult:
-    threshold = f"connect to {probe.host}:{probe.port} within {probe.timeoutSeconds:g}s"
-    start = time.perf_counter()
-    try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(probe.host, probe.port), probe.timeoutSeconds
-        )
-    except (OSError, TimeoutError) as exc:
-        return _result(inp, False, "no connection", threshold, str(exc) or type(exc).__name__)
-    writer.close()
-    await writer.wait_closed()
-    return _result(
-        inp, True, f"connected in {(time.perf_counter() - start) * 1000:.1f} ms", threshold
-    )
-
-
-# ----------------------------------------------------------------- SLO sampling
-
-
-@dataclass(frozen=True)
-class HttpSampling:
-    """What `sample_http` measured: latencies of the requests that got an answer (or timed
-    out), and every request that did not meet the expectation, by kind."""
-
-    url: str
-    #: Requests asked for, and sent (fewer only when the sampling was stopped).
-    requested: int
-    sent: int
-    #: Sorted, in ms: every response (any status) and every timeout (at its elapsed time,
-    #: a lower bound); connection errors have no latency and are only counted as errors.
-    latencies_ms: tuple[float, ...]
-    errors: int
-    #: Error kind ("status 503", "timeout", "Connection refused", ...) -> count.
-    error_kinds: dict[str, int] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    def percentile(self, p: int) -> float | None:
-        """Nearest-rank percentile (the smallest latency at or above p% of them)."""
-        n = len(self.latencies_ms)
-        if n == 0:
-            return None
-        return self.latencies_ms[max(1, (p * n + 99) // 100) - 1]
-
-    @property
-    def p50(self) -> float | None:
-        return self.percentile(50)
-
-    @property
-    def p95(self) -> float | None:
-        return self.percentile(95)
-
-    @property
-    def p99(self) -> float | None:
-        return self.percentile(99)
-
-    @property
-    def max_ms(self) -> float | None:
-        return self.latencies_ms[-1] if self.latencies_ms else None
-
-    @property
-    def error_rate(self) -> float:
-        """Errors over requests sent (1.0 when none was: nothing was shown to work)."""
-        return self.errors / self.sent if self.sent else 1.0
-
-    def describe(self) -> str:
-        """`p50 3.1 ms, p95 8.2 ms, p99 9.0 ms, errors 0/200`."""
-        if not self.latencies_ms:
-            return f"no response, errors {self.errors}/{self.sent}"
-        parts = [f"p{p} {self.percentile(p):.1f} ms" for p in (50, 95, 99)]
-        return ", ".join([*parts, f"errors {self.errors}/{self.sent}"])
-
-    def describe_errors(self, most: int = 4) -> str:
-        """`status 503 x3, timeout x1` (the most frequent kinds first)."""
-        kinds = sorted(self.error_kinds.items(), key=lambda kv: (-kv[1], kv[0]))
-        text = ", ".join(f"{k} x{n}" for k, n in kinds[:most])
-        if len(kinds) > most:
-            text += f", {len(kinds) - most} more kinds"
-        return text
-
-
-@dataclass(frozen=True)
-class _Target:
-    https: bool
-    host: str
-    port: int | None
-    path: str
-
-    @classmethod
-    def parse(cls, url: str) -> _Target:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return cls(parts.scheme == "https", parts.hostname, parts.port, path)
-
-
-def _get_once(
-    target: _Target,
-    timeout: float,
-    expect_status: int,
-    body_contains: str | None,
-    tls: ssl.SSLContext | None,
-) -> tuple[float | None, str | None]:
-    """One GET on a fresh connection, bounded by `timeout` in total (each socket operation
-    gets what remains of it). Returns (latency ms or None, error kind or None)."""
-    start = time.perf_counter()
-    deadline = start + timeout
-    conn: http.client.HTTPConnection
-    if target.https:
-        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=tls)
-    else:
-        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
-    try:
-        conn.connect()
-        sock = conn.sock
-        assert sock is not None
-
-        def budget() -> float:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                raise TimeoutError
-            return left
-
-        sock.settimeout(budget())
-        conn.request("GET", target.path, headers={"Connection": "close", "Accept": "*/*"})
-        resp = conn.getresponse()
-        status = resp.status
-        body = bytearray()  # kept only when its text is checked
-        received = 0
-        while received < BODY_LIMIT and not resp.isclosed():
-            sock.settimeout(budget())
-            chunk = resp.read(min(65536, BODY_LIMIT - received))
-            if not chunk:
-                break
-            received += len(chunk)
-            if body_contains is not None:
-                body += chunk
-    except TimeoutError:
-        return (time.perf_counter() - start) * 1000, "timeout"
-    except (OSError, http.client.HTTPException) as exc:
-        return None, (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__)
-    finally:
-        conn.close()
-    ms = (time.perf_counter() - start) * 1000
-    if ms > timeout * 1000:
-        return ms, "timeout"
-    if status != expect_status:
-        return ms, f"status {status}"
-    if body_contains is not None and body_contains not in body.decode(errors="replace"):
-        return ms, f"body without {body_contains!r}"
-    return ms, None
-
-
-def sample_http(
-    url: str,
-    *,
-    samples: int,
-    concurrency: int = 1,
-    timeout: float = 10.0,
-    expect_status: int = 200,
-    body_contains: str | None = None,
-    stop: threading.Event | None = None,
-) -> HttpSampling:
-    """Send `samples` GETs to `url`, at most `concurrency` at a time, each on a fresh
-    connection and bounded by `timeout` seconds; measure latency and errors.
-
-    An error is a response other than `expect_status` (or without `body_contains`), a
-    connection error, or a timeout. Redirects are not followed (a 301 is an error when 200
-    is expected): the sampler judges exactly the URL it was given, without proxies. Setting
-    `stop` ends the sampling early (no new request starts); `sent` says how many went.
-    Blocking: call it from a thread (`asyncio.to_thread`) in async code.
-    """
-    if samples < 1 or concurrency < 1:
-        raise ValueError("samples and concurrency must be at least 1")
-    target = _Target.parse(url)
-    tls = ssl.create_default_context() if target.https else None
-    counter = itertools.count()
-    lock = threading.Lock()
-    latencies: list[float] = []
-    kinds: Counter[str] = Counter()
-    sent = 0
-
-    def worker() -> None:
-        nonlocal sent
-        while next(counter) < samples and not (stop is not None and stop.is_set()):
-            try:
-                ms, kind = _get_once(target, timeout, expect_status, body_contains, tls)
-            except Exception as exc:  # a sample, not the sampling, went wrong: count it
-                ms, kind = None, f"{type(exc).__name__}: {exc}"
-            with lock:
-                sent += 1
-                if ms is not None:
-                    latencies.append(ms)
-                if kind is not None:
-                    kinds[kind] += 1
-
-    start = time.perf_counter()
-    workers = min(concurrency, samples)
-    if workers == 1:
-        worker()
-    else:
-        threads = [
-            threading.Thread(target=worker, name=f"sample-http-{i}", daemon=True)
-            for i in range(workers)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    return HttpSampling(
-        url=url,
-        requested=samples,
-        sent=sent,
-        latencies_ms=tuple(sorted(latencies)),
-        errors=sum(kinds.values()),
-        error_kinds=dict(kinds),
-        elapsed_s=time.perf_counter() - start,
-    )
-
-
-def is_slo_probe(probe: HttpProbe) -> bool:
-    """More than one sample, or any SLO bound: judged by `sample_http`. One sample and no
-    SLO bound keeps the single-request probe (`_http`: follows redirects, `status 200, 3.1
-    ms`)."""
-    bounds = (probe.maxP50Ms, probe.maxP95Ms, probe.maxP99Ms, probe.maxErrorRate)
-    return probe.samples > 1 or any(b is not None for b in bounds)
-
-
-def percent(rate: float) -> str:
-    return f"{rate * 100:.3g}%"
-
-
-def _http_slo(inp: CheckInput, probe: HttpProbe) -> CheckResult:
-    """The SLO probe: every configured bound must hold. An unset `maxErrorRate` tolerates no
-    error, as the single-request probe does."""
-    s = sample_http(
-        probe.url,
-        samples=probe.samples,
-        concurrency=probe.concurrency,
-        timeout=probe.timeoutSeconds,
-        expect_status=probe.expectStatus,
-        body_contains=probe.bodyContains,
-    )
-    max_rate = probe.maxErrorRate if probe.maxErrorRate is not None else 0
-    want = [f"status {probe.expectStatus}"]
-    if probe.bodyContains is not None:
-        want.append(f"body contains {probe.bodyContains!r}")
-    broken: list[str] = []
-    for label, value, bound in (
-        ("p50", s.p50, probe.maxP50Ms),
-        ("p95", s.p95, probe.maxP95Ms),
-        ("p99", s.p99, probe.maxP99Ms),
-        ("max latency", s.max_ms, probe.maxLatencyMs),
-    ):
-        if bound is None:
-            continue
-        want.append(f"{label} <= {bound:g} ms")
-        if value is None:
-            broken.append(f"{label} not measured (no response)")
-        elif value > bound:
-            broken.append(f"{label} {value:.1f} ms > {bound:g} ms")
-    want.append(f"error rate <= {percent(max_rate)}")
-    if s.error_rate > max_rate:
-        broken.append(
-            f"error rate {percent(s.error_rate)} ({s.errors}/{s.sent}) > {percent(max_rate)}"
-        )
-    measured = s.describe()
-    if probe.maxLatencyMs is not None and s.max_ms is not None:
-        measured += f", max {s.max_ms:.1f} ms"
-    detail = "; ".join(broken)
-    if s.errors:
-        detail += ("; " if detail else "") + "errors: " + s.describe_errors()
-    threshold = ", ".join(want) + f" ({probe.samples} samples, {probe.concurrency} concurrent)"
-    facts = baseline_facts(s) if inp.phase == "pre" else {}
-    return _result(inp, not broken, measured, threshold, detail, facts)
-
-
-def baseline_facts(s: HttpSampling) -> dict[str, str]:
-    """A pre-check's sampling, as the source's baseline for `smoke_test` to compare with."""
-    facts = {"baseline_error_rate": f"{s.error_rate:.6g}"}
-    for p in (50, 95, 99):
-        value = s.percentile(p)
-        if value is not None:
-            facts[f"baseline_p{p}_ms"] = f"{value:.3f}"
-    return facts
-
-
-# ------------------------------------------------------------------- prometheus
-
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "==": operator.eq,
-}
-
-
-def _prometheus(inp: CheckInput, probe: PrometheusProbe) -> CheckResult:
-    """An instant query; its single value (a one-element vector, or a scalar) is compared
-    with the threshold. An empty vector passes only with `emptyPasses`; more than one
-    series, a range vector, or a query error fails with the reason."""
-    threshold = f"value {probe.op} {probe.threshold:g}" + (
-        " (an empty result passes)" if probe.emptyPasses else " (an empty result fails)"
-    )
-    query = urllib.parse.urlencode({"query": probe.query})
-    url = f"{probe.url.rstrip('/')}/api/v1/query?{query}"
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=probe.timeoutSeconds) as resp:
-            raw = resp.read(16 << 20)
-    except urllib.error.HTTPError as exc:
-        # Prometheus answers a bad query with 400 or 422 and a JSON error document.
-        raw = exc.read(1 << 16) or f"HTTP {exc.code}".encode()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return _result(inp, False, "no response", threshold, f"{probe.url}: {reason}")
-    try:
-        series = _instant_series(raw)
-    except _QueryError as exc:
-        return _result(inp, False, "query error", threshold, f"query {probe.query!r}: {exc}")
-    if not series:
-        detail = f"query {probe.query!r} returned no series"
-        return _result(inp, probe.emptyPasses, "empty result", threshold, detail)
-    if len(series) > 1:
-        named = ", ".join(_labels(labels) for labels, _ in series[:3])
-        more = f" and {len(series) - 3} more" if len(series) > 3 else ""
-        return _result(
-            inp,
-            False,
-            f"{len(series)} series",
-            threshold,
-            f"query {probe.query!r} returned {len(series)} series ({named}{more}); "
-            "expected one: aggregate them (sum, max, ...) or select one by its labels",
-        )
-    value = series[0][1]
-    passed = not math.isnan(value) and _OPS[probe.op](value, probe.threshold)
-    return _result(inp, passed, f"{value:.6g}", threshold, f"query {probe.query!r}")
-
-
-class _QueryError(Exception):
-    pass
-
-
-def _instant_series(raw: bytes) -> list[tuple[dict[str, str], float]]:
-    """The (labels, value) pairs of an instant query's answer (a scalar is one, unlabelled);
-    raises _QueryError with Prometheus's reason, or for an answer of another shape."""
-    try:
-        doc: Any = json.loads(raw)
-        if doc.get("status") != "success":
-            raise _QueryError(f"{doc.get('errorType', 'error')}: {doc.get('error', '')}")
-        kind, result = doc["data"]["resultType"], doc["data"]["result"]
-        if kind == "scalar":
-            return [({}, float(result[1]))]
-        if kind != "vector":
-            raise _QueryError(f"returned a {kind}; expected an instant vector or a scalar")
-        return [(dict(r.get("metric", {})), float(r["value"][1])) for r in result]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        raise _QueryError(f"not a Prometheus query answer: {raw[:200]!r}") from None
-
-
-def _labels(metric: dict[str, str]) -> str:
-    name = metric.get("__name__", "")
-    labels = ",".join(f'{k}="{v}"' for k, v in sorted(metric.items()) if k != "__name__")
-    return f"{name}{{{labels}}}"

@@ -2,7 +2,7 @@
 
 It samples `http://<target address><smokeTest.path>` (the address `power_on_target` reported
 as the `target_address` fact, else the runbook's `endpoint.targetAddress`) with the runbook's
-`smokeTest` (samples, concurrency, expected status) through `activities.checks.sample_http`,
+`smokeTest` (samples, concurrency, expected status) through `adapters.probes.http.sample_http`,
 and fails the step, non-retryably, when:
 
 - the error rate exceeds `maxErrorRate`;
@@ -24,8 +24,9 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.checks import HttpSampling, percent, sample_http
 from activities.common import attempt as _attempt
+from adapters.probes.http import HttpSampling, percent, sample_http
+from cutover import facts as F
 from cutover.catalog import Step
 from cutover.errors import ErrorKind
 from cutover.models import StepInput, StepResult
@@ -46,7 +47,7 @@ class SmokeActivities:
     async def smoke_test(self, inp: StepInput) -> StepResult:
         ctx = inp.context
         smoke = ctx.runbook.smokeTest
-        address = ctx.facts.get("target_address") or ctx.runbook.endpoint.targetAddress
+        address = ctx.facts.get(F.TARGET_ADDRESS) or ctx.runbook.endpoint.targetAddress
         if not address:
             raise ApplicationError(
                 "smoke_test needs the target's address: power_on_target reports it as the "
@@ -106,7 +107,7 @@ class SmokeActivities:
 
 def _baseline(facts: dict[str, str]) -> tuple[float | None, str]:
     """The source's p95 from the pre-checks, with a note when it is there but unusable."""
-    raw = facts.get("baseline_p95_ms")
+    raw = facts.get(F.baseline_ms(95))
     if raw is None:
         return None, ""
     try:

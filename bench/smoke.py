@@ -39,8 +39,8 @@ from typing import Any
 
 from temporalio.testing import ActivityEnvironment
 
-from activities.checks import sample_http
 from activities.smoke import SmokeActivities
+from adapters.probes.http import sample_http
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig

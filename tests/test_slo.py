@@ -18,8 +18,9 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.checks import CheckActivities, is_slo_probe, sample_http
+from activities.checks import CheckActivities
 from activities.smoke import SmokeActivities
+from adapters.probes.http import is_slo_probe, sample_http
 from cutover.models import (
     CheckInput,
     CheckPhase,
