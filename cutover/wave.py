@@ -576,6 +576,10 @@ def _site_problems(
         for i, name in enumerate(getattr(rb, field))
         if name not in site.checks
     ]  # fmt: skip
+    unbound = site.platform_problem(rb.targetPlatform)
+    if unbound is not None:
+        where = _line(_subnode(node, [*loc, "targetPlatform"]))
+        problems.insert(0, Problem(file, f"{prefix}targetPlatform", unbound, where))
     needs = {"update_load_balancer": ("loadBalancer", site.loadBalancer),
              "update_dns": ("dns", site.dns),
              "quiesce_application": ("vcenter", site.vcenter)}  # fmt: skip

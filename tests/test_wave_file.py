@@ -251,3 +251,14 @@ def test_a_wave_too_large_for_one_payload_is_refused(tmp_path: Path) -> None:
     (msg,) = problems(write(tmp_path, {"wave": 9, "applications": apps}))
     assert msg.startswith(f"{tmp_path / 'wave.yaml'}: applications: 2600 applications make")
     assert "split the wave" in msg
+
+
+def test_an_inline_runbook_for_a_platform_the_site_does_not_bind_is_named_at_its_line(
+    tmp_path: Path,
+) -> None:
+    """Never run elsewhere: a proxmox runbook in a wave against a libvirt-only site."""
+    doc = {"wave": "w1", "applications": [{"runbook": inline("api", targetPlatform="proxmox")}]}
+    found = problems(write(tmp_path, doc))
+    platform = [p for p in found if "applications[0].runbook.targetPlatform" in p]
+    assert platform, found
+    assert "proxmox" in platform[0] and "line" in platform[0], platform[0]
