@@ -74,7 +74,7 @@ class LibvirtTarget:
     connect: ConnectionFactory = open_connection
     vm_source: VmSource = vms_from_facts
     #: Where dir pools that do not exist yet are created (default: `<stagingDir>/pools`,
-    #: see `activities.staging`).
+    #: see `adapters.staging.layout`).
     pool_root: Path | None = None
     _conns: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)

@@ -14,7 +14,7 @@ from adapters.vsphere.properties import read_property, wait_task
 from cutover.errors import ErrorKind, error
 
 # ------------------------------------------------------------- changed-block tracking
-# Used by activities/disks.py (the warm data path); pyvmomi stays in this module.
+# Used by adapters.vsphere.disk_source (the warm data path); pyvmomi stays in this package.
 
 
 def _disk_device(si: Any, vm: Any, disk_key: int) -> Any:
