@@ -45,13 +45,13 @@ from adapters.localdisk import LocalFileSource
 from adapters.qemu.mirror import TargetMirror
 from adapters.staging.copy import BLOCK
 from bench.precopy import drop, make_disk
-from cutover import libvirtd
 from cutover.inventory import VM, Disk
+from cutover.lab import libvirtd
+from cutover.lab.vcsim import BLOCK_SIZE, record_writes
 from cutover.models import StepContext, StepInput, StepResult
 from cutover.ports import DiskSource
 from cutover.runbook import Runbook
 from cutover.site import Libvirt, SiteConfig, StorageMapping
-from cutover.vcsim import BLOCK_SIZE, record_writes
 from tests.factories import SEED
 
 MiB, GiB = 1 << 20, 1 << 30

@@ -25,7 +25,7 @@ from pyVmomi import vim
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import VM_PATHS, read_inventory
 from adapters.vsphere.properties import collect, read_property
-from cutover import vcsim
+from cutover.lab import vcsim
 from cutover.site import VCenter
 
 

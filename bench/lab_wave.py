@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cutover import lab
-from cutover.labdemo import phases
+from cutover.lab import stack as lab
+from cutover.lab.demo import phases
 from cutover.models import CutoverResult
 from cutover.temporal import connect
 

@@ -36,7 +36,7 @@ $CUTOVER validate --site "$STATE/lab/site.yaml" "$STATE"/lab/runbooks/*.yaml
 
 echo "== running wave lab-1 (shop: completes; billing: criterion rollback; search: step failure)"
 rc=0
-.venv/bin/python -m cutover.labdemo || rc=$?
+.venv/bin/python -m cutover.lab.demo || rc=$?
 t2=$(date +%s)
 echo "== wall time: lab up $((t1 - t0)) s, wave $((t2 - t1)) s"
 echo "   The lab stays up for the Temporal UI (http://127.0.0.1:8233): '$CUTOVER lab down' stops it."

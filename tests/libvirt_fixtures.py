@@ -25,7 +25,7 @@ import pytest
 
 from adapters.libvirt.connection import ensure_event_loop
 from adapters.libvirt.domain import remove_cutover_domains
-from cutover import libvirtd
+from cutover.lab import libvirtd
 
 QEMU_CONF = """\
 user = "root"
@@ -132,7 +132,7 @@ def drop_pools(conn: Any) -> None:
 
 @pytest.fixture(scope="session")
 def libvirtd_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A libvirtd (and virtlogd) started here (cutover.libvirtd); stopped by PID. Domains
+    """A libvirtd (and virtlogd) started here (cutover.lab.libvirtd); stopped by PID. Domains
     run under it as real QEMU processes (KVM where /dev/kvm works, else TCG)."""
     require("libvirtd", "libvirt-daemon libvirt-daemon-driver-qemu")
     require_qemu_user()

@@ -29,8 +29,8 @@ from activities.disks import DiskActivities
 from adapters.localdisk import LocalFileSource
 from adapters.staging.copy import BLOCK, data_consistency_confirmed
 from adapters.vsphere.client import ClientPool
-from cutover import vcsim as vcsim_mod
 from cutover.catalog import WarmStep
+from cutover.lab import vcsim as vcsim_mod
 from cutover.models import StepContext, StepInput, StepResult
 from cutover.ports import DiskSource
 from cutover.runbook import Runbook

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from cutover import lab, labdemo
+from cutover.lab import demo as labdemo
+from cutover.lab import stack as lab
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")
 

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from temporalio.client import Client
 
-from cutover import lab, labdemo
+from cutover.lab import demo as labdemo
+from cutover.lab import stack as lab
 from cutover.models import CutoverResult, CutoverStatus, Outcome, Phase
 from cutover.temporal import connect
 

@@ -28,10 +28,10 @@ from activities.vsphere import VSphereActivities
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import read_inventory
 from cutover.catalog import BUILTIN_CHECKS
+from cutover.lab.vcsim import Vcsim
 from cutover.models import CutoverResult, Outcome, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
-from cutover.vcsim import Vcsim
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
 from tests.world import World
@@ -47,7 +47,7 @@ def sim(
     vcsim_binary: Path, vcsim_cert: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Vcsim]:
     """This module's own simulator: its tests mark VMs migrated."""
-    from cutover import vcsim as vcsim_mod
+    from cutover.lab import vcsim as vcsim_mod
 
     cert, key = vcsim_cert
     s = vcsim_mod.start(

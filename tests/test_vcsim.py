@@ -21,7 +21,7 @@ import pytest
 from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
-from cutover.vcsim import BUILD_SCRIPT, ROOT, Vcsim, record_writes
+from cutover.lab.vcsim import BUILD_SCRIPT, ROOT, Vcsim, record_writes
 from tests.vcsim_fixtures import SMALL, VcsimFactory
 
 BS = 65536

@@ -24,13 +24,13 @@ from adapters.vsphere.inventory import find_vms, read_inventory, resolve_vms
 from adapters.vsphere.properties import wait_task
 from adapters.vsphere.tagging import Tagging
 from adapters.vsphere.vm import PRIOR_POWER_FIELD, snapshot_name
-from cutover import vcsim as vcsim_mod
 from cutover.concerns import evaluate
 from cutover.inventory import VM
+from cutover.lab import vcsim as vcsim_mod
+from cutover.lab.vcsim import Vcsim
 from cutover.models import CheckInput, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter, VSphereConcernsProbe
-from cutover.vcsim import Vcsim
 from tests.factories import SEED, unique_app
 from tests.vcsim_fixtures import VcsimFactory
 

@@ -21,9 +21,9 @@ from temporalio.service import RPCError
 
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import find_vms
-from cutover import vcsim as vcsim_mod
+from cutover.lab import vcsim as vcsim_mod
+from cutover.lab.vcsim import Vcsim
 from cutover.site import SiteConfig
-from cutover.vcsim import Vcsim
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
 from tests.libvirt_fixtures import make_raw

@@ -14,8 +14,8 @@ from typing import Protocol, TypedDict
 
 import pytest
 
-from cutover import vcsim as vcsim_mod
-from cutover.vcsim import Vcsim, VcsimError
+from cutover.lab import vcsim as vcsim_mod
+from cutover.lab.vcsim import Vcsim, VcsimError
 
 
 class Inventory(TypedDict):

@@ -52,7 +52,7 @@ async def last_cutover_completed(client: Client, application: str) -> str | None
     """A sentence naming the application's last cutover workflow (ID, run, close time) when
     it closed COMPLETED with outcome COMPLETED; None otherwise (never run, running, rolled
     back, failed, ...)."""
-    from workflows.cutover import workflow_id_for
+    from workflows.cutover import workflow_id_for  # the workflow module: slow to import
 
     wf_id = workflow_id_for(application)
     try:
@@ -78,7 +78,10 @@ def read_marks(site: SiteConfig, runbooks: list[Runbook]) -> tuple[dict[str, str
     """({application: evidence} for those whose source VMs carry migrated marks, warnings
     for what could not be read). One connection; a vCenter that cannot be reached at all
     gives one warning, not one per application. Blocking: run it in a thread."""
-    from activities.vsphere import ClientPool, migrated_marks, migration_evidence, resolve_vms
+    # pyVmomi: slow to import
+    from adapters.vsphere.client import ClientPool
+    from adapters.vsphere.inventory import resolve_vms
+    from adapters.vsphere.vm import migrated_marks, migration_evidence
 
     if site.vcenter is None or not runbooks:
         return {}, []

@@ -49,6 +49,7 @@ import secrets
 import signal
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-vcsim.sh"
 DEFAULT_BINARY = ROOT / ".cutover" / "bin" / "vcsim"
 BLOCK_SIZE = 65536
@@ -277,7 +278,7 @@ def record_writes(ctk_file: Path, blocks: Iterable[int], *, capacity: int | None
 
 
 def _serve(argv: list[str]) -> int:
-    """`python -m cutover.vcsim WORKDIR [PORT]`: build, start in the background, write
+    """`python -m cutover.lab.vcsim WORKDIR [PORT]`: build, start in the background, write
     WORKDIR/vcsim.json (host, port, user, pid, caFile) and WORKDIR/password (mode 600),
     and exit, leaving the simulator running in its own session (stop it by that pid)."""
     workdir = Path(argv[0]).resolve()
@@ -294,6 +295,4 @@ def _serve(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(_serve(sys.argv[1:]))

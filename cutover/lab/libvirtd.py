@@ -7,7 +7,7 @@ with its own socket directory, so the URI is `qemu+unix:///system?socket=<dir>/l
 path is fixed). Both are stopped by PID. What the host needs: Debian `libvirt-daemon`,
 `libvirt-daemon-driver-qemu`, `qemu-system-x86` and a `libvirt-qemu` user (setup.sh).
 
-    python -m cutover.libvirtd WORKDIR [SOCKET_DIR]   # start; prints {"uri", "pids"}
+    python -m cutover.lab.libvirtd WORKDIR [SOCKET_DIR]   # start; prints {"uri", "pids"}
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def start(workdir: Path, sock_dir: Path | None = None, wait_seconds: float = 20)
 
 def _main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
-        print("usage: python -m cutover.libvirtd WORKDIR [SOCKET_DIR]", file=sys.stderr)
+        print("usage: python -m cutover.lab.libvirtd WORKDIR [SOCKET_DIR]", file=sys.stderr)
         return 2
     try:
         lv = start(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None)

@@ -5,13 +5,13 @@
 - the embedded Temporal server (durable SQLite `<lab>/temporal.db`, Web UI, our search
   attributes) on 127.0.0.1:7233 / :8233;
 - our vSphere simulator on :18443, one VM per application (`DC0_C0_H0_VM<i>`) whose disk is
-  a real file in its datastore with data the lab can check (`cutover.labdisk`);
+  a real file in its datastore with data the lab can check (`cutover.lab.disk`);
 - a private libvirtd (+ virtlogd) with the QEMU driver (KVM where /dev/kvm works, else TCG);
 - BIND authoritative for `lab.test.` on :15353, taking TSIG-signed updates; one A record
   per application (`<app>.lab.test.` -> its source, TTL 30: already lowered for the wave);
 - HAProxy with one frontend on :18100 routing `/<app>/...` to the application's backend
   (servers `source`, and `target` in maintenance until the switch); admin socket;
-- the applications (`cutover.labapps`): a source and a target HTTP service each.
+- the applications (`cutover.lab.apps`): a source and a target HTTP service each.
 
 It writes the site config (`<lab>/site.yaml`), a runbook per application and a wave file.
 State (PIDs, addresses) is `<lab>/lab.json`; `down` stops exactly those PIDs and removes
@@ -23,10 +23,12 @@ reach the volumes.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,11 +36,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.message
+import dns.query
+import dns.rcode
 import yaml
 
-from cutover import labdisk, libvirtd, server, vcsim
+from cutover import server
+from cutover.lab import disk, libvirtd, vcsim
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".cutover" / "lab"
 DATA = Path("/var/lib/cutover/lab")
 LIBVIRT_SOCK = Path("/run/cutover/lab-libvirtd")
@@ -212,10 +218,6 @@ def _wait(what: str, ready: Any, pid: int, log: Path, timeout: float = 30) -> No
 
 
 def _dns_ready() -> bool:
-    import dns.message
-    import dns.query
-    import dns.rcode
-
     try:
         reply = dns.query.tcp(dns.message.make_query(ZONE, "SOA"), "127.0.0.1", port=DNS_PORT,
                               timeout=1)  # fmt: skip
@@ -225,8 +227,6 @@ def _dns_ready() -> bool:
 
 
 def _http_ready(address: str) -> bool:
-    import http.client
-
     host, port = address.rsplit(":", 1)
     try:
         conn = http.client.HTTPConnection(host, int(port), timeout=1)
@@ -370,8 +370,6 @@ def up(
     if load_state() is not None:
         down(quiet=True)
     for port in (TEMPORAL_PORT, UI_PORT, VCSIM_PORT, DNS_PORT, LB_PORT):
-        import socket
-
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 raise LabError(f"port {port} is in use: stop what listens there first")
@@ -441,8 +439,8 @@ def _start_all(
     _wait("named", _dns_ready, pids["named"], ndir / "named.log")
 
     for app in apps:
-        digest = labdisk.seed(Path(sim.datastore_dir), app.vm, size=disk_mib * MiB)
-        flat, _ = labdisk.paths(Path(sim.datastore_dir), app.vm)
+        digest = disk.seed(Path(sim.datastore_dir), app.vm, size=disk_mib * MiB)
+        flat, _ = disk.paths(Path(sim.datastore_dir), app.vm)
         state["apps"].append({
             "name": app.name, "vm": app.vm, "scenario": app.scenario,
             "sourceAddress": app.source, "targetAddress": app.target,
@@ -468,7 +466,7 @@ def _start_all(
     (LAB / "wave.yaml").write_text(yaml.safe_dump(wave, sort_keys=False))
     save()
 
-    pids["apps"] = _spawn([sys.executable, "-m", "cutover.labapps", str(state_file())],
+    pids["apps"] = _spawn([sys.executable, "-m", "cutover.lab.apps", str(state_file())],
                           LAB / "apps.log")  # fmt: skip
     save()
     for app in apps:
@@ -486,7 +484,8 @@ def _start_all(
 
 
 def _lb_up(apps: list[App]) -> bool:
-    from activities.loadbalancer import HAProxyRuntime
+    # the HAProxy adapter: only when the lab comes up (the CLI's default --site reads LAB here)
+    from adapters.haproxy.runtime import HAProxyRuntime
 
     try:
         rt = HAProxyRuntime(str(LAB / "haproxy" / "admin.sock"))
@@ -497,9 +496,10 @@ def _lb_up(apps: list[App]) -> bool:
 
 def _clean_target(uri: str) -> list[str]:
     """Domains cutover made, the lab's pools and their volumes, staging: all removed."""
+    # libvirt: only when the lab is cleaned (the CLI's default --site reads LAB here)
     import libvirt
 
-    from activities.libvirt_target import remove_cutover_domains
+    from adapters.libvirt.domain import remove_cutover_domains
 
     removed = [f"domain {d}" for d in remove_cutover_domains(uri)]
     conn = libvirt.open(uri)

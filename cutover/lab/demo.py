@@ -1,8 +1,8 @@
 """The main job's driver: a wave of the lab's applications, end to end, and its checks.
 
-    python -m cutover.labdemo   (scripts/demo.sh runs it with the lab up and a worker)
+    python -m cutover.lab.demo   (scripts/demo.sh runs it with the lab up and a worker)
 
-Scenario (cutover.lab.APPS): `shop` completes and finalizes; `billing` waits for approval,
+Scenario (cutover.lab.stack.APPS): `shop` completes and finalizes; `billing` waits for approval,
 meanwhile something writes to its source disk behind change tracking's back, so the
 window's full comparison (`data_consistency_confirmed`, a rollback criterion) fires and
 the cutover rolls back; `search`'s target answers 500 (lab knob), so its smoke test fails
@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cutover import lab, labdisk
+import dns.message
+import dns.query
+import libvirt
+
+from adapters.haproxy.runtime import HAProxyRuntime
+from cutover.lab import disk, stack
+from cutover.models import ApprovalRequest, CutoverResult, CutoverStatus
+from cutover.temporal import connect
 
 EXPECTED = {"completes": "COMPLETED", "criterion-rollback": "ROLLED_BACK",
             "step-failure": "ROLLED_BACK"}  # fmt: skip
@@ -48,13 +55,9 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 def check_world(state: dict[str, Any], outcomes: dict[str, str],
                 expected_source: dict[str, str]) -> list[str]:  # fmt: skip
     """Every world-facing invariant after a wave: what is wrong (empty when all hold)."""
-    import dns.message
-    import dns.query
-
-    from activities.loadbalancer import HAProxyRuntime
 
     problems: list[str] = []
-    rt = HAProxyRuntime(str(lab.LAB / "haproxy" / "admin.sock"))
+    rt = HAProxyRuntime(str(stack.LAB / "haproxy" / "admin.sock"))
     for app in state["apps"]:
         name, outcome = app["name"], outcomes.get(app["name"])
         serving = "target" if outcome == "COMPLETED" else "source"
@@ -64,13 +67,13 @@ def check_world(state: dict[str, Any], outcomes: dict[str, str],
             problems.append(f"{name}: HAProxy sends traffic to {live or 'nothing'}, "
                             f"expected exactly [{serving}]")  # fmt: skip
         want_ip = app["targetAddress"] if serving == "target" else app["sourceAddress"]
-        reply = dns.query.tcp(dns.message.make_query(f"{name}.{lab.ZONE}", "A"), "127.0.0.1",
-                              port=lab.DNS_PORT, timeout=2)  # fmt: skip
+        reply = dns.query.tcp(dns.message.make_query(f"{name}.{stack.ZONE}", "A"), "127.0.0.1",
+                              port=stack.DNS_PORT, timeout=2)  # fmt: skip
         ips = sorted(rd.to_text() for rr in reply.answer for rd in rr)
         if ips != [want_ip.split(":")[0]]:
             problems.append(f"{name}: DNS answers {ips}, expected [{want_ip.split(':')[0]}]")
         status, body = _get(app["url"])
-        source_now = labdisk.digest(Path(app["disk"]))
+        source_now = disk.digest(Path(app["disk"]))
         if status != 200 or body.get("side") != serving:
             problems.append(f"{name}: users get HTTP {status} from {body.get('side')}, "
                             f"expected 200 from the {serving}")  # fmt: skip
@@ -84,15 +87,13 @@ def check_world(state: dict[str, Any], outcomes: dict[str, str],
 
 def leftovers(state: dict[str, Any]) -> list[str]:
     """After `lab down`: anything the run created that is still there."""
-    import libvirt
-
     found: list[str] = []
     for name, pid in state["pids"].items():
         for p in pid if isinstance(pid, list) else [pid]:
-            if lab._alive(p):
+            if stack._alive(p):
                 found.append(f"process {name} ({p}) still runs")
-    if lab.DATA.exists():
-        found.append(f"{lab.DATA} (staging, pools) still exists")
+    if stack.DATA.exists():
+        found.append(f"{stack.DATA} (staging, pools) still exists")
     uri = state.get("libvirtUri")
     if uri and not state["pids"].get("libvirtd"):  # an external daemon: ask it
         conn = libvirt.open(uri)
@@ -124,23 +125,18 @@ def _progress(statuses: dict[str, Any], pending_bytes: dict[str, int]) -> str:
 
 
 async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -> dict[str, Any]:
-    from temporalio.client import Client  # noqa: F401
-
-    from cutover.models import ApprovalRequest, CutoverResult, CutoverStatus
-    from cutover.temporal import connect
-
     apps = {a["name"]: a for a in state["apps"]}
-    lab.set_knob("search", "target", failing=True)  # the search target answers 500
+    stack.set_knob("search", "target", failing=True)  # the search target answers 500
     proc = await asyncio.to_thread(
         subprocess.run,
-        [cutover, "wave", "run", str(lab.LAB / "wave.yaml"), "--site", state["site"]],
+        [cutover, "wave", "run", str(stack.LAB / "wave.yaml"), "--site", state["site"]],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"cutover wave run failed: {proc.stderr or proc.stdout}")
     print(proc.stdout.strip() or proc.stderr.strip(), file=out)
-    client = await connect(f"127.0.0.1:{lab.TEMPORAL_PORT}", "default", wait_seconds=10)
+    client = await connect(f"127.0.0.1:{stack.TEMPORAL_PORT}", "default", wait_seconds=10)
     handles = {
         n: client.get_workflow_handle(f"cutover-{n}", result_type=CutoverResult) for n in apps
     }
@@ -173,11 +169,11 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
             if (n == "billing" and st.phase.value == "AWAITING_APPROVAL"
                     and not wrote_behind):  # fmt: skip
                 # a write the change tracking misses (a CBT bug): only a full compare sees it
-                flat, _ = labdisk.paths(Path(state["datastore"]), apps[n]["vm"])
+                flat, _ = disk.paths(Path(state["datastore"]), apps[n]["vm"])
                 with flat.open("r+b") as f:
                     f.seek(50 * MiB + 4096)
                     f.write(b"written behind change tracking's back")
-                expected_source[n] = labdisk.digest(flat)
+                expected_source[n] = disk.digest(flat)
                 wrote_behind = True
                 await h.execute_update("approve", ApprovalRequest(approver="ops-lead",
                                        comment="lab demo"))  # fmt: skip
@@ -230,7 +226,7 @@ def summary(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
-    state = lab.load_state()
+    state = stack.load_state()
     if state is None:
         print("labdemo: the lab is not up (cutover lab up)", file=sys.stderr)
         return 1
@@ -247,7 +243,7 @@ def main() -> int:
     if not problems:
         print("  every outcome is the expected one; traffic and data are where they belong")
     print(
-        f"== every history: http://127.0.0.1:{lab.UI_PORT} (workflow list; query "
+        f"== every history: http://127.0.0.1:{stack.UI_PORT} (workflow list; query "
         'CutoverWave="lab-1"), or `cutover audit <app>`'
     )
     return 1 if problems else 0

@@ -1,6 +1,6 @@
 """The lab's applications: one HTTP service per application and side, in one process.
 
-    python -m cutover.labapps LAB_STATE_JSON
+    python -m cutover.lab.apps LAB_STATE_JSON
 
 Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one (on
 `127.0.2.N:8080`), standing for the application on its VM:
@@ -30,6 +30,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import libvirt
+
+from adapters.vsphere.client import ClientPool
+from adapters.vsphere.inventory import find_vms
+from cutover.site import load_site
 
 MiB = 1 << 20
 
@@ -149,9 +155,6 @@ class _Server(http.server.ThreadingHTTPServer):
 
 def _watch_sources(state: dict[str, Any], sides: list[Side], stop: threading.Event) -> None:
     """Every 0.3 s: which source VMs are powered on, as vCenter says."""
-    from activities.vsphere import ClientPool, find_vms
-    from cutover.site import load_site
-
     site = load_site(state["site"])
     assert site.vcenter is not None
     vms = {a["name"]: a["vm"] for a in state["apps"]}
@@ -171,8 +174,6 @@ def _watch_sources(state: dict[str, Any], sides: list[Side], stop: threading.Eve
 def _target_refresher(uri: str) -> Any:
     """A target's state straight from libvirt, at most every 0.2 s per application: it
     serves only while its domain runs, from the disk that domain boots."""
-    import libvirt
-
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     lock = threading.Lock()
     conn: list[Any] = []

@@ -6,25 +6,13 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
 
-
-def add_parser(sub: Any) -> None:
-    """Register `audit` on the CLI's subparsers."""
-    help_ = "Print the audit report of a cutover or a wave, read from its history."
-    sp = sub.add_parser("audit", help=help_, description=help_)
-    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
-    sp.add_argument("--run-id", default=None, help="a specific run (default: all runs)")
-    sp.add_argument(
-        "--format", choices=("json", "md", "html"), default="md", help="output format (md)"
-    )
-    sp.add_argument("--json", action="store_true", help="same as --format json")
-    sp.add_argument("--output", "-o", default=None, help="write to this file, not stdout")
+from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group
+from cutover.temporal import connect
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
-    from cutover.audit import AuditNotFound, audit, render
-    from cutover.temporal import connect
+    from cutover.audit import AuditNotFound, audit, render  # the history reader: slow to import
 
     ident: str = args.id
     client = await connect(wait_seconds=3)
@@ -42,10 +30,26 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             f"{client.namespace} (it never existed, or its history is past retention)",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
     text = render(report, "json" if args.json else args.format)
     if args.output:
         await asyncio.to_thread(Path(args.output).write_text, text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    return 0
+    return EXIT_OK
+
+
+def register(cli: Group) -> None:
+    sp = cli.command(
+        "audit",
+        "Print the audit report of a cutover or a wave, read from its history.",
+        cmd_audit,
+        json_flag=False,
+    )
+    sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    sp.add_argument("--run-id", default=None, help="a specific run (default: all runs)")
+    sp.add_argument(
+        "--format", choices=("json", "md", "html"), default="md", help="output format (md)"
+    )
+    sp.add_argument("--json", action="store_true", help="same as --format json")
+    sp.add_argument("--output", "-o", default=None, help="write to this file, not stdout")

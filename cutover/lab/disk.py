@@ -2,7 +2,7 @@
 
 A VM of our simulator has `[LocalDS_0] <vm>/disk1.vmdk`; its data lives in
 `<datastore>/<vm>/disk1-flat.vmdk` and its change tracking in `disk1-ctk.json` (format in
-`cutover.vcsim`). `seed` writes a sparse disk there: an MBR (one Linux partition, so the
+`cutover.lab.vcsim`). `seed` writes a sparse disk there: an MBR (one Linux partition, so the
 target's boot-sector check passes; boot code that halts the CPU) and a data block every
 `stride` bytes; `write` changes blocks the way a running application would (data and
 change tracking together).
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
-from cutover.vcsim import BLOCK_SIZE, record_writes
+from cutover.lab.vcsim import BLOCK_SIZE, record_writes
 
 MiB = 1 << 20
 
@@ -64,10 +65,8 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-if __name__ == "__main__":  # python -m cutover.labdisk DATASTORE VM [SIZE_MIB]
-    import sys
-
+if __name__ == "__main__":  # python -m cutover.lab.disk DATASTORE VM [SIZE_MIB]
     if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m cutover.labdisk DATASTORE VM [SIZE_MIB]")
+        sys.exit("usage: python -m cutover.lab.disk DATASTORE VM [SIZE_MIB]")
     size = int(sys.argv[3]) * MiB if len(sys.argv) == 4 else 64 * MiB
     print(seed(Path(sys.argv[1]), sys.argv[2], size=size))

@@ -1,0 +1,69 @@
+"""`cutover server` and `cutover worker`: the long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cutover import server
+from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group
+from cutover.temporal import connect
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    argv = server.command(Path(args.db), args.port, None if args.headless else args.ui_port)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    print(f"Temporal dev server on 127.0.0.1:{args.port}, database {args.db}", file=sys.stderr)
+    os.execv(argv[0], argv)
+    return EXIT_FAILED  # pragma: no cover - execv does not return
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from cutover import logs, telemetry  # structlog and the OpenTelemetry SDK: slow to import
+    from workers.worker import build_worker  # every activity and adapter: slow to import
+
+    logs.configure(args.log_level)
+    address = telemetry.metrics_address(args.metrics_address)
+    runtime = telemetry.metrics_runtime(address) if address else None
+    # a worker may start alongside its server
+    client = await connect(wait_seconds=60, runtime=runtime)
+    worker = build_worker(client, args.task_queue)
+    # SIGTERM (what process supervisors send) drains the worker instead of killing it
+    # mid-task, and lets the tracer flush its last spans.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        logs.get_logger().info(
+            "worker started", task_queue=args.task_queue, metrics_address=address
+        )
+        await stop.wait()
+        logs.get_logger().info("worker stopping", task_queue=args.task_queue)
+    telemetry.shutdown()
+    return EXIT_OK
+
+
+def register(cli: Group) -> None:
+    sp = cli.command("server", "Run the embedded Temporal dev server (SQLite, UI).", cmd_server,
+                     json_flag=False)  # fmt: skip
+    sp.add_argument("--db", default=".cutover/temporal.db", help="SQLite database file")
+    sp.add_argument("--port", type=int, default=7233, help="frontend gRPC port")
+    sp.add_argument("--ui-port", type=int, default=8233, help="Web UI port")
+    sp.add_argument("--headless", action="store_true", help="no Web UI")
+
+    sp = cli.command("worker", "Run a worker for cutover workflows and activities.", cmd_worker,
+                     json_flag=False)  # fmt: skip
+    sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
+    sp.add_argument("--log-level", default="INFO", help="log level")
+    sp.add_argument(
+        "--metrics-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics "
+        "(default: $CUTOVER_METRICS_ADDRESS; unset means off)",
+    )

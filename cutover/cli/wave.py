@@ -1,0 +1,359 @@
+"""`cutover wave ...`: running a wave of cutovers, steering it, watching it.
+
+Exit codes as for every command: 0 ok, 1 the operation failed (or the wave did not
+complete), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cutover import search_attributes as sa
+from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
+from cutover.cli.remigration import check_reason, verdicts
+from cutover.models import ApprovalRequest
+from cutover.site import load_site
+from cutover.temporal import connect, identity
+from cutover.wave import (
+    CancelRequest,
+    PauseRequest,
+    WaveInput,
+    WavePhase,
+    WaveResult,
+    WaveStatus,
+    load_wave,
+    workflow_id_for_wave,
+)
+
+
+def load_input(args: argparse.Namespace, window: timedelta | None = None) -> WaveInput:
+    """The wave file (`args.wave`) checked against the site (`args.site`)."""
+    site = load_site(args.site)
+    return load_wave(
+        args.wave,
+        site,
+        args.site,
+        requested_by=identity(),
+        window_seconds=window.total_seconds() if window else None,
+    )
+
+
+async def _wave_handle(client: Client, ident: str) -> WorkflowHandle[Any, WaveResult]:
+    """ID: a wave's workflow ID, or its name (the running wave of that name, which may have
+    been started by a schedule, else `wave-<name>`)."""
+    wf_id = ident if ident.startswith("wave-") else workflow_id_for_wave(ident)
+    if not ident.startswith("wave-"):
+        # the running one first; else the latest (listed newest first)
+        base = f'WorkflowType = "Wave" AND CutoverWave = "{ident}"'
+        for query in (f'{base} AND ExecutionStatus = "Running"', base):
+            found = [wf.id async for wf in client.list_workflows(query, limit=1)]
+            if found:
+                wf_id = found[0]
+                break
+    return client.get_workflow_handle(wf_id, result_type=WaveResult)
+
+
+def cmd_wave_validate(args: argparse.Namespace) -> int:
+    inp = load_input(args)
+    msg = f"wave {inp.name}: {len(inp.apps)} application(s) valid against {args.site}"
+    emit({"wave": inp.name, "applications": [a.application for a in inp.apps]}, args.json, msg)
+    return EXIT_OK
+
+
+async def cmd_wave_run(args: argparse.Namespace) -> int:
+    from workflows.wave import WaveWorkflow  # the workflow module: slow to import
+
+    inp = load_input(args)
+    reasons = remigrate_reasons(args.remigrate, [a.application for a in inp.apps])
+    client = await connect(wait_seconds=3)
+    inp = await _refuse_migrated(client, inp, reasons)
+    wf_id = workflow_id_for_wave(inp.name)
+    try:
+        handle = await client.start_workflow(
+            WaveWorkflow.run,
+            inp,
+            id=wf_id,
+            task_queue=inp.site.taskQueue,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"Wave {inp.name}: {len(inp.apps)} application(s)",
+        )
+    except WorkflowAlreadyStartedError:
+        raise Failed(f"wave {inp.name} is already running (workflow {wf_id})") from None
+    if not args.wait:
+        emit({"workflowId": wf_id, "runId": handle.result_run_id}, args.json, wf_id)
+        return EXIT_OK
+    print(f"started {wf_id}; waiting for the result", file=sys.stderr)
+    result = await handle.result()
+    emit(result, args.json, result_text(result))
+    return EXIT_OK if result.outcome.value == "COMPLETED" else EXIT_FAILED
+
+
+def remigrate_reasons(flags: list[str] | None, apps: list[str]) -> dict[str, str]:
+    """`--remigrate APP=REASON` flags as {application: reason}, each naming a wave app."""
+
+    reasons: dict[str, str] = {}
+    for flag in flags or []:
+        app, sep, reason = flag.partition("=")
+        app = app.strip()
+        if not sep or not app:
+            raise ValueError(f"--remigrate: expected APP=REASON, got '{flag}'")
+        if app not in apps:
+            raise ValueError(f"--remigrate: '{app}' is not an application of this wave")
+        reasons[app] = str(check_reason(reason, f"--remigrate {app}"))
+    return reasons
+
+
+async def _refuse_migrated(client: Client, inp: WaveInput, reasons: dict[str, str]) -> WaveInput:
+    """Refuse the whole wave, before it starts, when any application was already cut over
+    (its last cutover completed, or its source is marked migrated) without `--remigrate`;
+    else the input with each re-migration's reason for its cutover to record."""
+    found, warnings = await verdicts(client, inp.site, [a.runbook for a in inp.apps])
+    for warning in warnings:
+        print(f"cutover wave run: warning: {warning}", file=sys.stderr)
+    refused = [v for v in found if v.migrated and v.application not in reasons]
+    if refused:
+        raise Failed(
+            f"refused: wave {inp.name}: {len(refused)} application(s) already cut over; "
+            "nothing was started.\n"
+            + "\n".join(f"  {v.sentence()}" for v in refused)
+            + "\nTo cut one over again deliberately: cutover wave run ... --remigrate "
+            "APP=REASON (the reason is recorded in its history and audit); or remove it "
+            "from the wave file"
+        )
+    for v in found:
+        if v.migrated:
+            print(f"re-migrating ({reasons[v.application]}): {v.sentence()}", file=sys.stderr)
+    if not reasons:
+        return inp
+    apps = [
+        a.model_copy(update={"remigrate": reasons[a.application]})
+        if a.application in reasons
+        else a
+        for a in inp.apps
+    ]
+    return inp.model_copy(update={"apps": apps})
+
+
+def _secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def result_text(r: WaveResult) -> str:
+    n = r.counts
+    cfr = "-" if r.changeFailureRate is None else f"{r.changeFailureRate:.1%}"
+    lines = [
+        f"{r.workflowId}: {r.outcome.value} - {r.reason}",
+        f"  {n.total} application(s): {n.completed} completed, {n.rolledBack} rolled back, "
+        f"{n.failed} failed, {n.skipped} skipped, {n.notStarted} not started",
+        f"  change failure rate {cfr}, MTTR {_secs(r.mttrSeconds)}, downtime median "
+        f"{_secs(r.downtime.medianSeconds)} p95 {_secs(r.downtime.p95Seconds)} max "
+        f"{_secs(r.downtime.maxSeconds)}"
+        + (f", {r.bytesMoved} bytes moved" if r.bytesMoved is not None else "")
+        + f" ({r.runs} run(s))",
+    ]
+    lines += [f"  {a.application:<30} {a.state.value:<12} {a.reason}" for a in r.applications]
+    return "\n".join(lines)
+
+
+async def cmd_wave_update(args: argparse.Namespace) -> int:
+    """approve, pause, resume, cancel: one update to the running wave."""
+    from workflows.wave import WaveWorkflow  # the workflow module: slow to import
+
+    client = await connect(wait_seconds=3)
+    handle = await _wave_handle(client, args.id)
+    who = identity()
+
+    async def send() -> str:
+        if args.wave_command == "approve":
+            req = ApprovalRequest(approver=args.as_, comment=args.comment)
+            return await handle.execute_update(WaveWorkflow.approve, req)
+        if args.wave_command == "pause":
+            req_p = PauseRequest(requestedBy=who, reason=args.reason)
+            return await handle.execute_update(WaveWorkflow.pause, req_p)
+        if args.wave_command == "resume":
+            req_r = PauseRequest(requestedBy=who, reason=args.reason)
+            return await handle.execute_update(WaveWorkflow.resume, req_r)
+        req_c = CancelRequest(requestedBy=who, reason=args.reason, policy=args.policy)
+        return await handle.execute_update(WaveWorkflow.cancel, req_c)
+
+    return await send_update(
+        handle, send, command=args.wave_command, what="wave", as_json=args.json
+    )
+
+
+async def _child_lines(client: Client, st: WaveStatus) -> dict[str, tuple[str, str]]:
+    """Phase and progress of each running cutover, from its own status query."""
+
+    from workflows.cutover import AppCutoverWorkflow  # the workflow module: slow to import
+
+    async def one(wf_id: str) -> tuple[str, str]:
+        try:
+            cs = await client.get_workflow_handle(wf_id).query(
+                AppCutoverWorkflow.status, rpc_timeout=timedelta(seconds=5)
+            )
+        except Exception:  # not started yet, or the worker is busy: show what we know
+            return "-", ""
+        done = sum(1 for s in cs.steps if s.outcome == "ok" and s.kind != "check")
+        step = f"{cs.currentStep} " if cs.currentStep else ""
+        return cs.phase.value, f"{step}({done} step(s) done)"
+
+    running = [a for a in st.applications if a.state.value == "RUNNING"]
+    found = await asyncio.gather(*(one(a.workflowId) for a in running))
+    return {a.application: f for a, f in zip(running, found, strict=True)}
+
+
+def status_text(st: WaveStatus, children: dict[str, tuple[str, str]]) -> str:
+    n = st.counts
+    finished = n.completed + n.rolledBack + n.failed
+    lines = [
+        f"wave {st.wave} ({st.workflowId}): {st.phase.value}, outcome {st.outcome.value}; "
+        f"concurrency {st.concurrency}, failure threshold {st.failureThreshold}"
+        + (f", approved by {st.approvedBy}" if st.approvedBy else ""),
+        f"  {finished}/{n.total} finished: {n.completed} completed, {n.rolledBack} rolled back, "
+        f"{n.failed} failed; {n.running} running, {n.pending} pending, "
+        f"{n.skipped} skipped, {n.notStarted} not started",
+    ]
+    if st.stopReason:
+        lines.append(f"  stopping: {st.stopReason}")
+    lines.append(f"  {'APPLICATION':<30} {'STATE':<12} {'PHASE':<18} PROGRESS / REASON")
+    state = {a.application: a.state.value for a in st.applications}
+    for a in st.applications:
+        phase, progress = children.get(a.application, ("-", ""))
+        detail = progress if a.state.value == "RUNNING" else a.reason
+        waits = [d for d in a.dependsOn if state.get(d) != "COMPLETED"]
+        if a.state.value == "PENDING" and waits:
+            detail = "waits for " + ", ".join(waits)
+        lines.append(f"  {a.application:<30} {a.state.value:<12} {phase:<18} {detail}")
+    return "\n".join(lines)
+
+
+async def _status_of(client: Client, handle: WorkflowHandle[Any, WaveResult]) -> WaveStatus:
+    from workflows.wave import WaveWorkflow  # the workflow module: slow to import
+
+    desc = await handle.describe()
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        if desc.status != WorkflowExecutionStatus.COMPLETED:
+            raise Failed(f"wave {handle.id} ended {desc.status.name if desc.status else '?'}")
+        r = await handle.result()
+        return WaveStatus(
+            wave=r.wave, workflowId=r.workflowId, phase=WavePhase.DONE, outcome=r.outcome,
+            concurrency=0, failureThreshold=0, approvedBy=r.approvedBy,
+            stopReason=None, runs=r.runs, counts=r.counts, applications=r.applications,
+        )  # fmt: skip
+    return await handle.query(WaveWorkflow.status, rpc_timeout=timedelta(seconds=15))
+
+
+async def cmd_wave_status(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise ValueError("--interval: expected a positive number of seconds")
+    client = await connect(wait_seconds=3)
+    if args.id is None:
+        return await _wave_list(client, args.json)
+    handle = await _wave_handle(client, args.id)
+    while True:
+        try:
+            st = await _status_of(client, handle)
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise Failed(f"no wave with workflow ID {handle.id}") from None
+            raise
+        children = await _child_lines(client, st)
+        if args.json:
+            data = st.model_dump(mode="json")
+            for app in data["applications"]:
+                phase, progress = children.get(app["application"], (None, None))
+                app["phase"], app["progress"] = phase, progress
+            text = json.dumps(data, indent=2)
+        else:
+            text = status_text(st, children)
+        if args.watch and sys.stdout.isatty():
+            print("\x1b[H\x1b[2J", end="")
+        print(text, flush=True)
+        if not args.watch or st.phase.value == "DONE":
+            return EXIT_OK
+        await asyncio.sleep(args.interval)
+
+
+async def _wave_list(client: Client, as_json: bool) -> int:
+    rows: list[dict[str, Any]] = []
+    async for wf in client.list_workflows('WorkflowType = "Wave"', limit=50):
+        attrs = wf.typed_search_attributes
+        rows.append(
+            {
+                "workflowId": wf.id,
+                "wave": attrs.get(sa.WAVE),
+                "status": wf.status.name if wf.status else None,
+                "phase": attrs.get(sa.PHASE),
+                "outcome": attrs.get(sa.OUTCOME),
+                "startTime": wf.start_time.isoformat(),
+            }
+        )
+    text = "\n".join(
+        [f"{'WORKFLOW ID':<44} {'STATUS':<11} {'PHASE':<18} {'OUTCOME':<14} STARTED"]
+        + [
+            f"{r['workflowId']:<44} {r['status'] or '-':<11} {r['phase'] or '-':<18} "
+            f"{r['outcome'] or '-':<14} {r['startTime']}"
+            for r in rows
+        ]
+    )
+    emit(rows, as_json, text)
+    return EXIT_OK
+
+
+def register(cli: Group) -> None:
+    wave = cli.group("wave", "Run a wave of cutovers; steer it; watch it.", "wave_command",
+                     "WAVE_COMMAND")  # fmt: skip
+    sp = wave.command(
+        "validate",
+        "Check a wave file, its runbooks and dependencies against a site.",
+        cmd_wave_validate,
+        site=True,
+    )
+    sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
+    sp = wave.command("run", "Start a wave; prints its workflow ID.", cmd_wave_run, site=True)
+    sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
+    sp.add_argument("--wait", action="store_true", help="wait for and print the result")
+    sp.add_argument(
+        "--remigrate",
+        action="append",
+        metavar="APP=REASON",
+        help="cut over APP although it was already migrated (its last cutover completed, or "
+        "its source is marked migrated); the reason is recorded (repeatable)",
+    )
+    sp = wave.command(
+        "approve", "Approve a wave waiting for approval before its first cutover.", cmd_wave_update
+    )
+    sp.add_argument("id", metavar="ID", help="wave workflow ID or wave name")
+    sp.add_argument("--as", dest="as_", required=True, metavar="NAME", help="approver's name")
+    sp.add_argument("--comment", default="", help="recorded with the approval")
+    for name, help_ in (
+        ("pause", "Start no new cutover until resumed (running ones continue)."),
+        ("resume", "Resume starting cutovers."),
+        ("cancel", "Start no new cutover; running ones finish or roll back (onCancel)."),
+    ):
+        sp = wave.command(name, help_, cmd_wave_update)
+        sp.add_argument("id", metavar="ID", help="wave workflow ID or wave name")
+        sp.add_argument("--reason", default="", help="recorded in the history")
+        if name == "cancel":
+            sp.add_argument(
+                "--policy",
+                choices=["finish", "rollback"],
+                help="override the wave file's onCancel",
+            )
+    sp = wave.command(
+        "status", "A wave's applications: state, phase, progress, outcome.", cmd_wave_status
+    )
+    sp.add_argument("id", metavar="ID", nargs="?", help="wave workflow ID or name (none: list)")
+    sp.add_argument("--watch", action="store_true", help="refresh until the wave is done")
+    sp.add_argument("--interval", type=float, default=1.0, help="--watch refresh seconds")
