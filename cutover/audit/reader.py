@@ -16,6 +16,7 @@ from temporalio.api.failure.v1 import Failure
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHistory
 from temporalio.converter import DataConverter
+from temporalio.service import RPCError, RPCStatusCode
 
 from cutover.audit.model import (
     CUTOVER_TYPE,
@@ -89,7 +90,6 @@ async def _audit(
 
 async def _run_chain(client: Client, workflow_id: str, run_id: str | None) -> list[WorkflowHistory]:
     """The histories of a workflow's runs, first to last, following continue-as-new."""
-    from temporalio.service import RPCError, RPCStatusCode
 
     async def fetch(rid: str | None) -> WorkflowHistory:
         try:
