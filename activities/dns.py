@@ -14,8 +14,7 @@ from temporalio import activity
 
 from activities.common import attempt as _attempt
 from adapters.dns.probe import dns_probe, iso_time
-from adapters.dns.records import lower_ttl as lower_ttl
-from adapters.dns.records import restore_record, restore_ttl, switch_record
+from adapters.dns.records import lower_ttl, restore_record, restore_ttl, switch_record
 from adapters.dns.server import DnsTransport, TcpTransport, address_host
 from cutover import facts as F
 from cutover.catalog import Compensation, Step
@@ -23,8 +22,6 @@ from cutover.errors import config_error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 from cutover.runbook import DnsEndpoint
 from cutover.site import Dns, DnsProbe
-
-# `lower_ttl as lower_ttl`: cutover/cli.py (`cutover dns lower-ttl`) imports it from here.
 
 #: The optional preparation step that lowers the record's TTL ahead of the wave.
 LOWER_DNS_TTL = "lower_dns_ttl"

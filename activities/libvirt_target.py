@@ -34,8 +34,13 @@ from temporalio import activity
 from activities.common import attempt as _attempt
 from activities.common import error as _error
 from activities.convert import VmSource, vms_from_facts
-from adapters.libvirt.connection import ConnectionFactory, lookup, network_exists, translate
-from adapters.libvirt.connection import open_connection as open_connection
+from adapters.libvirt.connection import (
+    ConnectionFactory,
+    lookup,
+    network_exists,
+    open_connection,
+    translate,
+)
 from adapters.libvirt.domain import (
     WINDOWS_NOTE,
     DiskPlan,
@@ -50,7 +55,6 @@ from adapters.libvirt.domain import (
     lease_address,
     plan_nics,
 )
-from adapters.libvirt.domain import remove_cutover_domains as remove_cutover_domains
 from adapters.libvirt.storage import ensure_dir_pool, volume_from_image
 from adapters.qemu.img import image_info
 from adapters.staging import layout as staging
@@ -63,8 +67,6 @@ from cutover.facts import disk_keys
 from cutover.inventory import VM
 from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
-
-# `X as X` imports: re-exported for the lab (remove_cutover_domains) and tests.
 
 
 @dataclass

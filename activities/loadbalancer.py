@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.common import attempt as _attempt
 from adapters.haproxy.prior import PriorStore
-from adapters.haproxy.runtime import HAProxyRuntime as HAProxyRuntime
+from adapters.haproxy.runtime import HAProxyRuntime
 from cutover import facts as F
 from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.errors import ErrorKind, error
@@ -27,8 +27,6 @@ from cutover.models import StepInput, StepResult
 from cutover.ports import LoadBalancer
 from cutover.site import HAProxy
 from cutover.traffic import Address, BackendPrior, PriorServer, Switch, Timeouts
-
-# `HAProxyRuntime as HAProxyRuntime`: the lab still imports it from here.
 
 
 def _haproxy(settings: HAProxy) -> LoadBalancer:

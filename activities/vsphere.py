@@ -17,24 +17,15 @@ from temporalio import activity
 
 from activities.common import attempt as _attempt
 from adapters.vsphere import vm as vm_ops
-from adapters.vsphere.client import ClientPool as ClientPool
-from adapters.vsphere.client import VSphereClient
-from adapters.vsphere.inventory import find_vms as find_vms
-from adapters.vsphere.inventory import read_inventory as read_inventory
-from adapters.vsphere.inventory import resolve_vms as resolve_vms
-from adapters.vsphere.tagging import Tagging as Tagging
-from adapters.vsphere.vm import migrated_marks as migrated_marks
-from adapters.vsphere.vm import migration_evidence as migration_evidence
-from adapters.vsphere.vm import post_event
+from adapters.vsphere.client import ClientPool, VSphereClient
+from adapters.vsphere.inventory import find_vms, read_inventory, resolve_vms
+from adapters.vsphere.vm import migrated_marks, migration_evidence, post_event
 from cutover import facts as F
 from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
 from cutover.concerns import evaluate
 from cutover.errors import ErrorKind, error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 from cutover.site import VSphereConcernsProbe
-
-# The `X as X` imports above re-export what cutover/cli.py, cutover/remigration.py and the
-# lab still import from here; they move to `adapters.vsphere.*` with those modules.
 
 
 def _run_scope(inp: StepInput) -> str:

@@ -16,7 +16,7 @@ class LocalFileSource:
     """A raw/flat disk file on a local file system; holes found with SEEK_DATA/SEEK_HOLE.
 
     Changed-block tracking when a change-tracking file lies beside it, in the simulator's
-    format (`cutover.vcsim`: `<base>-ctk.json` for `<base>-flat.vmdk` or `<base>.raw`),
+    format (`cutover.lab.vcsim`: `<base>-ctk.json` for `<base>-flat.vmdk` or `<base>.raw`),
     kept by whoever writes the disk; without one, incremental passes compare digests."""
 
     def __init__(self, path: str | os.PathLike[str], name: str | None = None) -> None:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from cutover.facts import TARGET_ADDRESS
 from cutover.runbook import Runbook
 
 #: What a probe may refer to; `target_*` are known only once the target reported them.
@@ -59,7 +60,7 @@ def values_for(runbook: Runbook, facts: dict[str, str]) -> dict[str, str]:
         return addr.rsplit(":", 1)[0].strip("[]") if addr else ""
 
     source = runbook.endpoint.sourceAddress or ""
-    target = facts.get("target_address") or runbook.endpoint.targetAddress or ""
+    target = facts.get(TARGET_ADDRESS) or runbook.endpoint.targetAddress or ""
     return {
         "application": runbook.application,
         "wave": runbook.wave_name,

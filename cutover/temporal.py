@@ -24,6 +24,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, TLSConfig
 
 from cutover import search_attributes
+from cutover.errors import ErrorKind
 
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 
@@ -37,7 +38,7 @@ class _RefusalsWithoutTraces(DefaultFailureConverter):
         self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure
     ) -> None:
         super().to_failure(exception, payload_converter, failure)
-        if isinstance(exception, ApplicationError) and exception.type == "Refused":
+        if isinstance(exception, ApplicationError) and exception.type == ErrorKind.REFUSED.value:
             failure.stack_trace = ""
 
 

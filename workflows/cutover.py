@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from cutover.config import format_path
     from cutover.errors import NON_RETRYABLE as NEVER_RETRIED_KINDS
+    from cutover.errors import ErrorKind
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.models import (
         INPUT_PLACEHOLDER,
@@ -199,7 +200,9 @@ class AppCutoverWorkflow:
     @workflow.run
     async def run(self, _: WorkflowInput) -> CutoverResult:
         if self._input_error is not None:
-            raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
+            raise ApplicationError(
+                self._input_error, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True
+            )
         # --- issue 15, target platforms (begin) ---
         # A new cutover to a platform its site does not bind fails before any step, never
         # runs elsewhere. A continued window (carry) started before the rule: it goes on.
@@ -208,7 +211,9 @@ class AppCutoverWorkflow:
             and self._inp.carry is None
             and workflow.patched("target-platform-bound")
         ):
-            raise ApplicationError(self._platform_error, type="ConfigError", non_retryable=True)
+            raise ApplicationError(
+                self._platform_error, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True
+            )
         # --- issue 15, target platforms (end) ---
         # Everything issue 11 changed (the remigration guard, undo preconditions and blocked
         # rollbacks, bounded steps, cancellation, finalize on fresh evidence, bounded
@@ -224,7 +229,7 @@ class AppCutoverWorkflow:
                 f"this cutover must run as workflow ID {expected_id}, not {self._id}: one "
                 f"workflow ID per application keeps two cutovers of {rb.application} from "
                 "running at once; start it again with that ID",
-                type="ConfigError",
+                type=ErrorKind.CONFIG_ERROR.value,
                 non_retryable=True,
             )
         if not self._v2:
@@ -1304,4 +1309,4 @@ def _wall_clock() -> datetime:
 
 
 def _refuse(message: str) -> NoReturn:
-    raise ApplicationError(message, type="Refused", non_retryable=True)
+    raise ApplicationError(message, type=ErrorKind.REFUSED.value, non_retryable=True)

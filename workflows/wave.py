@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from cutover import search_attributes as sa
+    from cutover.errors import ErrorKind
     from cutover.models import ApprovalRequest, CutoverResult, Outcome
     from cutover.wave import (
         FINISHED,
@@ -123,9 +124,13 @@ class WaveWorkflow:
     @workflow.run
     async def run(self, _: WaveWorkflowInput) -> WaveResult:
         if self._input_error is not None:
-            raise ApplicationError(self._input_error, type="ConfigError", non_retryable=True)
+            raise ApplicationError(
+                self._input_error, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True
+            )
         if self._rules_error is not None and workflow.patched(PATCH_INPUT_RULES):
-            raise ApplicationError(self._rules_error, type="ConfigError", non_retryable=True)
+            raise ApplicationError(
+                self._rules_error, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True
+            )
         c, inp = self._carry, self._inp
         if c.startedAt is None:
             c.startedAt = workflow.now()
@@ -508,4 +513,4 @@ class WaveWorkflow:
 
 
 def _refuse(message: str) -> NoReturn:
-    raise ApplicationError(message, type="Refused", non_retryable=True)
+    raise ApplicationError(message, type=ErrorKind.REFUSED.value, non_retryable=True)
