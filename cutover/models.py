@@ -142,6 +142,10 @@ class CutoverInput(_M):
 WorkflowInput = Annotated[CutoverInput | dict[str, Any], Field(union_mode="left_to_right")]
 
 
+#: guard: the read-only remigration check that runs first of all.
+StepKind = Literal["guard", "check", "warm", "step", "compensation", "finalize"]
+
+
 class StepContext(_M):
     """What every step activity gets: who it is for, and what earlier steps learned."""
 
@@ -159,6 +163,9 @@ class StepInput(_M):
     context: StepContext
     #: For repeatable steps (incremental sync): which pass this is, from 1.
     passNumber: int = 0
+    #: What the workflow runs it as (an undo and a finalize step may share a name): the
+    #: audit reads this, not the activity's summary text.
+    kind: StepKind | None = None
 
 
 class StepResult(_M):
@@ -209,10 +216,6 @@ class CheckResult(_M):
         if self.detail:
             parts.append(self.detail)
         return ": ".join(parts[:1]) + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "")
-
-
-#: guard: the read-only remigration check that runs first of all.
-StepKind = Literal["guard", "check", "warm", "step", "compensation", "finalize"]
 
 
 class StepRecord(_M):

@@ -101,9 +101,25 @@ async def test_a_source_that_does_not_restart_keeps_traffic_on_the_target(client
     assert "restore_load_balancer" not in world.calls
     assert not DESTRUCTIVE & set(world.calls)
     assert any("the source is not running again" in line for line in result.leftWhere)
+    assert any("traffic still goes to the target" in line for line in result.leftWhere)
     assert any("nobody resumed within" in line for line in result.leftWhere)
+    # one restart per pass (its 2 attempts): registered again above the switch, it is not
+    # retried there, so no later success can move one traffic path back and not another
+    assert world.calls.count("restart_source") == 2
     failures = {f.split(":")[0] for f in result.compensationFailures}
     assert {"restart_source", "restore_load_balancer", "remove_target_domain"} <= failures
+
+
+async def test_a_failed_rollback_always_says_where_users_are(client: Client) -> None:
+    """A rollback before the switch that fails on an undo still says what serves."""
+    world = World(fail={"smoke_test"}, broken={"discard_staging"})
+    async with running(client, world) as queue:
+        inp = cutover_input(queue)
+        tuning = inp.tuning.model_copy(update={"blockedWaitHours": 0.001})
+        result = await (await start(client, inp.model_copy(update={"tuning": tuning}))).result()
+    assert result.outcome == Outcome.FAILED
+    assert "traffic: on the source" in result.leftWhere
+    assert "the source runs again" in result.leftWhere
 
 
 # --------------------------------------------------------- finding 2: cancellation at any instant
@@ -134,7 +150,8 @@ async def test_a_cancel_during_finalize_completes_it(client: Client) -> None:
         await handle.cancel()
         result = await handle.result()
     assert result.outcome == Outcome.COMPLETED
-    assert world.calls[-3:] == ["mark_source_migrated", "remove_converted_image", "discard_staging"]
+    assert world.calls[-2:] == ["remove_converted_image", "discard_staging"]
+    assert "mark_source_migrated" in world.calls
 
 
 async def test_a_cancel_during_a_step_lets_it_finish_then_rolls_back(client: Client) -> None:
@@ -191,8 +208,12 @@ async def test_a_failed_finalize_step_stops_the_steps_that_retire_the_source(
         await wait_phase(handle, Phase.FINALIZE_BLOCKED)
         _, left = await status_of(handle)
         assert any("retire_source_from_load_balancer failed" in line for line in left), left
-        retiring = {"remove_source_snapshot", "disconnect_source_nics", "mark_source_migrated"}
+        retiring = {"remove_source_snapshot", "disconnect_source_nics"}
         assert not retiring & set(world.calls)
+        # marked migrated first: even a finalize never resumed leaves the guard its mark
+        assert world.calls.index("mark_source_migrated") < world.calls.index(
+            "retire_source_from_load_balancer"
+        )
         world.broken.clear()
         await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
         result = await handle.result()

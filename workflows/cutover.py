@@ -191,6 +191,7 @@ class AppCutoverWorkflow:
         self._resume: ResumeRequest | None = None
         self._left: list[str] = []
         self._snapshot_at: datetime | None = None
+        self._once = False
         # Steps get the site without its check catalog: checks travel in CheckInput, and
         # every activity input is stored in the history.
         self._step_site = inp.site.model_copy(update={"checks": {}})
@@ -693,6 +694,11 @@ class AppCutoverWorkflow:
         if leftovers and workflow.patched("discard-staging-at-finalize"):
             steps += leftovers
         if self._v2:
+            if workflow.patched("mark-migrated-first"):
+                # Marked first: a finalize that blocks (and is never resumed) still leaves
+                # the source marked, so the remigration guard refuses a second cutover.
+                steps.remove(FinalizeStep.MARK_SOURCE_MIGRATED)
+                steps.insert(0, FinalizeStep.MARK_SOURCE_MIGRATED)
             return await self._finalize_steps(steps)
         problems: list[str] = []
         for step in steps:
@@ -802,6 +808,7 @@ class AppCutoverWorkflow:
                 Outcome.ROLLED_BACK, reason, ["nothing was changed: the source still serves"]
             )
         pending = list(reversed(self._compensations))
+        self._once = workflow.patched("one-source-restart-per-pass")
         if self._dns_configured() and Compensation.RESTORE_DNS not in pending:
             # The TTL was lowered for the cutover (`cutover lower-ttl`) but the name never
             # moved: put the TTL from before back (restore_dns does that when it runs).
@@ -828,8 +835,15 @@ class AppCutoverWorkflow:
         """Run `pending` undos in order; return each that failed or was held back, and why."""
         doubt: dict[Holds, set[str]] = {h: set() for h in Holds}
         left: list[tuple[str, str]] = []
+        # Whether the source runs is one fact per pass: `restart_source` is registered
+        # again above each traffic switch, but once it ran (or failed for good) in this pass,
+        # a second registration must neither repeat its retries nor, succeeding late, let
+        # one traffic path move back while another was held (users split across two sides).
+        restarted: bool | None = None
         for comp in pending:
             establishes = UNDO_ESTABLISHES.get(comp)
+            if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
+                continue
             blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
             if blocked:
                 why = "held back: needs " + " and ".join(h.value for h in blocked)
@@ -854,9 +868,13 @@ class AppCutoverWorkflow:
                 else:
                     if establishes is not None:
                         doubt[establishes].discard(comp)
-                    if comp == Compensation.RESTART_SOURCE and self._down_to is None:
-                        self._down_to = workflow.now()
+                    if comp == Compensation.RESTART_SOURCE:
+                        restarted = True
+                        if self._down_to is None:
+                            self._down_to = workflow.now()
                     continue
+            if comp == Compensation.RESTART_SOURCE:
+                restarted = False
             if establishes is not None:
                 doubt[establishes].add(comp)
             left.append((comp, why))
@@ -867,8 +885,15 @@ class AppCutoverWorkflow:
         names = {c for c, _ in left}
         lb = self._inp.runbook.lb_backend
         lines: list[str] = []
+        # Always where users are: a FAILED result must say what serves.
+        traffic = {Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS}
+        if not names & traffic:
+            moved = traffic & set(self._compensations)
+            lines.append("traffic: back on the source" if moved else "traffic: on the source")
         if Compensation.RESTART_SOURCE in names:
             lines.append("the source is not running again")
+        elif Compensation.RESTART_SOURCE in self._compensations:
+            lines.append("the source runs again")
         if Compensation.RESTORE_LOAD_BALANCER in names:
             lines.append(f"load balancer backend {lb}: traffic still goes to the target")
         if Compensation.RESTORE_DNS in names:
@@ -928,7 +953,7 @@ class AppCutoverWorkflow:
         )
 
     async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult:
-        inp = StepInput(step=name, context=self._context(), passNumber=pass_number)
+        inp = StepInput(step=name, context=self._context(), passNumber=pass_number, kind=kind)
         attempts = (
             self._inp.tuning.compensationAttempts
             if kind == "compensation"
