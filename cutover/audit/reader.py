@@ -292,12 +292,16 @@ class _Reader:
     async def _scheduled(self, e: HistoryEvent) -> None:
         a = e.activity_task_scheduled_event_attributes
         name = a.activity_type.name
-        summary = (
-            await self._text(e.user_metadata.summary)
-            if e.user_metadata.HasField("summary")
-            else None
-        )
-        kind = _kind(name, summary)
+        inp = None if name == RUN_CHECK else await self._decode(a.input, StepInput)
+        if isinstance(inp, StepInput) and inp.kind is not None:
+            kind: StepKindName = inp.kind  # structured: what the workflow ran it as
+        else:  # recorded before steps carried their kind: the summary's first word
+            summary = (
+                await self._text(e.user_metadata.summary)
+                if e.user_metadata.HasField("summary")
+                else None
+            )
+            kind = _kind(name, summary)
         step = StepAudit(
             name=name,
             kind=kind,
@@ -305,10 +309,8 @@ class _Reader:
             scheduledAt=_time(e),
             scheduledEventId=e.event_id,
         )
-        if kind != "check":
-            inp = await self._decode(a.input, StepInput)
-            if isinstance(inp, StepInput):
-                step.passNumber = inp.passNumber
+        if isinstance(inp, StepInput):
+            step.passNumber = inp.passNumber
         if kind == "compensation" and self._checks_before_undo is None:
             self._checks_before_undo = len(self._checks)
         self._activities[(self._run, e.event_id)] = step
