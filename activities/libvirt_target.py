@@ -1,10 +1,12 @@
 """The KVM target's activities: storage pools and volumes, guest image checks, domains.
 
 Thin: the libvirt work is in `adapters.libvirt` (the only libvirt user). `LibvirtTarget`
-holds an injectable connection factory (the URI is the site's `libvirt.uri`) and reuses one
-connection per URI. Every activity is idempotent and raises typed errors:
-`LibvirtUnavailable` (retryable) or non-retryable `ConfigError`, `PathRejected`, `NotFound`,
-`GuestNotBootable`, `ForeignDomain`, `LibvirtFault`.
+holds an injectable connection factory and reuses one connection per URI: the URI the site
+binds the runbook's `targetPlatform` to (`SiteConfig.target_binding`), else the site's
+`libvirt.uri` (a run started before its platform was bound keeps working). Every activity
+is idempotent and raises typed errors: `LibvirtUnavailable` (retryable) or non-retryable
+`ConfigError`, `PathRejected`, `NotFound`, `GuestNotBootable`, `ForeignDomain`,
+`LibvirtFault`.
 
 Facts read: `converted_path.<diskKey>` / `converted_format.<diskKey>` (convert_image),
 `target_volume.<diskKey>` / `target_format.<diskKey>` (attach_target_storage_profile),
@@ -69,6 +71,21 @@ from cutover.models import StepInput, StepResult
 from cutover.site import SiteConfig
 
 
+def endpoint(site: SiteConfig, platform: str | None) -> str:
+    """The libvirt URI a runbook for `platform` runs against: its binding's, else the
+    site's `libvirt.uri`. Never refuses a bound platform's run here: validation does."""
+    binding = site.target_binding(platform) if platform is not None else None
+    if binding is not None and binding.uri is not None:
+        return binding.uri
+    if site.libvirt is None:
+        raise _error(
+            ErrorKind.CONFIG_ERROR,
+            f"the site binds no libvirt URI for target platform {platform!r} and has no "
+            "`libvirt` section",
+        )
+    return site.libvirt.uri
+
+
 @dataclass
 class LibvirtTarget:
     """Target-side activities; they hold the worker's libvirt connections (injected)."""
@@ -82,10 +99,8 @@ class LibvirtTarget:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _conn(self, site: SiteConfig) -> Any:
-        if site.libvirt is None:
-            raise _error(ErrorKind.CONFIG_ERROR, "the site config has no `libvirt` section")
-        uri = site.libvirt.uri
+    def _conn(self, site: SiteConfig, platform: str | None = None) -> Any:
+        uri = endpoint(site, platform)
         with self._lock:
             conn = self._conns.get(uri)
             if conn is not None:
@@ -144,7 +159,7 @@ class LibvirtTarget:
                 raise _error(ErrorKind.CONFIG_ERROR, f"disk {key}: unknown image format {fmt!r}")
             pool_name = safe_name(mapping_for(ctx.site, vms, key).targetPool, "target pool")
             plan.append((key, src, fmt, pool_name, volume_name(ctx.application, key, fmt)))
-        conn = self._conn(ctx.site)
+        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
         facts: dict[str, str] = {}
         details: dict[str, str | int | float | bool] = {}
         try:
@@ -182,7 +197,7 @@ class LibvirtTarget:
         legacy = {output_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
         pools = {m.targetPool for m in ctx.site.storageMappings} or {"default"}
         removed: list[str] = []
-        conn = self._conn(ctx.site)
+        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
         try:
             for pool_name in sorted(pools):
                 pool = lookup(conn.storagePoolLookupByName, pool_name)
@@ -279,7 +294,7 @@ class LibvirtTarget:
     def power_on_target(self, inp: StepInput) -> StepResult:
         ctx = inp.context
         vms = self._vms(inp)
-        conn = self._conn(ctx.site)
+        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
         changed, names = False, []
         try:
             kind = domain_type(conn)
@@ -346,7 +361,7 @@ class LibvirtTarget:
         Refuses (non-retryable) to touch a same-named domain cutover did not create."""
         ctx = inp.context
         vms = self._vms(inp)
-        conn = self._conn(ctx.site)
+        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
         removed = []
         try:
             for vm in vms:

@@ -121,8 +121,8 @@ class LibvirtPlatform(_Model):
     """A target platform whose KVM hosts the worker drives through libvirt."""
 
     type: Literal["libvirt"] = "libvirt"
-    #: Default: the site's `libvirt.uri`. The libvirt adapter holds one connection per
-    #: site for now, so every libvirt binding must name that endpoint (checked below).
+    #: Default: the site's `libvirt.uri`. Each binding may name its own endpoint: the
+    #: libvirt activities connect to the URI the runbook's platform is bound to.
     uri: NonEmpty | None = None
 
 
@@ -339,8 +339,8 @@ class SiteConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _libvirt_from_bindings(cls, data: Any) -> Any:
-        # A site that writes only `targetPlatforms` gets the `libvirt` section its URI
-        # names: the libvirt adapter connects to `libvirt.uri` (one endpoint per site).
+        # A site that writes only `targetPlatforms`, all on one URI, gets the `libvirt`
+        # section it names: what a run started before bindings existed connects to.
         if isinstance(data, dict) and data.get("libvirt") is None:
             bindings = data.get("targetPlatforms")
             if isinstance(bindings, dict):
@@ -348,18 +348,6 @@ class SiteConfig(_Model):
                 if len(uris) == 1:
                     data = {**data, "libvirt": {"uri": uris.pop()}}
         return data
-
-    @model_validator(mode="after")
-    def _one_libvirt_endpoint(self) -> SiteConfig:
-        uris = {b.uri for b in (self.targetPlatforms or {}).values() if b.uri is not None}
-        if self.libvirt is not None:
-            uris.add(self.libvirt.uri)
-        if len(uris) > 1:
-            raise ValueError(
-                "`targetPlatforms`: the libvirt bindings and `libvirt.uri` name different "
-                f"endpoints ({', '.join(sorted(uris))}); a site has one libvirt endpoint"
-            )
-        return self
 
     def bound_platforms(self) -> list[str]:
         """The runbook `targetPlatform`s this site runs cutovers to."""

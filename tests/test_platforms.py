@@ -21,9 +21,13 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from cutover.catalog import BUILTIN_CHECKS
+from activities.libvirt_target import LibvirtTarget
+from adapters.libvirt.connection import open_connection
+from cutover.catalog import BUILTIN_CHECKS, Compensation
 from cutover.config import ConfigError
-from cutover.models import CutoverInput
+from cutover.disknames import volume_name
+from cutover.facts import CONVERTED_PATH, per_disk
+from cutover.models import CutoverInput, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import DEFAULT_LIBVIRT_PLATFORMS, SiteConfig, load_runbook
 from cutover.wave import WaveApp, WaveInput
@@ -191,17 +195,9 @@ def test_bound_platforms_are_exactly_the_ones_listed_and_reach_the_site_libvirt(
             ("targetPlatforms", "vmware", "[key]"),
             "'proxmox'",
         ),
-        (
-            {
-                "libvirt": {"uri": "qemu:///system"},
-                "targetPlatforms": {"proxmox": {"type": "libvirt", "uri": "qemu+ssh://b/system"}},
-            },
-            (),
-            "name different endpoints (qemu+ssh://b/system, qemu:///system)",
-        ),
     ],
 )
-def test_a_binding_names_a_known_platform_an_implementation_and_the_one_endpoint(
+def test_a_binding_names_a_known_platform_and_an_implementation(
     site_data: dict[str, Any], where: tuple[str, ...], says: str
 ) -> None:
     with pytest.raises(ValidationError) as bad:
@@ -250,3 +246,69 @@ def test_every_path_to_a_cutover_refuses_an_unbound_platform(tmp_path: Path) -> 
         WaveInput(name="w", site=at, apps=[app])
     assert "apps[0].runbook.targetPlatform" in str(bad_wave.value)
     assert f"(it binds: {LEGACY})" in str(bad_wave.value)
+
+
+# ------------------------------------------------------------------ routing per binding
+
+#: libvirt's test driver from a file: a private in-process host (no libvirtd), whose
+#: `default` pool holds the one volume named in it.
+HOST_B = """<node><pool type='dir'><name>default</name><target><path>/b</path></target>
+<volume type='file'><name>{volume}</name><capacity>1048576</capacity>
+<target><path>/b/{volume}</path></target></volume></pool></node>"""
+
+
+def detach_input(at: SiteConfig, platform: str, app: str) -> StepInput:
+    runbook = Runbook.model_validate({**SEED, "application": app, "targetPlatform": platform})
+    facts = {per_disk(CONVERTED_PATH, "web-2000"): f"/staging/{app}.web-2000.qcow2"}
+    ctx = StepContext(
+        workflowId=f"cutover-{app}", application=app, wave="w", runbook=runbook, site=at,
+        facts=facts,
+    )  # fmt: skip
+    return StepInput(step=Compensation.DETACH_TARGET_STORAGE, context=ctx)
+
+
+def test_each_platform_bound_to_its_own_libvirt_uri_runs_against_that_uri(tmp_path: Path) -> None:
+    app = unique_app("route")
+    host_b = tmp_path / "b.xml"
+    host_b.write_text(HOST_B.format(volume=volume_name(app, "web-2000", "qcow2")), "utf-8")
+    uri_a, uri_b = "test:///default", f"test://{host_b}"
+    # two platforms on two endpoints: a site may bind them so (no one-endpoint rule)
+    at = site(
+        targetPlatforms={
+            "pextra-cloud": {"type": "libvirt", "uri": uri_a},
+            "kvm-libvirt": {"type": "libvirt", "uri": uri_b},
+        }
+    )
+    opened: list[str] = []
+
+    def connect(uri: str) -> Any:  # the real connection, its URI recorded
+        opened.append(uri)
+        return open_connection(uri)
+
+    target = LibvirtTarget(connect=connect)
+    try:
+        on_a = target.detach_target_storage(detach_input(at, "pextra-cloud", app))
+        assert opened == [uri_a]
+        assert not on_a.changed  # host A has no pool `default`: nothing of the app's there
+        on_b = target.detach_target_storage(detach_input(at, "kvm-libvirt", app))
+        assert opened == [uri_a, uri_b]
+        assert on_b.changed and on_b.details["removed"] == f"default/{app}.web-2000.target.qcow2"
+    finally:
+        target.close()
+
+
+def test_a_run_whose_platform_the_site_no_longer_binds_uses_the_site_libvirt_uri() -> None:
+    # a run in flight when its binding went: the activity never refuses, validation does
+    at = site(libvirt={"uri": "test:///default"})
+    opened: list[str] = []
+
+    def connect(uri: str) -> Any:
+        opened.append(uri)
+        return open_connection(uri)
+
+    target = LibvirtTarget(connect=connect)
+    try:
+        target.detach_target_storage(detach_input(at, "proxmox", unique_app("route")))
+    finally:
+        target.close()
+    assert opened == ["test:///default"]
