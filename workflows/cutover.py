@@ -11,15 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.cutover_bounds import NON_RETRYABLE, activity_bounds
+from workflows.cutover_text import RollbackNow as _RollbackNow
+from workflows.cutover_text import cause as _cause
+from workflows.cutover_text import (
+    details_markdown,
+    read_input,
+    rollback_text,
+    snapshot_warning,
+    where_left,
+    workflow_id_for,
+)
+from workflows.cutover_text import refuse as _refuse
+from workflows.cutover_text import wall_clock as _wall_clock
+from workflows.cutover_v1 import CutoverV1
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel, ValidationError
+    from pydantic import BaseModel
 
     from cutover import search_attributes as sa
     from cutover.catalog import (
@@ -35,18 +50,13 @@ with workflow.unsafe.imports_passed_through():
         WarmStep,
         undo_blocked_by,
     )
-    from cutover.config import format_path
-    from cutover.errors import NON_RETRYABLE as NEVER_RETRIED_KINDS
     from cutover.errors import ErrorKind
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
     from cutover.models import (
-        INPUT_PLACEHOLDER,
-        WITHOUT_PLATFORM_RULE,
         ApprovalRequest,
         CheckInput,
         CheckPhase,
         CheckResult,
-        CutoverInput,
         CutoverResult,
         CutoverStatus,
         ExtendRequest,
@@ -63,103 +73,26 @@ with workflow.unsafe.imports_passed_through():
         WindowCarry,
         WorkflowInput,
     )
-    from cutover.site import DataConsistencyProbe, DnsProbe, Probe, VSphereConcernsProbe
+    from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
     from cutover.templating import expand, values_for
+
+# Importable from here too (the CLI, the wave workflow, tests and benches use them).
+__all__ = ["NON_RETRYABLE", "AppCutoverWorkflow", "_cause", "workflow_id_for"]
 
 R = TypeVar("R", bound=BaseModel)
 
-#: Steps that move data for a long time: they heartbeat, and resume from it on retry.
-_LONG = {
-    WarmStep.PRE_COPY,
-    WarmStep.INCREMENTAL_SYNC,
-    Step.FINAL_DATA_SYNC,
-    Step.CONVERT_IMAGE,
-    Step.ATTACH_TARGET_STORAGE_PROFILE,
-    # traffic steps wait on health checks and drains, heartbeating
-    Step.UPDATE_LOAD_BALANCER,
-    Compensation.RESTORE_LOAD_BALANCER,
-    FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
-}
-#: Steps that move or convert data: sized by `stepTimeoutMinutes` (they heartbeat progress).
-_DATA = {
-    WarmStep.PRE_COPY,
-    WarmStep.INCREMENTAL_SYNC,
-    Step.FINAL_DATA_SYNC,
-    Step.CONVERT_IMAGE,
-    Step.ATTACH_TARGET_STORAGE_PROFILE,
-    Step.SMOKE_TEST,
-}
-#: Steps that wait for a guest to shut down or boot: sized by the runbook's shutdown timeout.
-_POWER = {Step.QUIESCE_APPLICATION, Compensation.RESTART_SOURCE}
-#: Steps that wait on load-balancer health checks and drains: sized by the site's timeouts.
-_LB = {
-    Step.UPDATE_LOAD_BALANCER,
-    Compensation.RESTORE_LOAD_BALANCER,
-    FinalizeStep.RETIRE_SOURCE_FROM_LOAD_BALANCER,
-}
 #: An approval gate with no timeout of its own closes after a day: the warm snapshot's
 #: delta grows on the production datastore while it waits.
 DEFAULT_APPROVAL_MINUTES = 24 * 60
 #: Window-check records kept beside the first and the last round: failures, up to this many.
 _KEPT_FAILED_CHECKS = 50
-#: Errors no retry can fix: cutover.errors.NEVER_RETRIED (in the order histories carry).
-NON_RETRYABLE = list(NEVER_RETRIED_KINDS)
-
-
-def workflow_id_for(application: str) -> str:
-    """One workflow ID per application, so two cutovers of it can never run at once."""
-    return f"cutover-{application}"
-
-
-class _RollbackNow(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def _cause(err: BaseException) -> str:
-    """The innermost message of a Temporal failure chain, which is what a person needs."""
-    while isinstance(err, FailureError) and err.cause is not None:
-        err = err.cause
-    if isinstance(err, ApplicationError) and err.type:
-        return f"{err.type}: {err.message}"
-    return str(err) or type(err).__name__
 
 
 @workflow.defn(name="AppCutover")
-class AppCutoverWorkflow:
+class AppCutoverWorkflow(CutoverV1):
     @workflow.init
     def __init__(self, inp: WorkflowInput) -> None:
-        # Input that fails validation (e.g. typed into the Temporal UI's start form) arrives
-        # as a plain dict; run() then fails the workflow with every field named, instead
-        # of the workflow task failing forever on decoding.
-        self._input_error: str | None = None
-        # --- issue 15, target platforms (begin) ---
-        # Input that breaks only the platform rule ran on workers before the rule: read it
-        # without the rule, so a run they started replays as it ran; run() refuses a new one.
-        self._platform_error: str | None = None
-        if not isinstance(inp, CutoverInput):
-            with contextlib.suppress(ValidationError):
-                relaxed = CutoverInput.model_validate(inp, context=WITHOUT_PLATFORM_RULE)
-                unbound = relaxed.site.platform_problem(relaxed.runbook.targetPlatform)
-                if unbound is not None:
-                    self._platform_error = (
-                        f"invalid cutover input: runbook.targetPlatform: {unbound}"
-                    )
-                    inp = relaxed
-        # --- issue 15, target platforms (end) ---
-        if not isinstance(inp, CutoverInput):
-            try:
-                inp = CutoverInput.model_validate(inp)
-            except ValidationError as exc:
-                problems = [
-                    (format_path(e["loc"]) or "(input)", e["msg"].removeprefix("Value error, "))
-                    for e in exc.errors()
-                ]
-                self._input_error = "invalid cutover input: " + "; ".join(
-                    f"{path}: {msg}" for path, msg in problems
-                )
-                inp = INPUT_PLACEHOLDER
+        inp, self._input_error, self._platform_error = read_input(inp)
         rb = inp.runbook
         self._inp = inp
         self._id = workflow.info().workflow_id
@@ -343,60 +276,6 @@ class AppCutoverWorkflow:
         )
         return None
 
-    async def _run_v1(self) -> CutoverResult:
-        """The cutover as it ran before the `safety-v2` patch (replay of older runs only)."""
-        inp = self._inp
-        rb = inp.runbook
-        # One upsert per phase change (each is a history event): identity, outcome and phase
-        # go together here.
-        self._set_phase(
-            Phase.PRE_CHECKS,
-            sa.WAVE.value_set(rb.wave_name),
-            sa.APPLICATION.value_set(rb.application),
-            sa.OUTCOME.value_set(Outcome.RUNNING.value),
-        )
-        self._log(logging.INFO, "cutover started", requested_by=inp.requestedBy)
-        failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
-        if failed:
-            return self._finish(
-                Outcome.FAILED,
-                "pre-check failed: " + "; ".join(r.describe() for r in failed),
-                ["nothing was changed: the source still serves"],
-            )
-        if self._rollback:
-            return self._finish(
-                Outcome.ROLLED_BACK,
-                f"cancelled before any change by {self._rollback.requestedBy}: "
-                f"{self._rollback.reason}",
-                ["nothing was changed: the source still serves"],
-            )
-
-        try:
-            if rb.dataSync.warm and Step.FINAL_DATA_SYNC in rb.cutoverSteps:
-                await self._warm_phase()
-            if rb.approval.required:
-                await self._await_approval()
-            await self._cutover_steps()
-        except _RollbackNow as rollback:
-            return await self._roll_back(rollback.reason)
-        except ActivityError as err:
-            return await self._roll_back(f"step {self._current} failed: {_cause(err)}")
-        except asyncio.CancelledError:
-            # Cancelled from Temporal: undo what was done, then report the cancellation.
-            await self._roll_back("the workflow was cancelled")
-            raise
-
-        try:
-            reason = await self._rollback_window()
-        except asyncio.CancelledError:
-            # Cancelling a cutover whose rollback is still possible means: go back.
-            await self._roll_back("the workflow was cancelled during the rollback window")
-            raise
-        if reason is not None:
-            return await self._roll_back(reason)
-        # Finalizing retires the source for good: once begun, it completes.
-        return await asyncio.shield(asyncio.ensure_future(self._finalize_cutover()))
-
     # --------------------------------------------------------------- phases
 
     async def _warm_phase(self) -> None:
@@ -447,40 +326,7 @@ class AppCutoverWorkflow:
         """Hold rollback open; return why to roll back, or None to finalize."""
         if self._v2:
             return await self._window_v2()
-        rb = self._inp.runbook
-        self._set_phase(Phase.ROLLBACK_WINDOW)
-        self._deadline = workflow.now() + self._window
-        interval = timedelta(seconds=rb.checkIntervalSeconds)
-        next_eval = workflow.now()
-        while True:
-            if self._rollback is not None:
-                return (
-                    f"rollback requested by {self._rollback.requestedBy}: {self._rollback.reason}"
-                )
-            if self._finalize is not None:
-                return None
-            now = workflow.now()
-            if now >= self._deadline:
-                break
-            if now >= next_eval:
-                fired = await self._evaluate_window()
-                if fired:
-                    return fired
-                next_eval = workflow.now() + interval
-                continue
-            self._wake = False
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._wake,
-                    timeout=min(next_eval, self._deadline) - now,
-                    timeout_summary="rollback window",
-                )
-        failing = [n for n in rb.postChecks if not self._checks[n].passed]
-        if failing:
-            return "rollback window closed with post-checks failing: " + "; ".join(
-                self._checks[n].describe() for n in failing
-            )
-        return None
+        return await self._window_v1()
 
     async def _window_v2(self) -> str | None:
         """The window, bounded: rounds an operator's rollback interrupts at once, finalize on
@@ -493,7 +339,7 @@ class AppCutoverWorkflow:
         interval = timedelta(seconds=rb.checkIntervalSeconds)
         while True:
             if self._rollback is not None:
-                return self._rollback_text(self._rollback)
+                return rollback_text(self._rollback)
             if self._finalize is not None:
                 fired = await self._decide_finalize()
                 self._next_eval = workflow.now() + interval
@@ -558,7 +404,7 @@ class AppCutoverWorkflow:
         if fired:
             verdict = f"finalize refused: {fired}; rolling back"
         elif self._rollback is not None:
-            verdict = "finalize refused: " + self._rollback_text(self._rollback)
+            verdict = "finalize refused: " + rollback_text(self._rollback)
         elif failing:
             verdict = (
                 "finalize refused: the check round that started after the request failed: "
@@ -645,10 +491,6 @@ class AppCutoverWorkflow:
         if self._rounds > 1:
             self._last_round = round_records
 
-    @staticmethod
-    def _rollback_text(req: RollbackRequest) -> str:
-        return f"rollback requested by {req.requestedBy}: {req.reason}"
-
     async def _evaluate_window(self) -> str | None:
         rb = self._inp.runbook
         first = len(self._records)
@@ -700,24 +542,7 @@ class AppCutoverWorkflow:
                 steps.remove(FinalizeStep.MARK_SOURCE_MIGRATED)
                 steps.insert(0, FinalizeStep.MARK_SOURCE_MIGRATED)
             return await self._finalize_steps(steps)
-        problems: list[str] = []
-        for step in steps:
-            try:
-                await self._step(step, "finalize")
-            except ActivityError as err:
-                # The target already serves and is healthy: a finalize failure is
-                # follow-up work, not a reason to roll back.
-                problems.append(f"finalize step {step} failed: {_cause(err)}")
-        how = (
-            f"finalized early by {self._finalize.requestedBy}"
-            if self._finalize
-            else "rollback window closed healthy"
-        )
-        return self._finish(
-            Outcome.COMPLETED,
-            how,
-            ["the target serves the application", "the source is retired", *problems],
-        )
+        return await self._finalize_v1(steps)
 
     async def _finalize_steps(self, steps: list[str]) -> CutoverResult:
         """Finalize in order; a failed step stops the ones after it (they retire the source
@@ -786,19 +611,7 @@ class AppCutoverWorkflow:
         self._log(logging.WARNING, "rolling back", reason=reason)
         if self._v2:
             return await self._unwind(reason)
-        # Shielded: a cancellation of the workflow must not stop the undo half-way.
-        failures = await asyncio.shield(asyncio.ensure_future(self._compensate()))
-        if not self._compensations:
-            left = ["nothing was changed: the source still serves"]
-        elif failures:
-            left = [
-                "rollback incomplete: these compensations failed and need an operator",
-                *failures,
-            ]
-        else:
-            left = ["the source serves the application again", "the target was removed"]
-        outcome = Outcome.FAILED if failures else Outcome.ROLLED_BACK
-        return self._finish(outcome, reason, left, failures)
+        return await self._roll_back_v1(reason)
 
     async def _unwind(self, reason: str) -> CutoverResult:
         """Undo in reverse; an undo whose precondition does not hold is held back (never
@@ -821,7 +634,8 @@ class AppCutoverWorkflow:
                     reason,
                     ["the source serves the application again", "the target was removed"],
                 )
-            if not await self._blocked(Phase.ROLLBACK_BLOCKED, self._where_left(left)):
+            where = where_left(left, self._compensations, self._inp)
+            if not await self._blocked(Phase.ROLLBACK_BLOCKED, where):
                 return self._finish(
                     Outcome.FAILED,
                     reason,
@@ -880,49 +694,6 @@ class AppCutoverWorkflow:
             left.append((comp, why))
         return left
 
-    def _where_left(self, left: list[tuple[str, str]]) -> list[str]:
-        """Where each side is after a blocked rollback, and what to do next."""
-        names = {c for c, _ in left}
-        lb = self._inp.runbook.lb_backend
-        lines: list[str] = []
-        # Always where users are: a FAILED result must say what serves.
-        traffic = {Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS}
-        if not names & traffic:
-            moved = traffic & set(self._compensations)
-            lines.append("traffic: back on the source" if moved else "traffic: on the source")
-        if Compensation.RESTART_SOURCE in names:
-            lines.append("the source is not running again")
-        elif Compensation.RESTART_SOURCE in self._compensations:
-            lines.append("the source runs again")
-        if Compensation.RESTORE_LOAD_BALANCER in names:
-            lines.append(f"load balancer backend {lb}: traffic still goes to the target")
-        if Compensation.RESTORE_DNS in names:
-            lines.append("DNS: the name still points at the target")
-        if Compensation.REMOVE_TARGET_DOMAIN in names:
-            lines.append("the target is kept running: it may be serving users")
-        if Compensation.DETACH_TARGET_STORAGE in names:
-            lines.append("the target's volumes are kept: they hold what the target wrote")
-        lines += [f"{c}: {why}" for c, why in left]
-        lines.append(
-            "fix the cause, then resume the rollback: Update `resume` (CLI: `cutover resume "
-            f"{self._inp.runbook.application}`); it runs, in order: "
-            + ", ".join(c for c, _ in left)
-        )
-        return lines
-
-    async def _compensate(self) -> list[str]:
-        failures: list[str] = []
-        for comp in reversed(self._compensations):
-            try:
-                await self._step(comp, "compensation")
-            except ActivityError as err:
-                msg = f"{comp}: {_cause(err)}"
-                self._log(logging.ERROR, "compensation failed", compensation=comp, error=msg)
-                failures.append(msg)
-            if comp == Compensation.RESTART_SOURCE and self._down_to is None:
-                self._down_to = workflow.now()
-        return failures
-
     # -------------------------------------------------------------- helpers
 
     def _register_for(self, step: str) -> None:
@@ -967,35 +738,11 @@ class AppCutoverWorkflow:
             self._bytes_moved += int(moved)
         return result
 
-    def _bounds(self, name: str, arg: Any) -> tuple[timedelta, timedelta | None]:
-        """Start-to-close sized to the step's work, and a heartbeat timeout for every
-        activity (the worker keeps heartbeats going), so a dead worker costs one heartbeat
-        timeout, not the step's whole budget."""
-        t = self._inp.tuning
-        if not self._v2:
-            beat = timedelta(seconds=t.heartbeatSeconds) if name in _LONG else None
-            return timedelta(minutes=t.stepTimeoutMinutes), beat
-        beat = timedelta(seconds=t.heartbeatSeconds)
-        short = timedelta(minutes=t.shortStepTimeoutMinutes)
-        if isinstance(arg, CheckInput):
-            probe: Probe = arg.probe
-            return timedelta(seconds=probe.timeoutSeconds) + timedelta(minutes=1), beat
-        if name in _DATA:
-            return timedelta(minutes=t.stepTimeoutMinutes), beat
-        if name in _POWER:
-            shutdown = self._inp.runbook.quiesce.guestShutdownTimeoutSeconds
-            return timedelta(seconds=shutdown) + short, beat
-        if name in _LB and self._inp.site.loadBalancer is not None:
-            lb = self._inp.site.loadBalancer
-            work = timedelta(seconds=lb.healthTimeoutSeconds + lb.drainTimeoutSeconds)
-            return work + short, beat
-        return short, beat
-
     async def _activity(
         self, label: str, kind: StepKind, name: str, arg: Any, result_type: type[R], attempts: int
     ) -> R:
         t = self._inp.tuning
-        start_to_close, heartbeat = self._bounds(name, arg)
+        start_to_close, heartbeat = activity_bounds(name, arg, self._inp, self._v2)
         record = StepRecord(name=label, kind=kind, startedAt=workflow.now())
         self._records.append(record)
         self._current = label
@@ -1062,55 +809,26 @@ class AppCutoverWorkflow:
         """What the Temporal UI shows as the workflow's current details (markdown).
 
         Served by the SDK's metadata query: no command, no history event, so changing the
-        text never affects replay. It says what the cutover waits for and how to act on
-        it, from the UI (More Actions -> Send an Update) or the CLI.
+        text never affects replay.
         """
-        rb = self._inp.runbook
-        lines = [f"**{rb.application}** (wave {rb.wave_name}): {self._phase.value}"]
-        if self._phase == Phase.AWAITING_APPROVAL:
-            lines += [
-                f"waiting for approval by one of: {', '.join(rb.approval.approvers)}",
-                'approve: Update `approve` with `{"approver": "NAME"}` '
-                f"(CLI: `cutover approve {self._id} --as NAME`); "
-                'abort: Update `rollback` with `{"reason": "..."}`',
-            ]
-        elif self._phase == Phase.ROLLBACK_WINDOW:
-            if self._deadline:
-                lines.append(f"rollback window closes {self._deadline:%Y-%m-%d %H:%M:%S} UTC")
-            post = [self._checks[n] for n in rb.postChecks if n in self._checks]
-            if post:
-                passing = sum(1 for c in post if c.passed)
-                lines.append(f"post-checks passing: {passing} of {len(rb.postChecks)}")
-            lines.append(
-                'Updates: `rollback` `{"reason": "..."}`, `extend` `{"minutes": 30}`'
-                + (", `finalize` `{}`" if rb.approval.allowEarlyFinalize else "")
-            )
-        elif self._phase in (Phase.ROLLBACK_BLOCKED, Phase.FINALIZE_BLOCKED):
-            lines += self._left
-        elif self._phase == Phase.DONE:
-            lines.append(f"{self._outcome.value}: {self._reason}")
-        elif self._current:
-            lines.append(f"current: `{self._current}`")
-        if self._rollback_reason:
-            lines.append(f"rollback: {self._rollback_reason}")
-        warning = self._snapshot_warning()
-        if warning:
-            lines.append(f"warning: {warning}")
-        workflow.set_current_details("\n\n".join(lines))
+        text = details_markdown(
+            inp=self._inp,
+            workflow_id=self._id,
+            phase=self._phase,
+            outcome=self._outcome,
+            reason=self._reason,
+            current=self._current,
+            deadline=self._deadline,
+            checks=self._checks,
+            left=self._left,
+            rollback_reason=self._rollback_reason,
+            warning=self._snapshot_warning(),
+        )
+        workflow.set_current_details(text)
 
     def _snapshot_warning(self, now: datetime | None = None) -> str | None:
-        """The warm snapshot's delta grows on the production datastore while it is open."""
-        if self._snapshot_at is None or self._phase in (Phase.FINALIZING, Phase.DONE):
-            return None
         limit = self._inp.runbook.dataSync.maxSnapshotAgeHours
-        age = ((now or workflow.now()) - self._snapshot_at).total_seconds() / 3600
-        if age <= limit:
-            return None
-        return (
-            f"the source snapshot is {age:.1f} h old (runbook limit "
-            f"dataSync.maxSnapshotAgeHours: {limit:g} h): its delta keeps growing on the "
-            "production datastore; approve, roll back, or finish the cutover"
-        )
+        return snapshot_warning(self._snapshot_at, self._phase, limit, now or workflow.now())
 
     def _finish(
         self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
@@ -1324,14 +1042,3 @@ class AppCutoverWorkflow:
             _refuse(f"nothing to resume: the cutover is in phase {self._phase.value}")
         if self._resume is not None:
             _refuse("already resumed")
-
-
-def _wall_clock() -> datetime:
-    """Now, for queries only: workflow time stands still while the workflow waits (e.g. for
-    an approval), and a query adds nothing to the history, so it may read the clock."""
-    with workflow.unsafe.sandbox_unrestricted():
-        return datetime.now(UTC)
-
-
-def _refuse(message: str) -> NoReturn:
-    raise ApplicationError(message, type=ErrorKind.REFUSED.value, non_retryable=True)
