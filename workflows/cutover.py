@@ -9,7 +9,6 @@ registered compensations in reverse, shielded from cancellation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -24,14 +23,14 @@ from workflows.cutover_text import cause as _cause
 from workflows.cutover_text import (
     details_markdown,
     read_input,
-    rollback_text,
     snapshot_warning,
-    where_left,
     workflow_id_for,
 )
 from workflows.cutover_text import refuse as _refuse
 from workflows.cutover_text import wall_clock as _wall_clock
+from workflows.cutover_undo import CutoverUndo
 from workflows.cutover_v1 import CutoverV1
+from workflows.cutover_window import CutoverWindow
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel
@@ -41,14 +40,11 @@ with workflow.unsafe.imports_passed_through():
         COMPENSATIONS,
         RUN_CHECK,
         TRAFFIC_STEPS,
-        UNDO_ESTABLISHES,
         VERIFY_NOT_MIGRATED,
         Compensation,
         FinalizeStep,
-        Holds,
         Step,
         WarmStep,
-        undo_blocked_by,
     )
     from cutover.errors import ErrorKind
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
@@ -70,7 +66,6 @@ with workflow.unsafe.imports_passed_through():
         StepKind,
         StepRecord,
         StepResult,
-        WindowCarry,
         WorkflowInput,
     )
     from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
@@ -84,12 +79,10 @@ R = TypeVar("R", bound=BaseModel)
 #: An approval gate with no timeout of its own closes after a day: the warm snapshot's
 #: delta grows on the production datastore while it waits.
 DEFAULT_APPROVAL_MINUTES = 24 * 60
-#: Window-check records kept beside the first and the last round: failures, up to this many.
-_KEPT_FAILED_CHECKS = 50
 
 
 @workflow.defn(name="AppCutover")
-class AppCutoverWorkflow(CutoverV1):
+class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
     @workflow.init
     def __init__(self, inp: WorkflowInput) -> None:
         inp, self._input_error, self._platform_error = read_input(inp)
@@ -328,183 +321,8 @@ class AppCutoverWorkflow(CutoverV1):
             return await self._window_v2()
         return await self._window_v1()
 
-    async def _window_v2(self) -> str | None:
-        """The window, bounded: rounds an operator's rollback interrupts at once, finalize on
-        fresh evidence only, and continue-as-new before the history grows past its limits."""
-        rb = self._inp.runbook
-        if self._deadline is None or self._next_eval is None:  # not continued from a run
-            self._set_phase(Phase.ROLLBACK_WINDOW)
-            self._deadline = workflow.now() + self._window
-            self._next_eval = workflow.now()
-        interval = timedelta(seconds=rb.checkIntervalSeconds)
-        while True:
-            if self._rollback is not None:
-                return rollback_text(self._rollback)
-            if self._finalize is not None:
-                fired = await self._decide_finalize()
-                self._next_eval = workflow.now() + interval
-                if fired is None and self._finalize is not None:
-                    return None
-                if fired:
-                    return fired
-                continue
-            now = workflow.now()
-            if now >= self._deadline:
-                break
-            if now >= self._next_eval:
-                fired = await self._round()
-                if fired:
-                    return fired
-                self._next_eval = workflow.now() + interval
-                if self._history_full():
-                    await self._continue_window_as_new()
-                continue
-            self._wake = False
-            with contextlib.suppress(TimeoutError):
-                await workflow.wait_condition(
-                    lambda: self._wake,
-                    timeout=min(self._next_eval, self._deadline) - now,
-                    timeout_summary="rollback window",
-                )
-        failing = self._failing_post_checks()
-        if failing:
-            return "rollback window closed with post-checks failing: " + "; ".join(failing)
-        return None
-
-    def _failing_post_checks(self) -> list[str]:
-        failing: list[str] = []
-        for name in self._inp.runbook.postChecks:
-            res = self._checks.get(name)
-            # (a window result may carry phase "criterion": the same check can be both)
-            if res is None or res.phase == "pre":
-                failing.append(f"{name} not evaluated in the window")
-            elif not res.passed:
-                failing.append(res.describe())
-        return failing
-
-    async def _round(self) -> str | None:
-        """One round of post-checks and criteria. A rollback request (an operator's, or a
-        cancel) cancels the round's in-flight checks at once instead of waiting for it."""
-        task = asyncio.ensure_future(self._evaluate_window())
-        try:
-            await workflow.wait_condition(lambda: task.done() or self._rollback is not None)
-        finally:
-            if not task.done():
-                task.cancel()
-        if not task.done() or task.cancelled():
-            return None
-        return task.result()
-
-    async def _decide_finalize(self) -> str | None:
-        """A finalize request proceeds on fresh evidence only: a round that starts after the
-        request, with every post-check passing and no criterion firing. Returns why to roll
-        back (a criterion fired), or None; `self._finalize` stays set only when accepted."""
-        fired = await self._round()
-        failing = self._failing_post_checks()
-        if fired:
-            verdict = f"finalize refused: {fired}; rolling back"
-        elif self._rollback is not None:
-            verdict = "finalize refused: " + rollback_text(self._rollback)
-        elif failing:
-            verdict = (
-                "finalize refused: the check round that started after the request failed: "
-                + "; ".join(failing)
-            )
-        else:
-            self._finalize_verdict = (True, "finalizing: a fresh check round passed")
-            return None
-        self._finalize_verdict = (False, verdict)
-        self._finalize = None
-        self._log(logging.WARNING, "finalize refused", reason=verdict)
-        return fired
-
     def _dns_configured(self) -> bool:
         return self._inp.runbook.endpoint.dns is not None and self._inp.site.dns is not None
-
-    def _history_full(self) -> bool:
-        info = workflow.info()
-        return (
-            info.is_continue_as_new_suggested()
-            or info.get_current_history_length() >= self._inp.tuning.continueAsNewEvents
-        )
-
-    async def _continue_window_as_new(self) -> None:
-        """Carry the window into a new run (same workflow ID) so that a 30-day window with
-        unlimited extends stays inside Temporal's history limits. Returns (without
-        continuing) when a request came in meanwhile: the loop acts on it first."""
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if self._rollback is not None or self._finalize is not None or self._cancel_requested:
-            return
-        assert self._deadline is not None and self._next_eval is not None
-        if self._rounds > 1:  # this run's last round is not the cutover's last
-            drop = {id(r) for r in self._last_round if r.outcome != "failed"}
-            self._records = [r for r in self._records if id(r) not in drop]
-        carry = WindowCarry(
-            compensations=self._compensations,
-            facts=self._facts,
-            records=self._records,
-            checks=list(self._checks.values()),
-            streaks=self._streaks,
-            approvedBy=self._approved_by,
-            deadline=self._deadline,
-            nextEval=self._next_eval,
-            downFrom=self._down_from,
-            downTo=self._down_to,
-            bytesMoved=self._bytes_moved,
-            rounds=self._rounds,
-            snapshotTakenAt=self._snapshot_at,
-        )
-        self._log(logging.INFO, "rollback window continues as new", rounds=self._rounds)
-        workflow.continue_as_new(self._inp.model_copy(update={"carry": carry}))
-
-    def _restore(self, c: WindowCarry) -> None:
-        self._compensations = list(c.compensations)
-        self._facts = dict(c.facts)
-        self._records = list(c.records)
-        self._checks = {r.name: r for r in c.checks}
-        self._streaks = dict(c.streaks)
-        self._approved_by = c.approvedBy
-        self._deadline, self._next_eval = c.deadline, c.nextEval
-        self._down_from, self._down_to = c.downFrom, c.downTo
-        self._bytes_moved, self._rounds = c.bytesMoved, c.rounds
-        self._snapshot_at = c.snapshotTakenAt
-        rb = self._inp.runbook
-        self._set_phase(
-            Phase.ROLLBACK_WINDOW,
-            sa.WAVE.value_set(rb.wave_name),
-            sa.APPLICATION.value_set(rb.application),
-            sa.OUTCOME.value_set(Outcome.RUNNING.value),
-        )
-
-    def _keep_round(self, round_records: list[StepRecord]) -> None:
-        """Bound what the window keeps: the first round, the last one, and failed checks
-        (up to a limit); counters say how many rounds ran."""
-        self._rounds += 1
-        if self._rounds > 2:
-            failed = sum(1 for r in self._records if r.kind == "check" and r.outcome == "failed")
-            drop = {
-                id(r)
-                for r in self._last_round
-                if r.outcome != "failed" or failed > _KEPT_FAILED_CHECKS
-            }
-            self._records = [r for r in self._records if id(r) not in drop]
-        if self._rounds > 1:
-            self._last_round = round_records
-
-    async def _evaluate_window(self) -> str | None:
-        rb = self._inp.runbook
-        first = len(self._records)
-        await self._run_checks(rb.postChecks, "post")
-        fired: list[str] = []
-        for result in await self._run_checks(rb.rollbackCriteria, "criterion"):
-            streak = 0 if result.passed else self._streaks.get(result.name, 0) + 1
-            self._streaks[result.name] = streak
-            if streak >= self._inp.site.checks[result.name].failAfter:
-                fired.append(f"{result.describe()} ({streak} consecutive)")
-        if self._v2:
-            self._keep_round(self._records[first:])
-        self._details()
-        return "rollback criterion fired: " + "; ".join(fired) if fired else None
 
     async def _finalize_cutover(self) -> CutoverResult:
         rb = self._inp.runbook
@@ -544,67 +362,6 @@ class AppCutoverWorkflow(CutoverV1):
             return await self._finalize_steps(steps)
         return await self._finalize_v1(steps)
 
-    async def _finalize_steps(self, steps: list[str]) -> CutoverResult:
-        """Finalize in order; a failed step stops the ones after it (they retire the source
-        further) until an operator resumes, bounded; the result says what is left."""
-        how = (
-            f"finalized early by {self._finalize.requestedBy}"
-            if self._finalize
-            else "rollback window closed healthy"
-        )
-        i = 0
-        while i < len(steps):
-            try:
-                await self._step(steps[i], "finalize")
-            except ActivityError as err:
-                left = [
-                    f"finalize step {steps[i]} failed: {_cause(err)}",
-                    "not run yet: " + ", ".join(steps[i:]),
-                    "the target serves the application; the source is not retired further "
-                    "until these run",
-                    f"fix the cause, then resume: Update `resume` (CLI: `cutover resume "
-                    f"{self._inp.runbook.application}`)",
-                ]
-                if await self._blocked(Phase.FINALIZE_BLOCKED, left):
-                    self._set_phase(Phase.FINALIZING)
-                    continue
-                return self._finish(
-                    Outcome.COMPLETED,
-                    f"{how}; finalize incomplete",
-                    ["finalize incomplete:", *self._left],
-                )
-            i += 1
-        return self._finish(
-            Outcome.COMPLETED, how, ["the target serves the application", "the source is retired"]
-        )
-
-    async def _blocked(self, phase: Phase, left: list[str]) -> bool:
-        """Wait, bounded, for an operator's `resume`; False when the wait ended without one
-        (time bound or a cancel request). The phase and search attributes say so meanwhile."""
-        self._left = left
-        if phase == Phase.ROLLBACK_BLOCKED:
-            self._outcome = Outcome.FAILED
-        self._set_phase(phase, sa.OUTCOME.value_set(self._outcome.value))
-        self._log(logging.ERROR, "blocked: waiting for an operator", left=left)
-        hours = self._inp.tuning.blockedWaitHours
-        self._resume = None
-        try:
-            await workflow.wait_condition(
-                lambda: self._resume is not None or self._cancel_requested,
-                timeout=timedelta(hours=hours),
-                timeout_summary=f"{phase.value}: waiting for resume",
-            )
-        except TimeoutError:
-            self._left.append(f"nobody resumed within {hours:g} h: the workflow ended here")
-            return False
-        if self._resume is None:
-            self._left.append("the workflow was cancelled while waiting for resume")
-            return False
-        self._log(logging.INFO, "resumed", requested_by=self._resume.requestedBy)
-        self._left = []
-        self._outcome = Outcome.RUNNING
-        return True
-
     async def _roll_back(self, reason: str) -> CutoverResult:
         self._rollback_reason = reason
         self._set_phase(Phase.ROLLING_BACK)
@@ -612,87 +369,6 @@ class AppCutoverWorkflow(CutoverV1):
         if self._v2:
             return await self._unwind(reason)
         return await self._roll_back_v1(reason)
-
-    async def _unwind(self, reason: str) -> CutoverResult:
-        """Undo in reverse; an undo whose precondition does not hold is held back (never
-        destroy what may serve), and a blocked rollback waits for an operator's `resume`."""
-        if not self._compensations:
-            return self._finish(
-                Outcome.ROLLED_BACK, reason, ["nothing was changed: the source still serves"]
-            )
-        pending = list(reversed(self._compensations))
-        self._once = workflow.patched("one-source-restart-per-pass")
-        if self._dns_configured() and Compensation.RESTORE_DNS not in pending:
-            # The TTL was lowered for the cutover (`cutover lower-ttl`) but the name never
-            # moved: put the TTL from before back (restore_dns does that when it runs).
-            pending.append(FinalizeStep.RESTORE_DNS_TTL)
-        while True:
-            left = await self._compensate_v2(pending)
-            if not left:
-                return self._finish(
-                    Outcome.ROLLED_BACK,
-                    reason,
-                    ["the source serves the application again", "the target was removed"],
-                )
-            where = where_left(left, self._compensations, self._inp)
-            if not await self._blocked(Phase.ROLLBACK_BLOCKED, where):
-                return self._finish(
-                    Outcome.FAILED,
-                    reason,
-                    ["rollback incomplete:", *self._left],
-                    [f"{c}: {why}" for c, why in left],
-                )
-            pending = [c for c, _ in left]
-            self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
-
-    async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]:
-        """Run `pending` undos in order; return each that failed or was held back, and why."""
-        doubt: dict[Holds, set[str]] = {h: set() for h in Holds}
-        left: list[tuple[str, str]] = []
-        # Whether the source runs is one fact per pass: `restart_source` is registered
-        # again above each traffic switch, but once it ran (or failed for good) in this pass,
-        # a second registration must neither repeat its retries nor, succeeding late, let
-        # one traffic path move back while another was held (users split across two sides).
-        restarted: bool | None = None
-        for comp in pending:
-            establishes = UNDO_ESTABLISHES.get(comp)
-            if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
-                continue
-            blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
-            if blocked:
-                why = "held back: needs " + " and ".join(h.value for h in blocked)
-                now = workflow.now()
-                self._records.append(
-                    StepRecord(
-                        name=comp,
-                        kind="compensation",
-                        startedAt=now,
-                        endedAt=now,
-                        outcome="skipped",
-                        error=why,
-                    )
-                )
-                self._log(logging.ERROR, "compensation held back", compensation=comp, why=why)
-            else:
-                try:
-                    await self._step(comp, "compensation")
-                except ActivityError as err:
-                    why = f"failed: {_cause(err)}"
-                    self._log(logging.ERROR, "compensation failed", compensation=comp, error=why)
-                else:
-                    if establishes is not None:
-                        doubt[establishes].discard(comp)
-                    if comp == Compensation.RESTART_SOURCE:
-                        restarted = True
-                        if self._down_to is None:
-                            self._down_to = workflow.now()
-                    continue
-            if comp == Compensation.RESTART_SOURCE:
-                restarted = False
-            if establishes is not None:
-                doubt[establishes].add(comp)
-            left.append((comp, why))
-        return left
 
     # -------------------------------------------------------------- helpers
 

@@ -1,0 +1,219 @@
+"""Finalize and rollback of `safety-v2` runs: finalize steps in order, undos in reverse
+(held back when their precondition does not hold), and the bounded wait for `resume` when
+either is blocked.
+
+A mixin of `workflows.cutover.AppCutoverWorkflow`: its methods use the workflow's state and
+steps through `_Cutover`, the part of the workflow they need (checked by mypy).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeUpdate
+from temporalio.exceptions import ActivityError
+
+from workflows.cutover_text import cause as _cause
+from workflows.cutover_text import where_left
+
+with workflow.unsafe.imports_passed_through():
+    from cutover import search_attributes as sa
+    from cutover.catalog import (
+        UNDO_ESTABLISHES,
+        Compensation,
+        FinalizeStep,
+        Holds,
+        undo_blocked_by,
+    )
+    from cutover.models import (
+        CutoverInput,
+        CutoverResult,
+        FinalizeRequest,
+        Outcome,
+        Phase,
+        ResumeRequest,
+        StepKind,
+        StepRecord,
+        StepResult,
+    )
+
+
+class _Cutover(Protocol):
+    """What of `AppCutoverWorkflow` finalize and rollback use."""
+
+    _inp: CutoverInput
+    _finalize: FinalizeRequest | None
+    _resume: ResumeRequest | None
+    _cancel_requested: bool
+    _outcome: Outcome
+    _left: list[str]
+    _once: bool
+    _compensations: list[str]
+    _records: list[StepRecord]
+    _down_to: datetime | None
+
+    def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
+    def _log(self, level: int, msg: str, **fields: Any) -> None: ...
+    def _finish(
+        self, outcome: Outcome, reason: str, left: list[str], failures: list[str] | None = None
+    ) -> CutoverResult: ...
+    def _dns_configured(self) -> bool: ...
+    async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult: ...
+    async def _blocked(self, phase: Phase, left: list[str]) -> bool: ...
+    async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]: ...
+
+
+class CutoverUndo:
+    """The `safety-v2` finalize steps, rollback (unwind) and blocked waits."""
+
+    # What these methods assign (declared here so mypy types them as the workflow does).
+    _resume: ResumeRequest | None
+    _outcome: Outcome
+    _left: list[str]
+    _once: bool
+    _down_to: datetime | None
+
+    async def _finalize_steps(self: _Cutover, steps: list[str]) -> CutoverResult:
+        """Finalize in order; a failed step stops the ones after it (they retire the source
+        further) until an operator resumes, bounded; the result says what is left."""
+        how = (
+            f"finalized early by {self._finalize.requestedBy}"
+            if self._finalize
+            else "rollback window closed healthy"
+        )
+        i = 0
+        while i < len(steps):
+            try:
+                await self._step(steps[i], "finalize")
+            except ActivityError as err:
+                left = [
+                    f"finalize step {steps[i]} failed: {_cause(err)}",
+                    "not run yet: " + ", ".join(steps[i:]),
+                    "the target serves the application; the source is not retired further "
+                    "until these run",
+                    f"fix the cause, then resume: Update `resume` (CLI: `cutover resume "
+                    f"{self._inp.runbook.application}`)",
+                ]
+                if await self._blocked(Phase.FINALIZE_BLOCKED, left):
+                    self._set_phase(Phase.FINALIZING)
+                    continue
+                return self._finish(
+                    Outcome.COMPLETED,
+                    f"{how}; finalize incomplete",
+                    ["finalize incomplete:", *self._left],
+                )
+            i += 1
+        return self._finish(
+            Outcome.COMPLETED, how, ["the target serves the application", "the source is retired"]
+        )
+
+    async def _blocked(self: _Cutover, phase: Phase, left: list[str]) -> bool:
+        """Wait, bounded, for an operator's `resume`; False when the wait ended without one
+        (time bound or a cancel request). The phase and search attributes say so meanwhile."""
+        self._left = left
+        if phase == Phase.ROLLBACK_BLOCKED:
+            self._outcome = Outcome.FAILED
+        self._set_phase(phase, sa.OUTCOME.value_set(self._outcome.value))
+        self._log(logging.ERROR, "blocked: waiting for an operator", left=left)
+        hours = self._inp.tuning.blockedWaitHours
+        self._resume = None
+        try:
+            await workflow.wait_condition(
+                lambda: self._resume is not None or self._cancel_requested,
+                timeout=timedelta(hours=hours),
+                timeout_summary=f"{phase.value}: waiting for resume",
+            )
+        except TimeoutError:
+            self._left.append(f"nobody resumed within {hours:g} h: the workflow ended here")
+            return False
+        if self._resume is None:
+            self._left.append("the workflow was cancelled while waiting for resume")
+            return False
+        self._log(logging.INFO, "resumed", requested_by=self._resume.requestedBy)
+        self._left = []
+        self._outcome = Outcome.RUNNING
+        return True
+
+    async def _unwind(self: _Cutover, reason: str) -> CutoverResult:
+        """Undo in reverse; an undo whose precondition does not hold is held back (never
+        destroy what may serve), and a blocked rollback waits for an operator's `resume`."""
+        if not self._compensations:
+            return self._finish(
+                Outcome.ROLLED_BACK, reason, ["nothing was changed: the source still serves"]
+            )
+        pending = list(reversed(self._compensations))
+        self._once = workflow.patched("one-source-restart-per-pass")
+        if self._dns_configured() and Compensation.RESTORE_DNS not in pending:
+            # The TTL was lowered for the cutover (`cutover lower-ttl`) but the name never
+            # moved: put the TTL from before back (restore_dns does that when it runs).
+            pending.append(FinalizeStep.RESTORE_DNS_TTL)
+        while True:
+            left = await self._compensate_v2(pending)
+            if not left:
+                return self._finish(
+                    Outcome.ROLLED_BACK,
+                    reason,
+                    ["the source serves the application again", "the target was removed"],
+                )
+            where = where_left(left, self._compensations, self._inp)
+            if not await self._blocked(Phase.ROLLBACK_BLOCKED, where):
+                return self._finish(
+                    Outcome.FAILED,
+                    reason,
+                    ["rollback incomplete:", *self._left],
+                    [f"{c}: {why}" for c, why in left],
+                )
+            pending = [c for c, _ in left]
+            self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
+
+    async def _compensate_v2(self: _Cutover, pending: list[str]) -> list[tuple[str, str]]:
+        """Run `pending` undos in order; return each that failed or was held back, and why."""
+        doubt: dict[Holds, set[str]] = {h: set() for h in Holds}
+        left: list[tuple[str, str]] = []
+        # Whether the source runs is one fact per pass: `restart_source` is registered
+        # again above each traffic switch, but once it ran (or failed for good) in this pass,
+        # a second registration must neither repeat its retries nor, succeeding late, let
+        # one traffic path move back while another was held (users split across two sides).
+        restarted: bool | None = None
+        for comp in pending:
+            establishes = UNDO_ESTABLISHES.get(comp)
+            if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
+                continue
+            blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
+            if blocked:
+                why = "held back: needs " + " and ".join(h.value for h in blocked)
+                now = workflow.now()
+                self._records.append(
+                    StepRecord(
+                        name=comp,
+                        kind="compensation",
+                        startedAt=now,
+                        endedAt=now,
+                        outcome="skipped",
+                        error=why,
+                    )
+                )
+                self._log(logging.ERROR, "compensation held back", compensation=comp, why=why)
+            else:
+                try:
+                    await self._step(comp, "compensation")
+                except ActivityError as err:
+                    why = f"failed: {_cause(err)}"
+                    self._log(logging.ERROR, "compensation failed", compensation=comp, error=why)
+                else:
+                    if establishes is not None:
+                        doubt[establishes].discard(comp)
+                    if comp == Compensation.RESTART_SOURCE:
+                        restarted = True
+                        if self._down_to is None:
+                            self._down_to = workflow.now()
+                    continue
+            if comp == Compensation.RESTART_SOURCE:
+                restarted = False
+            if establishes is not None:
+                doubt[establishes].add(comp)
+            left.append((comp, why))
+        return left
