@@ -1,7 +1,7 @@
 """The vSphere inventory as plain data: what discovery, concerns and the target need.
 
 Read from vCenter by the vSphere adapter (activities/vsphere.py) or imported from a JSON
-file; the pre-migration concern rules (cutover/concerns.py) are functions of this model
+file; the pre-migration concern rules (cutover/concerns/) are functions of this model
 alone, so they work the same for both.
 """
 
