@@ -1,6 +1,7 @@
 """DNS activities: the record switch (update_dns), its undo (restore_dns), the TTL lowered
-ahead of the wave (lower_dns_ttl) and put back at the end (restore_dns_ttl). Thin: the
-RFC 2136 work, its safety rules and its errors are in `adapters.dns`.
+ahead of the wave (lower_dns_ttl) and put back at the end (restore_dns_ttl). Thin: they
+drive a `cutover.ports.DnsUpdater` (RFC 2136: `adapters.dns`, where the updates, their
+safety rules and their errors are).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from temporalio import activity
 
 from activities.common import attempt as _attempt
 from adapters.dns.probe import dns_probe, iso_time
-from adapters.dns.records import lower_ttl, restore_record, restore_ttl, switch_record
 from adapters.dns.server import DnsTransport, TcpTransport, address_host
+from adapters.dns.updater import Rfc2136Updater
 from cutover import facts as F
 from cutover.catalog import Compensation, Step
 from cutover.errors import config_error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
+from cutover.ports import DnsUpdater
 from cutover.runbook import DnsEndpoint
 from cutover.site import Dns, DnsProbe
 
@@ -55,6 +57,14 @@ class DnsActivities:
 
     transport: DnsTransport = field(default_factory=TcpTransport)
     clock: Callable[[], float] = time.time
+    #: Builds the updater the site's `dns` binding names (the worker's registry); unset:
+    #: RFC 2136 over `transport`, with `clock`.
+    factory: Callable[[Dns], DnsUpdater] | None = None
+
+    def _updater(self, settings: Dns) -> DnsUpdater:
+        if self.factory is not None:
+            return self.factory(settings)
+        return Rfc2136Updater(self.transport, self.clock)
 
     @activity.defn(name=Step.UPDATE_DNS)
     def update_dns(self, inp: StepInput) -> StepResult:
@@ -68,9 +78,7 @@ class DnsActivities:
                 "update_dns: the target's address is unknown: power_on_target reports it "
                 "(fact target_address), or set the runbook's endpoint.targetAddress"
             )
-        done = switch_record(
-            settings, endpoint.name, target, endpoint.ttl, self.transport, self.clock
-        )
+        done = self._updater(settings).switch(settings, endpoint.name, target, endpoint.ttl)
         facts = {F.DNS_VALUE: done.value}
         if done.previous_value is not None and done.previous_ttl is not None:
             facts[F.DNS_PREVIOUS_VALUE] = done.previous_value
@@ -113,13 +121,12 @@ class DnsActivities:
             or facts.get(F.TARGET_ADDRESS)
             or ctx.runbook.endpoint.targetAddress
         )
-        done = restore_record(
+        done = self._updater(settings).restore(
             settings,
             endpoint.name,
             target,
             facts.get(F.DNS_PREVIOUS_VALUE),
             _seconds(facts.get(F.DNS_PREVIOUS_TTL)),
-            self.transport,
             original_ttl=_seconds(facts.get(F.DNS_ORIGINAL_TTL)),
             fallback=address_host(source) if source else None,
         )
@@ -143,11 +150,8 @@ class DnsActivities:
                 step=inp.step, changed=False, details={"note": note}, attempt=_attempt()
             )
         settings, endpoint = _site_dns(inp), _endpoint(inp)
-        done = restore_ttl(
-            settings,
-            endpoint.name,
-            _seconds(inp.context.facts.get(F.DNS_ORIGINAL_TTL)),
-            self.transport,
+        done = self._updater(settings).restore_ttl(
+            settings, endpoint.name, _seconds(inp.context.facts.get(F.DNS_ORIGINAL_TTL))
         )
         details: dict[str, str | int | float | bool] = {
             "name": done.name,
@@ -164,7 +168,7 @@ class DnsActivities:
         the wave, publishing the `_cutover-ttl` marker for the dns_ttl_lowered check."""
         settings, endpoint = _site_dns(inp), _endpoint(inp)
         ttl = min(endpoint.ttl, settings.ttlThresholdSeconds)
-        done = lower_ttl(settings, endpoint.name, ttl, self.transport, self.clock)
+        done = self._updater(settings).lower_ttl(settings, endpoint.name, ttl)
         facts: dict[str, str] = {}
         details: dict[str, str | int | float | bool] = {
             "name": done.name,

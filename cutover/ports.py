@@ -3,7 +3,10 @@
 Only what the code uses: a new load balancer implements `LoadBalancer` (HAProxy:
 `adapters.haproxy.runtime.HAProxyRuntime`); a new way to read source disks implements
 `DiskSource` (vSphere: `adapters.vsphere.disk_source`, local files:
-`adapters.localdisk`).
+`adapters.localdisk`); a new target platform implements `TargetPlatform` (libvirt:
+`activities.libvirt_target.LibvirtTarget`); a new DNS server implements `DnsUpdater`
+(RFC 2136: `adapters.dns.updater.Rfc2136Updater`). The worker (`workers.registry`) registers each
+implementation under the `type` the site's bindings name.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from cutover.models import StepContext
+from cutover.models import StepContext, StepInput, StepResult
+from cutover.site import Dns
 from cutover.traffic import Address, BackendPrior, ServerState, Switch, Timeouts
 
 
@@ -91,3 +95,117 @@ class DiskSource(Protocol):
 #: Which disks a step works on: `(disk name, source)` pairs. The bool says the caller is
 #: the pre-copy (a vSphere factory may enable CBT then).
 SourceFactory = Callable[[StepContext, bool], list[DiskSource]]
+
+
+class TargetPlatform(Protocol):
+    """A target platform's side of a cutover: the five target steps, each idempotent (a
+    re-run finds the world as wanted and says `changed=False`) and raising typed errors.
+    Which platform a step runs on is the site's binding of the runbook's `targetPlatform`."""
+
+    def attach_target_storage_profile(self, inp: StepInput) -> StepResult:
+        """Put the converted images into the target's storage (facts `target_volume.*`)."""
+        ...
+
+    def detach_target_storage(self, inp: StepInput) -> StepResult:
+        """Undo: delete this application's volumes; a no-op when none exist."""
+        ...
+
+    def validate_guest_tools_and_drivers(self, inp: StepInput) -> StepResult:
+        """Check the images can boot there (facts `target_disk_bus`, `target_nic_model`)."""
+        ...
+
+    def power_on_target(self, inp: StepInput) -> StepResult:
+        """Define and start the target machines (facts `target_domain`, `target_address`)."""
+        ...
+
+    def remove_target_domain(self, inp: StepInput) -> StepResult:
+        """Undo: stop and remove the machines power_on_target made, never anyone else's."""
+        ...
+
+
+class RecordChange(Protocol):
+    """What a DNS switch or restore did (``changed`` False: already as wanted)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def changed(self) -> bool: ...
+    @property
+    def value(self) -> str: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def previous_value(self) -> str | None: ...
+    @property
+    def previous_ttl(self) -> int | None: ...
+    @property
+    def note(self) -> str: ...
+    @property
+    def original_ttl(self) -> int | None:
+        """The TTL in place before the cutover, when known."""
+        ...
+
+
+class TtlChange(Protocol):
+    """What a TTL restore did."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def changed(self) -> bool: ...
+    @property
+    def ttl(self) -> int: ...
+    @property
+    def previous_ttl(self) -> int: ...
+    @property
+    def note(self) -> str: ...
+
+
+class LoweringMarker(Protocol):
+    """Published with a lowered TTL: `old` seconds may still be cached from before `at`."""
+
+    @property
+    def old(self) -> int: ...
+    @property
+    def at(self) -> int: ...
+    @property
+    def fresh_from(self) -> int: ...
+
+
+class TtlLowering(TtlChange, Protocol):
+    """What a TTL lowering did, with the marker it published (None: nothing lowered)."""
+
+    @property
+    def marker(self) -> LoweringMarker | None: ...
+
+
+class DnsUpdater(Protocol):
+    """An authoritative DNS server the cutover points a record at the target through.
+
+    Every change is a compare-and-swap, idempotent and safe to re-run, raising typed
+    `ApplicationError`s; `settings` is the site's `dns` binding."""
+
+    def switch(self, settings: Dns, name: str, target: str, ttl: int) -> RecordChange:
+        """Point `name` at `target` with `ttl`, recording what it replaced in the zone."""
+        ...
+
+    def restore(
+        self,
+        settings: Dns,
+        name: str,
+        target: str | None,
+        previous: str | None,
+        previous_ttl: int | None,
+        original_ttl: int | None,
+        fallback: str | None,
+    ) -> RecordChange:
+        """Point `name` back at what the switch replaced, only if it still holds `target`."""
+        ...
+
+    def restore_ttl(self, settings: Dns, name: str, original_ttl: int | None) -> TtlChange:
+        """Put back the TTL in place before the cutover, keeping what the record holds."""
+        ...
+
+    def lower_ttl(self, settings: Dns, name: str, ttl: int) -> TtlLowering:
+        """Lower the record's TTL to `ttl` ahead of a wave, publishing the marker."""
+        ...

@@ -23,18 +23,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.libvirt_target import LibvirtTarget
 from adapters.libvirt.connection import open_connection
-from cutover.catalog import BUILTIN_CHECKS, Compensation
+from cutover.catalog import BUILTIN_CHECKS, Compensation, Step
 from cutover.config import ConfigError
 from cutover.disknames import volume_name
 from cutover.facts import CONVERTED_PATH, per_disk
-from cutover.models import CutoverInput, StepContext, StepInput
+from cutover.models import CutoverInput, StepContext, StepInput, StepResult
 from cutover.runbook import Runbook
 from cutover.site import DEFAULT_LIBVIRT_PLATFORMS, SiteConfig, load_runbook
 from cutover.wave import WaveApp, WaveInput
 from tests.conftest import DevServer
 from tests.factories import SEED, cutover_input, site, unique_app
 from tests.world import World
-from workers.worker import build_worker
+from workers import registry
+from workers.worker import build_worker, default_activities
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,3 +313,39 @@ def test_a_run_whose_platform_the_site_no_longer_binds_uses_the_site_libvirt_uri
     finally:
         target.close()
     assert opened == ["test:///default"]
+
+
+def test_the_worker_runs_the_target_steps_on_the_platform_registered_for_the_binding_type(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Adding a platform is registering it under its binding's `type`: the shipped worker's
+    # target activities reach whatever the registry holds for the runbook's binding.
+    reached: list[tuple[str, str]] = []
+
+    class Recorder:
+        def __getattr__(self, step: str) -> Any:
+            def run(inp: StepInput) -> StepResult:
+                reached.append((step, inp.context.runbook.targetPlatform))
+                return StepResult(step=inp.step)
+
+            return run
+
+    monkeypatch.setitem(registry.TARGET_PLATFORMS, "libvirt", Recorder)
+    by_name = {a.__name__: a for a in default_activities()}
+    at = site(targetPlatforms={"pextra-cloud": {"type": "libvirt", "uri": "test:///default"}})
+    for step in (Compensation.DETACH_TARGET_STORAGE, Step.POWER_ON_TARGET):
+        by_name[step](detach_input(at, "pextra-cloud", unique_app("reg")))
+    assert reached == [
+        ("detach_target_storage", "pextra-cloud"),
+        ("power_on_target", "pextra-cloud"),
+    ]
+    assert len([n for n in by_name if n in TARGET_STEPS]) == len(TARGET_STEPS)
+
+
+TARGET_STEPS = {
+    Step.ATTACH_TARGET_STORAGE_PROFILE,
+    Step.VALIDATE_GUEST_TOOLS_AND_DRIVERS,
+    Step.POWER_ON_TARGET,
+    Compensation.DETACH_TARGET_STORAGE,
+    Compensation.REMOVE_TARGET_DOMAIN,
+}

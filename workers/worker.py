@@ -19,7 +19,6 @@ from activities.checks import CheckActivities
 from activities.convert import ConvertActivities
 from activities.disks import DiskActivities
 from activities.dns import DnsActivities
-from activities.libvirt_target import LibvirtTarget
 from activities.loadbalancer import LoadBalancerActivities
 from activities.smoke import SmokeActivities
 from activities.vsphere import VSphereActivities
@@ -29,6 +28,7 @@ from adapters.vsphere.client import ClientPool
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workers.heartbeat import HeartbeatKeepAlive
+from workers.registry import dns_updater, load_balancer, target_steps
 from workflows.cutover import AppCutoverWorkflow
 from workflows.wave import WaveWorkflow
 
@@ -48,7 +48,8 @@ PASSTHROUGH = (
 
 def default_activities(client: Client | None = None) -> list[Callable[..., Any]]:
     """Every step, compensation and check, on the real adapters (one client pool each);
-    with a client, also the wave's (which talk to Temporal itself)."""
+    with a client, also the wave's (which talk to Temporal itself). Target platforms, load
+    balancers and DNS updaters come from `workers.registry`, by the site bindings' `type`."""
     pool = ClientPool()
     vsphere = VSphereActivities(pool)
     mirror = TargetMirror()  # qcow2 targets: converted in the warm phase, not the downtime
@@ -59,9 +60,9 @@ def default_activities(client: Client | None = None) -> list[Callable[..., Any]]
         *vsphere.activities(),
         *disks.activities(),
         *ConvertActivities(prepared=mirror).activities(),
-        *LibvirtTarget().activities(),
-        *DnsActivities().activities(),
-        *LoadBalancerActivities().activities(),
+        *target_steps().activities(),
+        *DnsActivities(factory=dns_updater).activities(),
+        *LoadBalancerActivities(factory=load_balancer).activities(),
     ]
     if client is not None:
         real += WaveActivities(client).activities()
