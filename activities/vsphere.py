@@ -10,22 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from temporalio import activity
 
 from activities.common import attempt as _attempt
-from adapters.vsphere import vm as vm_ops
-from adapters.vsphere.client import ClientPool, VSphereClient
-from adapters.vsphere.inventory import find_vms, read_inventory, resolve_vms
-from adapters.vsphere.vm import migrated_marks, migration_evidence, post_event
+from adapters.vsphere.client import ClientPool
+from adapters.vsphere.source import VSphereSource
+from adapters.vsphere.vm import snapshot_name
 from cutover import facts as F
 from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
 from cutover.concerns import evaluate
 from cutover.errors import ErrorKind, error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
-from cutover.site import VSphereConcernsProbe
+from cutover.ports import Done, SourcePlatform
+from cutover.site import VCenter, VSphereConcernsProbe
 
 
 def _run_scope(inp: StepInput) -> str:
@@ -42,81 +41,86 @@ def _run_scope(inp: StepInput) -> str:
 
 @dataclass
 class VSphereActivities:
-    """Source-side activities; they hold the worker's vCenter connections (injected)."""
+    """Source-side activities; they drive a `SourcePlatform` (default: vSphere through the
+    worker's vCenter connections, `pool`, injected)."""
 
     pool: ClientPool = field(default_factory=ClientPool)
+    source: SourcePlatform | None = None
 
-    def _client(self, inp: StepInput) -> VSphereClient:
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = VSphereSource(self.pool)
+
+    def _platform(self) -> SourcePlatform:
+        assert self.source is not None  # set in __post_init__
+        return self.source
+
+    @staticmethod
+    def _vcenter(inp: StepInput) -> VCenter:
         vc = inp.context.site.vcenter
         if vc is None:
             raise error(ErrorKind.CONFIG_ERROR, "the site config has no `vcenter` section")
-        return self.pool.get(vc)
+        return vc
 
-    def _vm_names(self, inp: StepInput) -> tuple[VSphereClient, list[str]]:
-        client = self._client(inp)
+    def _vm_names(self, inp: StepInput) -> tuple[VCenter, list[str]]:
+        vc = self._vcenter(inp)
         names = inp.context.facts.get(F.SOURCE_VMS)
-        return client, names.split(",") if names else resolve_vms(client, inp.context.runbook)
-
-    def _vms(self, inp: StepInput) -> tuple[VSphereClient, list[Any]]:
-        client, vm_names = self._vm_names(inp)
-        return client, find_vms(client, vm_names)
+        if names:
+            return vc, names.split(",")
+        return vc, self._platform().resolve(vc, inp.context.runbook)
 
     def _each(
-        self, inp: StepInput, what: str, act: Callable[[Any, Any], bool], describe: bool = False
+        self, inp: StepInput, act: Callable[[VCenter, list[str], str], Done], describe: bool = False
     ) -> StepResult:
-        """Apply act(vm, service_instance) to each of the application's VMs; it returns
-        whether it changed anything (False: already as wanted). With `describe`, also
+        """Apply act(vcenter, names, note) to the application's VMs; it returns the VMs'
+        names and those it changed (the rest were already as wanted). With `describe`, also
         publish each VM's inventory model as fact `source_vm.<name>` (what the target's
         domain is built from)."""
-        client, vms = self._vms(inp)
-        changed: list[str] = []
-        for vm in vms:
-            name: str = vm.name
-            if client.call(f"{what} {name}", partial(act, vm)):
-                changed.append(name)
-                note = f"{what} {name} (workflow {inp.context.workflowId})"
-                client.call("posting an event", partial(post_event, vm=vm, message=note))
-        facts = {F.SOURCE_VMS: ",".join(v.name for v in vms)}
+        vc, names = self._vm_names(inp)
+        vms, changed = act(vc, names, f"workflow {inp.context.workflowId}")
+        facts = {F.SOURCE_VMS: ",".join(vms)}
         if describe:
-            inv = read_inventory(client)
-            facts.update(
-                {F.per_vm(F.SOURCE_VM, v.name): inv.vm(v.name).model_dump_json() for v in vms}
-            )
+            inv = self._platform().inventory(vc)
+            facts.update({F.per_vm(F.SOURCE_VM, v): inv.vm(v).model_dump_json() for v in vms})
         return StepResult(
             step=inp.step,
             changed=bool(changed),
             facts=facts,
-            details={"vms": ",".join(v.name for v in vms), "changed": ",".join(changed)},
+            details={"vms": ",".join(vms), "changed": ",".join(changed)},
             attempt=_attempt(),
         )
 
     @activity.defn(name=WarmStep.SNAPSHOT_SOURCE)
     def snapshot_source(self, inp: StepInput) -> StepResult:
-        act = partial(
-            vm_ops.create_snapshot,
-            name=vm_ops.snapshot_name(inp.context.workflowId),
-            quiesce=inp.context.runbook.dataSync.quiesceSnapshot,
+        name = snapshot_name(inp.context.workflowId)
+        quiesce = inp.context.runbook.dataSync.quiesceSnapshot
+        src = self._platform()
+        return self._each(
+            inp, lambda vc, vms, note: src.snapshot(vc, vms, name, quiesce, note), describe=True
         )
-        return self._each(inp, "snapshot", act, describe=True)
 
     @activity.defn(name=FinalizeStep.REMOVE_SOURCE_SNAPSHOT)
     def remove_source_snapshot(self, inp: StepInput) -> StepResult:
-        name = vm_ops.snapshot_name(inp.context.workflowId)
-        return self._each(inp, "remove snapshot of", partial(vm_ops.remove_snapshot, name=name))
+        name = snapshot_name(inp.context.workflowId)
+        src = self._platform()
+        return self._each(inp, lambda vc, vms, note: src.remove_snapshot(vc, vms, name, note))
 
     @activity.defn(name="revert_source_snapshot")
     def revert_source_snapshot(self, inp: StepInput) -> StepResult:
         """Operator rollback that also discards the source's writes since the snapshot."""
-        name = vm_ops.snapshot_name(inp.context.workflowId)
-        return self._each(inp, "revert to snapshot", partial(vm_ops.revert_to_snapshot, name=name))
+        name = snapshot_name(inp.context.workflowId)
+        src = self._platform()
+        return self._each(inp, lambda vc, vms, note: src.revert_snapshot(vc, vms, name, note))
 
     @activity.defn(name=Step.QUIESCE_APPLICATION)
     def quiesce_application(self, inp: StepInput) -> StepResult:
         prior: dict[str, str] = {}
-        act = partial(
-            vm_ops.shut_down, policy=inp.context.runbook.quiesce, scope=_run_scope(inp), prior=prior
+        policy, scope, src = inp.context.runbook.quiesce, _run_scope(inp), self._platform()
+        result = self._each(
+            inp,
+            lambda vc, vms, note: src.shut_down(vc, vms, policy, scope, prior, note),
+            describe=True,
         )
-        result = self._each(inp, "quiesce", act, describe=True)
         result.details["priorPowerState"] = ",".join(f"{n}={s}" for n, s in prior.items())
         return result
 
@@ -125,15 +129,14 @@ class VSphereActivities:
         """Back to the power state quiesce recorded: on only what was on before the cutover.
         A VM without a record was never changed by quiesce (it records first): left as is."""
         found: dict[str, str] = {}
-        result = self._each(
-            inp, "restore power state of", partial(vm_ops.restore_power, found=found)
-        )
+        src = self._platform()
+        result = self._each(inp, lambda vc, vms, note: src.restore_power(vc, vms, found, note))
         result.details["priorPowerState"] = ",".join(f"{n}={s}" for n, s in found.items())
         return result
 
     def _set_nics(self, inp: StepInput, connected: bool) -> StepResult:
-        what = "connect NICs of" if connected else "disconnect NICs of"
-        return self._each(inp, what, partial(vm_ops.set_nics, connected=connected))
+        src = self._platform()
+        return self._each(inp, lambda vc, vms, note: src.set_nics(vc, vms, connected, note))
 
     @activity.defn(name=FinalizeStep.DISCONNECT_SOURCE_NICS)
     def disconnect_source_nics(self, inp: StepInput) -> StepResult:
@@ -151,22 +154,23 @@ class VSphereActivities:
             "cutover.migratedTo": f"{ctx.runbook.targetPlatform}:{ctx.application} ({target})",
             "cutover.workflowId": ctx.workflowId,
         }
-        return self._each(inp, "mark migrated", partial(vm_ops.mark_migrated, values=values))
+        src = self._platform()
+        return self._each(inp, lambda vc, vms, note: src.mark_migrated(vc, vms, values, note))
 
     @activity.defn(name="verify_not_migrated")
     def verify_not_migrated(self, inp: StepInput) -> StepResult:
         """Whether the application's source VMs carry migrated marks, with the evidence.
         Only reads: the workflow decides (a deliberate re-migration names its reason)."""
-        client, names = self._vm_names(inp)
-        marks = migrated_marks(client, names)
+        vc, names = self._vm_names(inp)
+        marked, evidence = self._platform().migrated(vc, names)
         return StepResult(
             step=inp.step,
             changed=False,
             details={
-                "migrated": bool(marks),
-                "evidence": migration_evidence(names, marks),
+                "migrated": bool(marked),
+                "evidence": evidence,
                 "vms": ",".join(names),
-                "marked": ",".join(m.vm for m in marks),
+                "marked": ",".join(marked),
             },
             attempt=_attempt(),
         )
@@ -177,9 +181,8 @@ class VSphereActivities:
             raise error(
                 ErrorKind.CONFIG_ERROR, "a vsphere-concerns check needs the runbook and vCenter"
             )
-        client = self.pool.get(inp.vcenter)
-        names = resolve_vms(client, inp.runbook)
-        inv = read_inventory(client)
+        names = self._platform().resolve(inp.vcenter, inp.runbook)
+        inv = self._platform().inventory(inp.vcenter)
         levels = ("critical",) if probe.failOn == "critical" else ("critical", "warning")
         found = [c for n in names for c in evaluate(inv, inv.vm(n))]
         failing = [c for c in found if c.severity in levels and c.id not in probe.ignore]

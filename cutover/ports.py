@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from cutover.inventory import Inventory
 from cutover.models import StepContext, StepInput, StepResult
-from cutover.site import Dns
+from cutover.runbook import Quiesce, Runbook
+from cutover.site import Dns, VCenter
 from cutover.traffic import Address, BackendPrior, ServerState, Switch, Timeouts
 
 
@@ -209,3 +211,63 @@ class DnsUpdater(Protocol):
     def lower_ttl(self, settings: Dns, name: str, ttl: int) -> TtlLowering:
         """Lower the record's TTL to `ttl` ahead of a wave, publishing the marker."""
         ...
+
+
+#: A source operation's answer: the VMs' names (as the platform calls them) and those it
+#: changed (the rest were already as wanted).
+Done = tuple[list[str], list[str]]
+
+
+class SourcePlatform(Protocol):
+    """Where the application runs before the cutover (vSphere: `adapters.vsphere.source`).
+
+    VMs are named as the runbook names them (or as `resolve` found them); `vcenter` is the
+    site's source binding. Every change is idempotent and leaves a note (`note`) on the VM;
+    errors are typed `ApplicationError`s."""
+
+    def resolve(self, vcenter: VCenter, runbook: Runbook) -> list[str]:
+        """The application's VM names (the runbook's `vms`, or found by its selector)."""
+        ...
+
+    def inventory(self, vcenter: VCenter) -> Inventory:
+        """The source's inventory model (VMs, disks, NICs: what the target is built from)."""
+        ...
+
+    def migrated(self, vcenter: VCenter, names: list[str]) -> tuple[list[str], str]:
+        """The VMs carrying migrated marks and one sentence of evidence. Read only."""
+        ...
+
+    def snapshot(
+        self, vcenter: VCenter, names: list[str], snapshot: str, quiesce: bool, note: str
+    ) -> Done: ...
+
+    def remove_snapshot(
+        self, vcenter: VCenter, names: list[str], snapshot: str, note: str
+    ) -> Done: ...
+
+    def revert_snapshot(
+        self, vcenter: VCenter, names: list[str], snapshot: str, note: str
+    ) -> Done: ...
+
+    def shut_down(
+        self,
+        vcenter: VCenter,
+        names: list[str],
+        policy: Quiesce,
+        scope: str,
+        prior: dict[str, str],
+        note: str,
+    ) -> Done:
+        """Quiesce; records each VM's power state before (in `prior`, and on the VM for
+        `scope`, the run) so `restore_power` turns on only what was on."""
+        ...
+
+    def restore_power(
+        self, vcenter: VCenter, names: list[str], found: dict[str, str], note: str
+    ) -> Done: ...
+
+    def set_nics(self, vcenter: VCenter, names: list[str], connected: bool, note: str) -> Done: ...
+
+    def mark_migrated(
+        self, vcenter: VCenter, names: list[str], values: dict[str, str], note: str
+    ) -> Done: ...

@@ -25,6 +25,7 @@ from activities.vsphere import VSphereActivities
 from activities.wave import WaveActivities
 from adapters.qemu.mirror import TargetMirror
 from adapters.vsphere.client import ClientPool
+from adapters.vsphere.source import VSphereSource
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workers.heartbeat import HeartbeatKeepAlive
@@ -51,7 +52,7 @@ def default_activities(client: Client | None = None) -> list[Callable[..., Any]]
     with a client, also the wave's (which talk to Temporal itself). Target platforms, load
     balancers and DNS updaters come from `workers.registry`, by the site bindings' `type`."""
     pool = ClientPool()
-    vsphere = VSphereActivities(pool)
+    vsphere = VSphereActivities(pool, source=VSphereSource(pool))  # the one source platform
     mirror = TargetMirror()  # qcow2 targets: converted in the warm phase, not the downtime
     disks = DiskActivities.for_vsphere(pool, mirror)
     real: list[Callable[..., Any]] = [
