@@ -1,18 +1,7 @@
 """The warm data path's activities: pre-copy, incremental passes, the final sync and its
-integrity check, and discarding the staging. Thin: the copy engine is
-`adapters.staging.copy`, the sources `cutover.ports.DiskSource` implementations.
-
-Each source disk is copied to `<stagingDir>/apps/<application>/<disk>.raw`, sparse (holes stay
-holes), in large sequential chunks. Beside it live two block digest maps (SHA-256 per
-`block_size` block, a root digest over them): `<disk>.src.sha256` (what was read from the
-source) and `<disk>.copy.sha256` (what the staged copy holds, read back after each
-incremental write), and `<disk>.state.json` (change ID, passes, the checkpoint of a pass in
-progress). A pass updates the maps only for the blocks it touches.
-
-Incremental passes use changed-block tracking when the source has it (a change ID kept from
-the previous pass) and otherwise compare the source's block digests with the map. Passes
-heartbeat `{disk, offset, bytes}` after persisting the maps, and a retried attempt resumes
-from the heartbeat offset. No shell anywhere; every path is confined to the staging dir.
+integrity check, and discarding the staging. Thin: the copy engine, the staging layout and
+the digest maps are described and built in `adapters.staging.copy`; the sources are
+`cutover.ports.DiskSource` implementations.
 """
 
 from __future__ import annotations
