@@ -359,19 +359,11 @@ class LibvirtTarget:
     def remove_target_domain(self, inp: StepInput) -> StepResult:
         """Destroy and undefine the domains power_on_target made; a no-op when absent.
         Refuses (non-retryable) to touch a same-named domain cutover did not create."""
-        ctx = inp.context
-        vms = self._vms(inp)
-        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        doms = self._own_domains(inp, "removing the target domain")
         removed = []
         try:
-            for vm in vms:
-                name = domain_name(ctx.application, vms, vm)
-                dom = lookup(conn.lookupByName, name)
-                if dom is None:
-                    continue
-                mark = cutover_mark(dom)
-                if mark is None or mark.get("application") != ctx.application:
-                    raise _error(ErrorKind.FOREIGN_DOMAIN, f"domain {name} was not made by cutover")
+            for dom in doms:
+                name = dom.name()
                 destroy_and_undefine(dom)
                 removed.append(name)
         except libvirt.libvirtError as exc:
@@ -383,6 +375,67 @@ class LibvirtTarget:
             attempt=_attempt(),
         )
 
+    def _own_domains(self, inp: StepInput, doing: str) -> list[Any]:
+        """This application's domains that exist; refuses (non-retryable) when a same-named
+        domain was not made by cutover for it, before touching any."""
+        ctx = inp.context
+        vms = self._vms(inp)
+        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        found = []
+        try:
+            for vm in vms:
+                name = domain_name(ctx.application, vms, vm)
+                dom = lookup(conn.lookupByName, name)
+                if dom is None:
+                    continue
+                mark = cutover_mark(dom)
+                if mark is None or mark.get("application") != ctx.application:
+                    raise _error(ErrorKind.FOREIGN_DOMAIN, f"domain {name} was not made by cutover")
+                found.append(dom)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, doing) from None
+        return found
+
+    @activity.defn(name=Compensation.FENCE_TARGET)
+    def fence_target(self, inp: StepInput) -> StepResult:
+        """Pause the running domains: their vCPUs stop, so the guest neither writes nor
+        answers while traffic moves back to the source; memory and disks stay as they were,
+        so unfence_target resumes exactly where it stopped."""
+        doms = self._own_domains(inp, "fencing the target")
+        paused = []
+        try:
+            for dom in doms:
+                if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                    dom.suspend()
+                    paused.append(dom.name())
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "fencing the target") from None
+        return StepResult(
+            step=inp.step,
+            changed=bool(paused),
+            details={"paused": ",".join(paused), "domains": len(doms)},
+            attempt=_attempt(),
+        )
+
+    @activity.defn(name=Compensation.UNFENCE_TARGET)
+    def unfence_target(self, inp: StepInput) -> StepResult:
+        """Resume the paused domains (the source did not start: the target serves again)."""
+        doms = self._own_domains(inp, "unfencing the target")
+        resumed = []
+        try:
+            for dom in doms:
+                if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    dom.resume()
+                    resumed.append(dom.name())
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "unfencing the target") from None
+        return StepResult(
+            step=inp.step,
+            changed=bool(resumed),
+            details={"resumed": ",".join(resumed), "domains": len(doms)},
+            attempt=_attempt(),
+        )
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.attach_target_storage_profile,
@@ -390,4 +443,6 @@ class LibvirtTarget:
             self.validate_guest_tools_and_drivers,
             self.power_on_target,
             self.remove_target_domain,
+            self.fence_target,
+            self.unfence_target,
         ]

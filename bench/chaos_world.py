@@ -63,6 +63,8 @@ ROLLBACK_ONLY: frozenset[str] = frozenset(
         Compensation.RESTORE_DNS,
         Compensation.REMOVE_TARGET_DOMAIN,
         Compensation.DETACH_TARGET_STORAGE,
+        Compensation.FENCE_TARGET,
+        Compensation.UNFENCE_TARGET,
     }
 )
 #: Steps that change the source or the traffic: none may run once a rollback gave the
@@ -99,6 +101,9 @@ OUTCOME_CONTRADICTS_WORLD = "outcome_contradicts_world"
 STATE_NOT_NAMED = "failed_state_not_named"
 #: Not a violation: the application is down because the world refused restart_source.
 EXPECTED_DOWN = "expected:down_restart_source_failed"
+#: Not a violation: one traffic path is back on the source and the world refused to move
+#: the other; it still reaches the fenced target (errors there, but one writer).
+EXPECTED_PATH_TO_FENCED = "expected:path_to_fenced_target_restore_failed"
 
 
 class Refused(Exception):
@@ -161,6 +166,8 @@ class AppState:
     tgt_volume_of: int | None = None
     tgt_defined: bool = False
     tgt_running: bool = False
+    #: paused by fence_target: takes no writes, answers nothing, keeps memory and disks
+    tgt_fenced: bool = False
     lb: str = SOURCE
     lb_source_retired: bool = False
     dns: str = SOURCE
@@ -202,7 +209,7 @@ class AppState:
         """Up and reachable on the network (a booting source counts: it is coming up)."""
         if backend == SOURCE:
             return self.src_power and self.src_nics
-        return self.tgt_defined and self.tgt_running and self.tgt_volume
+        return self.tgt_defined and self.tgt_running and self.tgt_volume and not self.tgt_fenced
 
     def healthy(self, backend: str, now: float) -> bool:
         if backend == SOURCE:
@@ -226,7 +233,15 @@ class AppState:
             + ("" if self.src_nics else ", NICs disconnected")
             + (f", marked migrated by {self.src_marked_by}" if self.src_marked_by else ""),
             "target": (
-                ("running" if self.tgt_running else "defined" if self.tgt_defined else "absent")
+                (
+                    "fenced"
+                    if self.tgt_running and self.tgt_fenced
+                    else "running"
+                    if self.tgt_running
+                    else "defined"
+                    if self.tgt_defined
+                    else "absent"
+                )
                 + (", volume" if self.tgt_volume else ", no volume")
             ),
             "leftovers": [
@@ -343,7 +358,13 @@ def _transition(s: AppState, step: str, who: str, now: float) -> Applied:
         s.lb = SOURCE
     elif step == Compensation.REMOVE_TARGET_DOMAIN:
         changed = s.tgt_defined
-        s.tgt_defined = s.tgt_running = False
+        s.tgt_defined = s.tgt_running = s.tgt_fenced = False
+    elif step == Compensation.FENCE_TARGET:
+        changed = s.tgt_running and not s.tgt_fenced
+        s.tgt_fenced = s.tgt_running
+    elif step == Compensation.UNFENCE_TARGET:
+        changed = s.tgt_fenced
+        s.tgt_fenced = False
     elif step == Compensation.DETACH_TARGET_STORAGE:
         changed = s.tgt_volume
         s.tgt_volume, s.tgt_volume_of = False, None
@@ -392,7 +413,9 @@ def _judge(before: AppState, after: AppState, step: str, run: str) -> list[tuple
         elif (
             before.running(b)
             and not after.running(b)
-            and not (step == Step.QUIESCE_APPLICATION and b == SOURCE)  # the planned downtime
+            # the planned downtimes: the cutover's, and the rollback's (one writer)
+            and not (step == Step.QUIESCE_APPLICATION and b == SOURCE)
+            and not (step == Compensation.FENCE_TARGET and b == TARGET)
         ):
             found.append((STOPPED_WHILE_SERVING, f"{b} taken down while traffic reached it"))
     if after.served() != before.served() or step in (
@@ -481,36 +504,53 @@ def evaluate_check(
     return True, "ok"
 
 
-def _not_serving(s: AppState, restart_refused: bool) -> list[tuple[str, str]]:
+def _not_serving(s: AppState, refused: frozenset[str]) -> list[tuple[str, str]]:
     """Traffic must reach exactly one backend, and it must be up (a source still booting
     after its restart counts as up: nothing waits for it to pass health checks).
 
-    Excused (kind EXPECTED_DOWN, not a violation): traffic reaches only the source, and it
-    is down because the world refused to restart it (`restart_refused`: its last
-    restart_source attempt failed before powering it on, broken for good or an injected
-    non-retryable fault): no workflow can serve the application until someone fixes that."""
+    Excused (kinds `expected:*`, not violations), where the world refused an undo step
+    (`refused`: the run's last attempt of it failed before changing anything, broken for
+    good or an injected non-retryable fault) and no workflow can do better until someone
+    fixes that:
+    - traffic reaches only the source, down because restart_source was refused;
+    - one path is back on the running source and the other still reaches the fenced
+      target, because moving it back was refused (errors there, but one writer)."""
     served = sorted(s.served())
     if len(served) == 1 and s.running(served[0]):
         return []
     health = ", ".join(f"{b} {'up' if s.running(b) else 'down'}" for b in served)
-    if served == [SOURCE] and restart_refused:
+    if served == [SOURCE] and Compensation.RESTART_SOURCE in refused:
         return [(EXPECTED_DOWN, f"traffic reaches {served}: {health}; restart_source failed")]
+    traffic_undos = {Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS}
+    if (
+        served == [SOURCE, TARGET]
+        and s.running(SOURCE)
+        and s.tgt_fenced
+        and s.exists(TARGET)
+        and refused & traffic_undos
+    ):
+        which = ", ".join(sorted(refused & traffic_undos))
+        return [(EXPECTED_PATH_TO_FENCED, f"traffic reaches {served}: {health}; {which} failed")]
     return [(NOT_ONE_HEALTHY_BACKEND, f"traffic reaches {served}: {health}")]
 
 
 def blocked_violations(
-    s: AppState, phase: str, run: str, restart_refused: bool = False
+    s: AppState, phase: str, run: str, refused: frozenset[str] = frozenset()
 ) -> list[Violation]:
     """A cutover waiting for an operator (a blocked rollback or finalize) must leave the
     application served by exactly one healthy backend meanwhile."""
-    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s, restart_refused)]
+    return [Violation(k, s.app, f"({phase})", run, d) for k, d in _not_serving(s, refused)]
 
 
 def final_violations(
-    s: AppState, outcome: str, left_where: Iterable[str], run: str, restart_refused: bool = False
+    s: AppState,
+    outcome: str,
+    left_where: Iterable[str],
+    run: str,
+    refused: frozenset[str] = frozenset(),
 ) -> list[Violation]:
     """The invariants once a cutover ended (or was given up on as stuck)."""
-    found = _not_serving(s, restart_refused)
+    found = _not_serving(s, refused)
     served = sorted(s.served())
     if outcome == "ROLLED_BACK":
         problems = [
@@ -677,28 +717,35 @@ class ChaosWorld:
         """The bench saw `run` end with `outcome`: judge the end state, remember the end."""
         with self._tx() as db:
             s = self._load(db, app)
-            refused = self._restart_refused(db, app, run)
-            found = final_violations(s, outcome, left_where, run, refused)
+            found = final_violations(s, outcome, left_where, run, self._refused(db, app, run))
             if run not in s.ended:
                 s.ended.append(run)
             self._save(db, s, found)
         return found
 
     @staticmethod
-    def _restart_refused(db: sqlite3.Connection, app: str, run: str) -> bool:
-        """Whether this run's last restart_source attempt failed before the change."""
-        row = db.execute(
-            "SELECT outcome FROM attempts WHERE app = ? AND run = ? AND step = ? "
-            "AND ended_at IS NOT NULL ORDER BY id DESC LIMIT 1",
-            (app, run, Compensation.RESTART_SOURCE.value),
-        ).fetchone()
-        outcome = str(row[0]) if row else ""
-        return outcome == "broken" or outcome.startswith(("fault-before:", "refused:"))
+    def _refused(db: sqlite3.Connection, app: str, run: str) -> frozenset[str]:
+        """The undo steps whose last attempt in this run failed before the change."""
+        found = set()
+        for step in (
+            Compensation.RESTART_SOURCE,
+            Compensation.RESTORE_LOAD_BALANCER,
+            Compensation.RESTORE_DNS,
+        ):
+            row = db.execute(
+                "SELECT outcome FROM attempts WHERE app = ? AND run = ? AND step = ? "
+                "AND ended_at IS NOT NULL ORDER BY id DESC LIMIT 1",
+                (app, run, step.value),
+            ).fetchone()
+            outcome = str(row[0]) if row else ""
+            if outcome == "broken" or outcome.startswith(("fault-before:", "refused:")):
+                found.add(step.value)
+        return frozenset(found)
 
     def judge_blocked(self, app: str, run: str, phase: str) -> list[Violation]:
         with self._tx() as db:
             s = self._load(db, app)
-            found = blocked_violations(s, phase, run, self._restart_refused(db, app, run))
+            found = blocked_violations(s, phase, run, self._refused(db, app, run))
             self._save(db, s, found)
         return found
 

@@ -41,6 +41,12 @@ class Compensation(StrEnum):
     REMOVE_TARGET_DOMAIN = "remove_target_domain"
     RESTORE_LOAD_BALANCER = "restore_load_balancer"
     RESTORE_DNS = "restore_dns"
+    #: Pause the target's domains before the source restarts, so that while traffic moves
+    #: back path by path only one side takes writes (registered above each traffic switch).
+    FENCE_TARGET = "fence_target"
+    #: Resume the fenced target when the source did not start (never registered: the
+    #: rollback runs it so that the side holding the data serves while it is blocked).
+    UNFENCE_TARGET = "unfence_target"
 
 
 class FinalizeStep(StrEnum):
@@ -81,13 +87,16 @@ class Holds(StrEnum):
     SOURCE_RUNNING = "the source runs"
     TRAFFIC_ON_SOURCE = "traffic is back on the source"
     TARGET_STOPPED = "the target no longer runs"
+    TARGET_FENCED = "the target takes no writes"
 
 
 #: Before each undo, what must hold. An undo that would destroy or stop something that may
 #: be serving (the target, its data, the staged copies, the source's recovery point)
 #: requires traffic back on a running source; traffic moves back only to a running source.
 UNDO_REQUIRES: dict[str, frozenset[Holds]] = {
-    Compensation.RESTART_SOURCE: frozenset(),
+    # One writer: the source starts only once the target is fenced (when a fence is
+    # registered: TARGET_FENCED is in doubt only when a fence failed or was held back).
+    Compensation.RESTART_SOURCE: frozenset({Holds.TARGET_FENCED}),
     Compensation.RESTORE_LOAD_BALANCER: frozenset({Holds.SOURCE_RUNNING}),
     Compensation.RESTORE_DNS: frozenset({Holds.SOURCE_RUNNING}),
     Compensation.REMOVE_TARGET_DOMAIN: frozenset({Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}),
@@ -110,6 +119,7 @@ UNDO_ESTABLISHES: dict[str, Holds] = {
     Compensation.RESTORE_LOAD_BALANCER: Holds.TRAFFIC_ON_SOURCE,
     Compensation.RESTORE_DNS: Holds.TRAFFIC_ON_SOURCE,
     Compensation.REMOVE_TARGET_DOMAIN: Holds.TARGET_STOPPED,
+    Compensation.FENCE_TARGET: Holds.TARGET_FENCED,
 }
 
 

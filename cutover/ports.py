@@ -100,7 +100,7 @@ SourceFactory = Callable[[StepContext, bool], list[DiskSource]]
 
 
 class TargetPlatform(Protocol):
-    """A target platform's side of a cutover: the five target steps, each idempotent (a
+    """A target platform's side of a cutover: the seven target steps, each idempotent (a
     re-run finds the world as wanted and says `changed=False`) and raising typed errors.
     Which platform a step runs on is the site's binding of the runbook's `targetPlatform`."""
 
@@ -122,6 +122,15 @@ class TargetPlatform(Protocol):
 
     def remove_target_domain(self, inp: StepInput) -> StepResult:
         """Undo: stop and remove the machines power_on_target made, never anyone else's."""
+        ...
+
+    def fence_target(self, inp: StepInput) -> StepResult:
+        """Undo: pause this application's machines (no writes, nothing on the network;
+        memory and disks kept) so the source can start; a no-op when none runs."""
+        ...
+
+    def unfence_target(self, inp: StepInput) -> StepResult:
+        """Resume the machines fence_target paused (the source did not start)."""
         ...
 
 

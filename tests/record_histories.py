@@ -120,7 +120,8 @@ async def waves(client: Client) -> None:
 
 async def safety(client: Client) -> None:
     """Issue 11's behaviours: blocked undos resumed, cancel during undos, finalize refused on
-    a fresh round, a window continued as new, a remigration refused."""
+    a fresh round, a window continued as new, a remigration refused, a fence (the target
+    paused before the source starts) and a source start failing, then resumed."""
     from cutover.models import ResumeRequest, RollbackRequest
     from tests.test_faults import wait_until, window_input
 
@@ -175,6 +176,21 @@ async def safety(client: Client) -> None:
         await handle.result()
         await write(client.get_workflow_handle(handle.id, run_id=first_run), "v2_window_first_run")
         await write(client.get_workflow_handle(handle.id), "v2_window_last_run")
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        broken={"fence_target", "restart_source"},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        world.broken.discard("fence_target")
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await wait_until(lambda: world.calls.count("unfence_target") == 2)
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await handle.result()
+        await write(handle, "v2_fence_and_restart_failed_then_resumed")
     async with running(client, World(migrated="vm-1 marked migrated (test)")) as queue:
         handle = await start(client, cutover_input(queue))
         await handle.result()

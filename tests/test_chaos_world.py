@@ -17,6 +17,7 @@ from bench.chaos_world import (
     CHANGE_AFTER_ROLLBACK,
     DESTROYED_WHILE_SERVING,
     EXPECTED_DOWN,
+    EXPECTED_PATH_TO_FENCED,
     NOT_ONE_HEALTHY_BACKEND,
     OUTCOME_CONTRADICTS_WORLD,
     OVERWROTE_SERVING_DATA,
@@ -313,3 +314,60 @@ def test_a_step_the_model_does_not_know_changes_nothing_and_says_so(world: Chaos
     applied = world.apply(app, "some_new_step", RUN, "wf")
     assert not applied.changed and applied.details == {"unmodelled": True}
     assert not world.apply(app, "restore_dns_ttl", RUN, "wf").changed
+
+
+def test_a_source_started_before_the_target_is_fenced_splits_users_across_two_writers(
+    world: ChaosWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos_world, "BOOT_SECONDS", 0.0)
+    # LB and DNS both on the target; the source starts with the target up: DNS users
+    # write to the source while LB users still write to the target
+    split = add(world, app="split", dns=True)
+    run(world, split, [*FORWARD, "update_dns", "restart_source", "restore_dns"])
+    assert kinds(world) == [TWO_WRITERS]
+    run(world, split, ["restore_load_balancer"])
+    end = world.end_run(split, RUN, "ROLLED_BACK", ["the source serves the application"])
+    assert [v.kind for v in end] == [SOURCE_NOT_INTACT_AFTER_ROLLBACK]
+
+
+def test_fencing_the_target_first_keeps_one_writer_and_is_planned_downtime(
+    world: ChaosWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos_world, "BOOT_SECONDS", 0.0)
+    app = add(world, dns=True)
+    run(world, app, [*FORWARD, "update_dns", "fence_target"])
+    state = world.state(app)
+    assert state.tgt_fenced and state.exists(TARGET) and not state.running(TARGET)
+    assert not world.apply(app, "fence_target", RUN, "wf").changed  # idempotent
+    undo = [
+        "restart_source",
+        "restore_dns",
+        "restore_load_balancer",
+        "remove_target_domain",
+        "detach_target_storage",
+        "remove_converted_image",
+        "discard_staging",
+        "remove_source_snapshot",
+    ]
+    run(world, app, undo)
+    assert kinds(world) == []  # neither "stopped while serving" nor two writers
+    assert world.end_run(app, RUN, "ROLLED_BACK", ["the source serves the application"]) == []
+
+
+def test_a_path_left_on_the_fenced_target_is_excused_only_when_its_restore_was_refused(
+    world: ChaosWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos_world, "BOOT_SECONDS", 0.0)
+    app = add(world, dns=True, broken_undo="restore_load_balancer")
+    run(world, app, [*FORWARD, "update_dns", "fence_target", "restart_source", "restore_dns"])
+    assert kinds(world) == []
+    # the workflow never tried to move the LB back: a violation
+    blocked = world.judge_blocked(app, RUN, "ROLLBACK_BLOCKED")
+    assert [v.kind for v in blocked] == [NOT_ONE_HEALTHY_BACKEND]
+    aid = world.attempt_started("wf", RUN, "9", "restore_load_balancer", 1, app, 1, 0.0, 0.0)
+    world.attempt_ended(aid, "broken")
+    blocked = world.judge_blocked(app, RUN, "ROLLBACK_BLOCKED")
+    assert [v.kind for v in blocked] == [EXPECTED_PATH_TO_FENCED]
+    # unfenced while the source takes the DNS users' writes: two writers again
+    run(world, app, ["unfence_target"])
+    assert kinds(world)[-1] == TWO_WRITERS

@@ -73,8 +73,12 @@ async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
         _, left = await status_of(handle)
         assert not DESTRUCTIVE & set(world.calls), world.calls
         assert "remove_source_snapshot" not in world.calls  # the source's recovery point stays
-        assert any("traffic still goes to the target" in line for line in left), left
-        assert any("the target is kept running" in line for line in left), left
+        # one writer: the source started only after the target was fenced, and the target
+        # stays fenced (paused, kept whole) while the LB still points at it
+        assert world.calls.index("fence_target") < world.calls.index("restart_source")
+        assert "unfence_target" not in world.calls
+        assert any("traffic still goes to the fenced target" in line for line in left), left
+        assert any(line.startswith("the target is fenced (paused)") for line in left), left
         assert any(line.startswith("remove_target_domain: held back") for line in left), left
         attrs = (await handle.describe()).typed_search_attributes
         assert attrs.get(sa.OUTCOME) == Outcome.FAILED.value
@@ -108,6 +112,65 @@ async def test_a_source_that_does_not_restart_keeps_traffic_on_the_target(client
     assert world.calls.count("restart_source") == 2
     failures = {f.split(":")[0] for f in result.compensationFailures}
     assert {"restart_source", "restore_load_balancer", "remove_target_domain"} <= failures
+    # the target was fenced for the source's start, and unfenced when it did not start:
+    # the side holding the data serves while nobody fixes the source
+    assert world.calls.index("fence_target") < world.calls.index("restart_source")
+    assert world.calls[-1] == "unfence_target"
+    assert any("the target runs (not fenced)" in line for line in result.leftWhere)
+
+
+async def test_the_source_starts_only_after_the_target_is_fenced(client: Client) -> None:
+    """Before: restart_source ran with the target still up, so between the source's start
+    and the last traffic path moving back both sides took writes. Now a fence that fails
+    holds the source's start (and so every traffic move and destructive undo) back; a
+    source that does not start gets the target unfenced; a resume fences again first."""
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        broken={"fence_target", "restart_source"},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+        assert "restart_source" not in world.calls  # held back: the target may take writes
+        assert not {"restore_load_balancer", *DESTRUCTIVE} & set(world.calls)
+        assert any(
+            line == "restart_source: held back: needs the target takes no writes" for line in left
+        ), left
+        # the fence may have paused part of the target: unfenced, it serves whole again
+        assert world.calls[-1] == "unfence_target"
+        # the operator fixes the fence, not yet the source: the source's start fails, and
+        # the target, fenced for it, is unfenced again
+        world.broken.discard("fence_target")
+        mark = len(world.calls)
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        async with asyncio.timeout(20):
+            while "unfence_target" not in world.calls[mark:]:
+                await asyncio.sleep(0.05)
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        second = world.calls[mark:]
+        assert second[:3] == ["fence_target", "restart_source", "restart_source"], second
+        assert second[-1] == "unfence_target" and "restore_load_balancer" not in second
+        _, left = await status_of(handle)
+        assert left[-1].endswith(
+            "it runs, in order: fence_target, restart_source, restore_load_balancer, "
+            "remove_target_domain, detach_target_storage, remove_converted_image, "
+            "discard_staging, remove_source_snapshot"
+        ), left[-1]
+        # fixed for good: fence, start, then traffic, then the target goes
+        world.broken.clear()
+        mark = len(world.calls)
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
+    third = world.calls[mark:]
+    assert third[:4] == [
+        "fence_target",
+        "restart_source",
+        "restore_load_balancer",
+        "remove_target_domain",
+    ], third
+    assert "unfence_target" not in third
 
 
 async def test_a_failed_rollback_always_says_where_users_are(client: Client) -> None:

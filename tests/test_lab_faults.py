@@ -154,6 +154,8 @@ async def test_rollback_after_a_worker_killed_during_a_window_check_ends_within_
         assert took < ROLLBACK_BOUND
         undo = [s.name for s in result.steps if s.kind == "compensation"]
         assert {"restore_load_balancer", "restore_dns", "restart_source"} <= set(undo)
+        # one writer: the lab's real domain is paused before the source starts
+        assert undo.index("fence_target") < undo.index("restart_source") < undo.index("restore_dns")
         assert {"remove_target_domain", "detach_target_storage"} <= set(undo)
         # LB and DNS on the source alone, users served by the (running) source VM from its
         # unchanged disk

@@ -142,6 +142,8 @@ def test_idempotent_and_compensation(tmp_path: Path, test_target: LibvirtTarget)
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName("web")
     assert not test_target.remove_target_domain(inp).changed  # no-op when absent
+    assert not test_target.fence_target(inp).changed  # nothing to fence
+    assert not test_target.unfence_target(inp).changed
 
 
 def test_foreign_domain_untouched(tmp_path: Path, test_target: LibvirtTarget) -> None:
@@ -152,7 +154,12 @@ def test_foreign_domain_untouched(tmp_path: Path, test_target: LibvirtTarget) ->
         "<os><type>hvm</type></os></domain>"
     )
     try:
-        for act in (test_target.power_on_target, test_target.remove_target_domain):
+        for act in (
+            test_target.power_on_target,
+            test_target.remove_target_domain,
+            test_target.fence_target,
+            test_target.unfence_target,
+        ):
             with pytest.raises(ApplicationError) as err:
                 act(inp)
             assert err.value.type == "ForeignDomain"
@@ -251,6 +258,19 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)  # a real QEMU process
         assert not domains.power_on_target(inp).changed  # running: left running
+        # fenced for the source's restart: paused, the QEMU process and its disks kept
+        fenced = domains.fence_target(inp)
+        assert fenced.changed and fenced.details["paused"] == "web"
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        os.kill(pid, 0)
+        assert not domains.fence_target(inp).changed  # a retry finds it paused
+        assert not domains.power_on_target(inp).changed  # active: never a second boot
+        # unfenced (the source did not start): the same process runs on
+        assert domains.unfence_target(inp).changed
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert int(pid_file.read_text()) == pid
+        assert not domains.unfence_target(inp).changed
+        assert domains.fence_target(inp).changed  # removed while fenced, as a rollback does
     finally:
         off = domains.remove_target_domain(inp)
     assert off.changed

@@ -333,12 +333,9 @@ def test_the_worker_runs_the_target_steps_on_the_platform_registered_for_the_bin
     monkeypatch.setitem(registry.TARGET_PLATFORMS, "libvirt", Recorder)
     by_name = {a.__name__: a for a in default_activities()}
     at = site(targetPlatforms={"pextra-cloud": {"type": "libvirt", "uri": "test:///default"}})
-    for step in (Compensation.DETACH_TARGET_STORAGE, Step.POWER_ON_TARGET):
+    for step in sorted(TARGET_STEPS):
         by_name[step](detach_input(at, "pextra-cloud", unique_app("reg")))
-    assert reached == [
-        ("detach_target_storage", "pextra-cloud"),
-        ("power_on_target", "pextra-cloud"),
-    ]
+    assert reached == [(step, "pextra-cloud") for step in sorted(TARGET_STEPS)]
     assert len([n for n in by_name if n in TARGET_STEPS]) == len(TARGET_STEPS)
 
 
@@ -348,4 +345,6 @@ TARGET_STEPS = {
     Step.POWER_ON_TARGET,
     Compensation.DETACH_TARGET_STORAGE,
     Compensation.REMOVE_TARGET_DOMAIN,
+    Compensation.FENCE_TARGET,
+    Compensation.UNFENCE_TARGET,
 }

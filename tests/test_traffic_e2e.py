@@ -99,10 +99,10 @@ async def test_failing_post_check_rolls_back_lb_and_dns(
     check = next(c for c in result.checks if c.name == "error_rate_below_threshold")
     assert not check.passed and check.threshold is not None and "error rate" in check.threshold
     undo = [s.name for s in result.steps if s.kind == "compensation"]
-    # the source is brought back first (registered above each switch, run once per pass),
-    # then both traffic paths move back with nothing in between
-    assert undo[:3] == ["restart_source", "restore_dns", "restore_load_balancer"]
-    assert undo.count("restart_source") == 1
+    # the target is fenced, then the source is brought back (both registered above each
+    # switch, run once per pass), then both traffic paths move back with nothing between
+    assert undo[:4] == ["fence_target", "restart_source", "restore_dns", "restore_load_balancer"]
+    assert undo.count("restart_source") == 1 and undo.count("fence_target") == 1
     assert all(s.outcome == "ok" for s in result.steps if s.kind == "compensation")
     # rolled back for real: users reach the source again, the name points back at it
     assert await asyncio.to_thread(haproxy_lab.get) == "source"

@@ -127,12 +127,13 @@ def expected_compensations(steps_done: list[str], failed: str) -> list[str]:
         if comp is not None and comp not in registered:
             registered.append(comp)
         if step == Step.UPDATE_LOAD_BALANCER:
-            registered.append(Compensation.RESTART_SOURCE)
+            # above the traffic undo: start the source, and before that fence the target
+            registered += [Compensation.RESTART_SOURCE, Compensation.FENCE_TARGET]
     unwound = list(reversed(registered))
-    # the source's restart runs once per unwinding: registered again above a traffic
-    # switch, it is not repeated once it ran
-    first = unwound.index("restart_source") if "restart_source" in unwound else len(unwound)
-    return unwound[: first + 1] + [c for c in unwound[first + 1 :] if c != "restart_source"]
+    # the fence and the source's restart run once per unwinding: registered again above
+    # each traffic switch, they are not repeated once they ran
+    once = ("fence_target", "restart_source")
+    return [c for i, c in enumerate(unwound) if c not in once or c not in unwound[:i]]
 
 
 @pytest.mark.parametrize("failing", SEED_STEPS)
@@ -202,9 +203,10 @@ async def test_criterion_firing_in_window_rolls_back(client: Client) -> None:
     assert result.outcome == Outcome.ROLLED_BACK
     assert result.reason.startswith("rollback criterion fired: app_health_check_failure failed")
     after = world.calls[world.calls.index("update_load_balancer") + 1 :]
-    # the source comes back before traffic moves back to it; then the target goes
+    # the target is fenced, then the source comes back before traffic moves back to it;
+    # then the target goes
     assert after == expected_compensations(SEED_STEPS[:-1], "update_load_balancer")
-    assert after[:2] == ["restart_source", "restore_load_balancer"]
+    assert after[:3] == ["fence_target", "restart_source", "restore_load_balancer"]
     assert "mark_source_migrated" not in world.calls
 
 

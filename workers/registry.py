@@ -52,7 +52,7 @@ def load_balancer(settings: HAProxy) -> LoadBalancer:
 
 @dataclass
 class TargetSteps:
-    """The five target activities, each run by the platform the site binds the runbook's
+    """The seven target activities, each run by the platform the site binds the runbook's
     `targetPlatform` to (by the binding's `type`). Activity names are the catalog's."""
 
     platforms: Mapping[str, TargetPlatform]
@@ -90,6 +90,14 @@ class TargetSteps:
     def remove_target_domain(self, inp: StepInput) -> StepResult:
         return self.platform(inp).remove_target_domain(inp)
 
+    @activity.defn(name=Compensation.FENCE_TARGET)
+    def fence_target(self, inp: StepInput) -> StepResult:
+        return self.platform(inp).fence_target(inp)
+
+    @activity.defn(name=Compensation.UNFENCE_TARGET)
+    def unfence_target(self, inp: StepInput) -> StepResult:
+        return self.platform(inp).unfence_target(inp)
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.attach_target_storage_profile,
@@ -97,11 +105,13 @@ class TargetSteps:
             self.validate_guest_tools_and_drivers,
             self.power_on_target,
             self.remove_target_domain,
+            self.fence_target,
+            self.unfence_target,
         ]
 
 
 def target_steps() -> TargetSteps:
-    """One instance of every registered target platform behind the five activities."""
+    """One instance of every registered target platform behind the seven activities."""
     return TargetSteps({kind: make() for kind, make in TARGET_PLATFORMS.items()})
 
 

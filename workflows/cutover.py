@@ -105,6 +105,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._wake = False
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
+        self._target_fenced = False
         self._rollback_reason: str | None = None
         self._reason = ""
         self._bytes_moved = 0
@@ -303,13 +304,20 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         rb = self._inp.runbook
         self._set_phase(Phase.CUTOVER)
         self._down_from = workflow.now()
+        fence: bool | None = None
         for step in rb.cutoverSteps:
             self._raise_if_rollback()
             if step in TRAFFIC_STEPS and Step.QUIESCE_APPLICATION in rb.cutoverSteps:
                 # Undoing a switch needs a live source to switch back to: register
-                # "restart the source" above the traffic undo, so it unwinds first.
+                # "restart the source" above the traffic undo, so it unwinds first; and
+                # above that, fence the target, so that while traffic moves back path by
+                # path (LB, then DNS) only one side takes writes.
                 self._register_for(step)
                 self._register(Compensation.RESTART_SOURCE, again=True)
+                if fence is None:
+                    fence = self._v2 and workflow.patched("fence-target-before-source-restart")
+                if fence:
+                    self._register(Compensation.FENCE_TARGET, again=True)
             else:
                 self._register_for(step)
             await self._step(step, "step")

@@ -99,10 +99,26 @@ def rollback_text(req: RollbackRequest) -> str:
     return f"rollback requested by {req.requestedBy}: {req.reason}"
 
 
+def next_pass(left: list[tuple[str, str]], compensations: list[str]) -> list[str]:
+    """The undos a resumed rollback runs, in order: what was left, with the target fenced
+    again before the source starts (a pass that could not start the source unfenced it)."""
+    pending = [c for c, _ in left if c != Compensation.UNFENCE_TARGET]
+    fence, restart = Compensation.FENCE_TARGET, Compensation.RESTART_SOURCE
+    if fence in compensations and restart in pending:
+        at = pending.index(restart)
+        if fence not in pending[:at]:
+            pending.insert(at, fence)
+    return pending
+
+
 def where_left(
-    left: list[tuple[str, str]], compensations: list[str], inp: CutoverInput
+    left: list[tuple[str, str]],
+    compensations: list[str],
+    inp: CutoverInput,
+    target_fenced: bool = False,
 ) -> list[str]:
-    """Where each side is after a blocked rollback, and what to do next."""
+    """Where each side is after a blocked rollback, and what to do next. `target_fenced`:
+    the target is paused (fenced) and stays so while the rollback waits."""
     names = {c for c, _ in left}
     lb = inp.runbook.lb_backend
     lines: list[str] = []
@@ -115,18 +131,27 @@ def where_left(
         lines.append("the source is not running again")
     elif Compensation.RESTART_SOURCE in compensations:
         lines.append("the source runs again")
+    to = "the fenced target (paused: users there get errors)" if target_fenced else "the target"
     if Compensation.RESTORE_LOAD_BALANCER in names:
-        lines.append(f"load balancer backend {lb}: traffic still goes to the target")
+        lines.append(f"load balancer backend {lb}: traffic still goes to {to}")
     if Compensation.RESTORE_DNS in names:
-        lines.append("DNS: the name still points at the target")
-    if Compensation.REMOVE_TARGET_DOMAIN in names:
+        lines.append(f"DNS: the name still points at {to}")
+    if target_fenced:
+        lines.append(
+            "the target is fenced (paused): it takes no writes while the source serves, and "
+            "keeps its memory and disks"
+        )
+    elif Compensation.FENCE_TARGET in compensations and Compensation.RESTART_SOURCE in names:
+        lines.append("the target runs (not fenced): it serves until the source can start")
+    if Compensation.REMOVE_TARGET_DOMAIN in names and not target_fenced:
         lines.append("the target is kept running: it may be serving users")
     if Compensation.DETACH_TARGET_STORAGE in names:
         lines.append("the target's volumes are kept: they hold what the target wrote")
     lines += [f"{c}: {why}" for c, why in left]
     lines.append(
         "fix the cause, then resume the rollback: Update `resume` (CLI: `cutover resume "
-        f"{inp.runbook.application}`); it runs, in order: " + ", ".join(c for c, _ in left)
+        f"{inp.runbook.application}`); it runs, in order: "
+        + ", ".join(next_pass(left, compensations))
     )
     return lines
 

@@ -17,7 +17,7 @@ from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
 from workflows.cutover_text import cause as _cause
-from workflows.cutover_text import where_left
+from workflows.cutover_text import next_pass, where_left
 
 with workflow.unsafe.imports_passed_through():
     from cutover import search_attributes as sa
@@ -54,6 +54,7 @@ class _Cutover(Protocol):
     _compensations: list[str]
     _records: list[StepRecord]
     _down_to: datetime | None
+    _target_fenced: bool
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -64,6 +65,7 @@ class _Cutover(Protocol):
     async def _step(self, name: str, kind: StepKind, pass_number: int = 0) -> StepResult: ...
     async def _blocked(self, phase: Phase, left: list[str]) -> bool: ...
     async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]: ...
+    async def _unfence(self) -> list[tuple[str, str]]: ...
 
 
 class CutoverUndo:
@@ -75,6 +77,8 @@ class CutoverUndo:
     _left: list[str]
     _once: bool
     _down_to: datetime | None
+    #: the last rollback pass left the target paused (fence_target ran, not undone)
+    _target_fenced: bool = False
 
     async def _finalize_steps(self: _Cutover, steps: list[str]) -> CutoverResult:
         """Finalize in order; a failed step stops the ones after it (they retire the source
@@ -158,7 +162,7 @@ class CutoverUndo:
                     reason,
                     ["the source serves the application again", "the target was removed"],
                 )
-            where = where_left(left, self._compensations, self._inp)
+            where = where_left(left, self._compensations, self._inp, self._target_fenced)
             if not await self._blocked(Phase.ROLLBACK_BLOCKED, where):
                 return self._finish(
                     Outcome.FAILED,
@@ -166,7 +170,7 @@ class CutoverUndo:
                     ["rollback incomplete:", *self._left],
                     [f"{c}: {why}" for c, why in left],
                 )
-            pending = [c for c, _ in left]
+            pending = next_pass(left, self._compensations)
             self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
 
     async def _compensate_v2(self: _Cutover, pending: list[str]) -> list[tuple[str, str]]:
@@ -177,10 +181,14 @@ class CutoverUndo:
         # again above each traffic switch, but once it ran (or failed for good) in this pass,
         # a second registration must neither repeat its retries nor, succeeding late, let
         # one traffic path move back while another was held (users split across two sides).
+        # The same holds for the fence registered above it.
         restarted: bool | None = None
+        fence_tried = False
         for comp in pending:
             establishes = UNDO_ESTABLISHES.get(comp)
             if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
+                continue
+            if comp == Compensation.FENCE_TARGET and fence_tried:
                 continue
             blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
             if blocked:
@@ -198,6 +206,8 @@ class CutoverUndo:
                 )
                 self._log(logging.ERROR, "compensation held back", compensation=comp, why=why)
             else:
+                if comp == Compensation.FENCE_TARGET:
+                    fence_tried = True
                 try:
                     await self._step(comp, "compensation")
                 except ActivityError as err:
@@ -206,14 +216,33 @@ class CutoverUndo:
                 else:
                     if establishes is not None:
                         doubt[establishes].discard(comp)
-                    if comp == Compensation.RESTART_SOURCE:
+                    if comp == Compensation.FENCE_TARGET:
+                        self._target_fenced = True
+                    elif comp == Compensation.REMOVE_TARGET_DOMAIN:
+                        self._target_fenced = False
+                    elif comp == Compensation.RESTART_SOURCE:
                         restarted = True
                         if self._down_to is None:
                             self._down_to = workflow.now()
                     continue
-            if comp == Compensation.RESTART_SOURCE:
-                restarted = False
             if establishes is not None:
                 doubt[establishes].add(comp)
             left.append((comp, why))
+            if comp == Compensation.RESTART_SOURCE:
+                restarted = False
+                if fence_tried:
+                    # The source did not start: the target, holding the data, serves again
+                    # while the rollback waits (it is fenced again before the next start).
+                    left += await self._unfence()
         return left
+
+    async def _unfence(self: _Cutover) -> list[tuple[str, str]]:
+        """Resume the fenced target; what failed, if it did."""
+        try:
+            await self._step(Compensation.UNFENCE_TARGET, "compensation")
+        except ActivityError as err:
+            why = f"failed: {_cause(err)}"
+            self._log(logging.ERROR, "unfencing the target failed", error=why)
+            return [(Compensation.UNFENCE_TARGET, why)]
+        self._target_fenced = False
+        return []
