@@ -28,6 +28,7 @@ from cutover.models import (
     RollbackRequest,
     Tuning,
 )
+from cutover.site import Dns
 from tests import procs
 from tests.conftest import DevServer
 from tests.factories import SEED, cutover_input
@@ -73,13 +74,20 @@ async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
         _, left = await status_of(handle)
         assert not DESTRUCTIVE & set(world.calls), world.calls
         assert "remove_source_snapshot" not in world.calls  # the source's recovery point stays
-        # one writer: the source started only after the target was fenced, and the target
-        # stays fenced (paused, kept whole) while the LB still points at it
+        # one writer: the source started only after the target was fenced; no path could
+        # move back, so no user reached the source: it is stopped again and the target
+        # unfenced (users are served, by one side), and a resume starts over
         assert world.calls.index("fence_target") < world.calls.index("restart_source")
-        assert "unfence_target" not in world.calls
-        assert any("traffic still goes to the fenced target" in line for line in left), left
-        assert any(line.startswith("the target is fenced (paused)") for line in left), left
+        assert world.calls[-2:] == ["quiesce_application", "unfence_target"], world.calls
+        assert any("traffic still goes to the target" in line for line in left), left
+        assert any("the target is kept running" in line for line in left), left
+        assert "the source is not running again" in left, left
         assert any(line.startswith("remove_target_domain: held back") for line in left), left
+        assert left[-1].endswith(
+            "in order: fence_target, restart_source, restore_load_balancer, remove_target_domain,"
+            " detach_target_storage, remove_converted_image, discard_staging, "
+            "remove_source_snapshot"
+        ), left[-1]
         attrs = (await handle.describe()).typed_search_attributes
         assert attrs.get(sa.OUTCOME) == Outcome.FAILED.value
         assert attrs.get(sa.PHASE) == Phase.ROLLBACK_BLOCKED.value
@@ -88,8 +96,13 @@ async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
         await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
         result = await handle.result()
     assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
-    resumed = world.calls[world.calls.index("restore_load_balancer", -8) :]
-    assert resumed.index("restore_load_balancer") < resumed.index("remove_target_domain")
+    resumed = world.calls[world.calls.index("unfence_target") + 1 :]
+    assert resumed[:4] == [
+        "fence_target",
+        "restart_source",
+        "restore_load_balancer",
+        "remove_target_domain",
+    ], resumed
     assert set(resumed) >= DESTRUCTIVE
 
 
@@ -457,3 +470,38 @@ async def test_approval_times_out_after_a_day_by_default_and_status_warns_of_an_
         ]
     assert result.outcome == Outcome.COMPLETED
     assert any(t.start_to_fire_timeout.ToSeconds() == 24 * 3600 for t in timers)
+
+
+async def test_once_a_path_moved_back_the_target_stays_fenced_until_the_other_does(
+    client: Client, tmp_path: Path
+) -> None:
+    """LB and DNS switched; DNS moves back, the LB cannot: users through DNS now write to
+    the source, so the target must take no more writes (fenced, kept whole) while LB users
+    get errors, and the rollback waits for the LB to be fixed. Before the fence, both sides
+    took writes from then on."""
+    key = tmp_path / "tsig.key"
+    key.write_text('key "k" { algorithm hmac-sha256; secret "c2VjcmV0"; };\n')
+    world = World(
+        check_plan={"app_health_check_failure": [False]}, broken={"restore_load_balancer"}
+    )
+    async with running(client, world) as queue:
+        inp = window_input(
+            queue,
+            cutoverSteps=[*SEED["cutoverSteps"], "update_dns"],
+            endpoint={"dns": {"name": "app", "ttl": 30}, "sourceAddress": "10.0.0.1:80"},
+        )
+        dns = Dns(server="127.0.0.1", port=53, zone="apps.test", tsigKeyFile=str(key))
+        inp = inp.model_copy(update={"site": inp.site.model_copy(update={"dns": dns})})
+        handle = await start(client, inp)
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+        undo = world.calls[world.calls.index("fence_target") :]
+        assert undo[:3] == ["fence_target", "restart_source", "restore_dns"], undo
+        assert not {"quiesce_application", "unfence_target", *DESTRUCTIVE} & set(undo), undo
+        assert any("traffic still goes to the fenced target" in line for line in left), left
+        assert any(line.startswith("the target is fenced (paused)") for line in left), left
+        world.broken.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
+    assert "unfence_target" not in world.calls

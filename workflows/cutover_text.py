@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError, FailureError
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from cutover.catalog import Compensation
+    from cutover.catalog import Compensation, Step
     from cutover.config import format_path
     from cutover.errors import ErrorKind
     from cutover.models import (
@@ -102,7 +102,10 @@ def rollback_text(req: RollbackRequest) -> str:
 def next_pass(left: list[tuple[str, str]], compensations: list[str]) -> list[str]:
     """The undos a resumed rollback runs, in order: what was left, with the target fenced
     again before the source starts (a pass that could not start the source unfenced it)."""
-    pending = [c for c, _ in left if c != Compensation.UNFENCE_TARGET]
+    # unfence and a second stop of the source ran for this pass only: never again
+    pending = [
+        c for c, _ in left if c not in (Compensation.UNFENCE_TARGET, Step.QUIESCE_APPLICATION)
+    ]
     fence, restart = Compensation.FENCE_TARGET, Compensation.RESTART_SOURCE
     if fence in compensations and restart in pending:
         at = pending.index(restart)
@@ -129,6 +132,8 @@ def where_left(
         lines.append("traffic: back on the source" if moved else "traffic: on the source")
     if Compensation.RESTART_SOURCE in names:
         lines.append("the source is not running again")
+    if Step.QUIESCE_APPLICATION in names:
+        lines.append("the source runs, and takes no traffic: it did not stop again")
     elif Compensation.RESTART_SOURCE in compensations:
         lines.append("the source runs again")
     to = "the fenced target (paused: users there get errors)" if target_fenced else "the target"

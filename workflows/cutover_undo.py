@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         Compensation,
         FinalizeStep,
         Holds,
+        Step,
         undo_blocked_by,
     )
     from cutover.models import (
@@ -39,6 +40,9 @@ with workflow.unsafe.imports_passed_through():
         StepRecord,
         StepResult,
     )
+
+
+_TRAFFIC_UNDOS = frozenset({Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS})
 
 
 class _Cutover(Protocol):
@@ -66,6 +70,7 @@ class _Cutover(Protocol):
     async def _blocked(self, phase: Phase, left: list[str]) -> bool: ...
     async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]: ...
     async def _unfence(self) -> list[tuple[str, str]]: ...
+    async def _back_to_target(self, left: list[tuple[str, str]]) -> list[tuple[str, str]]: ...
 
 
 class CutoverUndo:
@@ -184,6 +189,7 @@ class CutoverUndo:
         # The same holds for the fence registered above it.
         restarted: bool | None = None
         fence_tried = False
+        moved_back = False
         for comp in pending:
             establishes = UNDO_ESTABLISHES.get(comp)
             if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
@@ -224,6 +230,8 @@ class CutoverUndo:
                         restarted = True
                         if self._down_to is None:
                             self._down_to = workflow.now()
+                    elif comp in _TRAFFIC_UNDOS:
+                        moved_back = True
                     continue
             if establishes is not None:
                 doubt[establishes].add(comp)
@@ -234,7 +242,28 @@ class CutoverUndo:
                     # The source did not start: the target, holding the data, serves again
                     # while the rollback waits (it is fenced again before the next start).
                     left += await self._unfence()
+        if (
+            self._target_fenced
+            and restarted
+            and not moved_back
+            and any(c in _TRAFFIC_UNDOS for c, _ in left)
+        ):
+            left = await self._back_to_target(left)
         return left
+
+    async def _back_to_target(self: _Cutover, left: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """No traffic path moved back, so users write only to the fenced target, and none
+        reached the restarted source: stop the source again and unfence the target, back
+        to where the pass began (a resume starts the source again). Never two live sides:
+        when the source does not stop, the target stays fenced."""
+        try:
+            await self._step(Step.QUIESCE_APPLICATION, "compensation")
+        except ActivityError as err:
+            why = f"failed: {_cause(err)}"
+            self._log(logging.ERROR, "stopping the source again failed", error=why)
+            return [*left, (Step.QUIESCE_APPLICATION, why)]
+        again = (Compensation.RESTART_SOURCE, "stopped again: no traffic could move back to it")
+        return [again, *left, *await self._unfence()]
 
     async def _unfence(self: _Cutover) -> list[tuple[str, str]]:
         """Resume the fenced target; what failed, if it did."""

@@ -7,8 +7,9 @@ Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one
 
 - the source serves while the source VM is powered on in the vSphere simulator (polled),
   from the VM's disk file in the simulator's datastore;
-- the target serves only while the application's libvirt domain runs, from the disk that
-  domain boots (its volume), so a lost or corrupted block shows in what it serves.
+- the target serves only while the application's libvirt domain runs (not paused: a fenced
+  target answers nothing), from the disk that domain boots (its volume), so a lost or
+  corrupted block shows in what it serves.
 
 `GET /health` answers 200 when the side is up, else 503. Any other path (a leading
 `/<application>` segment, as HAProxy forwards it, is ignored) answers JSON
@@ -186,7 +187,8 @@ def _target_refresher(uri: str) -> Any:
                 dom = conn[0].lookupByName(side.app)
                 src = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/source")
                 side.disk = Path(src.get("file", "")) if src is not None else None
-                side.up = bool(dom.isActive())
+                # a paused domain (fenced for a rollback) answers nothing
+                side.up = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
             except libvirt.libvirtError:  # no such domain (or it just went)
                 side.up = False
 
