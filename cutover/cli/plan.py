@@ -1,0 +1,125 @@
+"""`cutover plan`: Wave 0, from an inventory (RVTools export or the live vCenter) and its
+dependencies to waves, runbooks and a report (cutover/plan/)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cutover.cli.common import EXIT_OK, Group, emit
+from cutover.config import load_file
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from cutover.plan.inputs import read_dependencies, read_mapping
+    from cutover.plan.model import PlanPolicy
+    from cutover.plan.planner import make_plan
+    from cutover.plan.render import write_plan
+
+    policy = load_file(PlanPolicy, args.policy) if args.policy else PlanPolicy()
+    flags = {
+        "appAttribute": args.app_attribute,
+        "appPattern": args.app_pattern,
+        "criticalityAttribute": args.criticality_attribute,
+        "environmentAttributes": [args.environment_attribute]
+        if args.environment_attribute
+        else None,
+        "ownerAttribute": args.owner_attribute,
+        "maxWaveApps": args.max_wave_apps,
+        "maxWaveTiB": args.max_wave_tib,
+        "transferMbps": args.transfer_mbps,
+    }
+    try:
+        policy = PlanPolicy.model_validate(
+            policy.model_dump() | {k: v for k, v in flags.items() if v is not None}
+        )
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise ValueError(f"--{'.'.join(str(p) for p in e['loc'])}: {e['msg']}") from None
+    if policy.appPattern is not None:
+        import re
+
+        try:
+            if "app" not in re.compile(policy.appPattern).groupindex:
+                raise ValueError("--app-pattern: the regex needs a named group (?P<app>...)")
+        except re.error as exc:
+            raise ValueError(f"--app-pattern: not a regex ({exc})") from None
+    missing: list[str] = []
+    if args.rvtools:
+        from cutover.plan.rvtools import read_rvtools
+
+        imported = read_rvtools(args.rvtools)
+        inventory, missing = imported.inventory, imported.missingSheets
+    else:
+        from cutover.cli.prepare import _read_inventory
+
+        inventory = _read_inventory(args.site, tags=True)
+    mapping = read_mapping(args.mapping) if args.mapping else None
+    deps = read_dependencies(args.dependencies, inventory)
+    result = make_plan(inventory, deps, policy, mapping, missing)
+    out = Path(args.output)
+    written = write_plan(result, out)
+    p = result.plan
+    text = (
+        f"{len(p.applications)} application(s) in {len(p.waves)} wave(s) "
+        f"({', '.join(w.name for w in p.waves) or 'none'}); {len(p.unplanned)} VM(s) "
+        f"unplanned, {len(p.excluded)} template(s) excluded; "
+        f"{deps.unknownRows} dependency row(s) name servers not in the inventory"
+        + (f"; missing sheets: {', '.join(missing)}" if missing else "")
+        + f"\nwrote {out}/plan.json, report.html, report.md, waves/ and runbooks/"
+    )
+    emit(
+        {
+            "applications": len(p.applications),
+            "waves": [w.name for w in p.waves],
+            "unplanned": len(p.unplanned),
+            "excluded": len(p.excluded),
+            "unknownDependencyRows": deps.unknownRows,
+            "missingSheets": missing,
+            "files": [str(f) for f in written],
+        },
+        args.json,
+        text,
+    )
+    return EXIT_OK
+
+
+def register(cli: Group) -> None:
+    sp = cli.command(
+        "plan",
+        "Wave 0: plan waves, runbooks and a report from an RVTools export or the vCenter.",
+        cmd_plan,
+    )
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--rvtools", metavar="FILE.xlsx", help="an RVTools export (all tabs)")
+    src.add_argument("--site", help="read the inventory from this site config's vCenter")
+    sp.add_argument(
+        "--dependencies",
+        action="append",
+        default=[],
+        metavar="CSV",
+        help="Azure Migrate dependency export or source,destination,port[,kind] CSV (repeatable)",
+    )
+    sp.add_argument(
+        "--mapping", metavar="CSV", help="vm,application[,owner,criticality,environment]"
+    )
+    sp.add_argument(
+        "--app-attribute",
+        metavar="NAME",
+        help="custom attribute or tag category naming the application (app)",
+    )
+    sp.add_argument(
+        "--app-pattern", metavar="REGEX", help="regex over VM names with a named group `app`"
+    )
+    sp.add_argument("--criticality-attribute", metavar="NAME", help="(default criticality)")
+    sp.add_argument(
+        "--environment-attribute", metavar="NAME", help="(default env, then environment)"
+    )
+    sp.add_argument("--owner-attribute", metavar="NAME", help="(default owner)")
+    sp.add_argument("--policy", metavar="FILE", help="planning policy YAML (PlanPolicy)")
+    sp.add_argument("--max-wave-apps", type=int, metavar="N", help="(default 50)")
+    sp.add_argument("--max-wave-tib", type=float, metavar="N", help="(default 20)")
+    sp.add_argument("--transfer-mbps", type=float, metavar="N", help="(default 1000)")
+    sp.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
