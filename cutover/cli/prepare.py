@@ -80,7 +80,11 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 def cmd_concerns(args: argparse.Namespace) -> int:
     from cutover.concerns import evaluate  # a thousand lines of rules: slow to import
 
-    if args.inventory:
+    if args.rvtools:
+        from cutover.plan.rvtools import read_rvtools
+
+        inv = read_rvtools(args.rvtools).inventory
+    elif args.inventory:
         try:
             inv = Inventory.model_validate_json(Path(args.inventory).read_bytes())
         except OSError as exc:
@@ -152,6 +156,7 @@ def register(cli: Group) -> None:
     src = sp.add_mutually_exclusive_group(required=True)
     src.add_argument("--site", help="read the inventory from this site config's vCenter")
     src.add_argument("--inventory", help="an inventory JSON file (`cutover inventory --json`)")
+    src.add_argument("--rvtools", metavar="FILE.xlsx", help="an RVTools export (all tabs)")
     sp.add_argument("--vm", action="append", default=[], help="only this VM (repeatable)")
 
     sp = cli.command("lower-ttl", "Lower an application's DNS TTL ahead of its wave (preparation).",

@@ -208,14 +208,14 @@ def make_plan(
         found, source = _attr(vm, policy.appAttribute), f"attribute '{policy.appAttribute}'"
         if found is None and pattern is not None:
             m = pattern.search(vm.name)
-            if m and m.groupdict().get("found"):
-                found, source = m.group("found"), "--found-pattern"
+            if m and m.groupdict().get("app"):
+                found, source = m.group("app"), "--app-pattern"
         if found is None and vm.name in mapping:
             found, source = mapping[vm.name].application, "the mapping CSV"
         if found is None:
             tried = [f"no custom attribute or tag '{policy.appAttribute}'"]
             if pattern is not None:
-                tried.append("no match of --found-pattern")
+                tried.append("no match of --app-pattern")
             if mapping:
                 tried.append("not in the mapping CSV")
             unplanned[vm.name] = ["no application: " + ", ".join(tried)]

@@ -331,6 +331,10 @@ def read_rvtools(path: str | Path) -> RvToolsImport:
                     rdm=_bool(d.get("Raw")),
                     rdmCompatibilityMode=_text(d.get("Raw Comp. Mode")) or None,
                     uuid=_text(d.get("Disk UUID")) or None,
+                    # No per-disk CBT state in an export: "" (a change id, value unknown)
+                    # where the VM tracks changes, so cbt.disk_disabled, which infers a
+                    # disk's tracking from its change id, does not claim what it cannot see.
+                    changeId="" if _bool(rec.get("CBT")) else None,
                 )
             )
         if not vm_disks and "vDisk" not in sheets:
