@@ -57,13 +57,20 @@ from adapters.libvirt.domain import (
     lease_address,
     plan_nics,
 )
-from adapters.libvirt.storage import ensure_dir_pool, volume_from_image
+from adapters.libvirt.storage import ensure_dir_pool, overlay_volume, volume_from_image
 from adapters.qemu.img import image_info
 from adapters.staging import layout as staging
 from adapters.staging.layout import confined, staging_dir
 from cutover import facts as F
 from cutover.catalog import Compensation, Step
-from cutover.disknames import disk_id, mapping_for, output_name, safe_name, volume_name
+from cutover.disknames import (
+    disk_id,
+    mapping_for,
+    output_name,
+    overlay_name,
+    safe_name,
+    volume_name,
+)
 from cutover.errors import ErrorKind
 from cutover.facts import disk_keys
 from cutover.inventory import VM
@@ -169,8 +176,15 @@ class LibvirtTarget:
                 pool = self._pool(conn, ctx.site, pool_name)
                 vol, method, sent, sparse = volume_from_image(conn, pool, src, vol_name)
                 details[f"method.{key}"] = method
-                facts[F.per_disk(F.TARGET_VOLUME, key)] = vol.path()
-                facts[F.per_disk(F.TARGET_FORMAT, key)] = fmt
+                # The target boots an overlay: the base stays the frozen point in time the
+                # window's consistency check compares with the source, and the overlay
+                # holds exactly what the target wrote (kept on rollback).
+                size = int(image_info(Path(vol.path()), fmt).get("virtual-size", 0))
+                top = overlay_volume(pool, vol, fmt, size, overlay_name(ctx.application, key))
+                facts[F.per_disk(F.TARGET_BASE, key)] = vol.path()
+                facts[F.per_disk(F.TARGET_BASE_FORMAT, key)] = fmt
+                facts[F.per_disk(F.TARGET_VOLUME, key)] = top.path()
+                facts[F.per_disk(F.TARGET_FORMAT, key)] = "qcow2"
                 details[f"bytes.{key}"] = sent
                 details[f"sparse.{key}"] = sparse
                 details[f"pool.{key}"] = pool_name
@@ -186,7 +200,9 @@ class LibvirtTarget:
             {*disk_keys(ctx.facts, F.CONVERTED_PATH), *disk_keys(ctx.facts, F.TARGET_VOLUME),
              *disk_keys(ctx.facts, F.STAGING_PATH)}
         )  # fmt: skip
+        # the overlay first (sorted: ".overlay." < ".target."): it references its base
         names = {volume_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
+        names |= {overlay_name(ctx.application, k) for k in keys}
         # A volume attached under the legacy name (before an upgrade) is removed only when
         # it is the very file this cutover attached: that name may be another application's.
         recorded = {

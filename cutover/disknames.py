@@ -65,3 +65,10 @@ def volume_name(application: str, disk_key: str, fmt: str) -> str:
     re-attach delete by name: they must never reach another application's volume)."""
     app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
     return f"{app}.{key}.target.{fmt}"
+
+
+def overlay_name(application: str, disk_key: str) -> str:
+    """The target's overlay volume: `<app>.<disk>.overlay.qcow2`, on top of the frozen base
+    (`volume_name`): the domain boots it, so it holds exactly what the target wrote."""
+    app, key = safe_name(application, "application"), safe_name(disk_key, "disk key")
+    return f"{app}.{key}.overlay.qcow2"

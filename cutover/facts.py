@@ -35,6 +35,10 @@ CONVERTED_FORMAT = "converted_format."
 #: Per disk: the target volume the domain boots from, and its format.
 TARGET_VOLUME = "target_volume."
 TARGET_FORMAT = "target_format."
+#: Per disk: the frozen base under the volume the domain boots (a qcow2 overlay holding
+#: only what the target wrote), and the base's format. Absent: the domain boots the base.
+TARGET_BASE = "target_base."
+TARGET_BASE_FORMAT = "target_base_format."
 #: Buses chosen for the guest (a guest without virtio drivers gets sata/e1000).
 TARGET_DISK_BUS = "target_disk_bus"
 TARGET_NIC_MODEL = "target_nic_model"

@@ -150,3 +150,19 @@ def libvirtd_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         drop_pools(conn)
         conn.close()
     lv.stop()
+
+
+def guest_write(dom: Any, offset: int, length: int, pattern: int, disk: int = 0) -> None:
+    """Write into a running domain's disk the way its guest would: through QEMU's block
+    layer (HMP `qemu-io` on the virtio device), so the write lands wherever the domain's
+    disk chain puts guest writes (a raw volume, a qcow2 overlay's top)."""
+    import libvirt_qemu
+
+    dev = f"/machine/peripheral/virtio-disk{disk}/virtio-backend"
+    out = libvirt_qemu.qemuMonitorCommand(
+        dom,
+        f'qemu-io -d {dev} "write -P {pattern:#x} {offset} {length}"',
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+    )
+    # HMP answers nothing on success, an error text otherwise
+    assert not out.strip(), f"qemu-io write into {dom.name()}: {out!r}"

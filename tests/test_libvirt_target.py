@@ -16,11 +16,12 @@ from temporalio.exceptions import ApplicationError
 from activities.convert import ConvertActivities
 from activities.libvirt_target import LibvirtTarget
 from adapters.libvirt.connection import open_connection
+from adapters.qemu.img import image_info, overlay_extents
 from cutover.inventory import VM, Disk, Nic
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import Libvirt, NetworkMapping, SiteConfig, StorageMapping
-from tests.libvirt_fixtures import make_raw, make_vmdk
+from tests.libvirt_fixtures import guest_write, make_raw, make_vmdk
 
 SIZE = 8 << 20
 
@@ -236,10 +237,15 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
     storage = LibvirtTarget(pool_root=tmp_path / "pools")
     attached = storage.attach_target_storage_profile(step_input(libvirtd_uri, staging, facts))
     facts |= attached.facts
-    vol = Path(facts["target_volume.web-1-2000"])
+    vol = Path(facts["target_base.web-1-2000"])
     assert vol.parent == tmp_path / "pools" / "cutover-test"
     assert vol.read_bytes() == Path(facts["converted_path.web-1-2000"]).read_bytes()
     assert attached.details["sparse.web-1-2000"] is True
+    # the domain boots an overlay on the frozen base
+    top = Path(facts["target_volume.web-1-2000"])
+    assert top.name == "web.web-1-2000.overlay.qcow2" and top.parent == vol.parent
+    assert facts["target_format.web-1-2000"] == "qcow2"
+    assert image_info(top, "qcow2")["full-backing-filename"] == str(vol)
 
     facts |= storage.validate_guest_tools_and_drivers(
         step_input(libvirtd_uri, staging, facts)
@@ -258,10 +264,17 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
         pid = int(pid_file.read_text())
         os.kill(pid, 0)  # a real QEMU process
         assert not domains.power_on_target(inp).changed  # running: left running
+        # the guest writes: into the overlay, 4 KiB for 4 KiB; the base stays frozen
+        base_before = vol.read_bytes()
+        guest_write(dom, 4 << 20, 4096, 0x4A)
+        guest_write(dom, 6 << 20, 8192, 0x4B)
+        assert vol.read_bytes() == base_before
         # fenced for the source's restart: paused, the QEMU process and its disks kept
         fenced = domains.fence_target(inp)
         assert fenced.changed and fenced.details["paused"] == "web"
         assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+        # paused, QEMU has flushed: the overlay's metadata holds every write, exactly
+        assert overlay_extents(top) == [(4 << 20, 4096), (6 << 20, 8192)]
         os.kill(pid, 0)
         assert not domains.fence_target(inp).changed  # a retry finds it paused
         assert not domains.power_on_target(inp).changed  # active: never a second boot
@@ -280,7 +293,7 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
         os.kill(pid, 0)
 
     detach = storage.detach_target_storage(step_input(libvirtd_uri, staging, facts))
-    assert detach.changed and not vol.exists()
+    assert detach.changed and not vol.exists() and not top.exists()
     assert not storage.detach_target_storage(step_input(libvirtd_uri, staging, facts)).changed
     conv.remove_converted_image(step_input(libvirtd_uri, staging, facts))
     assert sorted(p.name for p in staging.rglob("*") if p.is_file()) == ["web-2000.vmdk"]
@@ -307,14 +320,15 @@ def test_raw_target_takes_no_copy_in_the_downtime(tmp_path: Path, libvirtd_uri: 
         attached = storage.attach_target_storage_profile(
             step_input(libvirtd_uri, staging, facts, fmt="raw")
         )
-        vol = Path(attached.facts["target_volume.web-1-2000"])
+        vol = Path(attached.facts["target_base.web-1-2000"])
+        top = Path(attached.facts["target_volume.web-1-2000"])
         assert attached.details["method.web-1-2000"] == "link"
         assert attached.details["bytes.web-1-2000"] == 0
         assert vol.stat().st_ino == staged.stat().st_ino
         assert vol.read_bytes() == content
         facts |= attached.facts
         assert storage.detach_target_storage(step_input(libvirtd_uri, staging, facts)).changed
-        assert not vol.exists() and staged.read_bytes() == content
+        assert not vol.exists() and not top.exists() and staged.read_bytes() == content
         conv.remove_converted_image(step_input(libvirtd_uri, staging, facts, fmt="raw"))
         assert not Path(converted.facts["converted_path.web-1-2000"]).exists()
     finally:
@@ -343,7 +357,7 @@ def test_one_applications_undo_never_reaches_anothers_volume(
             one = step_input(libvirtd_uri, staging, facts, vm=vm, fmt="raw", application=app)
             facts |= storage.attach_target_storage_profile(one).facts
             inputs[app] = (vm, facts, content)
-        vols = {app: Path(f[f"target_volume.{vm.name}-2000"]) for app, (vm, f, _) in inputs.items()}
+        vols = {app: Path(f[f"target_base.{vm.name}-2000"]) for app, (vm, f, _) in inputs.items()}
         assert vols["web"] != vols["web-db"]
         assert all(vols[app].read_bytes() == inputs[app][2] for app in vols)
         vm, facts, _ = inputs["web"]

@@ -19,6 +19,7 @@ import yaml
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from adapters.qemu.img import guest_extents, read_guest
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import find_vms
 from cutover.lab import vcsim as vcsim_mod
@@ -198,7 +199,10 @@ async def test_shipped_worker_migrates_through_every_real_component(
             dom = conn.lookupByName(app2)
             assert dom.isActive()  # a real QEMU process, booted from the migrated disk
             [disk] = ET.fromstring(dom.XMLDesc(0)).findall("devices/disk/source")
-            assert Path(disk.get("file", "")).read_bytes() == content
+            # it boots an overlay on the frozen base: the guest sees the migrated disk
+            booted = Path(disk.get("file", ""))
+            seen = b"".join(d for _, d in read_guest(guest_extents(booted, "qcow2")))
+            assert seen == content
         finally:
             conn.close()
         assert not (qemu_dir / "apps" / app2).exists()  # no staging debt after finalize

@@ -156,3 +156,32 @@ def volume_from_image(conn: Any, pool: Any, src: Path, name: str) -> tuple[Any, 
     with contextlib.suppress(libvirt.libvirtError):
         pool.refresh(0)
     return vol, method, sent, sparse
+
+
+#: The overlay's qcow2 cluster size (see `overlay_volume`).
+OVERLAY_CLUSTER = 4096
+
+
+def overlay_volume(pool: Any, base: Any, base_format: str, capacity: int, name: str) -> Any:
+    """A qcow2 volume `name` in `pool` on top of `base` (a fresh one: a previous attempt's
+    is replaced; attach runs before the target ever boots it). The base is never written
+    while the overlay exists: it stays the point in time the final sync produced."""
+    old = lookup(pool.storageVolLookupByName, name)
+    if old is not None:
+        old.delete(0)
+    xml = ET.Element("volume")
+    ET.SubElement(xml, "name").text = name
+    ET.SubElement(xml, "capacity", unit="bytes").text = str(capacity)
+    ET.SubElement(xml, "allocation", unit="bytes").text = "0"
+    target = ET.SubElement(xml, "target")
+    ET.SubElement(target, "format", type="qcow2")
+    # 4 KiB clusters: a guest's 4 KiB write allocates 4 KiB, not 64 (copied up from the
+    # base), so the overlay measures what the target wrote and reverse sync moves only that
+    ET.SubElement(target, "clusterSize", unit="B").text = str(OVERLAY_CLUSTER)
+    backing = ET.SubElement(xml, "backingStore")
+    ET.SubElement(backing, "path").text = base.path()
+    ET.SubElement(backing, "format", type=base_format)
+    vol = pool.createXML(ET.tostring(xml, encoding="unicode"), 0)
+    with contextlib.suppress(libvirt.libvirtError):
+        pool.refresh(0)
+    return vol

@@ -29,7 +29,7 @@ import re
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -65,6 +65,96 @@ def image_info(path: Path, fmt: str | None = None) -> dict[str, Any]:
         raise error(ErrorKind.NOT_FOUND, f"qemu-img info {path}: {done.stderr.strip()}")
     info: dict[str, Any] = json.loads(done.stdout)
     return info
+
+
+def overlay_extents(overlay: Path) -> list[tuple[int, int]]:
+    """The guest ranges a qcow2 overlay holds itself (not read through to its backing
+    file): what the guest wrote since the overlay was made, as sorted `(offset, length)`.
+    Reads the metadata shared (`-U`): a running domain holds the image; call it with the
+    domain paused or stopped for a final answer."""
+    done = subprocess.run(
+        [tool("qemu-img"), "map", "-U", "--output=json", "-f", "qcow2", str(overlay)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise error(ErrorKind.NOT_FOUND, f"qemu-img map {overlay}: {done.stderr.strip()}")
+    out: list[tuple[int, int]] = []
+    for ext in json.loads(done.stdout):
+        # depth 0: this image's own clusters; `data` false there is a zeroed range the
+        # guest wrote too (a discard or write-zeroes), which must be carried as well
+        if ext.get("depth") == 0 and (ext.get("data") or ext.get("zero")):
+            start, length = int(ext["start"]), int(ext["length"])
+            if out and out[-1][0] + out[-1][1] == start:
+                out[-1] = (out[-1][0], out[-1][1] + length)
+            else:
+                out.append((start, length))
+    return out
+
+
+@dataclass(frozen=True)
+class GuestExtent:
+    """A range of the guest's disk and where its bytes are: `file` at `file_offset`, or
+    zeros (`file` None)."""
+
+    start: int
+    length: int
+    depth: int
+    file: Path | None
+    file_offset: int
+
+
+def guest_extents(path: Path, fmt: str) -> list[GuestExtent]:
+    """Where every byte of the guest's view of `path` (an image and its backing chain) is,
+    read shared (`-U`: a running domain may hold it): `qemu-img map` gives each range's
+    depth in the chain and its offset in that layer's file."""
+    chain = subprocess.run(
+        [tool("qemu-img"), "info", "-U", "--backing-chain", "--output=json", "-f", fmt,
+         str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    mapped = subprocess.run(
+        [tool("qemu-img"), "map", "-U", "--output=json", "-f", fmt, str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    for done in (chain, mapped):
+        if done.returncode != 0:
+            raise error(ErrorKind.NOT_FOUND, f"qemu-img on {path}: {done.stderr.strip()}")
+    layers = [Path(i["filename"]) for i in json.loads(chain.stdout)]
+    out: list[GuestExtent] = []
+    for ext in json.loads(mapped.stdout):
+        depth = int(ext.get("depth", 0))
+        if ext.get("data") and "offset" in ext:
+            out.append(GuestExtent(int(ext["start"]), int(ext["length"]), depth,
+                                   layers[depth], int(ext["offset"])))  # fmt: skip
+        elif ext.get("data"):
+            # compressed or encrypted clusters have no plain offset: not made by a guest
+            raise error(ErrorKind.VERIFICATION_FAILED, f"{path}: cannot read range {ext}")
+        else:
+            out.append(GuestExtent(int(ext["start"]), int(ext["length"]), depth, None, 0))
+    return out
+
+
+def read_guest(extents: list[GuestExtent], chunk: int = 4 << 20) -> Iterator[tuple[int, bytes]]:
+    """The bytes of `extents`, in chunks of at most `chunk`: `(guest offset, data)`."""
+    handles: dict[Path, IO[bytes]] = {}
+    try:
+        for ext in extents:
+            done = 0
+            while done < ext.length:
+                n = min(chunk, ext.length - done)
+                if ext.file is None:
+                    data = bytes(n)
+                else:
+                    f = handles.get(ext.file)
+                    if f is None:
+                        f = handles[ext.file] = ext.file.open("rb")
+                    f.seek(ext.file_offset + done)
+                    data = f.read(n).ljust(n, b"\0")  # a raw file shorter than the disk
+                yield ext.start + done, data
+                done += n
+    finally:
+        for f in handles.values():
+            f.close()
 
 
 def check_qcow2(path: Path, what: Path | None = None) -> None:
