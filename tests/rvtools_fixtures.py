@@ -152,6 +152,8 @@ class GenVM:
     host: str = "esx-01.example.com"
     datacenter: str = "dc-01"
     moref: str = ""
+    #: more custom attributes (written when `export` is asked for their columns)
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _cols(text: str) -> list[str]:
@@ -307,6 +309,7 @@ def export(
             "VM UUID": "5010" + uuid[4:],
             "VI SDK Server": "vcenter.example.com",
         }
+        base.update(v.extra)
         vinfo.append([base.get(c) for c in _VINFO_HEAD + list(attributes) + _VINFO_TAIL])
         for k, d in enumerate(v.disks):
             row: dict[str, Cell] = {

@@ -38,3 +38,21 @@ def test_plan_from_the_live_vcenter_places_every_vm(
     s = site(vcenter=vcenter)
     for w in plan["waves"]:
         assert load_wave(out / "waves" / f"{w['name']}.yaml", s, "site.yaml").apps
+
+
+def test_exit_report_from_the_live_vcenter_lists_the_vms_not_migrated(
+    vcsim: Vcsim,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vcenter = {"host": vcsim.host, "port": vcsim.port, "user": vcsim.user,
+               "passwordRef": {"env": "CUTOVER_TEST_VC_PASSWORD"},
+               "caFile": str(vcsim.ca_file), "datacenter": "DC0"}  # fmt: skip
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump({"name": "exit", "vcenter": vcenter}))
+    monkeypatch.setenv("CUTOVER_TEST_VC_PASSWORD", vcsim.password)
+    capsys.readouterr()
+    assert main(["exit-report", "--site", str(tmp_path / "site.yaml"), "--json"]) == 1
+    r = json.loads(capsys.readouterr().out)
+    # the session simulator is shared: other tests may have marked some VMs migrated
+    assert r["verdict"] == "NOT_READY" and len(r["notMigrated"]) + r["migrated"] == 6

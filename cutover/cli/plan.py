@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cutover.cli.common import EXIT_OK, Group, emit
+from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group, emit
 from cutover.config import load_file
 
 
@@ -86,6 +86,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_exit_report(args: argparse.Namespace) -> int:
+    from cutover.plan.exit import exit_report, exit_text, read_declared
+
+    if args.rvtools:
+        from cutover.plan.rvtools import read_rvtools
+
+        inventory = read_rvtools(args.rvtools).inventory
+    else:
+        from cutover.cli.prepare import _read_inventory
+
+        inventory = _read_inventory(args.site, tags=False)
+    report = exit_report(inventory, read_declared(args.declared) if args.declared else [])
+    emit(report, args.json, exit_text(report))
+    return EXIT_OK if report.verdict == "READY" else EXIT_FAILED
+
+
 def register(cli: Group) -> None:
     sp = cli.command(
         "plan",
@@ -123,3 +139,18 @@ def register(cli: Group) -> None:
     sp.add_argument("--max-wave-tib", type=float, metavar="N", help="(default 20)")
     sp.add_argument("--transfer-mbps", type=float, metavar="N", help="(default 1000)")
     sp.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+
+    sp = cli.command(
+        "exit-report",
+        "What still depends on vCenter (VMs, running sources, templates, datastores, declared "
+        "systems), with a verdict; exit 1 unless READY.",
+        cmd_exit_report,
+    )
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--site", help="read the inventory from this site config's vCenter")
+    src.add_argument("--rvtools", metavar="FILE.xlsx", help="an RVTools export (all tabs)")
+    sp.add_argument(
+        "--declared",
+        metavar="CSV",
+        help="VMware-bound systems: name,kind[,status[,note]] (status active or retired)",
+    )
