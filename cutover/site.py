@@ -79,6 +79,15 @@ class SecretRef(_Model):
         return Path(self.file).read_text(encoding="utf-8").strip()
 
 
+class Vddk(_Model):
+    """VMware's Virtual Disk Development Kit, for nbdkit's vddk plugin (not shipped)."""
+
+    #: Where the operator unpacked VDDK (`lib64/libvixDiskLib.so.*` under it).
+    libdir: NonEmpty
+    #: The SHA-1 thumbprint of the vCenter/ESXi certificate, as nbdkit-vddk needs it.
+    thumbprint: NonEmpty
+
+
 class VCenter(_Model):
     host: NonEmpty
     port: Port = 443
@@ -88,10 +97,22 @@ class VCenter(_Model):
     #: Labs only: skip TLS verification. Production verifies against `caFile` or the system.
     insecure: StrictBool = False
     caFile: NonEmpty | None = None
+    #: Reverse sync writes the target's writes into the source's disks. vCenter's HTTP
+    #: datastore access only replaces whole files; ranges are written through a datastore
+    #: mounted on the worker (e.g. NFS: datastore name -> local directory) ...
+    datastoreMounts: dict[NonEmpty, NonEmpty] = Field(default_factory=dict)
+    #: ... or through VMware's VDDK (supplied by the operator) behind nbdkit's vddk plugin.
+    vddk: Vddk | None = None
+
+
+#: The libvirt domain type of target domains: `auto` is kvm where the host offers it, else
+#: qemu (TCG). `qemu` where KVM cannot run the guests (the lab: kernels hang under nested KVM).
+DomainType = Literal["auto", "kvm", "qemu"]
 
 
 class Libvirt(_Model):
     uri: NonEmpty = "qemu:///system"
+    domainType: DomainType = "auto"
 
 
 # ---------------------------------------------------------------- registries
@@ -124,6 +145,8 @@ class LibvirtPlatform(_Model):
     #: Default: the site's `libvirt.uri`. Each binding may name its own endpoint: the
     #: libvirt activities connect to the URI the runbook's platform is bound to.
     uri: NonEmpty | None = None
+    #: Default: the site's `libvirt.domainType`.
+    domainType: DomainType | None = None
 
 
 #: How the site reaches a target platform. `type` is required: no adapter is implied.
@@ -363,7 +386,7 @@ class SiteConfig(_Model):
         bound = self.targetPlatforms or {}
         binding = next((b for p, b in bound.items() if p == platform), LibvirtPlatform())
         if binding.uri is None and self.libvirt is not None:
-            return LibvirtPlatform(type=binding.type, uri=self.libvirt.uri)
+            return binding.model_copy(update={"uri": self.libvirt.uri})
         return binding
 
     def platform_problem(self, platform: str) -> str | None:

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # the `playwright` package of the dev extra; never `playwright install`).
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
   bind9-utils prometheus qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu
-  libvirt-clients chromium)
+  libvirt-clients chromium linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools systemd-boot-efi ovmf)
 
 source scripts/lib.sh
 ensure_apt setup "${APT_PACKAGES[@]}"

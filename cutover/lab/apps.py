@@ -13,7 +13,9 @@ Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one
 
 `GET /health` answers 200 when the side is up, else 503. Any other path (a leading
 `/<application>` segment, as HAProxy forwards it, is ignored) answers JSON
-`{"application", "side", "sha256", "bytes"}`: the served disk's digest, cached by the file's
+`{"application", "side", "sha256", "bytes", "journal"}`: the served disk file's digest, and
+what the guest wrote on the disk as the guest sees it (through a qcow2 overlay's backing
+chain; `cutover.lab.guest`): `{"records", "boots", "last"}`, both cached by the file's
 identity and mtime. Knobs (`<lab>/knobs.json`, re-read when it changes), per application
 and side: `latencyMs` (every answer waits), `failing` (500 on data requests) and
 `unhealthy` (503 on /health), so rollback can be shown.
@@ -34,8 +36,10 @@ from typing import Any
 
 import libvirt
 
+from adapters.qemu.img import guest_extents, read_guest
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import find_vms
+from cutover.lab.guest import GuestError, journal_summary, read_journal
 from cutover.site import load_site
 
 MiB = 1 << 20
@@ -47,6 +51,8 @@ class Side:
     side: str  # source | target
     address: str
     disk: Path | None = None
+    #: the disk's image format (raw, or the qcow2 overlay a target domain boots)
+    fmt: str = "raw"
     up: bool = False
     #: asks the world on demand (targets); sources are polled by a watcher thread
     refresh: Any = None
@@ -83,6 +89,7 @@ class Knobs:
 
 
 _digests: dict[tuple[int, int, int, int], str] = {}
+_sizes: dict[tuple[int, int, int, int], int] = {}
 _digest_lock = threading.Lock()
 
 
@@ -93,10 +100,34 @@ def disk_digest(path: Path) -> tuple[str, int]:
         if key not in _digests:
             h = hashlib.sha256()
             with path.open("rb") as f:
-                while chunk := f.read(16 * MiB):
+                qcow2 = f.read(4) == b"QFI\xfb"
+                f.seek(0)
+                while not qcow2 and (chunk := f.read(16 * MiB)):
                     h.update(chunk)
+            if qcow2:  # an overlay on its base: what the guest sees, not the file's bytes
+                extents = guest_extents(path, "qcow2")
+                for _, data in read_guest(extents, 16 * MiB):
+                    h.update(data)
+                _sizes[key] = sum(e.length for e in extents)
             _digests[key] = h.hexdigest()
-        return _digests[key], st.st_size
+        return _digests[key], _sizes.get(key, st.st_size)
+
+
+_journals: dict[tuple[int, int, int, int, str], dict[str, Any]] = {}
+_journal_lock = threading.Lock()
+
+
+def disk_journal(path: Path, fmt: str) -> dict[str, Any]:
+    """What the guest wrote on the disk (its journal), cached by the file's identity and
+    mtime (a running guest's write changes the mtime of the file it writes into)."""
+    st = path.stat()
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, fmt)
+    with _journal_lock:
+        if key not in _journals:
+            if len(_journals) > 64:
+                _journals.clear()
+            _journals[key] = journal_summary(read_journal(path, fmt))
+        return _journals[key]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -122,10 +153,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             digest, size = disk_digest(s.disk)
-        except OSError as exc:
+            journal = disk_journal(s.disk, s.fmt)
+        except (OSError, GuestError) as exc:
             self._send(503, {"application": s.app, "side": s.side, "error": str(exc)})
             return
-        self._send(200, {"application": s.app, "side": s.side, "sha256": digest, "bytes": size})
+        self._send(200, {"application": s.app, "side": s.side, "sha256": digest, "bytes": size,
+                         "journal": journal})  # fmt: skip
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         if status >= 500 and not self.path.endswith("/health"):
@@ -185,8 +218,11 @@ def _target_refresher(uri: str) -> Any:
                 if not conn or not conn[0].isAlive():
                     conn[:] = [libvirt.open(uri)]
                 dom = conn[0].lookupByName(side.app)
-                src = ET.fromstring(dom.XMLDesc(0)).find("devices/disk/source")
+                disk = ET.fromstring(dom.XMLDesc(0)).find("devices/disk")
+                src = disk.find("source") if disk is not None else None
+                driver = disk.find("driver") if disk is not None else None
                 side.disk = Path(src.get("file", "")) if src is not None else None
+                side.fmt = driver.get("type", "raw") if driver is not None else "raw"
                 # a paused domain (fenced for a rollback) answers nothing
                 side.up = dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
             except libvirt.libvirtError:  # no such domain (or it just went)

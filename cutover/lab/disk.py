@@ -2,10 +2,12 @@
 
 A VM of our simulator has `[LocalDS_0] <vm>/disk1.vmdk`; its data lives in
 `<datastore>/<vm>/disk1-flat.vmdk` and its change tracking in `disk1-ctk.json` (format in
-`cutover.lab.vcsim`). `seed` writes a sparse disk there: an MBR (one Linux partition, so the
-target's boot-sector check passes; boot code that halts the CPU) and a data block every
-`stride` bytes; `write` changes blocks the way a running application would (data and
-change tracking together).
+`cutover.lab.vcsim`). `seed` writes a sparse disk there that boots the lab's guest
+(`cutover.lab.guest`: a real kernel whose init writes a journal to the disk while it runs):
+an MBR (a boot partition and a Linux partition, so the target's boot-sector check passes),
+the FAT boot partition, an empty journal, and a data block every `stride` bytes from
+`DATA_OFFSET` (after the journal); `write` changes blocks the way a running application
+would (data and change tracking together).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import os
 import sys
 from pathlib import Path
 
+from cutover.lab import guest
 from cutover.lab.vcsim import BLOCK_SIZE, record_writes
 
 MiB = 1 << 20
+#: the first data block: after the guest's boot partition and journal
+DATA_OFFSET = guest.DATA_OFFSET
 
 
 def paths(datastore: Path, vm: str) -> tuple[Path, Path]:
@@ -28,19 +33,14 @@ def seed(datastore: Path, vm: str, size: int = 64 * MiB, stride: int = 4 * MiB) 
     """A fresh disk for `vm`; returns its SHA-256."""
     flat, ctk = paths(datastore, vm)
     ctk.unlink(missing_ok=True)
-    mbr = bytearray(512)
-    # boot code that halts (cli; hlt; jmp back): a target booting this disk idles, it does
-    # not spin a host core executing zeros
-    mbr[0:4] = b"\xfa\xf4\xeb\xfd"
-    mbr[446 + 4] = 0x83
-    mbr[510:512] = b"\x55\xaa"
     with flat.open("wb") as f:
         f.truncate(size)
-        f.write(mbr)
-        for off in range(MiB, size, stride):
+    blocks = set(guest.install(flat, block=BLOCK_SIZE))
+    with flat.open("r+b") as f:
+        for off in range(DATA_OFFSET, size, stride):
             f.seek(off)
             f.write(f"{vm} block at {off}\n".encode().ljust(BLOCK_SIZE, b"."))
-    blocks = {0} | {off // BLOCK_SIZE for off in range(MiB, size, stride)}
+    blocks |= {off // BLOCK_SIZE for off in range(DATA_OFFSET, size, stride)}
     record_writes(ctk, sorted(blocks), capacity=size)
     return digest(flat)
 

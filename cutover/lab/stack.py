@@ -4,9 +4,11 @@
 
 - the embedded Temporal server (durable SQLite `<lab>/temporal.db`, Web UI, our search
   attributes) on 127.0.0.1:7233 / :8233;
-- our vSphere simulator on :18443, one VM per application (`DC0_C0_H0_VM<i>`) whose disk is
-  a real file in its datastore with data the lab can check (`cutover.lab.disk`);
-- a private libvirtd (+ virtlogd) with the QEMU driver (KVM where /dev/kvm works, else TCG);
+- our vSphere simulator on :18443, one VM per application (`DC0_C0_H0_VM<i>`, given the
+  memory the guest needs) whose disk is a real file in its datastore with data the lab can
+  check and a guest that boots (`cutover.lab.disk`, `cutover.lab.guest`);
+- a private libvirtd (+ virtlogd) with the QEMU driver; the site asks for domain type
+  `qemu` (TCG): the guest's kernel hangs under this machine's nested KVM;
 - BIND authoritative for `lab.test.` on :15353, taking TSIG-signed updates; one A record
   per application (`<app>.lab.test.` -> its source, TTL 30: already lowered for the wave);
 - HAProxy with one frontend on :18100 routing `/<app>/...` to the application's backend
@@ -254,7 +256,8 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
             "caFile": state["caFile"],
             "datacenter": "DC0",
         },
-        "libvirt": {"uri": state["libvirtUri"]},
+        # TCG: the guest's kernel hangs under nested KVM (LAB.md)
+        "libvirt": {"uri": state["libvirtUri"], "domainType": "qemu"},
         "storageMappings": [
             {"sourceDatastore": "LocalDS_0", "targetPool": "cutover-lab", "format": "raw"}
         ],
@@ -309,6 +312,27 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
             },
         },
     }
+
+
+def _guest_memory(site_file: Path, vms: list[str]) -> None:
+    """The simulator's VMs have 32 MiB; the guest's kernel needs more (the target domain
+    gets the source VM's memory)."""
+    from pyVim.task import WaitForTask
+    from pyVmomi import vim
+
+    from adapters.vsphere.client import ClientPool
+    from adapters.vsphere.inventory import find_vms
+    from cutover.lab.guest import MIN_MEMORY_MIB
+    from cutover.site import load_site
+
+    site = load_site(site_file)
+    assert site.vcenter is not None
+    pool = ClientPool()
+    try:
+        for vm in find_vms(pool.get(site.vcenter), vms):
+            WaitForTask(vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(memoryMB=MIN_MEMORY_MIB)))
+    finally:
+        pool.close()
 
 
 def runbook(app: App, wave: str = "lab-1", window_minutes: float = 0.5) -> dict[str, Any]:
@@ -451,6 +475,7 @@ def _start_all(
     site_file = LAB / "site.yaml"
     state["site"] = str(site_file)
     site_file.write_text(yaml.safe_dump(site_config(state), sort_keys=False))
+    _guest_memory(site_file, [app.vm for app in apps])
     rdir = LAB / "runbooks"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
