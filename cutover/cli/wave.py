@@ -22,6 +22,7 @@ from cutover import search_attributes as sa
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.models import ApprovalRequest
+from cutover.plan.gate import WaveFigures, promotion_gate
 from cutover.site import load_site
 from cutover.temporal import connect, identity
 from cutover.wave import (
@@ -34,6 +35,9 @@ from cutover.wave import (
     load_wave,
     workflow_id_for_wave,
 )
+
+#: How many finished waves of a task queue the promotion gate reads (newest first).
+GATE_LOOKBACK = 50
 
 
 def load_input(args: argparse.Namespace, window: timedelta | None = None) -> WaveInput:
@@ -75,8 +79,10 @@ async def cmd_wave_run(args: argparse.Namespace) -> int:
 
     inp = load_input(args)
     reasons = remigrate_reasons(args.remigrate, [a.application for a in inp.apps])
+    override = check_reason(args.override_gate, "--override-gate")
     client = await connect(wait_seconds=3)
     inp = await _refuse_migrated(client, inp, reasons)
+    memo = await promotion_gate_memo(client, inp, override)
     wf_id = workflow_id_for_wave(inp.name)
     try:
         handle = await client.start_workflow(
@@ -87,6 +93,7 @@ async def cmd_wave_run(args: argparse.Namespace) -> int:
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             static_summary=f"Wave {inp.name}: {len(inp.apps)} application(s)",
+            memo=memo,
         )
     except WorkflowAlreadyStartedError:
         raise Failed(f"wave {inp.name} is already running (workflow {wf_id})") from None
@@ -97,6 +104,48 @@ async def cmd_wave_run(args: argparse.Namespace) -> int:
     result = await handle.result()
     emit(result, args.json, result_text(result))
     return EXIT_OK if result.outcome.value == "COMPLETED" else EXIT_FAILED
+
+
+async def _finished_waves(client: Client, queue: str) -> list[WaveFigures]:
+    """The figures of the waves that finished on this task queue (the same site), newest
+    first, from their workflows' results."""
+    quoted = queue.replace("\\", "\\\\").replace('"', '\\"')
+    query = f'WorkflowType = "Wave" AND ExecutionStatus = "Completed" AND TaskQueue = "{quoted}"'
+    out: list[WaveFigures] = []
+    async for wf in client.list_workflows(query, limit=GATE_LOOKBACK):
+        handle = client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=WaveResult)
+        result = await handle.result()
+        out.append(
+            WaveFigures(
+                wave=result.wave,
+                workflowId=wf.id,
+                endedAt=wf.close_time or result.endedAt or wf.start_time,
+                changeFailureRate=result.changeFailureRate,
+                mttrSeconds=result.mttrSeconds,
+            )
+        )
+    return out
+
+
+async def promotion_gate_memo(
+    client: Client, inp: WaveInput, override: str | None
+) -> dict[str, Any]:
+    """The promotion gate (cutover/plan/gate.py) before a wave starts: refuses when the
+    predecessors' change failure rate and MTTR did not both go down, unless overridden;
+    what it judged (and any override) becomes the wave's memo, kept in its history."""
+    verdict = promotion_gate(await _finished_waves(client, inp.site.taskQueue), inp.name)
+    if not verdict.passed and override is None:
+        raise Failed(
+            f"refused: wave {inp.name}: promotion gate: {verdict.figures}; do not scale the "
+            "migration until both go down, or start it anyway with --override-gate REASON "
+            "(recorded in the wave's history)"
+        )
+    gate: dict[str, Any] = {"passed": verdict.passed, "figures": verdict.figures}
+    if override is not None:
+        gate |= {"override": override, "overriddenBy": identity()}
+        if not verdict.passed:
+            print(f"promotion gate overridden: {verdict.figures}", file=sys.stderr)
+    return {"promotionGate": gate}
 
 
 def remigrate_reasons(flags: list[str] | None, apps: list[str]) -> dict[str, str]:
@@ -330,6 +379,12 @@ def register(cli: Group) -> None:
         metavar="APP=REASON",
         help="cut over APP although it was already migrated (its last cutover completed, or "
         "its source is marked migrated); the reason is recorded (repeatable)",
+    )
+    sp.add_argument(
+        "--override-gate",
+        metavar="REASON",
+        help="start although the promotion gate refuses (the last two finished waves' change "
+        "failure rate and MTTR did not both go down); the reason is recorded in the wave's memo",
     )
     sp = wave.command(
         "approve", "Approve a wave waiting for approval before its first cutover.", cmd_wave_update
