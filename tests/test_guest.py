@@ -208,6 +208,8 @@ def test_guest_writes_into_a_qcow2_overlay_and_leaves_its_base_frozen(
         assert served["journal"]["records"] >= len(records)
         assert served["journal"]["last"]["boot"] == 1 and side.fmt == "qcow2"
         assert side.disk == top
+        # the data it serves is the source's: the guest wrote nothing but its journal
+        assert served["dataSha256"] == guest.data_digest(base, "raw") == frozen
         # a second boot of the same disk goes on from the journal it finds
         dom.destroy()
         before = read_journal(top, "qcow2")

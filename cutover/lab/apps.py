@@ -13,12 +13,14 @@ Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one
 
 `GET /health` answers 200 when the side is up, else 503. Any other path (a leading
 `/<application>` segment, as HAProxy forwards it, is ignored) answers JSON
-`{"application", "side", "sha256", "bytes", "journal"}`: the served disk file's digest, and
-what the guest wrote on the disk as the guest sees it (through a qcow2 overlay's backing
-chain; `cutover.lab.guest`): `{"records", "boots", "last"}`, both cached by the file's
-identity and mtime. Knobs (`<lab>/knobs.json`, re-read when it changes), per application
-and side: `latencyMs` (every answer waits), `failing` (500 on data requests) and
-`unhealthy` (503 on /health), so rollback can be shown.
+`{"application", "side", "sha256", "bytes", "journal", "dataSha256"}`: the served disk
+file's digest and size; the disk as the guest sees it (through a qcow2 overlay's backing
+chain; `cutover.lab.guest`): what the guest wrote, `journal: {"records", "boots", "last"}`,
+and `dataSha256`, the digest of everything but the journal region (a target that only
+journaled serves the source's); all cached by the file's identity and mtime. Knobs
+(`<lab>/knobs.json`, re-read when it changes), per application and side: `latencyMs` (every
+answer waits), `failing` (500 on data requests) and `unhealthy` (503 on /health), so
+rollback can be shown.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import libvirt
 from adapters.qemu.img import guest_extents, read_guest
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import find_vms
-from cutover.lab.guest import GuestError, journal_summary, read_journal
+from cutover.lab.guest import GuestError, data_digest, journal_summary, read_journal
 from cutover.site import load_site
 
 MiB = 1 << 20
@@ -113,21 +115,25 @@ def disk_digest(path: Path) -> tuple[str, int]:
         return _digests[key], _sizes.get(key, st.st_size)
 
 
-_journals: dict[tuple[int, int, int, int, str], dict[str, Any]] = {}
-_journal_lock = threading.Lock()
+_views: dict[tuple[int, int, int, int, str], dict[str, Any]] = {}
+_view_lock = threading.Lock()
 
 
-def disk_journal(path: Path, fmt: str) -> dict[str, Any]:
-    """What the guest wrote on the disk (its journal), cached by the file's identity and
-    mtime (a running guest's write changes the mtime of the file it writes into)."""
+def guest_view(path: Path, fmt: str) -> dict[str, Any]:
+    """What the guest sees on the disk (through a qcow2 overlay's backing chain): its
+    journal and the digest of everything else, cached by the file's identity and mtime (a
+    running guest's write changes the mtime of the file it writes into)."""
     st = path.stat()
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, fmt)
-    with _journal_lock:
-        if key not in _journals:
-            if len(_journals) > 64:
-                _journals.clear()
-            _journals[key] = journal_summary(read_journal(path, fmt))
-        return _journals[key]
+    with _view_lock:
+        if key not in _views:
+            if len(_views) > 64:  # a running target makes a new key every few seconds
+                _views.clear()
+            _views[key] = {
+                "journal": journal_summary(read_journal(path, fmt)),
+                "dataSha256": data_digest(path, fmt),
+            }
+        return _views[key]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -153,12 +159,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         try:
             digest, size = disk_digest(s.disk)
-            journal = disk_journal(s.disk, s.fmt)
+            view = guest_view(s.disk, s.fmt)
         except (OSError, GuestError) as exc:
             self._send(503, {"application": s.app, "side": s.side, "error": str(exc)})
             return
         self._send(200, {"application": s.app, "side": s.side, "sha256": digest, "bytes": size,
-                         "journal": journal})  # fmt: skip
+                         **view})  # fmt: skip
 
     def _send(self, status: int, body: dict[str, Any]) -> None:
         if status >= 500 and not self.path.endswith("/health"):

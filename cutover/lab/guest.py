@@ -419,6 +419,36 @@ def read_journal(path: Path, fmt: str) -> list[JournalRecord]:
     return parse_journal(data)
 
 
+def data_digest(path: Path, fmt: str) -> str:
+    """SHA-256 of the disk as its guest sees it (through a qcow2 overlay's backing chain),
+    the journal region read as zeros: equal for two disks that hold the same data whatever
+    their guests journaled (a fresh source's journal is zeros). Works while QEMU holds it."""
+    with tempfile.TemporaryDirectory(prefix="cutover-view-") as tmp:
+        view = path
+        if fmt != "raw":
+            view = Path(tmp) / "view.raw"
+            done = subprocess.run(
+                [qemu_tool("qemu-img"), "convert", "-U", "-f", fmt, "-O", "raw", str(path),
+                 str(view)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise GuestError(f"cannot read {path}: {done.stderr.strip()}")
+        h = hashlib.sha256()
+        with view.open("rb") as f:
+            pos = 0
+            while chunk := f.read(4 * MiB):
+                lo, hi = (
+                    max(JOURNAL_OFFSET - pos, 0),
+                    min(JOURNAL_OFFSET + JOURNAL_SIZE - pos, len(chunk)),
+                )
+                if lo < hi:
+                    chunk = chunk[:lo] + bytes(hi - lo) + chunk[hi:]
+                h.update(chunk)
+                pos += len(chunk)
+        return h.hexdigest()
+
+
 def parse_journal(data: bytes) -> list[JournalRecord]:
     records = []
     for slot in range(0, len(data), RECORD_SIZE):
