@@ -352,3 +352,44 @@ def test_concerns_reads_an_rvtools_export(
     found = json.loads(capsys.readouterr().out)
     assert [c["id"] for c in found["rdm-1"] if c["severity"] == "critical"] == ["disk.rdm"]
     assert [c for c in found["ok-1"] if c["severity"] != "info"] == []
+
+
+def test_the_report_lists_application_dependencies_with_ports_and_databases(
+    tmp_path: Path,
+) -> None:
+    vms = [GenVM("web-1", "web", env="dev"), GenVM("web-2", "web", env="dev"),
+           GenVM("db-1", "db", env="dev")]  # fmt: skip
+    deps: list[tuple[str, str, int, str | None]] = [
+        ("web-1", "db-1", 5432, None), ("web-2", "db-1", 5432, None), ("web-1", "db-1", 9100, None)
+    ]  # fmt: skip
+    result = plan_of(tmp_path, vms, deps)
+    write_plan(result, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| web | db | 3 | 5432, 9100 | postgres |" in md
+    assert (
+        "<td>web</td><td>db</td><td>3</td><td>5432, 9100</td><td>postgres</td>"
+        in (tmp_path / "out" / "report.html").read_text()
+    )
+
+
+def test_a_policy_file_and_flags_shape_the_plan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    vms = [GenVM(f"vm-{i}", f"app-{i}", env="prod", criticality="medium") for i in range(4)]
+    xlsx = export(vms, tmp_path / "rv.xlsx")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("maxWaveApps: 3\napprovers: [cab]\nwaveConcurrency: 2\n")
+    out = tmp_path / "out"
+    argv = ["plan", "--rvtools", str(xlsx), "--policy", str(policy), "-o", str(out)]
+    assert main([*argv, "--max-wave-apps", "2"]) == 0  # the flag wins over the file
+    plan = json.loads((out / "plan.json").read_text())
+    assert [len(w["applications"]) for w in plan["waves"]] == [2, 2]
+    wave = yaml.safe_load((out / "waves" / "2-1.yaml").read_text())
+    assert wave["approval"] == {"required": True, "approvers": ["cab"]}
+    assert wave["concurrency"] == 2
+    policy.write_text("maxWaveApps: 0\n")
+    assert main(argv) == 2
+    assert "maxWaveApps" in capsys.readouterr().err
+    assert main(["plan", "--rvtools", str(xlsx), "--app-pattern", "vm-(\\d+)", "-o",
+                 str(out)]) == 2  # fmt: skip
+    assert "named group (?P<app>...)" in capsys.readouterr().err

@@ -157,6 +157,8 @@ class AppFacts(_M):
     #: application this one connects to -> observed connections, and their ports
     calls: dict[str, int] = Field(default_factory=dict)
     callPorts: dict[str, list[int]] = Field(default_factory=dict)
+    #: the database engines recognised on those connections (by port or process)
+    callDatabases: dict[str, list[str]] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
 
 

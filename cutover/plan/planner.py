@@ -234,6 +234,7 @@ def make_plan(
     licensed_on: dict[str, set[str]] = defaultdict(set)
     calls: dict[str, Counter[str]] = defaultdict(Counter)
     ports: dict[tuple[str, str], set[int]] = defaultdict(set)
+    dbs: dict[tuple[str, str], set[str]] = defaultdict(set)
     for e in dependencies.edges:
         db = _db_of(e.port, e.kind)
         if db is not None:
@@ -245,6 +246,8 @@ def make_plan(
             calls[src][dst] += 1
             if e.port is not None:
                 ports[(src, dst)].add(e.port)
+            if db is not None:
+                dbs[(src, dst)].add(db)
 
     apps: dict[str, AppFacts] = {}
     for name in sorted(members):
@@ -256,6 +259,9 @@ def make_plan(
             )
         apps[name].calls = dict(sorted(calls[name].items()))
         apps[name].callPorts = {b: sorted(ports[(name, b)]) for b in sorted(calls[name])}
+        apps[name].callDatabases = {
+            b: sorted(dbs[(name, b)]) for b in sorted(calls[name]) if dbs[(name, b)]
+        }
     edges = {a: set(calls[a]) for a in apps}
     callers: dict[str, set[str]] = defaultdict(set)
     for caller, called in edges.items():

@@ -160,6 +160,30 @@ def _special_rows(result: PlanResult) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+#: At most this many application connections are listed in the reports.
+MAX_EDGE_ROWS = 500
+
+
+def _edge_rows(result: PlanResult) -> tuple[list[list[str]], int]:
+    """(from, to, connections, ports, database) for the most observed connections first;
+    and how many there are in all."""
+    rows = sorted(
+        (
+            (
+                -n,
+                a.name,
+                b,
+                ", ".join(str(p) for p in a.callPorts.get(b, [])),
+                ", ".join(a.callDatabases.get(b, [])),
+            )
+            for a in result.apps
+            for b, n in a.calls.items()
+        ),
+    )
+    shown = [[a, b, str(-n), ports, db] for n, a, b, ports, db in rows[:MAX_EDGE_ROWS]]
+    return shown, len(rows)
+
+
 def _owners(result: PlanResult) -> list[tuple[str, int, int, str]]:
     by: dict[str, list[AppFacts]] = defaultdict(list)
     for a in result.apps:
@@ -229,7 +253,11 @@ def report_md(result: PlanResult) -> str:
         )
         start += w.estimatedHours
     out += _md_table(["wave", "applications", "TiB", "hours", "timeline (h)"], rows)
-    out += ["", "The dependency graph is drawn in report.html.", "", "## Applications", ""]
+    edges, total = _edge_rows(result)
+    out += ["", "The dependency graph is drawn in report.html.", ""]
+    out += [f"## Application dependencies ({len(edges)} of {total}, the most observed first)", ""]
+    out += _md_table(["from", "to", "connections", "ports", "database"], edges)
+    out += ["", "## Applications", ""]
     out += _md_table(
         [
             "application",
@@ -409,6 +437,7 @@ def report_html(result: PlanResult) -> str:
         for a in p.applications
     ]
     unknown = [[u.name, str(u.rows), u.file] for u in result.dependencies.unknown]
+    edges, total = _edge_rows(result)
     sections = [
         ("Inventory", _html_table(["what", "count"], _summary_lines(result))),
         (
@@ -417,6 +446,10 @@ def report_html(result: PlanResult) -> str:
             + _html_table(["wave", "applications", "TiB", "hours"], waves_rows),
         ),
         ("Dependency graph (applications, coloured by wave)", graph_svg(result)),
+        (
+            f"Application dependencies ({len(edges)} of {total}, the most observed first)",
+            _html_table(["from", "to", "connections", "ports", "database"], edges),
+        ),
         (
             "Special workloads and why",
             _html_table(["application", "VM", "what", "outcome"], _special_rows(result)),
