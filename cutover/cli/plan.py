@@ -102,6 +102,53 @@ def cmd_exit_report(args: argparse.Namespace) -> int:
     return EXIT_OK if report.verdict == "READY" else EXIT_FAILED
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from adapters.vsphere.client import ClientPool  # pyVmomi: slow to import
+    from adapters.vsphere.performance import read_counters
+    from cutover.plan.baseline import store, summarise
+    from cutover.site import load_site
+
+    if not 1 <= args.minutes <= 60:
+        raise ValueError("--minutes: between 1 and 60 (vCenter keeps realtime samples an hour)")
+    site = load_site(args.site)
+    if site.vcenter is None:
+        raise ValueError(f"{args.site}: vcenter: the site config has no vCenter to read")
+    path = Path(args.output or f".cutover/baselines/{site.name}.json")
+    client = ClientPool().get(site.vcenter)
+    try:
+        series = read_counters(client, args.vm, samples=args.minutes * 3)
+    finally:
+        client.close()
+    now = datetime.now(UTC).replace(microsecond=0)
+    taken = [summarise(s, now) for s in series]
+    store(path, site.name, taken)
+
+    def pct(v: object) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        f"{'VM':<28} {'samples':>7} {'ready% avg':>10} {'p95':>6} {'disk ms p95':>11} "
+        f"{'drop% p95':>9}"
+    ]
+    for b in taken:
+        lines.append(
+            f"{b.vm:<28} {b.samples:>7} "
+            f"{pct(b.cpuReadyPercent.avg if b.cpuReadyPercent else None):>10} "
+            f"{pct(b.cpuReadyPercent.p95 if b.cpuReadyPercent else None):>6} "
+            f"{pct(b.diskLatencyMs.p95 if b.diskLatencyMs else None):>11} "
+            f"{pct(b.netDropPercent.p95 if b.netDropPercent else None):>9}"
+        )
+    lines.append(f"stored {len(taken)} baseline(s) in {path}")
+    emit(
+        {"file": str(path), "vms": [b.model_dump(mode="json") for b in taken]},
+        args.json,
+        "\n".join(lines),
+    )
+    return EXIT_OK
+
+
 def register(cli: Group) -> None:
     sp = cli.command(
         "plan",
@@ -153,4 +200,20 @@ def register(cli: Group) -> None:
         "--declared",
         metavar="CSV",
         help="VMware-bound systems: name,kind[,status[,note]] (status active or retired)",
+    )
+
+    sp = cli.command(
+        "baseline",
+        "Read VMs' CPU ready, storage latency and network drops from vCenter's performance "
+        "counters and store them as the pre-migration baseline.",
+        cmd_baseline,
+        site=True,
+    )
+    sp.add_argument("--vm", action="append", default=[], help="only this VM (repeatable)")
+    sp.add_argument("--minutes", type=int, default=60, help="realtime history to read (<= 60)")
+    sp.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="baseline file, merged per VM (default .cutover/baselines/SITE.json)",
     )
