@@ -574,7 +574,13 @@ def _estimate(app: AppFacts, policy: PlanPolicy, degree: int) -> None:
     score += bool(app.licensing) + (app.owner is None) + (app.criticality == "high")
     score += min(degree, 5) + (app.dataGiB > 200) + 2 * (app.dataGiB > 1024)
     app.complexity = score
+    where = (
+        "all of it inside the downtime (cold: small enough)"
+        if app.template == "cold"
+        else "copied while the source serves (warm): the downtime is the last sync, "
+        "conversion and boot"
+    )
     app.reasons.append(
         f"runbook {app.template}; {app.dataGiB:.0f} GiB at {policy.transferMbps:g} Mbit/s "
-        f"and {policy.perVmHours:g} h per VM: {app.estimatedHours} h"
+        f"and {policy.perVmHours:g} h per VM: {app.estimatedHours} h, {where}"
     )
