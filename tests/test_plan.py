@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from cutover.cli import main
+from cutover.config import ConfigError
 from cutover.plan.inputs import read_dependencies, read_mapping
 from cutover.plan.model import PlanPolicy, PlanResult
 from cutover.plan.planner import make_plan
 from cutover.plan.render import write_plan
 from cutover.plan.rvtools import RvToolsError, read_rvtools
+from cutover.plan.structure import wave_structure
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig
 from cutover.wave import load_wave
@@ -393,3 +395,28 @@ def test_a_policy_file_and_flags_shape_the_plan(
     assert main(["plan", "--rvtools", str(xlsx), "--app-pattern", "vm-(\\d+)", "-o",
                  str(out)]) == 2  # fmt: skip
     assert "named group (?P<app>...)" in capsys.readouterr().err
+
+
+def test_wave_files_check_for_structure_without_a_site(
+    estate: tuple[list[GenVM], Path, Path], tmp_path: Path
+) -> None:
+    _, xlsx, deps = estate
+    assert run_plan(xlsx, deps, tmp_path / "out") == 0
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    for w in plan["waves"]:
+        name, apps = wave_structure(tmp_path / "out" / "waves" / f"{w['name']}.yaml")
+        assert name == w["name"] and sorted(apps) == sorted(w["applications"])
+    # and it names what is wrong
+    first = plan["waves"][0]["name"]
+    doc = yaml.safe_load((tmp_path / "out" / "waves" / f"{first}.yaml").read_text())
+    doc["applications"][0]["dependsOn"] = ["nowhere"]
+    doc["concurrency"] = 0
+    (tmp_path / "out" / "waves" / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as exc:
+        wave_structure(tmp_path / "out" / "waves" / "bad.yaml")
+    assert "concurrency" in str(exc.value)
+    del doc["concurrency"]
+    (tmp_path / "out" / "waves" / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError) as exc:
+        wave_structure(tmp_path / "out" / "waves" / "bad.yaml")
+    assert "applications[0].dependsOn[0]: unknown application 'nowhere'" in str(exc.value)
