@@ -7,6 +7,7 @@ package FAILS with what to install."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import threading
@@ -166,10 +167,16 @@ def test_domain_type_follows_the_site(conn: Any) -> None:
 # ------------------------------------------------------------------- real boots
 
 
-def test_guest_boots_from_a_raw_volume_and_its_journal_grows_while_it_runs(
+def test_lab_disk_boots_and_journals_while_it_runs_and_powers_off_on_acpi(
     conn: Any, built: guest.Guest, qemu_dir: Path
 ) -> None:
-    vol = guest.make_disk(qemu_dir / "raw.img", guest=built)
+    """The lab's source disk (disk.seed) as a raw volume: the guest boots, its journal
+    grows while it runs, a graceful shutdown (ACPI power button) stops it, and the lab's
+    data blocks are untouched."""
+    (qemu_dir / "vm").mkdir()
+    disk.seed(qemu_dir, "vm", size=64 << 20)
+    vol, _ = disk.paths(qemu_dir, "vm")
+    seeded = vol.read_bytes()
     started = time.monotonic()
     dom = _boot(conn, "guest-raw", vol, "raw")
     try:
@@ -179,8 +186,19 @@ def test_guest_boots_from_a_raw_volume_and_its_journal_grows_while_it_runs(
         later = _records(vol, "raw", len(first) + 2, 4 * guest.INTERVAL + 5)
         assert dom.isActive() and later[: len(first)] == first
         _consistent(later)
+        dom.shutdown()  # the ACPI power button, as `virsh shutdown`
+        deadline = time.monotonic() + 15
+        while dom.isActive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not dom.isActive(), "the guest ignored the ACPI power button"
     finally:
         destroy_and_undefine(dom)
+    now = vol.read_bytes()
+    journal = slice(guest.JOURNAL_OFFSET, guest.JOURNAL_OFFSET + guest.JOURNAL_SIZE)
+    assert now[: journal.start] == seeded[: journal.start]  # boot code and partition
+    assert now[journal.stop :] == seeded[journal.stop :]  # the lab's data blocks
+    # what the lab's apps serve as its data: the seeded disk's, whatever the guest journaled
+    assert guest.data_digest(vol, "raw") == hashlib.sha256(seeded).hexdigest()
 
 
 def test_guest_writes_into_a_qcow2_overlay_and_leaves_its_base_frozen(

@@ -78,17 +78,20 @@ MIN_MEMORY_MIB = 256
 #: seconds between the records a running guest writes
 INTERVAL = 2
 
-#: virtio modules of the cloud kernel, in load order (they are modules, not built in)
+#: modules of the cloud kernel (not built in), in load order: virtio for the disk; evdev and
+#: the ACPI button, so a power button press (`virsh shutdown`) reaches /init
 MODULES = (
     "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_pci_modern_dev",
     "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci", "drivers/block/virtio_blk",
+    "drivers/input/evdev", "drivers/acpi/button",
 )  # fmt: skip
 
 CMDLINE = "rdinit=/init console=ttyS0 quiet"
 
 INIT = f"""#!/bin/busybox sh
 # cutover's lab guest: appends journal records to a fixed region of /dev/vda at boot
-# and every {INTERVAL} s, each flushed to the disk (conv=fsync), like a journal.
+# and every {INTERVAL} s, each flushed to the disk (conv=fsync), like a journal; powers
+# off on an ACPI power button press.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -96,6 +99,13 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 for m in {" ".join(Path(m).name for m in MODULES)}; do
   insmod /lib/modules/$m.ko || echo "guest: insmod $m failed"
+done
+# an ACPI power button press (a graceful shutdown) flushes and powers off
+for e in /sys/class/input/event*; do
+  if [ "$(cat $e/device/name 2>/dev/null)" = "Power Button" ]; then
+    (dd if=/dev/input/${{e##*/}} bs=24 count=1 >/dev/null 2>&1
+     echo "guest: power button, powering off"; sync; poweroff -f) &
+  fi
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
