@@ -71,15 +71,10 @@ def _boot(conn: Any, name: str, path: Path, fmt: str, firmware: str = "bios") ->
 
 
 def _records(path: Path, fmt: str, at_least: int, timeout: float) -> list[JournalRecord]:
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_journal(path, fmt)
-        if len(records) >= at_least:
-            return records
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path}: {len(records)} journal records after {timeout:.0f} s, wanted "
-                        f"{at_least}", pytrace=False)  # fmt: skip
-        time.sleep(0.2)
+    try:
+        return guest.wait_journal(path, fmt, at_least, timeout)
+    except TimeoutError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 def _consistent(records: list[JournalRecord], boot: int = 1) -> None:
@@ -137,6 +132,32 @@ def test_lab_disk_boots_the_guest_and_keeps_its_data_blocks(tmp_path: Path) -> N
     changes = {int(b) for b in json.loads(ctk.read_text())["changes"]}
     assert {off // 65536 for off in offsets} <= changes and 0 in changes
     assert guest.BOOT_OFFSET // 65536 in changes  # the boot partition is tracked data too
+
+
+def test_lab_source_side_serves_the_journal_its_disk_holds(tmp_path: Path) -> None:
+    """Records on a source disk (as a reverse sync brings them back) show in what the
+    lab's source service answers; its data digest ignores them."""
+    (tmp_path / "vm").mkdir()
+    disk.seed(tmp_path, "vm", size=64 << 20)
+    flat, _ = disk.paths(tmp_path, "vm")
+    data_before = guest.data_digest(flat, "raw")
+    with flat.open("r+b") as f:
+        for n in (1, 2):
+            f.seek(guest.JOURNAL_OFFSET + (n - 1) * guest.RECORD_SIZE)
+            rec = f"cutover-journal n={n} boot=1 seq={n} up={n}.5 id=rec-{n}"
+            f.write(rec.encode().ljust(guest.RECORD_SIZE - 1) + b"\n")
+    side = apps.Side("shop", "source", "127.0.0.1:0", disk=flat, up=True)
+    server = apps._Server(side, apps.Knobs(tmp_path / "knobs.json"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        served = _get(server.server_address[1], "/shop/")
+    finally:
+        server.shutdown()
+    assert served["journal"] == {
+        "records": 2, "boots": 1,
+        "last": {"n": 2, "boot": 1, "seq": 2, "uptime": 2.5, "id": "rec-2"},
+    }  # fmt: skip
+    assert served["dataSha256"] == data_before != served["sha256"] == disk.digest(flat)
 
 
 # ---------------------------------------------------------------- domain type

@@ -459,6 +459,23 @@ def data_digest(path: Path, fmt: str) -> str:
         return h.hexdigest()
 
 
+def wait_journal(
+    path: Path, fmt: str, at_least: int, timeout: float, every: float = 0.2
+) -> list[JournalRecord]:
+    """The journal once it holds `at_least` records (a booting or running guest's); raises
+    TimeoutError with what it found after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_journal(path, fmt)
+        if len(records) >= at_least:
+            return records
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{path}: {len(records)} journal records after {timeout:.0f} s, wanted {at_least}"
+            )
+        time.sleep(every)
+
+
 def parse_journal(data: bytes) -> list[JournalRecord]:
     records = []
     for slot in range(0, len(data), RECORD_SIZE):
