@@ -6,8 +6,9 @@ Pieces (all from Debian packages, see `APT` below; built without root and withou
 mounting, cached under `$XDG_CACHE_HOME/cutover/guest/<kernel>-<hash>/`):
 
 - the kernel of `linux-image-cloud-amd64` (`/boot/vmlinuz-<ver>`);
-- an initramfs: busybox (`busybox-static`), the virtio modules the cloud kernel builds as
-  modules (`MODULES`, in load order) and `/init` (`INIT`), the journal writer;
+- an initramfs: busybox (`busybox-static`), the modules the cloud kernel does not build in
+  (`MODULES`, in load order: virtio for the disk, the ACPI power button) and `/init`
+  (`INIT`), the journal writer, which powers off on a power button press;
 - a FAT boot partition holding both, booted under BIOS by syslinux (installed through
   mtools) and under UEFI by systemd-boot (`\\EFI\\BOOT\\BOOTX64.EFI`, the fallback path
   firmware looks for), so one disk boots both ways.
@@ -29,7 +30,7 @@ A journal record is one text line padded to `RECORD_SIZE` bytes::
 counts boots of this disk, `id` is random: a reader tells which records exist.
 `read_journal` reads them from an image file while a running QEMU holds it: a raw file
 directly, a qcow2 overlay through its backing chain with `qemu-img dd -U` (force-share:
-QEMU's image lock refuses any other opener; ~10 ms).
+QEMU's image lock refuses any other opener; ~7 ms).
 
 Boot it as domain type `qemu` (TCG): under this machine's nested KVM the kernel hangs
 (LAB.md). It needs `MIN_MEMORY_MIB` of memory.
