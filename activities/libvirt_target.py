@@ -56,9 +56,10 @@ from adapters.libvirt.domain import (
     guest_family,
     lease_address,
     plan_nics,
+    wanted_domain_type,
 )
 from adapters.libvirt.storage import ensure_dir_pool, overlay_volume, volume_from_image
-from adapters.qemu.img import image_info
+from adapters.qemu.img import image_info, overlay_extents
 from adapters.staging import layout as staging
 from adapters.staging.layout import confined, staging_dir
 from cutover import facts as F
@@ -313,7 +314,7 @@ class LibvirtTarget:
         conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
         changed, names = False, []
         try:
-            kind = domain_type(conn)
+            kind = domain_type(conn, wanted_domain_type(ctx.site, ctx.runbook.targetPlatform))
             for vm in vms:
                 name = domain_name(ctx.application, vms, vm)
                 names.append(name)
@@ -376,6 +377,7 @@ class LibvirtTarget:
         """Destroy and undefine the domains power_on_target made; a no-op when absent.
         Refuses (non-retryable) to touch a same-named domain cutover did not create."""
         doms = self._own_domains(inp, "removing the target domain")
+        written = self._written(inp) if doms else None
         removed = []
         try:
             for dom in doms:
@@ -384,12 +386,22 @@ class LibvirtTarget:
                 removed.append(name)
         except libvirt.libvirtError as exc:
             raise translate(exc, "removing the target domain") from None
-        return StepResult(
-            step=inp.step,
-            changed=bool(removed),
-            details={"removed": ",".join(removed)},
-            attempt=_attempt(),
-        )
+        details: dict[str, str | int | float | bool] = {"removed": ",".join(removed)}
+        if written is not None:  # what goes with it (unless reverse sync kept it)
+            details["targetWrittenBytes"] = written
+        return StepResult(step=inp.step, changed=bool(removed), details=details, attempt=_attempt())
+
+    @staticmethod
+    def _written(inp: StepInput) -> int | None:
+        """What the target wrote: its overlays' own ranges (None: it booted none)."""
+        facts = inp.context.facts
+        overlays = [
+            Path(facts[F.per_disk(F.TARGET_VOLUME, k)]) for k in disk_keys(facts, F.TARGET_BASE)
+        ]
+        present = [p for p in overlays if p.is_file()]
+        if not present:
+            return None
+        return sum(n for p in present for _, n in overlay_extents(p))
 
     def _own_domains(self, inp: StepInput, doing: str) -> list[Any]:
         """This application's domains that exist; refuses (non-retryable) when a same-named

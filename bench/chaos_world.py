@@ -65,6 +65,7 @@ ROLLBACK_ONLY: frozenset[str] = frozenset(
         Compensation.DETACH_TARGET_STORAGE,
         Compensation.FENCE_TARGET,
         Compensation.UNFENCE_TARGET,
+        Compensation.REVERSE_SYNC,
     }
 )
 #: Steps that change the source or the traffic: none may run once a rollback gave the
@@ -98,6 +99,8 @@ CHANGE_AFTER_END = "change_after_end"
 NOT_ONE_HEALTHY_BACKEND = "traffic_not_on_one_healthy_backend"
 SOURCE_NOT_INTACT_AFTER_ROLLBACK = "source_not_intact_after_rollback"
 OUTCOME_CONTRADICTS_WORLD = "outcome_contradicts_world"
+#: ROLLED_BACK, and what users wrote on the target never reached the source
+TARGET_WRITES_LOST = "target_writes_lost"
 STATE_NOT_NAMED = "failed_state_not_named"
 #: Not a violation: the application is down because the world refused restart_source.
 EXPECTED_DOWN = "expected:down_restart_source_failed"
@@ -168,6 +171,8 @@ class AppState:
     tgt_running: bool = False
     #: paused by fence_target: takes no writes, answers nothing, keeps memory and disks
     tgt_fenced: bool = False
+    #: target writes reverse sync has put on the source
+    tgt_synced: int = 0
     lb: str = SOURCE
     lb_source_retired: bool = False
     dns: str = SOURCE
@@ -309,7 +314,8 @@ def _transition(s: AppState, step: str, who: str, now: float) -> Applied:
         # the same copy, not yet written to by the target: an idempotent re-run
         changed = not (s.tgt_volume and s.tgt_volume_of == s.converted_of and s.tgt_writes == 0)
         if changed:
-            s.tgt_volume, s.tgt_volume_of, s.tgt_writes = True, s.converted_of, 0
+            s.tgt_volume, s.tgt_volume_of = True, s.converted_of
+            s.tgt_writes = s.tgt_synced = 0
     elif step == Step.VALIDATE_GUEST_TOOLS_AND_DRIVERS:
         if not (s.tgt_volume or s.converted):
             raise Refused("InvalidState", "no target image to validate")
@@ -362,6 +368,11 @@ def _transition(s: AppState, step: str, who: str, now: float) -> Applied:
     elif step == Compensation.FENCE_TARGET:
         changed = s.tgt_running and not s.tgt_fenced
         s.tgt_fenced = s.tgt_running
+    elif step == Compensation.REVERSE_SYNC:
+        if s.src_power:  # the real sink refuses to write under a running guest
+            raise Refused("InvalidState", "the source is powered on: no write-back under it")
+        changed = s.tgt_synced != s.tgt_writes
+        s.tgt_synced = s.tgt_writes
     elif step == Compensation.UNFENCE_TARGET:
         changed = s.tgt_fenced
         s.tgt_fenced = False
@@ -567,6 +578,9 @@ def final_violations(
             found.append((SOURCE_NOT_INTACT_AFTER_ROLLBACK, "source " + ", ".join(problems)))
         if served != [SOURCE]:
             found.append((OUTCOME_CONTRADICTS_WORLD, f"ROLLED_BACK but traffic reaches {served}"))
+        if s.tgt_writes > s.tgt_synced:
+            found.append((TARGET_WRITES_LOST, f"{s.tgt_writes - s.tgt_synced} of the target's "
+                          f"{s.tgt_writes} writes never reached the source"))  # fmt: skip
     elif outcome == "COMPLETED" and served != [TARGET]:
         found.append((OUTCOME_CONTRADICTS_WORLD, f"COMPLETED but traffic reaches {served}"))
     elif outcome == "FAILED" and len(served) == 1 and run in s.changed_by:

@@ -47,6 +47,9 @@ class Compensation(StrEnum):
     #: Resume the fenced target when the source did not start (never registered: the
     #: rollback runs it so that the side holding the data serves while it is blocked).
     UNFENCE_TARGET = "unfence_target"
+    #: With the target fenced, write what it wrote (its overlay) into the source's disks,
+    #: so the source starts with the users' writes of the window (rollback.reverseSync).
+    REVERSE_SYNC = "reverse_sync"
 
 
 class FinalizeStep(StrEnum):
@@ -88,6 +91,7 @@ class Holds(StrEnum):
     TRAFFIC_ON_SOURCE = "traffic is back on the source"
     TARGET_STOPPED = "the target no longer runs"
     TARGET_FENCED = "the target takes no writes"
+    TARGET_WRITES_KEPT = "the target's writes are on the source"
 
 
 #: Before each undo, what must hold. An undo that would destroy or stop something that may
@@ -96,7 +100,10 @@ class Holds(StrEnum):
 UNDO_REQUIRES: dict[str, frozenset[Holds]] = {
     # One writer: the source starts only once the target is fenced (when a fence is
     # registered: TARGET_FENCED is in doubt only when a fence failed or was held back).
-    Compensation.RESTART_SOURCE: frozenset({Holds.TARGET_FENCED}),
+    # Nor before what the target wrote is back on the source (when reverse sync is
+    # registered): a source started without it would serve, and lose, older data.
+    Compensation.RESTART_SOURCE: frozenset({Holds.TARGET_FENCED, Holds.TARGET_WRITES_KEPT}),
+    Compensation.REVERSE_SYNC: frozenset({Holds.TARGET_FENCED}),
     Compensation.RESTORE_LOAD_BALANCER: frozenset({Holds.SOURCE_RUNNING}),
     Compensation.RESTORE_DNS: frozenset({Holds.SOURCE_RUNNING}),
     Compensation.REMOVE_TARGET_DOMAIN: frozenset({Holds.SOURCE_RUNNING, Holds.TRAFFIC_ON_SOURCE}),
@@ -120,6 +127,7 @@ UNDO_ESTABLISHES: dict[str, Holds] = {
     Compensation.RESTORE_DNS: Holds.TRAFFIC_ON_SOURCE,
     Compensation.REMOVE_TARGET_DOMAIN: Holds.TARGET_STOPPED,
     Compensation.FENCE_TARGET: Holds.TARGET_FENCED,
+    Compensation.REVERSE_SYNC: Holds.TARGET_WRITES_KEPT,
 }
 
 

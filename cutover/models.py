@@ -254,6 +254,10 @@ class CutoverStatus(_M):
     #: Set when the warm snapshot is older than the runbook's `dataSync.maxSnapshotAgeHours`.
     snapshotWarning: str | None = None
     checkRounds: int = 0
+    #: What the target wrote since it booted (its overlay), once measured (rollback), and
+    #: what became of it ("kept on the source" by reverse sync, or "discarded ...").
+    targetWrittenBytes: int | None = None
+    targetWrites: str | None = None
 
 
 class CutoverResult(_M):
@@ -275,6 +279,9 @@ class CutoverResult(_M):
     remigrate: str | None = None
     #: Rollback-window check rounds run (only the first, the last and failures are kept).
     checkRounds: int = 0
+    #: See `CutoverStatus.targetWrittenBytes` / `targetWrites`.
+    targetWrittenBytes: int | None = None
+    targetWrites: str | None = None
 
 
 class ApprovalRequest(_M):
@@ -301,6 +308,9 @@ class ResumeRequest(_M):
 
     requestedBy: str = "unknown"
     reason: str = ""
+    #: A rollback blocked on `reverse_sync`: go on without it, discarding what the target
+    #: wrote since the switch (said by the operator, in the history, with `reason`).
+    discardTargetWrites: bool = False
 
 
 class WindowCarry(_M):

@@ -99,6 +99,25 @@ class DiskSource(Protocol):
 SourceFactory = Callable[[StepContext, bool], list[DiskSource]]
 
 
+class DiskSink(Protocol):
+    """A source disk written in ranges (reverse sync: what the target wrote goes back)."""
+
+    name: str
+    size: int
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def flush(self) -> None:
+        """Make every write durable before the source may start from the disk."""
+        ...
+
+    def close(self) -> None: ...
+
+
+#: The runbook's VMs' disks, opened for writing, by disk name (`cutover.disknames.disk_id`).
+SinkFactory = Callable[[StepContext], list[DiskSink]]
+
+
 class TargetPlatform(Protocol):
     """A target platform's side of a cutover: the seven target steps, each idempotent (a
     re-run finds the world as wanted and says `changed=False`) and raising typed errors.

@@ -170,6 +170,14 @@ class DataSync(_Model):
     maxSnapshotAgeHours: Annotated[StrictFloat | StrictInt, Field(gt=0, le=24 * 30)] = 24
 
 
+class RollbackPolicy(_Model):
+    """What a rollback after the traffic switch does with what the target wrote."""
+
+    #: Write the target's writes (its overlay) back into the source's disks before the
+    #: source starts. False: they are discarded, and the result and the audit say how much.
+    reverseSync: StrictBool = True
+
+
 class Quiesce(_Model):
     """How `quiesce_application` stops the source: guest shutdown, then power off."""
 
@@ -196,6 +204,7 @@ class Runbook(_Model):
     approval: Approval = Field(default_factory=Approval)
     endpoint: Endpoint = Field(default_factory=Endpoint, validate_default=True)
     dataSync: DataSync = Field(default_factory=DataSync)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
     quiesce: Quiesce = Field(default_factory=Quiesce)
     smokeTest: SmokeTest = Field(default_factory=SmokeTest)
     checkIntervalSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 60

@@ -27,6 +27,7 @@ from bench.chaos_world import (
     STATE_NOT_NAMED,
     STOPPED_WHILE_SERVING,
     TARGET,
+    TARGET_WRITES_LOST,
     TRAFFIC_TO_DEAD_BACKEND,
     TWO_WRITERS,
     VERIFY_NOT_MIGRATED,
@@ -109,6 +110,8 @@ def test_a_clean_rollback_leaves_the_source_serving_and_intact(
     app = add(world)
     run(world, app, FORWARD)
     undo = [
+        "fence_target",
+        "reverse_sync",
         "restart_source",
         "restore_load_balancer",
         "remove_target_domain",
@@ -200,7 +203,8 @@ def test_changing_the_source_after_the_rollback_gave_it_back_is_recorded(
 ) -> None:
     monkeypatch.setattr(chaos_world, "BOOT_SECONDS", 0.0)
     app = add(world)
-    run(world, app, [*FORWARD, "restart_source", "restore_load_balancer"])
+    run(world, app, [*FORWARD, "fence_target", "reverse_sync", "restart_source"])
+    run(world, app, ["restore_load_balancer"])
     state = world.state(app)
     assert state.rolling_back == [RUN] and state.restored == [RUN]
     # a stale finalize attempt of the same run landing after the rollback
@@ -327,7 +331,7 @@ def test_a_source_started_before_the_target_is_fenced_splits_users_across_two_wr
     assert kinds(world) == [TWO_WRITERS]
     run(world, split, ["restore_load_balancer"])
     end = world.end_run(split, RUN, "ROLLED_BACK", ["the source serves the application"])
-    assert [v.kind for v in end] == [SOURCE_NOT_INTACT_AFTER_ROLLBACK]
+    assert [v.kind for v in end] == [SOURCE_NOT_INTACT_AFTER_ROLLBACK, TARGET_WRITES_LOST]
 
 
 def test_fencing_the_target_first_keeps_one_writer_and_is_planned_downtime(
@@ -340,6 +344,7 @@ def test_fencing_the_target_first_keeps_one_writer_and_is_planned_downtime(
     assert state.tgt_fenced and state.exists(TARGET) and not state.running(TARGET)
     assert not world.apply(app, "fence_target", RUN, "wf").changed  # idempotent
     undo = [
+        "reverse_sync",
         "restart_source",
         "restore_dns",
         "restore_load_balancer",
@@ -371,3 +376,21 @@ def test_a_path_left_on_the_fenced_target_is_excused_only_when_its_restore_was_r
     # unfenced while the source takes the DNS users' writes: two writers again
     run(world, app, ["unfence_target"])
     assert kinds(world)[-1] == TWO_WRITERS
+
+
+def test_a_rollback_that_drops_the_targets_writes_is_a_violation(
+    world: ChaosWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(chaos_world, "BOOT_SECONDS", 0.0)
+    undo = ["restart_source", "restore_load_balancer", "remove_target_domain"]
+    lost = add(world, app="lost")
+    run(world, lost, [*FORWARD, "fence_target", *undo])  # users wrote while it served
+    end = world.end_run(lost, RUN, "ROLLED_BACK", ["the source serves the application"])
+    assert [v.kind for v in end] == [TARGET_WRITES_LOST]
+    kept = add(world, app="kept")
+    run(world, kept, [*FORWARD, "fence_target", "restart_source"])
+    with pytest.raises(Refused):  # never written under a running source
+        run(world, kept, ["reverse_sync"])
+    run(world, kept, ["quiesce_application", "reverse_sync", *undo])
+    assert world.state(kept).tgt_synced == world.state(kept).tgt_writes > 0
+    assert world.end_run(kept, RUN, "ROLLED_BACK", ["the source serves the application"]) == []

@@ -194,7 +194,11 @@ async def test_cli_status_shows_a_blocked_rollback_and_resume_ends_it(
         if event.HasField("workflow_execution_update_accepted_event_attributes")
     ]
     accepted = [json.loads(p.data) for u in updates if u.name == "resume" for p in u.args.payloads]
-    assert {"requestedBy": "ops-oncall", "reason": "array back"} in accepted
+    assert {
+        "requestedBy": "ops-oncall",
+        "reason": "array back",
+        "discardTargetWrites": False,
+    } in accepted
 
 
 async def test_cli_resume_of_a_cutover_that_is_not_blocked_is_refused_naming_its_phase(

@@ -84,9 +84,9 @@ async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
         assert "the source is not running again" in left, left
         assert any(line.startswith("remove_target_domain: held back") for line in left), left
         assert left[-1].endswith(
-            "in order: fence_target, restart_source, restore_load_balancer, remove_target_domain,"
-            " detach_target_storage, remove_converted_image, discard_staging, "
-            "remove_source_snapshot"
+            "in order: fence_target, reverse_sync, restart_source, restore_load_balancer, "
+            "remove_target_domain, detach_target_storage, remove_converted_image, "
+            "discard_staging, remove_source_snapshot"
         ), left[-1]
         attrs = (await handle.describe()).typed_search_attributes
         assert attrs.get(sa.OUTCOME) == Outcome.FAILED.value
@@ -97,8 +97,9 @@ async def test_an_undo_that_cannot_move_traffic_back_never_destroys_the_target(
         result = await handle.result()
     assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
     resumed = world.calls[world.calls.index("unfence_target") + 1 :]
-    assert resumed[:4] == [
+    assert resumed[:5] == [
         "fence_target",
+        "reverse_sync",
         "restart_source",
         "restore_load_balancer",
         "remove_target_domain",
@@ -148,7 +149,8 @@ async def test_the_source_starts_only_after_the_target_is_fenced(client: Client)
         assert "restart_source" not in world.calls  # held back: the target may take writes
         assert not {"restore_load_balancer", *DESTRUCTIVE} & set(world.calls)
         assert any(
-            line == "restart_source: held back: needs the target takes no writes" for line in left
+            line.startswith("restart_source: held back: needs the target takes no writes")
+            for line in left
         ), left
         # the fence may have paused part of the target: unfenced, it serves whole again
         assert world.calls[-1] == "unfence_target"
@@ -162,11 +164,17 @@ async def test_the_source_starts_only_after_the_target_is_fenced(client: Client)
                 await asyncio.sleep(0.05)
         await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
         second = world.calls[mark:]
-        assert second[:3] == ["fence_target", "restart_source", "restart_source"], second
+        assert second[:4] == [
+            "fence_target",
+            "reverse_sync",
+            "restart_source",
+            "restart_source",
+        ], second
         assert second[-1] == "unfence_target" and "restore_load_balancer" not in second
         _, left = await status_of(handle)
         assert left[-1].endswith(
-            "it runs, in order: fence_target, restart_source, restore_load_balancer, "
+            "it runs, in order: fence_target, reverse_sync, restart_source, "
+            "restore_load_balancer, "
             "remove_target_domain, detach_target_storage, remove_converted_image, "
             "discard_staging, remove_source_snapshot"
         ), left[-1]
@@ -177,8 +185,9 @@ async def test_the_source_starts_only_after_the_target_is_fenced(client: Client)
         result = await handle.result()
     assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
     third = world.calls[mark:]
-    assert third[:4] == [
+    assert third[:5] == [
         "fence_target",
+        "reverse_sync",
         "restart_source",
         "restore_load_balancer",
         "remove_target_domain",
@@ -496,7 +505,7 @@ async def test_once_a_path_moved_back_the_target_stays_fenced_until_the_other_do
         await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
         _, left = await status_of(handle)
         undo = world.calls[world.calls.index("fence_target") :]
-        assert undo[:3] == ["fence_target", "restart_source", "restore_dns"], undo
+        assert undo[:4] == ["fence_target", "reverse_sync", "restart_source", "restore_dns"]
         assert not {"quiesce_application", "unfence_target", *DESTRUCTIVE} & set(undo), undo
         assert any("traffic still goes to the fenced target" in line for line in left), left
         assert any(line.startswith("the target is fenced (paused)") for line in left), left
@@ -505,3 +514,46 @@ async def test_once_a_path_moved_back_the_target_stays_fenced_until_the_other_do
         result = await handle.result()
     assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
     assert "unfence_target" not in world.calls
+
+
+async def test_the_source_never_starts_without_the_targets_writes_unless_an_operator_says_so(
+    client: Client,
+) -> None:
+    """Before: a rollback after the switch started the source from its pre-cutover disk and
+    removed the target with everything users wrote during the window. Now reverse_sync runs
+    with the target fenced, before the source starts; when it cannot, the source is not
+    started (the target serves on, unfenced) until it works or an operator discards the
+    writes, which the history and the result record."""
+    world = World(check_plan={"app_health_check_failure": [False]}, broken={"reverse_sync"})
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+        assert "restart_source" not in world.calls
+        assert world.calls[-1] == "unfence_target"
+        assert any(
+            line == "restart_source: held back: needs the target's writes are on the source"
+            for line in left
+        ), left
+        assert any("what the target wrote is not on the source yet" in line for line in left)
+        mark = len(world.calls)
+        await handle.execute_update(
+            AppCutoverWorkflow.resume,
+            ResumeRequest(
+                requestedBy="ops", reason="source disk unreachable", discardTargetWrites=True
+            ),
+        )
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK, result.leftWhere
+    after = world.calls[mark:]
+    assert after[:3] == ["fence_target", "restart_source", "restore_load_balancer"], after
+    assert "reverse_sync" not in after
+    history = await handle.fetch_history()
+    updates = [
+        e.workflow_execution_update_accepted_event_attributes.accepted_request.input.args
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    assert any(
+        b"discardTargetWrites" in p.data and b"true" in p.data for a in updates for p in a.payloads
+    )

@@ -101,7 +101,13 @@ async def test_failing_post_check_rolls_back_lb_and_dns(
     undo = [s.name for s in result.steps if s.kind == "compensation"]
     # the target is fenced, then the source is brought back (both registered above each
     # switch, run once per pass), then both traffic paths move back with nothing between
-    assert undo[:4] == ["fence_target", "restart_source", "restore_dns", "restore_load_balancer"]
+    assert undo[:5] == [
+        "fence_target",
+        "reverse_sync",
+        "restart_source",
+        "restore_dns",
+        "restore_load_balancer",
+    ]
     assert undo.count("restart_source") == 1 and undo.count("fence_target") == 1
     assert all(s.outcome == "ok" for s in result.steps if s.kind == "compensation")
     # rolled back for real: users reach the source again, the name points back at it

@@ -127,12 +127,17 @@ def expected_compensations(steps_done: list[str], failed: str) -> list[str]:
         if comp is not None and comp not in registered:
             registered.append(comp)
         if step == Step.UPDATE_LOAD_BALANCER:
-            # above the traffic undo: start the source, and before that fence the target
-            registered += [Compensation.RESTART_SOURCE, Compensation.FENCE_TARGET]
+            # above the traffic undo: start the source; before that, write back what the
+            # target wrote, and before that fence the target
+            registered += [
+                Compensation.RESTART_SOURCE,
+                Compensation.REVERSE_SYNC,
+                Compensation.FENCE_TARGET,
+            ]
     unwound = list(reversed(registered))
     # the fence and the source's restart run once per unwinding: registered again above
     # each traffic switch, they are not repeated once they ran
-    once = ("fence_target", "restart_source")
+    once = ("fence_target", "reverse_sync", "restart_source")
     return [c for i, c in enumerate(unwound) if c not in once or c not in unwound[:i]]
 
 
@@ -206,7 +211,12 @@ async def test_criterion_firing_in_window_rolls_back(client: Client) -> None:
     # the target is fenced, then the source comes back before traffic moves back to it;
     # then the target goes
     assert after == expected_compensations(SEED_STEPS[:-1], "update_load_balancer")
-    assert after[:3] == ["fence_target", "restart_source", "restore_load_balancer"]
+    assert after[:4] == [
+        "fence_target",
+        "reverse_sync",
+        "restart_source",
+        "restore_load_balancer",
+    ]
     assert "mark_source_migrated" not in world.calls
 
 

@@ -20,6 +20,7 @@ from activities.convert import ConvertActivities
 from activities.disks import DiskActivities
 from activities.dns import DnsActivities
 from activities.loadbalancer import LoadBalancerActivities
+from activities.reverse_sync import ReverseSync
 from activities.smoke import SmokeActivities
 from activities.vsphere import VSphereActivities
 from activities.wave import WaveActivities
@@ -60,6 +61,7 @@ def default_activities(client: Client | None = None) -> list[Callable[..., Any]]
         SmokeActivities().smoke_test,
         *vsphere.activities(),
         *disks.activities(),
+        *ReverseSync.for_vsphere(pool).activities(),
         *ConvertActivities(prepared=mirror).activities(),
         *target_steps().activities(),
         *DnsActivities(factory=dns_updater).activities(),

@@ -106,6 +106,9 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._down_from: datetime | None = None
         self._down_to: datetime | None = None
         self._target_fenced = False
+        self._target_written: int | None = None
+        self._target_writes: str | None = None
+        self._discarded_by: str | None = None
         self._rollback_reason: str | None = None
         self._reason = ""
         self._bytes_moved = 0
@@ -305,6 +308,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._set_phase(Phase.CUTOVER)
         self._down_from = workflow.now()
         fence: bool | None = None
+        reverse = False
         for step in rb.cutoverSteps:
             self._raise_if_rollback()
             if step in TRAFFIC_STEPS and Step.QUIESCE_APPLICATION in rb.cutoverSteps:
@@ -316,7 +320,16 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 self._register(Compensation.RESTART_SOURCE, again=True)
                 if fence is None:
                     fence = self._v2 and workflow.patched("fence-target-before-source-restart")
+                    # what the target writes once users reach it goes back to the source
+                    # (between the fence and the source's start) unless the runbook says no
+                    reverse = (
+                        fence
+                        and rb.rollback.reverseSync
+                        and workflow.patched("reverse-sync-target-writes")
+                    )
                 if fence:
+                    if reverse:
+                        self._register(Compensation.REVERSE_SYNC, again=True)
                     self._register(Compensation.FENCE_TARGET, again=True)
             else:
                 self._register_for(step)
@@ -549,6 +562,8 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             compensationFailures=failures or [],
             remigrate=self._inp.remigrate,
             checkRounds=self._rounds,
+            targetWrittenBytes=self._target_written,
+            targetWrites=self._target_writes,
         )
 
     def _log(self, level: int, msg: str, **fields: Any) -> None:
@@ -600,6 +615,8 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             snapshotTakenAt=self._snapshot_at,
             snapshotWarning=self._snapshot_warning(_wall_clock()),
             checkRounds=self._rounds,
+            targetWrittenBytes=self._target_written,
+            targetWrites=self._target_writes,
         )
 
     @workflow.update(

@@ -99,18 +99,27 @@ def rollback_text(req: RollbackRequest) -> str:
     return f"rollback requested by {req.requestedBy}: {req.reason}"
 
 
-def next_pass(left: list[tuple[str, str]], compensations: list[str]) -> list[str]:
+def next_pass(
+    left: list[tuple[str, str]], compensations: list[str], discard: bool = False
+) -> list[str]:
     """The undos a resumed rollback runs, in order: what was left, with the target fenced
-    again before the source starts (a pass that could not start the source unfenced it)."""
-    # unfence and a second stop of the source ran for this pass only: never again
-    pending = [
-        c for c, _ in left if c not in (Compensation.UNFENCE_TARGET, Step.QUIESCE_APPLICATION)
-    ]
-    fence, restart = Compensation.FENCE_TARGET, Compensation.RESTART_SOURCE
-    if fence in compensations and restart in pending:
+    again and its writes synced back before the source starts (a pass that could not
+    start the source unfenced it, and the target may have written since); without the
+    reverse sync once an operator discarded the target's writes."""
+    once = (Compensation.UNFENCE_TARGET, Step.QUIESCE_APPLICATION)
+    pending = [c for c, _ in left if c not in once]
+    if discard:
+        pending = [c for c in pending if c != Compensation.REVERSE_SYNC]
+    restart = Compensation.RESTART_SOURCE
+    if restart in pending:
+        before = [Compensation.FENCE_TARGET]
+        if not discard:
+            before.append(Compensation.REVERSE_SYNC)
         at = pending.index(restart)
-        if fence not in pending[:at]:
-            pending.insert(at, fence)
+        for c in before:
+            if c in compensations and c not in pending[:at]:
+                pending.insert(at, c)
+                at += 1
     return pending
 
 
@@ -130,10 +139,10 @@ def where_left(
     if not names & traffic:
         moved = traffic & set(compensations)
         lines.append("traffic: back on the source" if moved else "traffic: on the source")
-    if Compensation.RESTART_SOURCE in names:
-        lines.append("the source is not running again")
     if Step.QUIESCE_APPLICATION in names:
         lines.append("the source runs, and takes no traffic: it did not stop again")
+    elif Compensation.RESTART_SOURCE in names:
+        lines.append("the source is not running again")
     elif Compensation.RESTART_SOURCE in compensations:
         lines.append("the source runs again")
     to = "the fenced target (paused: users there get errors)" if target_fenced else "the target"
@@ -150,6 +159,12 @@ def where_left(
         lines.append("the target runs (not fenced): it serves until the source can start")
     if Compensation.REMOVE_TARGET_DOMAIN in names and not target_fenced:
         lines.append("the target is kept running: it may be serving users")
+    if Compensation.REVERSE_SYNC in names:
+        lines.append(
+            "what the target wrote is not on the source yet: the source is not started "
+            "without it (fix the cause and resume, or resume with discardTargetWrites: "
+            "`cutover resume APP --discard-target-writes REASON`)"
+        )
     if Compensation.DETACH_TARGET_STORAGE in names:
         lines.append("the target's volumes are kept: they hold what the target wrote")
     lines += [f"{c}: {why}" for c, why in left]

@@ -43,6 +43,8 @@ with workflow.unsafe.imports_passed_through():
 
 
 _TRAFFIC_UNDOS = frozenset({Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS})
+#: Registered above each traffic switch, run at most once per pass (one fact each).
+_ONCE_PER_PASS = frozenset({Compensation.FENCE_TARGET, Compensation.REVERSE_SYNC})
 
 
 class _Cutover(Protocol):
@@ -59,6 +61,9 @@ class _Cutover(Protocol):
     _records: list[StepRecord]
     _down_to: datetime | None
     _target_fenced: bool
+    _target_written: int | None
+    _target_writes: str | None
+    _discarded_by: str | None
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -70,6 +75,7 @@ class _Cutover(Protocol):
     async def _blocked(self, phase: Phase, left: list[str]) -> bool: ...
     async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]: ...
     async def _unfence(self) -> list[tuple[str, str]]: ...
+    def _target_writes_fate(self, comp: str, result: StepResult) -> None: ...
     async def _back_to_target(self, left: list[tuple[str, str]]) -> list[tuple[str, str]]: ...
 
 
@@ -84,6 +90,9 @@ class CutoverUndo:
     _down_to: datetime | None
     #: the last rollback pass left the target paused (fence_target ran, not undone)
     _target_fenced: bool = False
+    _target_written: int | None
+    _target_writes: str | None
+    _discarded_by: str | None
 
     async def _finalize_steps(self: _Cutover, steps: list[str]) -> CutoverResult:
         """Finalize in order; a failed step stops the ones after it (they retire the source
@@ -175,7 +184,12 @@ class CutoverUndo:
                     ["rollback incomplete:", *self._left],
                     [f"{c}: {why}" for c, why in left],
                 )
-            pending = next_pass(left, self._compensations)
+            if self._resume is not None and self._resume.discardTargetWrites:
+                self._discarded_by = (
+                    f"{self._resume.requestedBy}: {self._resume.reason or 'no reason given'}"
+                )
+                self._log(logging.WARNING, "target writes discarded", by=self._discarded_by)
+            pending = next_pass(left, self._compensations, self._discarded_by is not None)
             self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
 
     async def _compensate_v2(self: _Cutover, pending: list[str]) -> list[tuple[str, str]]:
@@ -190,12 +204,14 @@ class CutoverUndo:
         restarted: bool | None = None
         fence_tried = False
         moved_back = False
+        tried: set[str] = set()
         for comp in pending:
             establishes = UNDO_ESTABLISHES.get(comp)
             if comp == Compensation.RESTART_SOURCE and restarted is not None and self._once:
                 continue
-            if comp == Compensation.FENCE_TARGET and fence_tried:
+            if comp in _ONCE_PER_PASS and comp in tried:
                 continue
+            tried.add(comp)
             blocked = undo_blocked_by(comp, {h for h, by in doubt.items() if by})
             if blocked:
                 why = "held back: needs " + " and ".join(h.value for h in blocked)
@@ -215,11 +231,12 @@ class CutoverUndo:
                 if comp == Compensation.FENCE_TARGET:
                     fence_tried = True
                 try:
-                    await self._step(comp, "compensation")
+                    result = await self._step(comp, "compensation")
                 except ActivityError as err:
                     why = f"failed: {_cause(err)}"
                     self._log(logging.ERROR, "compensation failed", compensation=comp, error=why)
                 else:
+                    self._target_writes_fate(comp, result)
                     if establishes is not None:
                         doubt[establishes].discard(comp)
                     if comp == Compensation.FENCE_TARGET:
@@ -264,6 +281,24 @@ class CutoverUndo:
             return [*left, (Step.QUIESCE_APPLICATION, why)]
         again = (Compensation.RESTART_SOURCE, "stopped again: no traffic could move back to it")
         return [again, *left, *await self._unfence()]
+
+    def _target_writes_fate(self: _Cutover, comp: str, result: StepResult) -> None:
+        """What became of the target's writes, from the undo that settled it."""
+        written = result.details.get("targetWrittenBytes")
+        if not isinstance(written, int) or isinstance(written, bool):
+            return
+        if comp == Compensation.REVERSE_SYNC:
+            self._target_written = written
+            self._target_writes = "kept: written back to the source before it started"
+        elif comp == Compensation.REMOVE_TARGET_DOMAIN and self._target_writes is None:
+            self._target_written = written
+            if Compensation.REVERSE_SYNC in self._compensations and self._discarded_by:
+                why = f"the operator said so ({self._discarded_by})"
+            elif Compensation.FENCE_TARGET in self._compensations:
+                why = "the runbook says rollback.reverseSync: false"
+            else:
+                why = "no user reached the target (rolled back before the traffic switch)"
+            self._target_writes = f"discarded: {why}"
 
     async def _unfence(self: _Cutover) -> list[tuple[str, str]]:
         """Resume the fenced target; what failed, if it did."""

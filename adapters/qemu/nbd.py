@@ -40,17 +40,28 @@ class NbdImage:
     `read_only` with `shared`: read an image another process (a running QEMU domain) holds
     open (image locking off for this reader)."""
 
-    def __init__(self, path: Path, fmt: str, read_only: bool = False, shared: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        read_only: bool = False,
+        shared: bool = False,
+        server: list[str] | None = None,
+    ) -> None:
+        """`server`: another NBD server's command line (e.g. nbdkit) instead of qemu-nbd;
+        `{socket}` in it is replaced by the private socket's path."""
         self.path, self.fmt, self.read_only = path, fmt, read_only
         qemu_nbd = shutil.which("qemu-nbd")
-        if qemu_nbd is None:
+        if qemu_nbd is None and server is None:
             raise NbdError("qemu-nbd is not installed (Debian package qemu-utils)")
         self._dir = tempfile.mkdtemp(prefix="cutover-nbd-")
         self._sock_path = os.path.join(self._dir, "sock")
-        argv = [qemu_nbd, f"--socket={self._sock_path}", "--shared=1"]
+        argv = [str(qemu_nbd), f"--socket={self._sock_path}", "--shared=1"]
         if read_only:
             argv.append("--read-only")
-        if shared:  # no image lock: QEMU's own lock on a running domain's disk stays
+        if server is not None:
+            argv = [a.replace("{socket}", self._sock_path) for a in server]
+        elif shared:  # no image lock: QEMU's own lock on a running domain's disk stays
             name = str(path).replace(",", ",,")
             opts = f"driver={fmt},file.driver=file,file.filename={name},file.locking=off"
             argv += ["--image-opts", opts]

@@ -155,7 +155,14 @@ async def cmd_update(args: argparse.Namespace) -> int:
             req_e = ExtendRequest(minutes=args.minutes, requestedBy=who)
             return await handle.execute_update(wf.extend, req_e)
         if args.command == "resume":
-            req_s = ResumeRequest(requestedBy=args.as_ or who, reason=args.reason)
+            discard = args.discard_target_writes is not None
+            if discard and not args.discard_target_writes.strip():
+                raise ValueError("--discard-target-writes: expected a reason (it is recorded)")
+            req_s = ResumeRequest(
+                requestedBy=args.as_ or who,
+                reason=args.discard_target_writes if discard else args.reason,
+                discardTargetWrites=discard,
+            )
             return await handle.execute_update(wf.resume, req_s)
         req_f = FinalizeRequest(requestedBy=who)
         done: str = await handle.execute_update("finalize", req_f, result_type=str)
@@ -214,3 +221,9 @@ def register(cli: Group) -> None:
         "--as", dest="as_", metavar="NAME", help="who resumes (default: you, as user@host)"
     )
     sp.add_argument("--reason", default="", help="what was fixed; recorded in the history")
+    sp.add_argument(
+        "--discard-target-writes",
+        metavar="REASON",
+        help="a rollback blocked on reverse_sync: go on without writing the target's writes "
+        "back, discarding them (REASON is recorded in the history)",
+    )
