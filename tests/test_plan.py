@@ -420,3 +420,21 @@ def test_wave_files_check_for_structure_without_a_site(
     with pytest.raises(ConfigError) as exc:
         wave_structure(tmp_path / "out" / "waves" / "bad.yaml")
     assert "applications[0].dependsOn[0]: unknown application 'nowhere'" in str(exc.value)
+
+
+def test_cutover_wave_validate_without_a_site_checks_structure_only(
+    estate: tuple[list[GenVM], Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, xlsx, deps = estate
+    assert run_plan(xlsx, deps, tmp_path / "out") == 0
+    first = json.loads((tmp_path / "out" / "plan.json").read_text())["waves"][0]["name"]
+    wave = tmp_path / "out" / "waves" / f"{first}.yaml"
+    capsys.readouterr()
+    assert main(["wave", "validate", str(wave)]) == 0
+    assert "structurally valid (no site checked)" in capsys.readouterr().out
+    doc = yaml.safe_load(wave.read_text())
+    doc["applications"][0]["dependsOn"] = ["nowhere"]
+    bad = wave.with_name("bad.yaml")  # beside it: runbook paths are relative
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["wave", "validate", str(bad)]) != 0
+    assert "unknown application 'nowhere'" in capsys.readouterr().err

@@ -68,6 +68,15 @@ async def _wave_handle(client: Client, ident: str) -> WorkflowHandle[Any, WaveRe
 
 
 def cmd_wave_validate(args: argparse.Namespace) -> int:
+    if not args.site:
+        # no site: the file's structure only (what a planner's output or a hand-written
+        # file must satisfy before any site binds its checks and platforms)
+        from cutover.plan.structure import wave_structure
+
+        name, apps = wave_structure(args.wave)
+        msg = f"wave {name}: {len(apps)} application(s) structurally valid (no site checked)"
+        emit({"wave": name, "applications": apps, "site": None}, args.json, msg)
+        return EXIT_OK
     inp = load_input(args)
     msg = f"wave {inp.name}: {len(inp.apps)} application(s) valid against {args.site}"
     emit({"wave": inp.name, "applications": [a.application for a in inp.apps]}, args.json, msg)
@@ -365,11 +374,12 @@ def register(cli: Group) -> None:
                      "WAVE_COMMAND")  # fmt: skip
     sp = wave.command(
         "validate",
-        "Check a wave file, its runbooks and dependencies against a site.",
+        "Check a wave file, its runbooks and dependencies: against a site with --site, else "
+        "their structure only.",
         cmd_wave_validate,
-        site=True,
     )
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
+    sp.add_argument("--site", help="site config YAML (absent: structure only, no site)")
     sp = wave.command("run", "Start a wave; prints its workflow ID.", cmd_wave_run, site=True)
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
     sp.add_argument("--wait", action="store_true", help="wait for and print the result")
