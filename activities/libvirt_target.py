@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,7 +65,7 @@ from adapters.qemu.img import image_info, overlay_extents
 from adapters.staging import layout as staging
 from adapters.staging.layout import confined, staging_dir
 from cutover import facts as F
-from cutover.catalog import Compensation, Step
+from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.disknames import (
     disk_id,
     mapping_for,
@@ -464,6 +466,66 @@ class LibvirtTarget:
             attempt=_attempt(),
         )
 
+    @activity.defn(name=FinalizeStep.COMMIT_TARGET_OVERLAY)
+    def commit_target_overlay(self, inp: StepInput) -> StepResult:
+        """Merge each overlay into its base while the domain runs (libvirt active block
+        commit, then pivot: the guest never stops), then delete the overlay volume once no
+        domain definition, live or persistent, references it. Idempotent: a disk already
+        on its base is left; an unreferenced overlay is removed."""
+        facts = inp.context.facts
+        overlays = {
+            facts[F.per_disk(F.TARGET_VOLUME, k)]: facts[F.per_disk(F.TARGET_BASE, k)]
+            for k in disk_keys(facts, F.TARGET_BASE)
+        }
+        if not overlays:
+            return StepResult(step=inp.step, changed=False, attempt=_attempt())
+        doms = self._own_domains(inp, "committing the target's overlay")
+        written = self._written(inp) or 0
+        committed: list[str] = []
+        try:
+            for dom in doms:
+                for dev, path in _disk_sources(dom, 0):
+                    if path not in overlays:
+                        continue
+                    if not dom.isActive():
+                        raise _error(
+                            ErrorKind.INVALID_STATE,
+                            f"domain {dom.name()} does not run: its overlay {path} is kept "
+                            "(start it, then resume the finalize)",
+                        )
+                    _active_commit(dom, dev)
+                    committed.append(f"{dom.name()}/{dev}")
+            used = {p for dom in doms for f in (0, libvirt.VIR_DOMAIN_XML_INACTIVE)
+                    for _, p in _disk_sources(dom, f)}  # fmt: skip
+            removed = []
+            for path in overlays:
+                if path in used or not Path(path).exists():
+                    continue
+                conn = self._conn(inp.context.site, inp.context.runbook.targetPlatform)
+                try:
+                    vol = lookup(conn.storageVolLookupByPath, path)
+                except libvirt.libvirtError as exc:  # a driver without storage (embedded)
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                        raise
+                    vol = None
+                if vol is not None:
+                    vol.delete(0)
+                else:
+                    Path(path).unlink()
+                removed.append(path)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, "committing the target's overlay") from None
+        return StepResult(
+            step=inp.step,
+            changed=bool(committed or removed),
+            details={
+                "targetWrittenBytes": written,
+                "committed": ",".join(committed),
+                "removed": ",".join(removed),
+            },
+            attempt=_attempt(),
+        )
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.attach_target_storage_profile,
@@ -473,4 +535,53 @@ class LibvirtTarget:
             self.remove_target_domain,
             self.fence_target,
             self.unfence_target,
+            self.commit_target_overlay,
         ]
+
+
+def _disk_sources(dom: Any, flags: int) -> list[tuple[str, str]]:
+    """(target dev, source file) of a domain's file-backed disks."""
+    root = ET.fromstring(dom.XMLDesc(flags))
+    out = []
+    for disk in root.findall("devices/disk"):
+        src, tgt = disk.find("source"), disk.find("target")
+        if src is not None and tgt is not None and src.get("file"):
+            out.append((tgt.get("dev", ""), src.get("file", "")))
+    return out
+
+
+def _active_commit(dom: Any, dev: str, timeout: float = 600.0) -> None:
+    """Commit the active layer of `dev` into its backing file and pivot onto it."""
+    info = dom.blockJobInfo(dev, 0)
+    if not info:
+        dom.blockCommit(dev, None, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
+    deadline = time.monotonic() + timeout
+    while True:
+        info = dom.blockJobInfo(dev, 0)
+        if info and info.get("end", 0) > 0 and info.get("cur") == info.get("end"):
+            break  # ready: the base holds everything; new writes are mirrored to it
+        if not info:
+            raise _error(ErrorKind.LIBVIRT_FAULT, f"{dom.name()}/{dev}: the commit job vanished")
+        if time.monotonic() > deadline:
+            raise _error(
+                ErrorKind.LIBVIRT_UNAVAILABLE, f"{dom.name()}/{dev}: commit not ready", True
+            )
+        if activity.in_activity():
+            activity.heartbeat({"disk": dev, "cur": info.get("cur"), "end": info.get("end")})
+        time.sleep(0.2)
+    while True:  # "ready" is an event; cur == end can come first: retry the pivot
+        try:
+            dom.blockJobAbort(dev, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+            break
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_BLOCK_COPY_ACTIVE:
+                raise
+            if time.monotonic() > deadline:
+                raise _error(
+                    ErrorKind.LIBVIRT_UNAVAILABLE, f"{dom.name()}/{dev}: no pivot: {exc}", True
+                ) from None
+            time.sleep(0.1)
+    for _ in range(100):  # the pivot completes asynchronously
+        if not dom.blockJobInfo(dev, 0):
+            return
+        time.sleep(0.1)

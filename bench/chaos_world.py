@@ -406,6 +406,8 @@ def _transition(s: AppState, step: str, who: str, now: float) -> Applied:
         details["evidence"] = (
             f"source marked cutover.migratedTo by {s.src_marked_by}" if s.src_marked_by else ""
         )
+    elif step == FinalizeStep.COMMIT_TARGET_OVERLAY:
+        changed = False  # the target's disk chain is not modelled: it serves on as it was
     elif step == RESTORE_DNS_TTL:
         changed = False  # TTLs are not modelled: traffic does not move
     else:

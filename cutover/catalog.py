@@ -61,6 +61,9 @@ class FinalizeStep(StrEnum):
     RETIRE_SOURCE_FROM_LOAD_BALANCER = "retire_source_from_load_balancer"
     #: Put back the DNS TTL from before the cutover (lowered for the window).
     RESTORE_DNS_TTL = "restore_dns_ttl"
+    #: Merge what the target wrote (its overlay) into its base while it runs (block commit
+    #: and pivot), then remove the overlay: one file per disk, no chain left behind.
+    COMMIT_TARGET_OVERLAY = "commit_target_overlay"
 
 
 #: The activity that evaluates any check (pre-check, post-check or rollback criterion).

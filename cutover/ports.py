@@ -119,7 +119,7 @@ SinkFactory = Callable[[StepContext], list[DiskSink]]
 
 
 class TargetPlatform(Protocol):
-    """A target platform's side of a cutover: the seven target steps, each idempotent (a
+    """A target platform's side of a cutover: the eight target steps, each idempotent (a
     re-run finds the world as wanted and says `changed=False`) and raising typed errors.
     Which platform a step runs on is the site's binding of the runbook's `targetPlatform`."""
 
@@ -150,6 +150,11 @@ class TargetPlatform(Protocol):
 
     def unfence_target(self, inp: StepInput) -> StepResult:
         """Resume the machines fence_target paused (the source did not start)."""
+        ...
+
+    def commit_target_overlay(self, inp: StepInput) -> StepResult:
+        """Finalize: merge the running target's overlays into their bases (detail
+        `targetWrittenBytes`) and remove them once nothing references them."""
         ...
 
 

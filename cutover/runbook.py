@@ -170,6 +170,14 @@ class DataSync(_Model):
     maxSnapshotAgeHours: Annotated[StrictFloat | StrictInt, Field(gt=0, le=24 * 30)] = 24
 
 
+class FinalizePolicy(_Model):
+    """What finalize does beyond retiring the source."""
+
+    #: `commit`: merge the target's overlay into its base while it runs, and remove it;
+    #: `keep`: leave the target on its two-file chain (e.g. to keep the frozen base).
+    targetOverlay: Literal["commit", "keep"] = "commit"
+
+
 class RollbackPolicy(_Model):
     """What a rollback after the traffic switch does with what the target wrote."""
 
@@ -205,6 +213,7 @@ class Runbook(_Model):
     endpoint: Endpoint = Field(default_factory=Endpoint, validate_default=True)
     dataSync: DataSync = Field(default_factory=DataSync)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+    finalize: FinalizePolicy = Field(default_factory=FinalizePolicy)
     quiesce: Quiesce = Field(default_factory=Quiesce)
     smokeTest: SmokeTest = Field(default_factory=SmokeTest)
     checkIntervalSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=3600)] = 60

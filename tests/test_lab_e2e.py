@@ -71,7 +71,13 @@ async def test_wave_of_three_through_the_lab(
         for r in results.values():
             assert r.downtimeSeconds is not None and r.downtimeSeconds > 0
         # LB and DNS on exactly one healthy backend; data where it belongs (digests)
-        assert labdemo.check_world(state, outcomes, ran["expected_source"]) == []
+        # the targets wrote (their guests' journals): shop's merged at finalize, billing's
+        # written back into its source disk (check_world reads its journal there)
+        written = {n: r.targetWrittenBytes or 0 for n, r in results.items()}
+        assert written["shop"] > 0 and written["billing"] > 0, written
+        assert "merged" in (results["shop"].targetWrites or "")
+        assert "written back" in (results["billing"].targetWrites or "")
+        assert labdemo.check_world(state, outcomes, ran["expected_source"], written) == []
     finally:
         if worker is not None:
             os.killpg(worker.pid, signal.SIGTERM)

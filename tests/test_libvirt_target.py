@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from activities.convert import ConvertActivities
 from activities.libvirt_target import LibvirtTarget
 from adapters.libvirt.connection import open_connection
-from adapters.qemu.img import image_info, overlay_extents
+from adapters.qemu.img import guest_extents, image_info, overlay_extents, read_guest
 from cutover.inventory import VM, Disk, Nic
 from cutover.models import StepContext, StepInput
 from cutover.runbook import Runbook
@@ -283,6 +283,18 @@ def test_real_flow(tmp_path: Path, embed_uri: str, libvirtd_uri: str) -> None:
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert int(pid_file.read_text()) == pid
         assert not domains.unfence_target(inp).changed
+        # finalize: the overlay merges into the base while the guest runs, then goes
+        committed = domains.commit_target_overlay(inp)
+        assert committed.details["targetWrittenBytes"] == 4096 + 8192
+        assert committed.details["removed"] == str(top) and not top.exists()
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):  # live and persistent
+            src = ET.fromstring(dom.XMLDesc(flags)).find("devices/disk/source")
+            assert src is not None and src.get("file") == str(vol), flags
+        assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        head = b"".join(d for _, d in read_guest(guest_extents(vol, "qcow2")))
+        assert head[4 << 20 : (4 << 20) + 4096] == b"\x4a" * 4096
+        assert head[6 << 20 : (6 << 20) + 8192] == b"\x4b" * 8192
+        assert not domains.commit_target_overlay(inp).changed  # again: nothing to do
         assert domains.fence_target(inp).changed  # removed while fenced, as a rollback does
     finally:
         off = domains.remove_target_domain(inp)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -622,3 +623,30 @@ def test_concerns_for_passthrough_device_and_existing_snapshot(
         assert not warned.passed and "snapshot.present" in warned.detail
     finally:
         VSphereActivities(pool).remove_source_snapshot(snap_inp)
+
+
+def test_cutovers_of_one_wave_define_a_new_custom_field_at_the_same_moment(
+    sim: Vcsim, pool: ClientPool
+) -> None:
+    """Before: the quiesce steps of a wave's cutovers, at one instant, each added the
+    custom-field definition vCenter lacked; all but one failed with DuplicateName."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adapters.vsphere.vm import custom_values, set_custom_value
+
+    site = settings(sim)
+    vms = find_vms(pool.get(site), [v.name for v in read_inventory(pool.get(site)).vms])
+    names = [f"cutover.race-{uuid.uuid4().hex[:8]}" for _ in range(4)]  # 4 races
+    clients = [ClientPool(password=lambda s: sim.password) for _ in vms]  # one per cutover
+    try:
+        found = [find_vms(c.get(site), [vm.name])[0] for c, vm in zip(clients, vms, strict=True)]
+        sis = [c.get(site).connect() for c in clients]
+        for name in names:
+            with ThreadPoolExecutor(len(vms)) as ex:
+                list(ex.map(lambda i, n=name: set_custom_value(sis[i], found[i], n, vms[i].name),
+                            range(len(vms))))  # fmt: skip
+    finally:
+        for c in clients:
+            c.close()
+    si = pool.get(site).connect()
+    assert all(custom_values(si, vm).get(n) == vm.name for vm in vms for n in names)

@@ -98,7 +98,7 @@ async def test_all_steps_succeed_in_runbook_order(client: Client) -> None:
         c in world.calls
         for c in ("restart_source", "remove_target_domain", "restore_load_balancer")
     )
-    assert world.calls[-6:] == [
+    assert world.calls[-7:] == [
         # marked first: a finalize that blocks still leaves the source marked migrated
         "mark_source_migrated",
         "retire_source_from_load_balancer",
@@ -107,6 +107,8 @@ async def test_all_steps_succeed_in_runbook_order(client: Client) -> None:
         # no staging debt: the copies that served the window go once it closed healthy
         "remove_converted_image",
         "discard_staging",
+        # and no chain: what the target wrote merges into its disks
+        "commit_target_overlay",
     ]
     assert result.downtimeSeconds is not None and result.downtimeSeconds > 0
     assert [s.name for s in result.steps if s.kind == "step"] == SEED_STEPS

@@ -18,7 +18,7 @@ from temporalio import activity
 from activities.libvirt_target import LibvirtTarget
 from adapters.dns.updater import Rfc2136Updater
 from adapters.haproxy.runtime import HAProxyRuntime
-from cutover.catalog import Compensation, Step
+from cutover.catalog import Compensation, FinalizeStep, Step
 from cutover.errors import ErrorKind, error
 from cutover.models import StepInput, StepResult
 from cutover.ports import DnsUpdater, LoadBalancer, TargetPlatform
@@ -52,7 +52,7 @@ def load_balancer(settings: HAProxy) -> LoadBalancer:
 
 @dataclass
 class TargetSteps:
-    """The seven target activities, each run by the platform the site binds the runbook's
+    """The eight target activities, each run by the platform the site binds the runbook's
     `targetPlatform` to (by the binding's `type`). Activity names are the catalog's."""
 
     platforms: Mapping[str, TargetPlatform]
@@ -98,6 +98,10 @@ class TargetSteps:
     def unfence_target(self, inp: StepInput) -> StepResult:
         return self.platform(inp).unfence_target(inp)
 
+    @activity.defn(name=FinalizeStep.COMMIT_TARGET_OVERLAY)
+    def commit_target_overlay(self, inp: StepInput) -> StepResult:
+        return self.platform(inp).commit_target_overlay(inp)
+
     def activities(self) -> list[Callable[..., Any]]:
         return [
             self.attach_target_storage_profile,
@@ -107,11 +111,12 @@ class TargetSteps:
             self.remove_target_domain,
             self.fence_target,
             self.unfence_target,
+            self.commit_target_overlay,
         ]
 
 
 def target_steps() -> TargetSteps:
-    """One instance of every registered target platform behind the seven activities."""
+    """One instance of every registered target platform behind the eight activities."""
     return TargetSteps({kind: make() for kind, make in TARGET_PLATFORMS.items()})
 
 

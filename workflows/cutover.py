@@ -109,6 +109,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._target_written: int | None = None
         self._target_writes: str | None = None
         self._discarded_by: str | None = None
+        self._moved_back: set[str] = set()
         self._rollback_reason: str | None = None
         self._reason = ""
         self._bytes_moved = 0
@@ -374,6 +375,14 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         ]
         if leftovers and workflow.patched("discard-staging-at-finalize"):
             steps += leftovers
+        if (
+            self._v2
+            and Step.POWER_ON_TARGET in rb.cutoverSteps
+            and rb.finalize.targetOverlay == "commit"
+            and workflow.patched("commit-target-overlay")
+        ):
+            # last: the source is retired first; the target's chain is its own matter
+            steps.append(FinalizeStep.COMMIT_TARGET_OVERLAY)
         if self._v2:
             if workflow.patched("mark-migrated-first"):
                 # Marked first: a finalize that blocks (and is never resumed) still leaves

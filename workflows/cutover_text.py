@@ -100,26 +100,30 @@ def rollback_text(req: RollbackRequest) -> str:
 
 
 def next_pass(
-    left: list[tuple[str, str]], compensations: list[str], discard: bool = False
+    left: list[tuple[str, str]],
+    compensations: list[str],
+    discard: bool = False,
+    stop_source_first: bool = False,
 ) -> list[str]:
     """The undos a resumed rollback runs, in order: what was left, with the target fenced
     again and its writes synced back before the source starts (a pass that could not
-    start the source unfenced it, and the target may have written since); without the
-    reverse sync once an operator discarded the target's writes."""
-    once = (Compensation.UNFENCE_TARGET, Step.QUIESCE_APPLICATION)
+    start the source unfenced it, and the target may have written since), in that order
+    whatever order they were left in; without the reverse sync once an operator discarded
+    the target's writes; with the source stopped first (`stop_source_first`) when a start
+    that failed may have started it."""
+    fence, sync, restart = (
+        Compensation.FENCE_TARGET,
+        Compensation.REVERSE_SYNC,
+        Compensation.RESTART_SOURCE,
+    )
+    once = (Compensation.UNFENCE_TARGET, Step.QUIESCE_APPLICATION, fence, sync)
     pending = [c for c, _ in left if c not in once]
-    if discard:
-        pending = [c for c in pending if c != Compensation.REVERSE_SYNC]
-    restart = Compensation.RESTART_SOURCE
     if restart in pending:
-        before = [Compensation.FENCE_TARGET]
-        if not discard:
-            before.append(Compensation.REVERSE_SYNC)
+        before: list[str] = [fence] if fence in compensations else []
+        if sync in compensations and not discard:
+            before += [Step.QUIESCE_APPLICATION, sync] if stop_source_first else [sync]
         at = pending.index(restart)
-        for c in before:
-            if c in compensations and c not in pending[:at]:
-                pending.insert(at, c)
-                at += 1
+        pending[at:at] = before
     return pending
 
 
@@ -128,6 +132,7 @@ def where_left(
     compensations: list[str],
     inp: CutoverInput,
     target_fenced: bool = False,
+    then: list[str] | None = None,
 ) -> list[str]:
     """Where each side is after a blocked rollback, and what to do next. `target_fenced`:
     the target is paused (fenced) and stays so while the rollback waits."""
@@ -171,7 +176,7 @@ def where_left(
     lines.append(
         "fix the cause, then resume the rollback: Update `resume` (CLI: `cutover resume "
         f"{inp.runbook.application}`); it runs, in order: "
-        + ", ".join(next_pass(left, compensations))
+        + ", ".join(next_pass(left, compensations) if then is None else then)
     )
     return lines
 

@@ -45,6 +45,10 @@ with workflow.unsafe.imports_passed_through():
 _TRAFFIC_UNDOS = frozenset({Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS})
 #: Registered above each traffic switch, run at most once per pass (one fact each).
 _ONCE_PER_PASS = frozenset({Compensation.FENCE_TARGET, Compensation.REVERSE_SYNC})
+_UNDO_OF = {
+    Step.UPDATE_LOAD_BALANCER: Compensation.RESTORE_LOAD_BALANCER,
+    Step.UPDATE_DNS: Compensation.RESTORE_DNS,
+}
 
 
 class _Cutover(Protocol):
@@ -64,6 +68,7 @@ class _Cutover(Protocol):
     _target_written: int | None
     _target_writes: str | None
     _discarded_by: str | None
+    _moved_back: set[str]
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -77,6 +82,7 @@ class _Cutover(Protocol):
     async def _unfence(self) -> list[tuple[str, str]]: ...
     def _target_writes_fate(self, comp: str, result: StepResult) -> None: ...
     async def _back_to_target(self, left: list[tuple[str, str]]) -> list[tuple[str, str]]: ...
+    def _paths_on_target(self) -> bool: ...
 
 
 class CutoverUndo:
@@ -105,7 +111,7 @@ class CutoverUndo:
         i = 0
         while i < len(steps):
             try:
-                await self._step(steps[i], "finalize")
+                result = await self._step(steps[i], "finalize")
             except ActivityError as err:
                 left = [
                     f"finalize step {steps[i]} failed: {_cause(err)}",
@@ -123,6 +129,10 @@ class CutoverUndo:
                     f"{how}; finalize incomplete",
                     ["finalize incomplete:", *self._left],
                 )
+            written = result.details.get("targetWrittenBytes")
+            if steps[i] == FinalizeStep.COMMIT_TARGET_OVERLAY and isinstance(written, int):
+                self._target_written = written
+                self._target_writes = "kept: merged into the target's disks at finalize"
             i += 1
         return self._finish(
             Outcome.COMPLETED, how, ["the target serves the application", "the source is retired"]
@@ -176,7 +186,15 @@ class CutoverUndo:
                     reason,
                     ["the source serves the application again", "the target was removed"],
                 )
-            where = where_left(left, self._compensations, self._inp, self._target_fenced)
+            # a start that failed may have started it: stop it before writing under it,
+            # only when no user can be on it
+            stop_first = (
+                any(c == Compensation.RESTART_SOURCE and w.startswith("failed") for c, w in left)
+                and Compensation.REVERSE_SYNC in self._compensations
+                and self._paths_on_target()
+            )
+            then = next_pass(left, self._compensations, False, stop_first)
+            where = where_left(left, self._compensations, self._inp, self._target_fenced, then)
             if not await self._blocked(Phase.ROLLBACK_BLOCKED, where):
                 return self._finish(
                     Outcome.FAILED,
@@ -189,12 +207,21 @@ class CutoverUndo:
                     f"{self._resume.requestedBy}: {self._resume.reason or 'no reason given'}"
                 )
                 self._log(logging.WARNING, "target writes discarded", by=self._discarded_by)
-            pending = next_pass(left, self._compensations, self._discarded_by is not None)
+            pending = next_pass(
+                left, self._compensations, self._discarded_by is not None, stop_first
+            )
             self._set_phase(Phase.ROLLING_BACK, sa.OUTCOME.value_set(Outcome.RUNNING.value))
 
     async def _compensate_v2(self: _Cutover, pending: list[str]) -> list[tuple[str, str]]:
         """Run `pending` undos in order; return each that failed or was held back, and why."""
         doubt: dict[Holds, set[str]] = {h: set() for h in Holds}
+        # Not yet true in this pass until their undo runs in it: the target takes no
+        # writes (unless still fenced from the last pass), its writes are on the source.
+        # (A resumed pass must fence before it syncs, and sync before the source starts.)
+        if Compensation.FENCE_TARGET in pending and not self._target_fenced:
+            doubt[Holds.TARGET_FENCED].add(Compensation.FENCE_TARGET)
+        if Compensation.REVERSE_SYNC in pending:
+            doubt[Holds.TARGET_WRITES_KEPT].add(Compensation.REVERSE_SYNC)
         left: list[tuple[str, str]] = []
         # Whether the source runs is one fact per pass: `restart_source` is registered
         # again above each traffic switch, but once it ran (or failed for good) in this pass,
@@ -249,6 +276,7 @@ class CutoverUndo:
                             self._down_to = workflow.now()
                     elif comp in _TRAFFIC_UNDOS:
                         moved_back = True
+                        self._moved_back.add(comp)
                     continue
             if establishes is not None:
                 doubt[establishes].add(comp)
@@ -264,6 +292,7 @@ class CutoverUndo:
             and restarted
             and not moved_back
             and any(c in _TRAFFIC_UNDOS for c, _ in left)
+            and self._paths_on_target()
         ):
             left = await self._back_to_target(left)
         return left
@@ -281,6 +310,17 @@ class CutoverUndo:
             return [*left, (Step.QUIESCE_APPLICATION, why)]
         again = (Compensation.RESTART_SOURCE, "stopped again: no traffic could move back to it")
         return [again, *left, *await self._unfence()]
+
+    def _paths_on_target(self: _Cutover) -> bool:
+        """Whether every traffic path surely points at the target: its switch completed
+        and no undo moved it back. Only then may the source be stopped again (a switch
+        that failed may never have landed: its users would still be on the source)."""
+        switched = {s.name for s in self._records if s.kind == "step" and s.outcome == "ok"}
+        return all(
+            step in switched and _UNDO_OF[step] not in self._moved_back
+            for step in _UNDO_OF
+            if _UNDO_OF[step] in self._compensations
+        )
 
     def _target_writes_fate(self: _Cutover, comp: str, result: StepResult) -> None:
         """What became of the target's writes, from the undo that settled it."""

@@ -55,7 +55,11 @@ def set_custom_value(si: Any, vm: Any, name: str, value: str) -> None:
     keys = {f.name: f.key for f in (cfm.field or [])}
     key = keys.get(name)
     if key is None:
-        key = cfm.AddFieldDefinition(name=name, moType=vim.VirtualMachine).key
+        try:
+            key = cfm.AddFieldDefinition(name=name, moType=vim.VirtualMachine).key
+        except vim.fault.DuplicateName:
+            # another cutover of the wave defined it a moment ago: use that definition
+            key = next(f.key for f in (cfm.field or []) if f.name == name)
     cfm.SetField(entity=vm, key=key, value=value)
 
 

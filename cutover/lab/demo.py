@@ -27,7 +27,7 @@ import dns.query
 import libvirt
 
 from adapters.haproxy.runtime import HAProxyRuntime
-from cutover.lab import disk, stack
+from cutover.lab import disk, guest, stack
 from cutover.models import ApprovalRequest, CutoverResult, CutoverStatus
 from cutover.temporal import connect
 
@@ -53,10 +53,12 @@ def _get(url: str) -> tuple[int, dict[str, Any]]:
 
 
 def check_world(state: dict[str, Any], outcomes: dict[str, str],
-                expected_source: dict[str, str]) -> list[str]:  # fmt: skip
+                expected_source: dict[str, str],
+                written: dict[str, int] | None = None) -> list[str]:  # fmt: skip
     """Every world-facing invariant after a wave: what is wrong (empty when all hold)."""
 
     problems: list[str] = []
+    written = written or {}
     rt = HAProxyRuntime(str(stack.LAB / "haproxy" / "admin.sock"))
     for app in state["apps"]:
         name, outcome = app["name"], outcomes.get(app["name"])
@@ -73,15 +75,22 @@ def check_world(state: dict[str, Any], outcomes: dict[str, str],
         if ips != [want_ip.split(":")[0]]:
             problems.append(f"{name}: DNS answers {ips}, expected [{want_ip.split(':')[0]}]")
         status, body = _get(app["url"])
-        source_now = disk.digest(Path(app["disk"]))
+        # the guests write their journal: compare the data (the journal region aside)
+        source_now = guest.data_digest(Path(app["disk"]), "raw")
         if status != 200 or body.get("side") != serving:
             problems.append(f"{name}: users get HTTP {status} from {body.get('side')}, "
                             f"expected 200 from the {serving}")  # fmt: skip
-        elif body.get("sha256") != source_now:
-            problems.append(f"{name}: the {serving} serves data {body.get('sha256', '')[:12]}, "
-                            f"the source disk is {source_now[:12]}")  # fmt: skip
+        elif body.get("dataSha256") != source_now:
+            problems.append(f"{name}: the {serving} serves data "
+                            f"{body.get('dataSha256', '')[:12]}, the source disk's is "
+                            f"{source_now[:12]}")  # fmt: skip
         if source_now != expected_source[name]:
-            problems.append(f"{name}: the source disk changed during the cutover")
+            problems.append(f"{name}: the source disk's data changed during the cutover")
+        # the target wrote (its guest's journal): on rollback, reverse sync brings it back
+        back = outcome == "ROLLED_BACK" and written.get(name)
+        if back and not guest.read_journal(Path(app["disk"]), "raw"):
+            problems.append(f"{name}: the target wrote {written[name]} bytes; the source holds "
+                            "none of its journal: its writes were not brought back")  # fmt: skip
     return problems
 
 
@@ -173,7 +182,7 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
                 with flat.open("r+b") as f:
                     f.seek(50 * MiB + 4096)
                     f.write(b"written behind change tracking's back")
-                expected_source[n] = disk.digest(flat)
+                expected_source[n] = guest.data_digest(flat, "raw")
                 wrote_behind = True
                 await h.execute_update("approve", ApprovalRequest(approver="ops-lead",
                                        comment="lab demo"))  # fmt: skip
@@ -203,7 +212,7 @@ def phases(r: Any) -> dict[str, float]:
 
 def summary(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
     rows = [f"  {'application':<12} {'outcome':<12} {'expected':<12} {'warm':>6} "
-            f"{'downtime':>9} {'window':>7} {'moved':>9}  reason"]  # fmt: skip
+            f"{'downtime':>9} {'window':>7} {'moved':>9} {'target wrote':>12}  reason"]  # fmt: skip
     problems = []
     for app in state["apps"]:
         r = results[app["name"]]
@@ -211,14 +220,22 @@ def summary(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
         moved = sum(s.bytesMoved or 0 for s in r.steps)
         ph = phases(r)
         down = f"{r.downtimeSeconds:.1f}s" if r.downtimeSeconds is not None else "-"
+        wrote = "-" if r.targetWrittenBytes is None else f"{r.targetWrittenBytes / MiB:.2f}MiB"
         rows.append(
             f"  {app['name']:<12} {r.outcome.value:<12} {want:<12} {ph['warm']:5.1f}s "
-            f"{down:>9} {ph['window']:6.1f}s {moved / MiB:7.1f}MiB  {r.reason[:80]}"
+            f"{down:>9} {ph['window']:6.1f}s {moved / MiB:7.1f}MiB {wrote:>12}  {r.reason[:80]}"
         )
+        if r.targetWrites:
+            rows.append(f"  {'':<12} the target's writes: {r.targetWrites}")
         if r.outcome.value != want:
             problems.append(f"{app['name']}: {r.outcome.value}, expected {want}: {r.reason}")
         elif app["scenario"] == "criterion-rollback" and "data_consistency" not in r.reason:
             problems.append(f"{app['name']}: rolled back, but not by its criterion: {r.reason}")
+        elif app["scenario"] == "criterion-rollback" and not r.targetWrittenBytes:
+            problems.append(f"{app['name']}: its target wrote nothing before the rollback "
+                            "(its guest did not boot in time): no write-back shown")  # fmt: skip
+        elif app["scenario"] == "completes" and not r.targetWrittenBytes:
+            problems.append(f"{app['name']}: its target wrote nothing in its window")
         elif app["scenario"] == "step-failure" and "smoke_test" not in r.reason:
             problems.append(f"{app['name']}: rolled back, but not at smoke_test: {r.reason}")
     print("\n".join(rows))
@@ -237,7 +254,8 @@ def main() -> int:
     problems = summary(state, results)
     print("== checking the world (LB, DNS, what users get, source disks)")
     outcomes = {n: r.outcome.value for n, r in results.items()}
-    problems += check_world(state, outcomes, out["expected_source"])
+    written = {n: r.targetWrittenBytes or 0 for n, r in results.items()}
+    problems += check_world(state, outcomes, out["expected_source"], written)
     for p in problems:
         print(f"  PROBLEM: {p}")
     if not problems:

@@ -255,6 +255,9 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
             "passwordRef": {"file": str(LAB / "vcsim" / "password")},
             "caFile": state["caFile"],
             "datacenter": "DC0",
+            # reverse sync writes the target's writes into the VMs' disks: the simulator's
+            # datastore is a local directory, as an NFS datastore mounted on the worker is
+            "datastoreMounts": {"LocalDS_0": state["datastore"]},
         },
         # TCG: the guest's kernel hangs under nested KVM (LAB.md)
         "libvirt": {"uri": state["libvirtUri"], "domainType": "qemu"},
@@ -294,6 +297,9 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
             "data_consistency_confirmed": {
                 "type": "data-consistency",
                 "description": "every block of the frozen source equals the migrated copy",
+                # four rounds (about 15 s): the target's guest boots and writes meanwhile,
+                # so billing's rollback has writes to bring back (reverse sync)
+                "failAfter": 4,
             },
             "served_through_load_balancer": {
                 "type": "http",
