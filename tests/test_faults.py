@@ -563,3 +563,31 @@ async def test_the_source_never_starts_without_the_targets_writes_unless_an_oper
     assert any(
         b"discardTargetWrites" in p.data and b"true" in p.data for a in updates for p in a.payloads
     )
+
+
+async def test_a_runbook_that_discards_the_targets_writes_says_how_much_went(
+    client: Client,
+) -> None:
+    """`rollback.reverseSync: false`: no write-back (the source starts from its disk as the
+    final sync left it); the result says what the target had written and that it went."""
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        details={"remove_target_domain": {"targetWrittenBytes": 3 << 20}},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue, rollback={"reverseSync": False}))
+        result = await handle.result()
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert "reverse_sync" not in world.calls
+    undo = world.calls[world.calls.index("update_load_balancer") + 1 :]
+    assert undo[:3] == ["fence_target", "restart_source", "restore_load_balancer"], undo
+    assert result.targetWrittenBytes == 3 << 20
+    assert result.targetWrites == "discarded: the runbook says rollback.reverseSync: false"
+    kept = World(
+        check_plan={"app_health_check_failure": [False]},
+        details={"reverse_sync": {"targetWrittenBytes": 5 << 20}},
+    )
+    async with running(client, kept) as queue:
+        result = await (await start(client, window_input(queue))).result()
+    assert result.targetWrittenBytes == 5 << 20
+    assert result.targetWrites == "kept: written back to the source before it started"

@@ -59,6 +59,8 @@ class World:
     checks_cancelled: list[str] = field(default_factory=list)
     #: read-only guard calls (`verify_not_migrated`), kept apart from `calls`
     guard_calls: list[str] = field(default_factory=list)
+    #: step name -> extra result details it reports (e.g. targetWrittenBytes)
+    details: dict[str, dict[str, str | int | float | bool]] = field(default_factory=dict)
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self._step(n) for n in ALL_STEP_NAMES] + [self._check()]
@@ -96,6 +98,7 @@ class World:
             details: dict[str, str | int | float | bool] = (
                 {"bytesMoved": self.bytes_moved[name]} if name in self.bytes_moved else {}
             )
+            details |= self.details.get(name, {})
             return StepResult(
                 step=name, facts=facts, details=details, attempt=activity.info().attempt
             )

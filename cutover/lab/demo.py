@@ -220,7 +220,7 @@ def summary(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
         moved = sum(s.bytesMoved or 0 for s in r.steps)
         ph = phases(r)
         down = f"{r.downtimeSeconds:.1f}s" if r.downtimeSeconds is not None else "-"
-        wrote = "-" if r.targetWrittenBytes is None else f"{r.targetWrittenBytes / MiB:.2f}MiB"
+        wrote = "-" if r.targetWrittenBytes is None else f"{r.targetWrittenBytes / 1024:.0f}KiB"
         rows.append(
             f"  {app['name']:<12} {r.outcome.value:<12} {want:<12} {ph['warm']:5.1f}s "
             f"{down:>9} {ph['window']:6.1f}s {moved / MiB:7.1f}MiB {wrote:>12}  {r.reason[:80]}"
