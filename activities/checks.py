@@ -10,7 +10,9 @@ all in `adapters.probes`; vsphere-concerns through the vSphere activities; dns t
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -30,6 +32,7 @@ from cutover.site import (
     DataConsistencyProbe,
     DnsProbe,
     HttpProbe,
+    PerformanceBaselineProbe,
     PrometheusProbe,
     TcpProbe,
     VSphereConcernsProbe,
@@ -98,11 +101,87 @@ class CheckActivities:
             return await asyncio.to_thread(prometheus_probe, inp, probe)
         if isinstance(probe, DnsProbe):
             return await asyncio.to_thread(_dns_probe(), inp, probe)
+        if isinstance(probe, PerformanceBaselineProbe):
+            return await asyncio.to_thread(performance_check, inp, probe)
         raise ApplicationError(
             f"check {inp.name}: probe type {probe.type!r} is not supported by this worker yet",
             type=ErrorKind.CONFIG_ERROR.value,
             non_retryable=True,
         )
+
+
+def _config_error(message: str) -> ApplicationError:
+    return ApplicationError(message, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True)
+
+
+def performance_check(inp: CheckInput, probe: PerformanceBaselineProbe) -> CheckResult:
+    """The target domains against their source VMs' baselines (`cutover baseline`)."""
+    from adapters.libvirt.connection import open_connection
+    from adapters.libvirt.domain import domain_name
+    from adapters.libvirt.stats import domain_stats
+    from cutover.plan import baseline
+
+    ctx = inp.context
+    if ctx is None:
+        raise _config_error(f"check {inp.name}: no cutover context (facts) to find the target")
+    vms = F.source_vm_models(ctx.facts)
+    if not vms:
+        raise _config_error(f"check {inp.name}: no source VM facts (`source_vm.<name>`)")
+    names = {domain_name(ctx.application, vms, vm): vm.name for vm in vms}
+    try:
+        stored = baseline.load(Path(probe.baselineFile), probe.baselineSite)
+    except ValueError as exc:
+        raise _config_error(f"check {inp.name}: {exc}") from None
+    threshold = (
+        f"each <= its baseline p95 x {probe.factor:g} (floors: CPU ready "
+        f"{probe.floorCpuReadyPercent:g}%, disk latency {probe.floorDiskLatencyMs:g} ms, "
+        f"network drops {probe.floorNetDropPercent:g}%)"
+    )
+    missing = sorted(vm for vm in names.values() if vm not in stored.vms)
+    if missing:
+        return CheckResult(
+            name=inp.name, phase=inp.phase, passed=False, measured="no baseline",
+            threshold=threshold,
+            detail=f"{probe.baselineFile} has no baseline for {', '.join(missing)}: run "
+            f"`cutover baseline --site SITE --vm {' --vm '.join(missing)}` before the cutover",
+        )  # fmt: skip
+    from activities.libvirt_target import endpoint
+
+    conn = open_connection(endpoint(ctx.site, ctx.runbook.targetPlatform))
+    try:
+        before, t0 = domain_stats(conn, list(names)), time.monotonic()
+        end = t0 + probe.sampleSeconds
+        while (left := end - time.monotonic()) > 0:
+            if activity.in_activity():
+                activity.heartbeat({"sampling": inp.name})
+            time.sleep(min(left, 1.0))
+        after, seconds = domain_stats(conn, list(names)), time.monotonic() - t0
+    finally:
+        conn.close()
+    down = sorted(d for d in names if d not in before or d not in after)
+    if down:
+        return CheckResult(
+            name=inp.name, phase=inp.phase, passed=False, threshold=threshold,
+            measured=f"target domain(s) not running: {', '.join(down)}",
+        )  # fmt: skip
+    floors = {
+        "cpuReadyPercent": float(probe.floorCpuReadyPercent),
+        "diskLatencyMs": float(probe.floorDiskLatencyMs),
+        "netDropPercent": float(probe.floorNetDropPercent),
+    }
+    seen = [baseline.observe(vm, d, before[d], after[d], seconds) for d, vm in names.items()]
+    problems = [
+        p for o in seen for p in baseline.compare(stored.vms[o.vm], o, probe.factor, floors)
+    ]
+    measured = "; ".join(
+        f"{o.vm}: CPU ready {o.cpuReadyPercent:g}%, disk latency {o.diskLatencyMs:g} ms, "
+        f"network drops {o.netDropPercent:g}% over {o.seconds:g} s"
+        for o in seen
+    )
+    return CheckResult(
+        name=inp.name, phase=inp.phase, passed=not problems, measured=measured,
+        threshold=threshold, detail="; ".join(problems) or "within the baselines",
+    )  # fmt: skip
 
 
 def _dns_probe() -> Callable[[CheckInput, DnsProbe], CheckResult]:

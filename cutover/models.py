@@ -190,7 +190,8 @@ class CheckInput(_M):
     vcenter: VCenter | None = None
     #: Only for dns probes: the site's DNS settings (defaults for server and TTL threshold).
     dns: Dns | None = None
-    #: Only for data-consistency probes: the cutover's context (staging dir, facts so far).
+    #: Only for data-consistency and performance-baseline probes: the cutover's context
+    #: (staging dir, facts so far: the source VMs and the target domains).
     context: StepContext | None = None
 
 

@@ -329,6 +329,25 @@ class DataConsistencyProbe(_Probe):
     timeoutSeconds: Seconds = 3600
 
 
+class PerformanceBaselineProbe(_Probe):
+    """The target against the source's performance before migration (`cutover baseline`):
+    the target domains' CPU wait, disk latency and network drops over `sampleSeconds`
+    (libvirt domain stats), each against its VM's baseline p95 times `factor`, and never
+    failing below the floor (small absolute values are noise)."""
+
+    type: Literal["performance-baseline"]
+    #: the file `cutover baseline` wrote (one entry per source VM)
+    baselineFile: NonEmpty
+    #: the site name the baselines were taken under (the file holds one site's)
+    baselineSite: NonEmpty
+    sampleSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=300)] = 5
+    factor: Annotated[StrictFloat | StrictInt, Field(ge=1, le=100)] = 1.5
+    floorCpuReadyPercent: Annotated[StrictFloat | StrictInt, Field(ge=0)] = 5
+    floorDiskLatencyMs: Annotated[StrictFloat | StrictInt, Field(ge=0)] = 20
+    floorNetDropPercent: Annotated[StrictFloat | StrictInt, Field(ge=0)] = 0.1
+    timeoutSeconds: Seconds = 330
+
+
 Probe = Annotated[
     CommandProbe
     | HttpProbe
@@ -336,7 +355,8 @@ Probe = Annotated[
     | DnsProbe
     | PrometheusProbe
     | VSphereConcernsProbe
-    | DataConsistencyProbe,
+    | DataConsistencyProbe
+    | PerformanceBaselineProbe,
     Field(discriminator="type"),
 ]
 

@@ -68,7 +68,12 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
-    from cutover.site import DataConsistencyProbe, DnsProbe, VSphereConcernsProbe
+    from cutover.site import (
+        DataConsistencyProbe,
+        DnsProbe,
+        PerformanceBaselineProbe,
+        VSphereConcernsProbe,
+    )
     from cutover.templating import expand, values_for
 
 # Importable from here too (the CLI, the wave workflow, tests and benches use them).
@@ -492,7 +497,9 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 runbook=self._inp.runbook if about_vms else None,
                 vcenter=self._inp.site.vcenter if about_vms else None,
                 dns=self._inp.site.dns if isinstance(probe, DnsProbe) else None,
-                context=self._context() if isinstance(probe, DataConsistencyProbe) else None,
+                context=self._context()
+                if isinstance(probe, DataConsistencyProbe | PerformanceBaselineProbe)
+                else None,
             )
             try:
                 res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)

@@ -143,3 +143,64 @@ def store(path: Path, site: str, taken: list[VmBaseline]) -> Baselines:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(current.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return current
+
+
+# ------------------------------------------------------------- the target against it
+
+
+class Observed(_M):
+    """One target domain over a sample window, in the baseline's units."""
+
+    vm: str
+    domain: str
+    seconds: float
+    cpuReadyPercent: float
+    diskLatencyMs: float
+    netDropPercent: float
+
+
+def _delta(a: dict[str, int], b: dict[str, int], match: str, suffixes: tuple[str, ...]) -> int:
+    return sum(
+        max(0, b[k] - a.get(k, 0))
+        for k in b
+        if k.startswith(match) and k.endswith(suffixes) and isinstance(b[k], int)
+    )
+
+
+def observe(vm: str, domain: str, a: dict[str, int], b: dict[str, int], seconds: float) -> Observed:
+    """From two libvirt domain-stats snapshots `seconds` apart: the time vCPUs waited for
+    a host CPU (`vcpu.N.delay`, KVM's "ready") per vCPU, the mean latency of the disk
+    requests done meanwhile, and the share of packets dropped."""
+    ncpu = max(int(b.get("vcpu.current", 1)), 1)
+    delay_ns = _delta(a, b, "vcpu.", (".delay",))
+    reqs = _delta(a, b, "block.", (".rd.reqs", ".wr.reqs"))
+    times_ns = _delta(a, b, "block.", (".rd.times", ".wr.times"))
+    drops = _delta(a, b, "net.", (".rx.drop", ".tx.drop"))
+    pkts = _delta(a, b, "net.", (".rx.pkts", ".tx.pkts"))
+    return Observed(
+        vm=vm,
+        domain=domain,
+        seconds=round(seconds, 3),
+        cpuReadyPercent=round(delay_ns / 1e9 / seconds / ncpu * 100, 3),
+        diskLatencyMs=round(times_ns / reqs / 1e6, 3) if reqs else 0.0,
+        netDropPercent=round(drops / (pkts + drops) * 100, 3) if pkts + drops else 0.0,
+    )
+
+
+def compare(base: VmBaseline, obs: Observed, factor: float, floors: dict[str, float]) -> list[str]:
+    """What is worse than the baseline allows: `p95 * factor`, never below the floor."""
+    problems = []
+    for field, stat in (
+        ("cpuReadyPercent", base.cpuReadyPercent),
+        ("diskLatencyMs", base.diskLatencyMs),
+        ("netDropPercent", base.netDropPercent),
+    ):
+        limit = max((stat.p95 * factor) if stat else 0.0, floors[field])
+        value = float(getattr(obs, field))
+        if value > limit:
+            was = f"baseline p95 {stat.p95:g}" if stat else "no baseline figure"
+            problems.append(
+                f"{obs.vm} ({obs.domain}) {field} {value:g} > {limit:g} ({was} x {factor:g}, "
+                f"floor {floors[field]:g})"
+            )
+    return problems
