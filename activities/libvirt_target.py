@@ -108,6 +108,10 @@ class LibvirtTarget:
     _conns: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: a wave's cutovers attach at the same instant: one overlay build at a time in this
+    #: worker (libvirt refuses a pool refresh while a volume is being built; other
+    #: workers' builds are waited out by `adapters.libvirt.storage.refresh`)
+    _volume_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _conn(self, site: SiteConfig, platform: str | None = None) -> Any:
         uri = endpoint(site, platform)
@@ -177,13 +181,14 @@ class LibvirtTarget:
                 if not src.is_file():
                     raise _error(ErrorKind.NOT_FOUND, f"converted image {key} is missing: {src}")
                 pool = self._pool(conn, ctx.site, pool_name)
-                vol, method, sent, sparse = volume_from_image(conn, pool, src, vol_name)
-                details[f"method.{key}"] = method
                 # The target boots an overlay: the base stays the frozen point in time the
                 # window's consistency check compares with the source, and the overlay
                 # holds exactly what the target wrote (kept on rollback).
+                vol, method, sent, sparse = volume_from_image(conn, pool, src, vol_name)
                 size = int(image_info(Path(vol.path()), fmt).get("virtual-size", 0))
-                top = overlay_volume(pool, vol, fmt, size, overlay_name(ctx.application, key))
+                with self._volume_lock:
+                    top = overlay_volume(pool, vol, fmt, size, overlay_name(ctx.application, key))
+                details[f"method.{key}"] = method
                 facts[F.per_disk(F.TARGET_BASE, key)] = vol.path()
                 facts[F.per_disk(F.TARGET_BASE_FORMAT, key)] = fmt
                 facts[F.per_disk(F.TARGET_VOLUME, key)] = top.path()

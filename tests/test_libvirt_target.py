@@ -423,3 +423,48 @@ def test_concurrent_cutovers_share_a_new_pool(tmp_path: Path, libvirtd_uri: str)
         conn.close()
         for target in targets:
             target.close()
+
+
+def test_a_waves_cutovers_attach_overlays_into_one_pool_at_the_same_instant(
+    tmp_path: Path, libvirtd_uri: str
+) -> None:
+    """Seen in the lab: three cutovers attach at once; one's overlay was being built when
+    another refreshed the pool, and libvirt refused ("pool has asynchronous jobs running"):
+    that cutover rolled back. Threads of two workers (two LibvirtTargets) now all attach."""
+    staging = tmp_path / "staging"
+    conv = ConvertActivities()
+    targets = [LibvirtTarget(pool_root=tmp_path / "pools") for _ in range(2)]
+    inputs = []
+    for i in range(12):
+        app, vm = f"app{i}", make_vm().model_copy(update={"name": f"vm{i}"})
+        staged = staging / "apps" / app / f"vm{i}-2000.raw"
+        staged.parent.mkdir(parents=True)
+        make_raw(staged, SIZE)
+        facts = {f"staging_path.vm{i}-2000": str(staged)}
+        one = step_input(libvirtd_uri, staging, facts, vm=vm, fmt="raw", application=app)
+        facts |= conv.convert_image(one).facts
+        inputs.append(step_input(libvirtd_uri, staging, facts, vm=vm, fmt="raw", application=app))
+    got: list[object] = []
+    gate = threading.Barrier(len(inputs))
+
+    def attach(i: int) -> None:
+        gate.wait()
+        try:
+            got.append(targets[i % 2].attach_target_storage_profile(inputs[i]))
+        except BaseException as exc:
+            got.append(exc)
+
+    threads = [threading.Thread(target=attach, args=(i,)) for i in range(len(inputs))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [g for g in got if isinstance(g, BaseException)] == []
+        assert len(got) == len(inputs)
+    finally:
+        for inp, res in zip(inputs, got, strict=False):
+            if not isinstance(res, BaseException):
+                targets[0].detach_target_storage(inp)
+        for target in targets:
+            target.close()

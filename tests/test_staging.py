@@ -103,7 +103,7 @@ def test_application_named_like_an_internal_dir_discards_only_its_own_staging_wi
         facts |= target.attach_target_storage_profile(
             step(site, "web", "attach_target_storage_profile", facts)
         ).facts
-        volume = Path(facts[f"target_volume.{DISK}"])
+        volume = Path(facts[f"target_base.{DISK}"])  # under the overlay the domain boots
         assert volume.parent == staging / "pools" / pool
         kept = tree(staging)
         assert str(Path(facts[f"staging_path.{DISK}"]).relative_to(staging)) in kept

@@ -198,10 +198,13 @@ async def test_shipped_worker_migrates_through_every_real_component(
         try:
             dom = conn.lookupByName(app2)
             assert dom.isActive()  # a real QEMU process, booted from the migrated disk
-            [disk] = ET.fromstring(dom.XMLDesc(0)).findall("devices/disk/source")
-            # it boots an overlay on the frozen base: the guest sees the migrated disk
-            booted = Path(disk.get("file", ""))
-            seen = b"".join(d for _, d in read_guest(guest_extents(booted, "qcow2")))
+            [disk] = ET.fromstring(dom.XMLDesc(0)).findall("devices/disk")
+            # finalize merged its overlay: it runs on the base, the migrated disk
+            source, driver = disk.find("source"), disk.find("driver")
+            assert source is not None and driver is not None
+            booted = Path(source.get("file", ""))
+            assert ".target." in booted.name and not booted.name.endswith(".overlay.qcow2")
+            seen = b"".join(d for _, d in read_guest(guest_extents(booted, driver.get("type", ""))))
             assert seen == content
         finally:
             conn.close()

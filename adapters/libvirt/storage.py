@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +71,7 @@ def link_volume(pool: Any, source: Path, name: str) -> Any | None:
         if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             return None
         raise error(ErrorKind.LIBVIRT_FAULT, f"linking {source} into {target}: {exc}") from None
-    pool.refresh(0)
+    refresh(pool)
     return pool.storageVolLookupByName(name)
 
 
@@ -153,8 +154,7 @@ def volume_from_image(conn: Any, pool: Any, src: Path, name: str) -> tuple[Any, 
         vol = pool.createXML(ET.tostring(xml, encoding="unicode"), 0)
         sent, sparse = upload_volume(conn, vol, src)
         method = "upload"
-    with contextlib.suppress(libvirt.libvirtError):
-        pool.refresh(0)
+    refresh(pool)
     return vol, method, sent, sparse
 
 
@@ -182,6 +182,21 @@ def overlay_volume(pool: Any, base: Any, base_format: str, capacity: int, name: 
     ET.SubElement(backing, "path").text = base.path()
     ET.SubElement(backing, "format", type=base_format)
     vol = pool.createXML(ET.tostring(xml, encoding="unicode"), 0)
-    with contextlib.suppress(libvirt.libvirtError):
-        pool.refresh(0)
+    refresh(pool)
     return vol
+
+
+def refresh(pool: Any, wait: float = 30.0) -> None:
+    """Rescan the pool's directory. libvirt refuses while another volume of the pool is
+    being built ("has asynchronous jobs running": a cutover of the same wave creating its
+    overlay, in this worker or another): wait for it, bounded."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pool.refresh(0)
+            return
+        except libvirt.libvirtError as exc:
+            busy = "asynchronous jobs" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
