@@ -49,13 +49,20 @@ async def acli(server: DevServer, *args: str) -> subprocess.CompletedProcess[str
 async def test_criterion_rollback_names_criterion_measurement_and_compensations(
     client: Client,
 ) -> None:
-    world = World(check_plan={"app_health_check_failure": [True, False]})
+    world = World(
+        check_plan={"app_health_check_failure": [True, False]},
+        details={"reverse_sync": {"targetWrittenBytes": 3 << 20}},
+    )
     async with running(client, world) as queue:
         inp = cutover_input(queue, rollbackWindowMinutes=1, checkIntervalSeconds=0.2)
         handle = await start(client, inp)
         result = await handle.result()
     assert result.outcome == Outcome.ROLLED_BACK
     report = await audit(client, handle.id)
+    assert report.targetWrittenBytes == 3 << 20
+    assert "- **Written on the target**: 3.00 MiB (kept: written back to the source" in (
+        to_markdown(report)
+    )
     assert report.workflowType == "AppCutover"
     assert report.outcome == "ROLLED_BACK" and report.status == "COMPLETED"
     assert report.requestedBy == "pytest"

@@ -245,7 +245,10 @@ async def test_prometheus_endpoint_has_sdk_and_cutover_metrics(
     address = f"127.0.0.1:{free_port()}"
     # Its own Runtime and client: the session client's default runtime stays untouched.
     mclient = await connect(temporal_server.address, runtime=telemetry.metrics_runtime(address))
-    world = World(bytes_moved={"pre_copy": 5000, "incremental_sync": 300, "final_data_sync": 20})
+    world = World(
+        bytes_moved={"pre_copy": 5000, "incremental_sync": 300, "final_data_sync": 20},
+        details={"commit_target_overlay": {"targetWrittenBytes": 4096}},
+    )
     broken = World(fail={"convert_image"}, bytes_moved={"pre_copy": 7})
     wave = f"{uuid.uuid4().int % 10_000 + 100}"
     async with running(mclient, world) as queue, running(mclient, broken) as queue2:
@@ -261,6 +264,10 @@ async def test_prometheus_endpoint_has_sdk_and_cutover_metrics(
     assert sample(metrics, "cutover_cutovers", workflow_type="AppCutover", task_queue=queue) == 1
     assert sample(metrics, "cutover_bytes_moved", outcome="COMPLETED", wave=wave) == 5320
     assert sample(metrics, "cutover_bytes_moved", outcome="ROLLED_BACK", wave=wave) == 7
+    # what the target wrote in its window, merged at finalize
+    assert (
+        sample(metrics, "cutover_target_written_bytes", outcome="COMPLETED", fate="kept") == 4096
+    ), metrics
     down = results[0].downtimeSeconds
     assert down is not None and down < 1
     assert sample(metrics, "cutover_downtime_seconds_count", outcome="COMPLETED", wave=wave) == 1

@@ -47,7 +47,7 @@ with workflow.unsafe.imports_passed_through():
         WarmStep,
     )
     from cutover.errors import ErrorKind
-    from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME
+    from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME, TARGET_WRITTEN
     from cutover.models import (
         ApprovalRequest,
         CheckInput,
@@ -606,6 +606,13 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         meter.create_counter(BYTES_MOVED, "Disk bytes moved to targets", "By").add(
             self._bytes_moved, {"outcome": outcome.value}
         )
+        if self._target_written is not None and self._target_writes is not None:
+            meter.create_counter(
+                TARGET_WRITTEN, "What targets wrote in their windows (overlays)", "By"
+            ).add(
+                self._target_written,
+                {"outcome": outcome.value, "fate": self._target_writes.split(":")[0]},
+            )
 
     # ------------------------------------------------- queries and updates
 

@@ -160,6 +160,9 @@ class AuditReport(_R):
     compensationFailures: list[str] = Field(default_factory=list)
     downtimeSeconds: float | None = None
     bytesMoved: int = 0
+    #: What the target wrote in its window, and what became of it (kept / discarded, why).
+    targetWrittenBytes: int | None = None
+    targetWrites: str | None = None
     #: Where source and target were left (the workflow's own final account).
     finalState: list[str] = Field(default_factory=list)
     #: A workflow that is not a cutover (e.g. a wave): its result as recorded, decoded.

@@ -455,6 +455,7 @@ class _Reader:
             rep.downtimeSeconds = res.downtimeSeconds
             rep.finalState = list(res.leftWhere)
             rep.compensationFailures = list(res.compensationFailures)
+            rep.targetWrittenBytes, rep.targetWrites = res.targetWrittenBytes, res.targetWrites
         elif rep.status == "CANCELED":
             rep.outcome = rep.status
             rep.reason = f"the workflow was cancelled by {rep.cancelRequestedBy or 'unknown'}"

@@ -48,6 +48,11 @@ def _lines(report: AuditReport) -> list[tuple[str, Any]]:
     summary.append(("Closed", _ts(r.closedAt)))
     summary.append(("Downtime", _secs(r.downtimeSeconds)))
     summary.append(("Bytes moved", str(r.bytesMoved)))
+    if r.targetWrittenBytes is not None:
+        summary.append((
+            "Written on the target",
+            f"{r.targetWrittenBytes / (1 << 20):.2f} MiB ({r.targetWrites or 'fate unknown'})",
+        ))  # fmt: skip
     if r.cancelRequestedBy:
         summary.append(("Cancel requested by", r.cancelRequestedBy))
     if r.terminatedBy:
