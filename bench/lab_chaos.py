@@ -354,7 +354,7 @@ def main() -> None:
     ap.add_argument("--smoke-fail", type=int, default=2)
     ap.add_argument("--window-unhealthy", type=int, default=2)
     ap.add_argument("--window-minutes", type=float, default=0.25)
-    ap.add_argument("--disk-mib", type=int, default=16)
+    ap.add_argument("--disk-mib", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=lab.LAB.parent / "lab-chaos.json")
     a = ap.parse_args()

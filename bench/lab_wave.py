@@ -97,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--apps", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--disk-mib", type=int, default=16)
+    ap.add_argument("--disk-mib", type=int, default=64)
     ap.add_argument("--window-minutes", type=float, default=0.1)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

@@ -591,3 +591,23 @@ async def test_a_runbook_that_discards_the_targets_writes_says_how_much_went(
         result = await (await start(client, window_input(queue))).result()
     assert result.targetWrittenBytes == 5 << 20
     assert result.targetWrites == "kept: written back to the source before it started"
+
+
+async def test_a_window_whose_last_round_started_long_before_the_close_decides_on_a_fresh_one(
+    client: Client,
+) -> None:
+    """Seen in bench.lab_chaos: a worker died during the window's first round; the retried
+    check ended after the window's deadline, and the cutover finalized on evidence from the
+    window's first second, while the target had turned unhealthy meanwhile (it then blocked
+    in finalize with users getting errors). The close now takes a fresh round."""
+    world = World(
+        check_plan={"app_health_check_failure": [True, False]},
+        check_delay={"error_rate_below_threshold": 2.5},  # the first round outlives the window
+    )
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=0.02, checkIntervalSeconds=0.5)
+        result = await (await start(client, inp)).result()
+    assert result.outcome == Outcome.ROLLED_BACK, result.reason
+    assert "app_health_check_failure" in result.reason
+    assert world.check_calls.count("app_health_check_failure") == 2
+    assert "mark_source_migrated" not in world.calls
