@@ -17,7 +17,7 @@ Each application has a *source* service (on `127.0.1.N:8080`) and a *target* one
 file's digest and size; the disk as the guest sees it (through a qcow2 overlay's backing
 chain; `cutover.lab.guest`): what the guest wrote, `journal: {"records", "boots", "last"}`,
 and `dataSha256`, the digest of everything but the journal region (a target that only
-journaled serves the source's); all cached by the file's identity and mtime. Knobs
+journaled serves the source's); cached per file, recomputed at most every 3 s. Knobs
 (`<lab>/knobs.json`, re-read when it changes), per application and side: `latencyMs` (every
 answer waits), `failing` (500 on data requests) and `unhealthy` (503 on /health), so
 rollback can be shown.
@@ -90,50 +90,78 @@ class Knobs:
         return knobs
 
 
-_digests: dict[tuple[int, int, int, int], str] = {}
-_sizes: dict[tuple[int, int, int, int], int] = {}
-_digest_lock = threading.Lock()
+#: A running guest changes its disk's mtime every 2 s (its journal): a view computed less
+#: than this long ago is served as is, so requests do not re-read the disk at each write
+#: (and the health checks through the load balancer stay fast).
+REUSE_SECONDS = 3.0
+
+
+class _Cache:
+    """Per file (device, inode, format): the last value and when it was computed; one lock
+    per file, so one side's digest never holds another side's requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[tuple[int, int, str], threading.Lock] = {}
+        self._values: dict[tuple[int, int, str], tuple[int, int, float, Any]] = {}
+
+    def get(self, path: Path, fmt: str, compute: Any) -> Any:
+        st = path.stat()
+        key = (st.st_dev, st.st_ino, fmt)
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            hit = self._values.get(key)
+            now = time.monotonic()
+            if (
+                hit is not None
+                and hit[1] == st.st_size
+                and (hit[0] == st.st_mtime_ns or now - hit[2] < REUSE_SECONDS)
+            ):
+                return hit[3]
+            value = compute()
+            self._values[key] = (st.st_mtime_ns, st.st_size, now, value)
+            return value
+
+
+_digests = _Cache()
+_views = _Cache()
 
 
 def disk_digest(path: Path) -> tuple[str, int]:
-    st = path.stat()
-    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-    with _digest_lock:
-        if key not in _digests:
-            h = hashlib.sha256()
-            with path.open("rb") as f:
-                qcow2 = f.read(4) == b"QFI\xfb"
-                f.seek(0)
-                while not qcow2 and (chunk := f.read(16 * MiB)):
-                    h.update(chunk)
-            if qcow2:  # an overlay on its base: what the guest sees, not the file's bytes
-                extents = guest_extents(path, "qcow2")
-                for _, data in read_guest(extents, 16 * MiB):
-                    h.update(data)
-                _sizes[key] = sum(e.length for e in extents)
-            _digests[key] = h.hexdigest()
-        return _digests[key], _sizes.get(key, st.st_size)
+    """The SHA-256 of the disk as its guest sees it (a qcow2 overlay through its chain),
+    and its size."""
 
+    def compute() -> tuple[str, int]:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            qcow2 = f.read(4) == b"QFI\xfb"
+            f.seek(0)
+            while not qcow2 and (chunk := f.read(16 * MiB)):
+                h.update(chunk)
+        if not qcow2:
+            return h.hexdigest(), path.stat().st_size
+        extents = guest_extents(path, "qcow2")
+        for _, data in read_guest(extents, 16 * MiB):
+            h.update(data)
+        return h.hexdigest(), sum(e.length for e in extents)
 
-_views: dict[tuple[int, int, int, int, str], dict[str, Any]] = {}
-_view_lock = threading.Lock()
+    value: tuple[str, int] = _digests.get(path, "", compute)
+    return value
 
 
 def guest_view(path: Path, fmt: str) -> dict[str, Any]:
     """What the guest sees on the disk (through a qcow2 overlay's backing chain): its
-    journal and the digest of everything else, cached by the file's identity and mtime (a
-    running guest's write changes the mtime of the file it writes into)."""
-    st = path.stat()
-    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, fmt)
-    with _view_lock:
-        if key not in _views:
-            if len(_views) > 64:  # a running target makes a new key every few seconds
-                _views.clear()
-            _views[key] = {
-                "journal": journal_summary(read_journal(path, fmt)),
-                "dataSha256": data_digest(path, fmt),
-            }
-        return _views[key]
+    journal and the digest of everything else."""
+
+    def compute() -> dict[str, Any]:
+        return {
+            "journal": journal_summary(read_journal(path, fmt)),
+            "dataSha256": data_digest(path, fmt),
+        }
+
+    value: dict[str, Any] = _views.get(path, fmt, compute)
+    return value
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
