@@ -1,7 +1,9 @@
-"""Record workflow histories for the replay test: python -m tests.record_histories [waves|safety]
+"""Record workflow histories for the replay test:
+python -m tests.record_histories [waves|safety|stale-close]
 
 `waves` records only the wave scenarios (wave_*.json), leaving the cutover ones as they are;
-`safety` only the cutover scenarios of the `safety-v2` patch (v2_*.json).
+`safety` only the cutover scenarios of the `safety-v2` patch (v2_*.json); `stale-close` only
+the window that closes on a fresh round (v2_fresh_round_at_close.json).
 
 Run it when a workflow change is *meant* to be compatible and new scenarios need covering;
 never to paper over a replay failure (that failure means running cutovers would break).
@@ -36,6 +38,9 @@ async def main(mode: str = "") -> None:
             client = await connect(srv.address, "default")
             if mode == "safety":
                 await safety(client)
+                return
+            if mode == "stale-close":
+                await stale_close(client)
                 return
             await waves(client)
             if mode == "waves":
@@ -191,10 +196,24 @@ async def safety(client: Client) -> None:
         await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
         await handle.result()
         await write(handle, "v2_fence_and_restart_failed_then_resumed")
+    await stale_close(client)
     async with running(client, World(migrated="vm-1 marked migrated (test)")) as queue:
         handle = await start(client, cutover_input(queue))
         await handle.result()
         await write(handle, "v2_remigration_refused")
+
+
+async def stale_close(client: Client) -> None:
+    """A window whose only round outlives its deadline: the close takes a fresh round."""
+    world = World(
+        check_plan={"app_health_check_failure": [True, False]},
+        check_delay={"error_rate_below_threshold": 2.5},
+    )
+    async with running(client, world) as queue:
+        inp = cutover_input(queue, rollbackWindowMinutes=0.02, checkIntervalSeconds=0.5)
+        handle = await start(client, inp)
+        await handle.result()
+        await write(handle, "v2_fresh_round_at_close")
 
 
 async def write(handle: object, name: str) -> None:
