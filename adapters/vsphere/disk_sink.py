@@ -25,8 +25,8 @@ from pathlib import Path
 
 from adapters.qemu.nbd import NbdError, NbdImage
 from adapters.vsphere.client import ClientPool
-from adapters.vsphere.inventory import read_inventory, resolve_vms
-from cutover import facts as F
+from adapters.vsphere.disk_source import source_vms
+from adapters.vsphere.inventory import read_inventory
 from cutover.disknames import disk_id
 from cutover.errors import ErrorKind, config_error, error
 from cutover.models import StepContext
@@ -110,12 +110,7 @@ def vsphere_sinks(pool: ClientPool) -> SinkFactory:
     """The runbook's VMs' current disks, opened for writing in place."""
 
     def make(ctx: StepContext) -> list[DiskSink]:
-        vc = ctx.site.vcenter
-        if vc is None:
-            raise config_error("the site config has no `vcenter` section")
-        client = pool.get(vc)
-        names_fact = ctx.facts.get(F.SOURCE_VMS)
-        names = names_fact.split(",") if names_fact else resolve_vms(client, ctx.runbook)
+        vc, client, names = source_vms(pool, ctx)
         inv = read_inventory(client)
         sinks: list[DiskSink] = []
         try:

@@ -16,6 +16,7 @@ from cutover.disknames import disk_id
 from cutover.errors import ErrorKind, config_error
 from cutover.models import StepContext
 from cutover.ports import DiskSource, Extent, SourceFactory
+from cutover.site import VCenter
 
 
 class DatastoreSource:
@@ -74,16 +75,23 @@ class DatastoreSource:
         self._stream.close()
 
 
+def source_vms(pool: ClientPool, ctx: StepContext) -> tuple[VCenter, VSphereClient, list[str]]:
+    """The site's vCenter, its client, and the cutover's source VMs (the fact the guard
+    step published, else the runbook's selection resolved now)."""
+    vc = ctx.site.vcenter
+    if vc is None:
+        raise config_error("the site config has no `vcenter` section")
+    client = pool.get(vc)
+    names_fact = ctx.facts.get(F.SOURCE_VMS)
+    names = names_fact.split(",") if names_fact else resolve_vms(client, ctx.runbook)
+    return vc, client, names
+
+
 def vsphere_sources(pool: ClientPool) -> SourceFactory:
     """The runbook's VMs' disks, read from their datastores through vCenter."""
 
     def make(ctx: StepContext, precopy: bool) -> list[DiskSource]:
-        vc = ctx.site.vcenter
-        if vc is None:
-            raise config_error("the site config has no `vcenter` section")
-        client = pool.get(vc)
-        names_fact = ctx.facts.get(F.SOURCE_VMS)
-        names = names_fact.split(",") if names_fact else resolve_vms(client, ctx.runbook)
+        vc, client, names = source_vms(pool, ctx)
         if precopy:
             for vm_name in names:
                 enable_cbt(client, vm_name)
