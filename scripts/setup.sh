@@ -8,11 +8,14 @@ cd "$(dirname "$0")/.."
 # tests and the lab drive; their services are never enabled, the tests start them.
 # qemu-utils, qemu-system-x86 and the libvirt daemon/driver are the KVM target the tests
 # define real domains on (libvirtd and embedded QEMU are started by the tests themselves).
+# restic, prometheus-alertmanager and nftables are the day-two systems the backup,
+# alert-routing and network-policy probes are tested against (adapters/probes/).
 # chromium is the headless browser tests/test_ui.py drives the Temporal Web UI with (through
 # the `playwright` package of the dev extra; never `playwright install`).
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libvirt-dev openssl haproxy bind9
   bind9-utils prometheus qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu
-  libvirt-clients chromium linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools systemd-boot-efi ovmf)
+  libvirt-clients chromium linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools systemd-boot-efi ovmf
+  restic prometheus-alertmanager nftables)
 
 source scripts/lib.sh
 ensure_apt setup "${APT_PACKAGES[@]}"
