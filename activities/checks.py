@@ -3,7 +3,8 @@
 A probe that runs and sees a problem returns `passed=False` with what it measured; only a
 probe that cannot run at all raises. Probe types: command, http (one request, or SLO
 sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query),
-all in `adapters.probes`; vsphere-concerns through the vSphere activities; dns through
+and the day-two probes nftables-policy (`netpolicy`), all in `adapters.probes`;
+vsphere-concerns through the vSphere activities; dns through
 `adapters.dns.probe`; data-consistency through the disk activities.
 """
 
@@ -21,6 +22,7 @@ from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
 from adapters.probes.command import command_probe
 from adapters.probes.http import http_probe, http_slo_probe, is_slo_probe
+from adapters.probes.netpolicy import nftables_probe
 from adapters.probes.prometheus import prometheus_probe
 from adapters.probes.tcp import tcp_probe
 from cutover import facts as F
@@ -32,6 +34,7 @@ from cutover.site import (
     DataConsistencyProbe,
     DnsProbe,
     HttpProbe,
+    NftablesPolicyProbe,
     PerformanceBaselineProbe,
     PrometheusProbe,
     TcpProbe,
@@ -103,6 +106,8 @@ class CheckActivities:
             return await asyncio.to_thread(_dns_probe(), inp, probe)
         if isinstance(probe, PerformanceBaselineProbe):
             return await asyncio.to_thread(performance_check, inp, probe)
+        if isinstance(probe, NftablesPolicyProbe):
+            return await asyncio.to_thread(nftables_probe, inp, probe)
         raise ApplicationError(
             f"check {inp.name}: probe type {probe.type!r} is not supported by this worker yet",
             type=ErrorKind.CONFIG_ERROR.value,

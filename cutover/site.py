@@ -6,6 +6,7 @@ path), never secret values: the whole site config travels in workflow input and 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -348,6 +349,216 @@ class PerformanceBaselineProbe(_Probe):
     timeoutSeconds: Seconds = 330
 
 
+# ------------------------------------------------------------------ day-two probes
+# Settings that name a per-application thing (a path, a domain, a table) are written with
+# `{placeholders}` only where cutover.templating fills them in (TEMPLATED); elsewhere a
+# brace would reach the probe literally, so it is refused when the site loads.
+
+
+def _untemplated(probe: BaseModel, *fields: str) -> None:
+    for name in fields:
+        value = getattr(probe, name)
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, str) and "{" in v and name not in TEMPLATED:
+                raise ValueError(
+                    f"`{name}`: placeholders are not filled in for this setting (only in: "
+                    f"{', '.join(sorted(TEMPLATED))}); write the value itself"
+                )
+
+
+class ResticBackupProbe(_Probe):
+    """A restic repository, by `mode`:
+
+    - `last-snapshot-age`: the newest snapshot matching `host`, `tags` and `path` (each a
+      filter when set) is younger than `maxAgeHours` (e.g. `backup_success_last_24h`).
+    - `backup-and-restore`: back up the file `path` (a disk image or a libvirt volume's
+      file) into the repository, restore that snapshot into a temporary directory and
+      compare SHA-256 digests (e.g. `backup_job_succeeds`; as a rollback criterion,
+      `target_backup_failure` is the same probe failing). The digest is taken of exactly
+      the bytes streamed to restic, so a disk a running guest writes to is verified as it
+      was backed up.
+
+    The password is read by the worker from `passwordRef` and handed to restic in its
+    environment (`RESTIC_PASSWORD`), never on a command line.
+    """
+
+    type: Literal["restic-backup"]
+    mode: Literal["last-snapshot-age", "backup-and-restore"]
+    #: A restic repository: a local directory, or any location restic takes (`sftp:`,
+    #: `rest:`, `s3:`...; credentials for those come from the worker's environment).
+    repository: NonEmpty
+    passwordRef: SecretRef
+    #: last-snapshot-age: only snapshots of this host; backup-and-restore: the host recorded.
+    host: NonEmpty | None = None
+    #: last-snapshot-age: only snapshots carrying all these tags; backup-and-restore: the
+    #: snapshot's tags (a `cutover-probe` tag is always added, so it is told apart).
+    tags: list[NonEmpty] = Field(default_factory=list)
+    #: last-snapshot-age: only snapshots of this path (optional); backup-and-restore: the
+    #: file to back up (required).
+    path: NonEmpty | None = None
+    maxAgeHours: Annotated[StrictFloat | StrictInt, Field(gt=0, le=24 * 366)] = 24
+    #: Where the restore is written (default: the system's temporary directory); it needs
+    #: room for one copy of `path`, and is removed after the comparison.
+    restoreDir: NonEmpty | None = None
+    #: The restic program (Debian's `restic` by default).
+    resticBinary: NonEmpty = "restic"
+    timeoutSeconds: Seconds = 600
+
+    @model_validator(mode="after")
+    def _mode_fields(self) -> ResticBackupProbe:
+        _untemplated(self, "repository", "path", "tags", "restoreDir")
+        if self.mode == "backup-and-restore" and self.path is None:
+            raise ValueError("`path`: mode backup-and-restore needs the file to back up")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ValueError(f"`path`: {self.path!r} must be an absolute path")
+        return self
+
+
+class AlertRoutingProbe(_Probe):
+    """Monitoring and alert routing, as far as the settings given reach:
+
+    - with `prometheusUrl`: every rule in `alertRules` is loaded (`/api/v1/rules`) and not
+      failing to evaluate, and, with `job`, that job's targets (only `instance`'s, when
+      set) are scraped and up (`/api/v1/targets`); with `alertmanagerUrl` too, Prometheus
+      sends its alerts to that Alertmanager (`/api/v1/alertmanagers`);
+    - with `alertmanagerUrl` and `receiver`: a test alert with a unique `cutover_probe`
+      label is posted to Alertmanager (`/api/v2/alerts`), must be routed to `receiver`
+      (`/api/v2/alerts/groups`), and, with `receiptUrl`, must show up there: a URL whose
+      answer lists what the receiver got (e.g. `python -m adapters.probes.webhook_sink`
+      behind a webhook receiver). Routing proves Alertmanager's tree sends the alert to
+      the receiver; only `receiptUrl` proves the notification was delivered. The test
+      alert is resolved afterwards.
+    """
+
+    type: Literal["alert-routing"]
+    prometheusUrl: NonEmpty | None = None
+    alertRules: list[NonEmpty] = Field(default_factory=list)
+    #: The scrape job whose targets must be up (its `job` label).
+    job: NonEmpty | None = None
+    #: Only this target of the job (its `instance` label, usually `host:port`).
+    instance: NonEmpty | None = None
+    alertmanagerUrl: NonEmpty | None = None
+    receiver: NonEmpty | None = None
+    #: The test alert's labels besides `alertname` and `cutover_probe` (route matchers).
+    labels: dict[NonEmpty, NonEmpty] = Field(default_factory=dict)
+    alertname: NonEmpty = "CutoverTestAlert"
+    receiptUrl: NonEmpty | None = None
+    #: How long the test alert may take to be routed (and delivered): at least the route's
+    #: `group_wait`.
+    timeoutSeconds: Seconds = 60
+
+    @model_validator(mode="after")
+    def _reach(self) -> AlertRoutingProbe:
+        _untemplated(self, "prometheusUrl", "alertmanagerUrl", "receiptUrl", "job", "instance")
+        for name in ("prometheusUrl", "alertmanagerUrl", "receiptUrl"):
+            v = getattr(self, name)
+            if v is not None and not v.startswith(("http://", "https://")):
+                raise ValueError(f"`{name}`: expected an http:// or https:// URL")
+        if self.prometheusUrl is None and (self.alertRules or self.job):
+            raise ValueError("`alertRules` and `job` are read from Prometheus: set `prometheusUrl`")
+        if self.instance is not None and self.job is None:
+            raise ValueError("`instance` selects a target of `job`: set `job`")
+        if self.prometheusUrl is not None and not (self.alertRules or self.job):
+            raise ValueError("`prometheusUrl`: name what to verify there (`alertRules`, `job`)")
+        if (self.alertmanagerUrl is None) != (self.receiver is None):
+            raise ValueError(
+                "a test alert needs both `alertmanagerUrl` and `receiver` (the receiver it "
+                "must be routed to)"
+            )
+        if self.receiptUrl is not None and self.alertmanagerUrl is None:
+            raise ValueError("`receiptUrl` verifies a test alert: set `alertmanagerUrl`")
+        if self.prometheusUrl is None and self.alertmanagerUrl is None:
+            raise ValueError("set `prometheusUrl` and/or `alertmanagerUrl`: nothing to verify")
+        for key in self.labels:
+            if key in ("alertname", "cutover_probe"):
+                raise ValueError(f"`labels`: {key!r} is set by the probe")
+        return self
+
+
+class NftFlow(_Model):
+    """One flow the application needs: `proto` to `port` from `source`."""
+
+    proto: Literal["tcp", "udp"]
+    port: Port
+    #: A CIDR (`10.0.0.0/8`, `::/0`), or `any` (every IPv4 and IPv6 address).
+    source: NonEmpty = "any"
+
+    @field_validator("source")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        if v == "any":
+            return v
+        try:
+            ipaddress.ip_network(v, strict=True)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR (or `any`): {exc}") from None
+        return v
+
+
+class NftablesPolicyProbe(_Probe):
+    """The live nftables ruleset (`nft -j list table FAMILY TABLE`, in network namespace
+    `netns` when set): `chain` is a base chain whose policy is drop, every flow of `allow`
+    is accepted (and not dropped by a rule before its accept), and no accept rule opens
+    more than those flows. `ct state established,related accept` and `iif lo accept` are
+    not openings; an accept rule the probe cannot read (a jump, a match it does not know)
+    counts as an extra opening, named by its handle."""
+
+    type: Literal["nftables-policy"]
+    family: Literal["inet", "ip", "ip6"] = "inet"
+    table: NonEmpty
+    chain: NonEmpty = "input"
+    allow: list[NftFlow] = Field(default_factory=list)
+    #: Run nft in this network namespace (`ip netns exec NETNS nft ...`).
+    netns: NonEmpty | None = None
+    nftBinary: NonEmpty = "nft"
+
+    @model_validator(mode="after")
+    def _names(self) -> NftablesPolicyProbe:
+        _untemplated(self, "table", "chain", "netns")
+        return self
+
+
+class LiveResizeProbe(_Probe):
+    """A live resize through libvirt (day-two "scaling or resize"): change the running
+    `domain`'s memory (balloon, `memoryDeltaMiB`, within its maximum memory) and/or vCPUs
+    (`vcpusDelta`, within its maximum vCPUs), wait until the guest took the change, hold it
+    `holdSeconds`, check the guest still answers (`url`: an HTTP GET answering
+    `expectStatus`; `host` + `port`: a TCP connect; always: the domain running and QEMU
+    reporting it running), then restore the original values and check they are back.
+    Fails naming the change the guest did not take or survive, or what was not restored."""
+
+    type: Literal["live-resize"]
+    #: The libvirt endpoint of the target's host.
+    uri: NonEmpty = "qemu:///system"
+    domain: NonEmpty
+    #: Balloon change in MiB (negative shrinks); the guest needs a balloon driver.
+    memoryDeltaMiB: StrictInt | None = None
+    #: vCPU change (positive plugs vCPUs up to the domain's maximum, negative unplugs).
+    vcpusDelta: StrictInt | None = None
+    #: How long the guest may take to take (and give back) each change.
+    settleSeconds: Annotated[StrictFloat | StrictInt, Field(gt=0, le=600)] = 30
+    #: How long the changed size is held before the guest is asked to answer.
+    holdSeconds: Annotated[StrictFloat | StrictInt, Field(ge=0, le=600)] = 2
+    url: NonEmpty | None = None
+    expectStatus: Annotated[StrictInt, Field(ge=100, le=599)] = 200
+    host: NonEmpty | None = None
+    port: Port | None = None
+    timeoutSeconds: Seconds = 180
+
+    @model_validator(mode="after")
+    def _change(self) -> LiveResizeProbe:
+        _untemplated(self, "uri", "domain")
+        if not self.memoryDeltaMiB and not self.vcpusDelta:
+            raise ValueError(
+                "set a non-zero `memoryDeltaMiB` and/or `vcpusDelta`: nothing to resize"
+            )
+        if (self.host is None) != (self.port is None):
+            raise ValueError("a TCP answer needs both `host` and `port`")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("`url`: expected an http:// or https:// URL")
+        return self
+
+
 Probe = Annotated[
     CommandProbe
     | HttpProbe
@@ -356,7 +567,11 @@ Probe = Annotated[
     | PrometheusProbe
     | VSphereConcernsProbe
     | DataConsistencyProbe
-    | PerformanceBaselineProbe,
+    | PerformanceBaselineProbe
+    | ResticBackupProbe
+    | AlertRoutingProbe
+    | NftablesPolicyProbe
+    | LiveResizeProbe,
     Field(discriminator="type"),
 ]
 
