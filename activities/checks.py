@@ -3,8 +3,8 @@
 A probe that runs and sees a problem returns `passed=False` with what it measured; only a
 probe that cannot run at all raises. Probe types: command, http (one request, or SLO
 sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query),
-and the day-two probes nftables-policy (`netpolicy`), all in `adapters.probes`;
-vsphere-concerns through the vSphere activities; dns through
+and the day-two probes restic-backup (`backup`), nftables-policy (`netpolicy`), all in
+`adapters.probes`; vsphere-concerns through the vSphere activities; dns through
 `adapters.dns.probe`; data-consistency through the disk activities.
 """
 
@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
+from adapters.probes.backup import restic_probe
 from adapters.probes.command import command_probe
 from adapters.probes.http import http_probe, http_slo_probe, is_slo_probe
 from adapters.probes.netpolicy import nftables_probe
@@ -37,6 +38,7 @@ from cutover.site import (
     NftablesPolicyProbe,
     PerformanceBaselineProbe,
     PrometheusProbe,
+    ResticBackupProbe,
     TcpProbe,
     VSphereConcernsProbe,
 )
@@ -106,6 +108,8 @@ class CheckActivities:
             return await asyncio.to_thread(_dns_probe(), inp, probe)
         if isinstance(probe, PerformanceBaselineProbe):
             return await asyncio.to_thread(performance_check, inp, probe)
+        if isinstance(probe, ResticBackupProbe):
+            return await asyncio.to_thread(restic_probe, inp, probe)
         if isinstance(probe, NftablesPolicyProbe):
             return await asyncio.to_thread(nftables_probe, inp, probe)
         raise ApplicationError(
