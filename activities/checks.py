@@ -3,9 +3,10 @@
 A probe that runs and sees a problem returns `passed=False` with what it measured; only a
 probe that cannot run at all raises. Probe types: command, http (one request, or SLO
 sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query),
-and the day-two probes restic-backup (`backup`), nftables-policy (`netpolicy`), all in
-`adapters.probes`; vsphere-concerns through the vSphere activities; dns through
-`adapters.dns.probe`; data-consistency through the disk activities.
+and the day-two probes restic-backup (`backup`), alert-routing (`alerting`),
+nftables-policy (`netpolicy`), all in `adapters.probes`; vsphere-concerns through the
+vSphere activities; dns through `adapters.dns.probe`; data-consistency through the disk
+activities.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.disks import DiskActivities
 from activities.vsphere import VSphereActivities
+from adapters.probes.alerting import alert_routing_probe
 from adapters.probes.backup import restic_probe
 from adapters.probes.command import command_probe
 from adapters.probes.http import http_probe, http_slo_probe, is_slo_probe
@@ -31,6 +33,7 @@ from cutover.catalog import RUN_CHECK
 from cutover.errors import ErrorKind
 from cutover.models import CheckInput, CheckResult
 from cutover.site import (
+    AlertRoutingProbe,
     CommandProbe,
     DataConsistencyProbe,
     DnsProbe,
@@ -110,6 +113,8 @@ class CheckActivities:
             return await asyncio.to_thread(performance_check, inp, probe)
         if isinstance(probe, ResticBackupProbe):
             return await asyncio.to_thread(restic_probe, inp, probe)
+        if isinstance(probe, AlertRoutingProbe):
+            return await asyncio.to_thread(alert_routing_probe, inp, probe)
         if isinstance(probe, NftablesPolicyProbe):
             return await asyncio.to_thread(nftables_probe, inp, probe)
         raise ApplicationError(
