@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.reverse_sync import ReverseSync
-from adapters.vsphere.disk_sink import MountedFlatDisk
+from adapters.vsphere.disk_sink import MountedDisk
 from cutover import facts as F
 from cutover.models import StepContext, StepInput
 from cutover.ports import DiskSink
@@ -90,7 +90,9 @@ def run(size: int, writes: int, root: Path) -> dict[str, Any]:
     copy_s = time.monotonic() - t0
 
     def sinks(_: StepContext) -> list[DiskSink]:
-        return [MountedFlatDisk(KEY, source)]
+        descriptor = root / "source.vmdk"
+        descriptor.touch()  # empty: the flat file is the disk (as the simulator makes them)
+        return [MountedDisk(KEY, descriptor)]
 
     facts = {F.per_disk(F.TARGET_BASE, KEY): str(base),
              F.per_disk(F.TARGET_VOLUME, KEY): str(overlay)}  # fmt: skip

@@ -5,11 +5,12 @@ files only (a PUT of the entire VMDK), and `HttpNfcLease` imports whole disks; w
 ranges needs either the datastore itself (mounted on the worker, e.g. NFS) or VMware's VDDK
 (NFC/NBD(SSL) to the host), which only the operator can supply. So:
 
-- `MountedFlatDisk`: the VM's current disk is a flat VMDK (`<disk>-flat.vmdk`) on a
-  datastore the site mounts on the worker (`vcenter.datastoreMounts`): plain positioned
-  writes and an fsync. A disk whose current backing is a snapshot delta
-  (`<disk>-000001.vmdk`, sparse) is refused: it needs VDDK. Our simulator's datastores are
-  local directories: the lab and the tests use this path.
+- `MountedDisk`: the VM's current disk on a datastore the site mounts on the worker
+  (`vcenter.datastoreMounts`): a flat VMDK (`<disk>-flat.vmdk`, positioned writes), or the
+  vmfsSparse delta a snapshot put on it (`<disk>-000001.vmdk`: grains allocated as ESXi
+  does, `adapters.vsphere.vmdk`), then an fsync. A seSparse delta (VMFS6) is refused: it
+  needs VDDK. Our simulator's datastores are local directories: the lab and the tests use
+  this path.
 - `vddk_server`: nbdkit's vddk plugin (`nbdkit-plugin-vddk`) against the operator's VDDK
   (`vcenter.vddk`), spoken to by our NBD client (`adapters.qemu.nbd`). Not exercised here
   (VDDK is not redistributable): without nbdkit, its vddk plugin or the libdir, the step
@@ -18,8 +19,6 @@ ranges needs either the datastore itself (mounted on the worker, e.g. NFS) or VM
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 from pathlib import Path
 
@@ -27,35 +26,35 @@ from adapters.qemu.nbd import NbdError, NbdImage
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.disk_source import source_vms
 from adapters.vsphere.inventory import read_inventory
+from adapters.vsphere.vmdk import Chain, LocalDisk, VmdkError, local_fetch
 from cutover.disknames import disk_id
 from cutover.errors import ErrorKind, config_error, error
 from cutover.models import StepContext
 from cutover.ports import DiskSink, SinkFactory
 from cutover.site import VCenter
 
-#: `<name>-000001.vmdk`: the delta a snapshot puts on top of a disk (vSphere's naming).
-_DELTA = re.compile(r"-\d{6}\.vmdk$")
 
+class MountedDisk:
+    """The VM's current disk written in place through a mounted datastore: the flat base,
+    or the vmfsSparse delta a snapshot put on top of it (`adapters.vsphere.vmdk`)."""
 
-class MountedFlatDisk:
-    """A flat VMDK written in place through a mounted datastore."""
-
-    def __init__(self, name: str, path: Path) -> None:
+    def __init__(self, name: str, descriptor: Path) -> None:
         self.name = name
-        self._fd = os.open(path, os.O_WRONLY)
-        self.size = os.fstat(self._fd).st_size
+        try:
+            self._disk = LocalDisk(descriptor)
+            base = Chain(local_fetch(descriptor.parent), descriptor.name, 0).layers[-1]
+        except VmdkError as exc:
+            raise config_error(f"disk {name}: {exc}") from None
+        self.size = (descriptor.parent / base.desc.extent).stat().st_size
 
     def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self._fd, view, offset)
-            view, offset = view[n:], offset + n
+        self._disk.write(offset, data)
 
     def flush(self) -> None:
-        os.fsync(self._fd)
+        self._disk.flush()
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._disk.close()
 
 
 class NbdDisk:
@@ -140,18 +139,13 @@ def _open(vc: VCenter, name: str, file_name: str, moref: str) -> DiskSink:
     ds, rel = file_name[1:].split("] ", 1)
     mount = vc.datastoreMounts.get(ds)
     if mount is not None:
-        if _DELTA.search(rel):
-            raise config_error(
-                f"disk {name}: its current backing {file_name} is a snapshot delta (sparse): "
-                "writing ranges into it needs VDDK (vcenter.vddk)"
-            )
-        flat = Path(mount) / f"{rel.removesuffix('.vmdk')}-flat.vmdk"
-        if not flat.is_file():
+        descriptor = Path(mount) / rel
+        if not descriptor.is_file():
             raise error(
                 ErrorKind.NOT_FOUND,
-                f"disk {name}: {flat} not found (vcenter.datastoreMounts.{ds} = {mount!r})",
+                f"disk {name}: {descriptor} not found (vcenter.datastoreMounts.{ds} = {mount!r})",
             )
-        return MountedFlatDisk(name, flat)
+        return MountedDisk(name, descriptor)
     if vc.vddk is not None:
         return NbdDisk(name, vddk_server(vc, moref, file_name))
     raise config_error(

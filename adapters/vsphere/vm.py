@@ -35,6 +35,11 @@ def snapshot_name(workflow_id: str) -> str:
     return f"cutover-{workflow_id}"
 
 
+def pass_snapshot_name(workflow_id: str) -> str:
+    """The snapshot a data pass reads while the VM runs (taken and removed by the pass)."""
+    return f"{snapshot_name(workflow_id)}-pass"
+
+
 def find_snapshot(si: Any, vm: Any, name: str) -> Any | None:
     for snap in walk_snapshots(read_property(si, vm, "snapshot")):
         if snap.name == name:
@@ -134,15 +139,20 @@ def create_snapshot(vm: Any, si: Any, *, name: str, quiesce: bool) -> bool:
 
 
 def remove_snapshot(vm: Any, si: Any, *, name: str) -> bool:
-    snap = find_snapshot(si, vm, name)
-    if snap is None:
-        return False
-    wait_task(
-        si,
-        snap.RemoveSnapshot_Task(removeChildren=False),
-        f"removing snapshot of {vm.name}",
-    )
-    return True
+    """Remove (consolidate) the snapshot, and first a data pass's snapshot left on top of
+    it by a pass that died (no cutover snapshot is left behind on the source)."""
+    removed = False
+    for n in (f"{name}-pass", name):
+        snap = find_snapshot(si, vm, n)
+        if snap is None:
+            continue
+        wait_task(
+            si,
+            snap.RemoveSnapshot_Task(removeChildren=False),
+            f"removing snapshot {n} of {vm.name}",
+        )
+        removed = True
+    return removed
 
 
 def revert_to_snapshot(vm: Any, si: Any, *, name: str) -> bool:

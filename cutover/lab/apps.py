@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -41,6 +43,8 @@ import libvirt
 from adapters.qemu.img import guest_extents, read_guest
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.inventory import find_vms
+from adapters.vsphere.vmdk import current_top
+from cutover.lab import disk as lab_disk
 from cutover.lab.guest import GuestError, data_digest, journal_summary, read_journal
 from cutover.site import load_site
 
@@ -164,6 +168,28 @@ def guest_view(path: Path, fmt: str) -> dict[str, Any]:
     return value
 
 
+_source_views: dict[Path, tuple[tuple[str, int, int], Path]] = {}
+_source_lock = threading.Lock()
+
+
+def source_disk(flat: Path) -> Path:
+    """The source VM's disk as its guest sees it: the flat file, or while a snapshot puts a
+    delta on it, a raw view of the chain (rebuilt when the delta changes)."""
+    ds, vm = flat.parent.parent, flat.parent.name
+    if not lab_disk.has_delta(ds, vm):
+        return flat
+    top = current_top(lab_disk.descriptor(ds, vm))
+    st = top.with_name(top.name.removesuffix(".vmdk") + "-delta.vmdk").stat()
+    stamp = (top.name, st.st_mtime_ns, st.st_size)
+    with _source_lock:
+        hit = _source_views.get(flat)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        dest = Path(tempfile.gettempdir()) / f"cutover-source-view-{os.getpid()}-{vm}.raw"
+        _source_views[flat] = (stamp, lab_disk.view(ds, vm, dest))
+        return _source_views[flat][1]
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
@@ -186,8 +212,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(500, {"application": s.app, "side": s.side, "error": "failing (knob)"})
             return
         try:
-            digest, size = disk_digest(s.disk)
-            view = guest_view(s.disk, s.fmt)
+            disk = source_disk(s.disk) if s.side == "source" else s.disk
+            digest, size = disk_digest(disk)
+            view = guest_view(disk, s.fmt)
         except (OSError, GuestError) as exc:
             self._send(503, {"application": s.app, "side": s.side, "error": str(exc)})
             return

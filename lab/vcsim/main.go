@@ -57,6 +57,7 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -136,7 +137,7 @@ func main() {
 	srv := model.Service.NewServer()
 
 	// Changed-block tracking in front of the simulator's own handler.
-	cbt := &cbtHandler{next: srv.Config.Handler, ctk: map[string]ctkCache{}}
+	cbt := &cbtHandler{next: srv.Config.Handler, ctk: map[string]ctkCache{}, chains: newChains()}
 	srv.Config.Handler = cbt
 
 	u := *srv.URL
@@ -284,9 +285,10 @@ type ctkCache struct {
 }
 
 type cbtHandler struct {
-	next http.Handler
-	mu   sync.Mutex // guards ctk
-	ctk  map[string]ctkCache
+	next   http.Handler
+	mu     sync.Mutex // guards ctk
+	ctk    map[string]ctkCache
+	chains *chains // snapshot chains (chain.go)
 }
 
 func (h *cbtHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -305,6 +307,14 @@ func (h *cbtHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if err == nil && m.Name == "QueryChangedDiskAreas" {
 			h.queryChangedDiskAreas(w, r, m.Body.(*types.QueryChangedDiskAreas))
 			return
+		}
+	}
+	for _, name := range []string{"CreateSnapshot_Task", "RemoveSnapshot_Task", "RevertToSnapshot_Task"} {
+		if bytes.Contains(body, []byte(name)) {
+			if m, err := simulator.UnmarshalBody(types.TypeFunc(), body); err == nil && m.Name == name {
+				h.snapshotTask(w, r, body, m.Body)
+				return
+			}
 		}
 	}
 	// Only property reads can see a changeId: refresh them before those.
@@ -333,10 +343,12 @@ func (h *cbtHandler) authenticated(r *http.Request) bool {
 
 // disk is what QueryChangedDiskAreas and the changeId refresh need from a VM's disk.
 type disk struct {
-	local    string // local path of <name>.vmdk
+	local    string // local path of <name>.vmdk (the current top of its chain)
 	capacity int64
 	backing  *types.VirtualDeviceFileBackingInfo
 	changeID *string // the backing's changeId field, if its type has one
+	flat     types.VirtualDiskFlatVer2BackingInfo
+	isFlat   bool
 }
 
 // disks lists a VM's disks; call with the VM locked.
@@ -351,9 +363,11 @@ func disks(vm *simulator.VirtualMachine) map[int32]disk {
 			continue
 		}
 		var changeID *string
+		var flat types.VirtualDiskFlatVer2BackingInfo
+		isFlat := false
 		switch b := d.Backing.(type) {
 		case *types.VirtualDiskFlatVer2BackingInfo:
-			changeID = &b.ChangeId
+			changeID, flat, isFlat = &b.ChangeId, *b, true
 		case *types.VirtualDiskSparseVer2BackingInfo:
 			changeID = &b.ChangeId
 		case *types.VirtualDiskSeSparseBackingInfo:
@@ -386,12 +400,14 @@ func disks(vm *simulator.VirtualMachine) map[int32]disk {
 		if capacity == 0 {
 			capacity = d.CapacityInKB * 1024
 		}
-		out[d.Key] = disk{local: path.Join(dir, p.Path), capacity: capacity, backing: info, changeID: changeID}
+		out[d.Key] = disk{local: path.Join(dir, p.Path), capacity: capacity, backing: info, changeID: changeID,
+			flat: flat, isFlat: isFlat}
 	}
 	return out
 }
 
-func ctkPath(vmdk string) string  { return strings.TrimSuffix(vmdk, ".vmdk") + "-ctk.json" }
+// ctkPath is the chain's change-tracking file: beside its base descriptor.
+func ctkPath(vmdk string) string  { return strings.TrimSuffix(chainBase(vmdk), ".vmdk") + "-ctk.json" }
 func flatPath(vmdk string) string { return strings.TrimSuffix(vmdk, ".vmdk") + "-flat.vmdk" }
 
 // readCtk returns the parsed change-tracking file (nil, nil when there is none),
@@ -514,9 +530,19 @@ func (h *cbtHandler) queryChangedDiskAreas(w http.ResponseWriter, r *http.Reques
 		return
 	}
 
+	// The point in time asked for: the snapshot's layers (chain.go), or the current chain.
+	layers, ok := h.chains.pointInTime(vm.Self, req.DeviceKey, req.Snapshot)
+	if !ok {
+		writeFault(w, fmt.Sprintf("%v is not a snapshot of this virtual machine's disk %d", req.Snapshot, req.DeviceKey),
+			&types.InvalidArgument{InvalidProperty: "snapshot"})
+		return
+	}
 	var extents [][2]int64 // [start, end) in bytes, sorted
 	if req.ChangeId == "*" {
-		extents, err = allocated(flatPath(d.local), req.StartOffset, ctk.BlockSize)
+		if layers == nil { // never snapshotted: the flat file
+			layers = []layer{{local: chainBase(d.local)}}
+		}
+		extents, err = allocatedChain(layers, req.StartOffset, ctk.BlockSize)
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.EINVAL) {
 			extents, err = changedBlocks(ctk, -1), nil
 		}
@@ -555,6 +581,76 @@ func (h *cbtHandler) queryChangedDiskAreas(w http.ResponseWriter, r *http.Reques
 		XMLName   xml.Name             `xml:"urn:vim25 QueryChangedDiskAreasResponse"`
 		Returnval types.DiskChangeInfo `xml:"returnval"`
 	}{Returnval: info})
+}
+
+// snapshotTask runs CreateSnapshot_Task, RemoveSnapshot_Task or RevertToSnapshot_Task in
+// the simulator (its tasks run to completion before it answers), then does to the disks
+// what ESXi does (chain.go) before the caller learns the task's ID: nobody can see the
+// task done before its disks are. A failure there fails the task with a FileFault.
+func (h *cbtHandler) snapshotTask(w http.ResponseWriter, r *http.Request, body []byte, req interface{}) {
+	rec := httptest.NewRecorder()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	h.next.ServeHTTP(rec, r)
+	defer func() {
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+	}()
+	m := taskRef.FindSubmatch(rec.Body.Bytes())
+	if rec.Code != http.StatusOK || m == nil {
+		return
+	}
+	task, ok := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: string(m[1])}).(*simulator.Task)
+	if !ok {
+		return
+	}
+	var state types.TaskInfoState
+	var result interface{}
+	simulator.Map.WithLock(task, func() { state, result = task.Info.State, task.Info.Result })
+	if state != types.TaskInfoStateSuccess {
+		return
+	}
+	var err error
+	switch req := req.(type) {
+	case *types.CreateSnapshot_Task:
+		vm, _ := simulator.Map.Get(req.This).(*simulator.VirtualMachine)
+		snap, _ := result.(types.ManagedObjectReference)
+		if vm != nil {
+			err = h.chains.created(vm, snap, h.currentChangeID)
+		}
+	case *types.RemoveSnapshot_Task:
+		for _, e := range simulator.Map.All("VirtualMachine") {
+			if vm, ok := e.(*simulator.VirtualMachine); ok && err == nil {
+				err = h.chains.reconcile(vm)
+			}
+		}
+	case *types.RevertToSnapshot_Task:
+		if snap, ok := simulator.Map.Get(req.This).(*simulator.VirtualMachineSnapshot); ok {
+			if vm, ok := simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine); ok {
+				err = h.chains.reverted(vm, req.This)
+			}
+		}
+	}
+	if err != nil {
+		log.Printf("snapshot disks: %v", err)
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.state", Val: types.TaskInfoStateError},
+			{Name: "info.error", Val: &types.LocalizedMethodFault{
+				Fault: &types.FileFault{File: err.Error()}, LocalizedMessage: err.Error()}},
+		})
+	}
+}
+
+var taskRef = regexp.MustCompile(`<returnval type="Task">([^<]+)</returnval>`)
+
+// currentChangeID is a disk's change ID now ("" without a change-tracking file).
+func (h *cbtHandler) currentChangeID(local string) string {
+	if ctk, err := h.readCtk(local); err == nil && ctk != nil {
+		return fmt.Sprintf("%s/%d", ctk.UUID, ctk.Seq)
+	}
+	return ""
 }
 
 // changedBlocks returns the block extents with changes[b] > since (sorted, uncoalesced).
