@@ -17,9 +17,10 @@ from activities.common import attempt as _attempt
 from adapters.dns.probe import dns_probe, iso_time
 from adapters.dns.server import DnsTransport, TcpTransport, address_host
 from adapters.dns.updater import Rfc2136Updater
+from adapters.probes.http import wait_healthy
 from cutover import facts as F
 from cutover.catalog import Compensation, Step
-from cutover.errors import config_error
+from cutover.errors import ErrorKind, config_error, error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
 from cutover.ports import DnsUpdater
 from cutover.runbook import DnsEndpoint
@@ -56,6 +57,10 @@ class DnsActivities:
     """The DNS switch, its undo and the TTL preparation (sync: run in the worker's threads)."""
 
     transport: DnsTransport = field(default_factory=TcpTransport)
+    #: restore_dns moves users back only once the source answers (its
+    #: `endpoint.sourceAddress`, the smoke test's path and status) for this long at most;
+    #: None: no wait (tests of the record logic, whose sources are not real services)
+    source_health_timeout: float | None = 120.0
     clock: Callable[[], float] = time.time
     #: Builds the updater the site's `dns` binding names (the worker's registry); unset:
     #: RFC 2136 over `transport`, with `clock`.
@@ -121,6 +126,8 @@ class DnsActivities:
             or facts.get(F.TARGET_ADDRESS)
             or ctx.runbook.endpoint.targetAddress
         )
+        if source and self.source_health_timeout is not None:
+            self._wait_for_source(inp, source, self.source_health_timeout)
         done = self._updater(settings).restore(
             settings,
             endpoint.name,
@@ -138,6 +145,22 @@ class DnsActivities:
         if done.note:
             details["note"] = done.note
         return StepResult(step=inp.step, changed=done.changed, details=details, attempt=_attempt())
+
+    @staticmethod
+    def _wait_for_source(inp: StepInput, source: str, timeout: float) -> None:
+        """Traffic returns only to a source that serves: its address answers the smoke
+        test's request. Else the record stays on the target, and the error says why."""
+        smoke = inp.context.runbook.smokeTest
+        url = f"http://{source}{smoke.path if smoke.path.startswith('/') else '/' + smoke.path}"
+        problem = wait_healthy(url, smoke.expectStatus, timeout)
+        if problem is not None:
+            raise error(
+                ErrorKind.SOURCE_UNHEALTHY,
+                f"restore_dns: the source at {source} does not serve ({url}: {problem}, "
+                f"expected status {smoke.expectStatus}, waited {timeout:g}s); the record "
+                "stays on the target until it does: fix the source, then resume",
+                True,
+            )
 
     @activity.defn(name=RESTORE_DNS_TTL)
     def restore_dns_ttl(self, inp: StepInput) -> StepResult:

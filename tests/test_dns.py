@@ -4,10 +4,16 @@ and the key staying secret."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import logging
+import socket
+import threading
 import time
 import traceback
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,12 @@ from tests.bind_fixtures import ZONE, BindServer
 from tests.factories import SEED
 
 SOURCE, TARGET = "10.0.0.1", "10.1.0.5"
+
+
+def record_acts(**kw: Any) -> DnsActivities:
+    """The DNS activities for tests of the record logic: their sources are addresses, not
+    services, so restore_dns does not wait for them to serve (tested below)."""
+    return DnsActivities(source_health_timeout=None, **kw)
 
 
 def step_input(
@@ -176,7 +188,7 @@ def test_ttl_check_compares_the_value(bind: BindServer) -> None:
 def test_lowered_ttl_passes_only_once_the_old_ttl_has_expired(bind: BindServer) -> None:
     t0 = float(int(time.time()))
     clock = [t0]
-    acts = DnsActivities(clock=lambda: clock[0])
+    acts = record_acts(clock=lambda: clock[0])
     lowered = acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
     assert lowered.changed and lowered.facts["dns_original_ttl"] == "3600"
     # the server itself: same address, the low TTL, and the marker beside it
@@ -215,7 +227,7 @@ def test_lowering_in_two_stages_keeps_the_later_deadline(bind: BindServer) -> No
 
 
 def test_switch_and_rollback_verified_by_query(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     inp = step_input(bind, facts={"target_address": "10.1.0.7:8443"})
     res = acts.update_dns(inp)
     assert res.changed
@@ -236,7 +248,7 @@ def test_switch_and_rollback_verified_by_query(bind: BindServer) -> None:
 
 
 def test_round_robin_record_and_absolute_names(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     for name in ("multi.apps.test.", "multi.apps.test"):
         res = acts.update_dns(step_input(bind, name=name, ttl=20))
         assert res.facts["dns_previous_value"] == "10.0.0.3,10.0.0.4"
@@ -246,7 +258,7 @@ def test_round_robin_record_and_absolute_names(bind: BindServer) -> None:
 
 
 def test_switch_is_idempotent(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     first = acts.update_dns(step_input(bind))
     again = acts.update_dns(step_input(bind, facts=first.facts))
     assert first.changed and not again.changed
@@ -267,7 +279,7 @@ def test_switch_is_idempotent(bind: BindServer) -> None:
 
 
 def test_restore_when_never_switched_is_a_no_op(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     res = acts.restore_dns(step_input(bind, "restore_dns"))
     assert not res.changed
     # nor without a source address: the record does not hold the target
@@ -289,7 +301,7 @@ def test_restore_without_facts_or_prior_record_uses_the_source_address(
 ) -> None:
     """No facts and no _cutover-prior record (deleted by hand, or the record pointed at the
     target before the cutover): the runbook's source address is the last resort."""
-    acts = DnsActivities()
+    acts = record_acts()
     acts.update_dns(step_input(bind))
     _delete(bind, "_cutover-prior.app", "TXT")
     res = acts.restore_dns(step_input(bind, "restore_dns", source="10.0.0.1:8080"))
@@ -327,31 +339,31 @@ def test_a_retried_switch_still_restores_the_original_without_a_source_address(
     the switch replaced, so restore_dns restores it with no endpoint.sourceAddress."""
     flaky = _VerifyFails()
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities(transport=flaky).update_dns(step_input(bind, source=None))
+        record_acts(transport=flaky).update_dns(step_input(bind, source=None))
     assert refused(exc, "DnsUnavailable").non_retryable is False and flaky.failed
     assert bind.a("app") == ({TARGET}, 60)  # it landed
     # the same update wrote what it replaced, beside the record
     prior = bind.query("_cutover-prior.app", "TXT")
     assert prior is not None and f"prev={SOURCE} ttl=3600 orig=3600 to={TARGET}" in str(prior)
 
-    retry = DnsActivities().update_dns(step_input(bind, source=None))
+    retry = record_acts().update_dns(step_input(bind, source=None))
     assert not retry.changed
     assert retry.facts["dns_previous_value"] == SOURCE
     assert retry.facts["dns_previous_ttl"] == "3600"
     # a second retry as well, and the compensation on yet another worker with only the
     # retries' facts
-    DnsActivities().update_dns(step_input(bind, source=None))
-    back = DnsActivities().restore_dns(step_input(bind, "restore_dns", facts=retry.facts))
+    record_acts().update_dns(step_input(bind, source=None))
+    back = record_acts().restore_dns(step_input(bind, "restore_dns", facts=retry.facts))
     assert back.changed and bind.a("app") == ({SOURCE}, 3600)
     assert bind.query("_cutover-prior.app", "TXT") is None
     # with no facts at all (every result lost), the zone alone says what to restore
-    DnsActivities().update_dns(step_input(bind, source=None))
-    DnsActivities().restore_dns(step_input(bind, "restore_dns", source=None))
+    record_acts().update_dns(step_input(bind, source=None))
+    record_acts().restore_dns(step_input(bind, "restore_dns", source=None))
     assert bind.a("app") == ({SOURCE}, 3600)
 
 
 def test_rollback_puts_back_the_ttl_from_before_lower_dns_ttl(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
     assert bind.a("app") == ({SOURCE}, 30)
     switched = acts.update_dns(step_input(bind, ttl=30))
@@ -369,7 +381,7 @@ def test_rollback_puts_back_the_ttl_from_before_lower_dns_ttl(bind: BindServer) 
 def test_rollback_before_the_switch_puts_back_the_lowered_ttl(bind: BindServer) -> None:
     """The cutover rolled back before update_dns changed anything (or its update never
     landed): the record keeps the source and gets its TTL from before the cutover back."""
-    acts = DnsActivities()
+    acts = record_acts()
     acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
     back = acts.restore_dns(step_input(bind, "restore_dns"))
     assert back.changed and bind.a("app") == ({SOURCE}, 3600)
@@ -384,12 +396,12 @@ def test_rollback_before_the_switch_puts_back_the_lowered_ttl(bind: BindServer) 
 def test_finalize_puts_back_the_ttl_from_before_the_cutover_on_the_target(
     bind: BindServer,
 ) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl", ttl=30))
     switched = acts.update_dns(step_input(bind, ttl=30))
     assert bind.a("app") == ({TARGET}, 30)
     # a fresh worker with no facts: the zone says what the TTL was
-    done = DnsActivities().restore_dns_ttl(step_input(bind, "restore_dns_ttl"))
+    done = record_acts().restore_dns_ttl(step_input(bind, "restore_dns_ttl"))
     assert done.changed and done.details == {
         "name": "app.apps.test.",
         "ttl": 3600,
@@ -407,7 +419,7 @@ def test_finalize_puts_back_the_ttl_from_before_the_cutover_on_the_target(
 
 
 def test_finalize_leaves_a_record_someone_changed_after_the_switch(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     acts.update_dns(step_input(bind))
     key = load_tsig_key(str(bind.key_file))
     theirs = dns.update.UpdateMessage(ZONE, keyring=key, keyname=key.name)
@@ -422,7 +434,7 @@ def test_finalize_leaves_a_record_someone_changed_after_the_switch(bind: BindSer
 
 def test_missing_record_is_named(bind: BindServer) -> None:
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(step_input(bind, name="nothere"))
+        record_acts().update_dns(step_input(bind, name="nothere"))
     err = refused(exc, "DnsRecordNotFound")
     assert "NXDOMAIN" in err.message and err.non_retryable
 
@@ -444,7 +456,7 @@ def test_unsigned_update_is_refused(bind: BindServer) -> None:
 def test_wrong_secret_is_badsig(bind: BindServer) -> None:
     inp = step_input(bind, tsigKeyFile=str(bind.wrong_secret_key))
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(inp)
+        record_acts().update_dns(inp)
     err = refused(exc, "DnsAuthFailed")
     assert "BADSIG" in err.message and "cutover-key" in err.message and err.non_retryable
     assert bind.a("app") == ({SOURCE}, 3600)
@@ -453,14 +465,14 @@ def test_wrong_secret_is_badsig(bind: BindServer) -> None:
 
 def test_unknown_key_is_badkey(bind: BindServer) -> None:
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(step_input(bind, tsigKeyFile=str(bind.unknown_key)))
+        record_acts().update_dns(step_input(bind, tsigKeyFile=str(bind.unknown_key)))
     err = refused(exc, "DnsAuthFailed")
     assert "BADKEY" in err.message and "stranger-key" in err.message
 
 
 def test_unauthorised_key_is_refused(bind: BindServer) -> None:
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(step_input(bind, tsigKeyFile=str(bind.unauthorised_key)))
+        record_acts().update_dns(step_input(bind, tsigKeyFile=str(bind.unauthorised_key)))
     err = refused(exc, "DnsUpdateRefused")
     assert (
         "REFUSED" in err.message and "other-key" in err.message and "update-policy" in err.message
@@ -473,7 +485,7 @@ def test_clock_skew_is_badtime(bind: BindServer, monkeypatch: pytest.MonkeyPatch
     skewed = types.SimpleNamespace(time=lambda: time.time() - 3600)
     monkeypatch.setattr(dns.message, "time", skewed)
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(step_input(bind))
+        record_acts().update_dns(step_input(bind))
     err = refused(exc, "DnsAuthFailed")
     assert "BADTIME" in err.message and "clock" in err.message
 
@@ -482,7 +494,7 @@ def test_server_down_is_retryable(bind: BindServer) -> None:
     from tests.bind_fixtures import free_port
 
     with pytest.raises(ApplicationError) as exc:
-        DnsActivities().update_dns(step_input(bind, port=free_port()))
+        record_acts().update_dns(step_input(bind, port=free_port()))
     err = refused(exc, "DnsUnavailable")
     assert not err.non_retryable and "unreachable" in err.message
     inp, probe = check(bind)
@@ -514,7 +526,7 @@ class _Interloper(TcpTransport):
 
 def test_concurrent_change_is_detected(bind: BindServer) -> None:
     interloper = _Interloper(bind, "10.7.7.7")
-    acts = DnsActivities(transport=interloper)
+    acts = record_acts(transport=interloper)
     with pytest.raises(ApplicationError) as exc:
         acts.update_dns(step_input(bind))
     err = refused(exc, "DnsConflict")
@@ -527,7 +539,7 @@ def test_concurrent_change_is_detected(bind: BindServer) -> None:
 
 
 def test_change_after_the_switch_blocks_the_restore(bind: BindServer) -> None:
-    acts = DnsActivities()
+    acts = record_acts()
     res = acts.update_dns(step_input(bind))
     key = load_tsig_key(str(bind.key_file))
     theirs = dns.update.UpdateMessage(ZONE, keyring=key, keyname=key.name)
@@ -543,7 +555,7 @@ def test_change_after_the_switch_blocks_the_restore(bind: BindServer) -> None:
 def test_stale_expected_value_fails_the_swap(bind: BindServer) -> None:
     """The restore's prerequisite is the target: a record holding another value is kept."""
     facts = {"dns_previous_value": SOURCE, "dns_previous_ttl": "3600", "dns_value": "10.5.5.5"}
-    acts = DnsActivities()
+    acts = record_acts()
     acts.update_dns(step_input(bind, target="10.6.6.6:80"))
     with pytest.raises(ApplicationError) as exc:
         acts.restore_dns(step_input(bind, "restore_dns", facts=facts))
@@ -556,7 +568,7 @@ def test_stale_expected_value_fails_the_swap(bind: BindServer) -> None:
 
 def test_the_key_never_leaks(bind: BindServer, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    acts = DnsActivities()
+    acts = record_acts()
     outputs: list[Any] = []
     outputs.append(acts.lower_dns_ttl(step_input(bind, "lower_dns_ttl")))
     first = acts.update_dns(step_input(bind))
@@ -574,3 +586,66 @@ def test_the_key_never_leaks(bind: BindServer, caplog: pytest.LogCaptureFixture)
     no_secret(bind, *outputs, caplog.text)
     for key_file in (bind.key_file, bind.wrong_secret_key, bind.unknown_key):
         assert bind.secret(key_file) not in caplog.text
+
+
+# ---------------------------------------------------------------- restore: to a serving source
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self) -> None:
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def source_service(status: int) -> Iterator[str]:
+    handler = type("H", (_Status,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("status", [None, 503])
+def test_restore_waits_for_the_source_to_serve_and_keeps_the_record_when_it_does_not(
+    bind: BindServer, status: int | None
+) -> None:
+    """A source VM that runs is not a source that serves: the record stays on the target
+    (users keep a live side) and the error names the address and what it answered."""
+    acts = DnsActivities(source_health_timeout=2)
+    acts.update_dns(step_input(bind))
+    with contextlib.ExitStack() as stack:
+        source = _closed_port() if status is None else stack.enter_context(source_service(status))
+        t0 = time.monotonic()
+        with pytest.raises(ApplicationError) as exc:
+            acts.restore_dns(step_input(bind, "restore_dns", source=source))
+        assert time.monotonic() - t0 < 10  # bounded
+    err = refused(exc, "SourceUnhealthy")
+    assert f"the source at {source} does not serve" in err.message
+    assert ("status 503" if status else "refused") in err.message
+    assert not err.non_retryable  # a resume, once the source is fixed, moves users back
+    assert bind.a("app") == ({TARGET}, 60)
+
+
+def test_restore_moves_the_record_back_once_the_source_serves(bind: BindServer) -> None:
+    acts = DnsActivities(source_health_timeout=10)
+    acts.update_dns(step_input(bind))
+    with source_service(200) as source:
+        res = acts.restore_dns(step_input(bind, "restore_dns", source=source))
+    assert res.changed and bind.a("app") == ({SOURCE}, 3600)

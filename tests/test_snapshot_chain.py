@@ -102,8 +102,9 @@ def test_a_snapshot_freezes_the_base_writes_go_to_a_delta_and_removal_consolidat
         assert chain_names(vm) == ["disk1-000001.vmdk", "disk1.vmdk"]
         assert (vmdir / "disk1-000001-delta.vmdk").read_bytes()[:4] == b"COWD"
         [cfg] = [d for d in s1.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
-        assert cfg.backing.fileName.endswith("/disk1.vmdk")  # the snapshot's point in time
-        assert cfg.backing.changeId == at_snapshot
+        frozen: Any = cfg.backing
+        assert frozen.fileName.endswith("/disk1.vmdk")  # the snapshot's point in time
+        assert frozen.changeId == at_snapshot
 
         # The guest writes: into the delta (a new block, and over a base block, unaligned).
         disk.write_at(ds, VM, 9 * BS, b"A" * BS)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.probes.result import check_result
+from adapters.progress import heartbeat
 from cutover import facts as F
 from cutover.models import CheckInput, CheckResult
 from cutover.site import HttpProbe
@@ -341,3 +342,30 @@ def baseline_facts(s: HttpSampling) -> dict[str, str]:
         if value is not None:
             facts[F.baseline_ms(p)] = f"{value:.3f}"
     return facts
+
+
+def wait_healthy(
+    url: str,
+    expect_status: int,
+    timeout_s: float,
+    *,
+    interval_s: float = 1.0,
+    successes: int = 2,
+) -> str | None:
+    """Poll `url` until it answers `expect_status` `successes` times in a row (None), or
+    `timeout_s` passes (the last problem seen, e.g. "connection refused", "status 503").
+    Heartbeats while it waits."""
+    target = _Target.parse(url)
+    deadline = time.monotonic() + timeout_s
+    streak, last = 0, "no answer yet"
+    while True:
+        left = deadline - time.monotonic()
+        _, problem = _get_once(target, max(0.5, min(5.0, left)), expect_status, None, None)
+        streak = 0 if problem else streak + 1
+        last = problem or last
+        if streak >= successes:
+            return None
+        heartbeat({"waiting": "source health", "url": url, "last": last})
+        if time.monotonic() + interval_s > deadline:
+            return last
+        time.sleep(interval_s)
