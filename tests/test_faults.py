@@ -129,8 +129,33 @@ async def test_a_source_that_does_not_restart_keeps_traffic_on_the_target(client
     # the target was fenced for the source's start, and unfenced when it did not start:
     # the side holding the data serves while nobody fixes the source
     assert world.calls.index("fence_target") < world.calls.index("restart_source")
-    assert world.calls[-1] == "unfence_target"
+    # a start that failed may have landed: the source is stopped before the target resumes
+    # (never two running VMs with one address)
+    assert world.calls[-2:] == ["quiesce_application", "unfence_target"]
     assert any("the target runs (not fenced)" in line for line in result.leftWhere)
+
+
+async def test_a_source_that_may_have_started_and_cannot_be_stopped_keeps_the_target_fenced(
+    client: Client,
+) -> None:
+    """Before: a restart_source that failed got the target unfenced at once; had the
+    power-on landed (its answer lost), the source and the target both ran with one MAC and
+    IP. Now the source is stopped first, and when that fails the target stays fenced."""
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        broken={"restart_source"},
+        broken_after={"quiesce_application": 1},  # it worked going forward
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+    undo = world.calls[world.calls.index("fence_target") :]
+    assert undo[-1] == "quiesce_application" and "unfence_target" not in undo, undo
+    assert any(
+        line.startswith("quiesce_application: failed") and "the target stays fenced" in line
+        for line in left
+    ), left
 
 
 async def test_the_source_starts_only_after_the_target_is_fenced(client: Client) -> None:

@@ -49,6 +49,9 @@ class World:
     bytes_moved: dict[str, int] = field(default_factory=dict)
     #: steps that fail every attempt with a retryable error (an undo that cannot succeed)
     broken: set[str] = field(default_factory=set)
+    #: step name -> calls that succeed; every later call fails with a retryable error (a
+    #: step that worked going forward and cannot be undone: e.g. quiesce in a rollback)
+    broken_after: dict[str, int] = field(default_factory=dict)
     #: steps that wait this many seconds, heartbeating (cancellable), before they finish
     slow: dict[str, float] = field(default_factory=dict)
     #: what `verify_not_migrated` finds: the source's marks (None: not migrated)
@@ -87,7 +90,7 @@ class World:
                 )
             if name in self.flaky and activity.info().attempt == 1:
                 raise ApplicationError(f"{name} hiccup (test)", type="Transient")
-            if name in self.broken:
+            if name in self.broken or self.calls.count(name) > self.broken_after.get(name, 1 << 30):
                 raise ApplicationError(f"{name} cannot succeed (test)", type="Transient")
             if name in self.slow:
                 end = asyncio.get_running_loop().time() + self.slow[name]

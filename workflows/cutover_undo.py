@@ -80,6 +80,7 @@ class _Cutover(Protocol):
     async def _blocked(self, phase: Phase, left: list[str]) -> bool: ...
     async def _compensate_v2(self, pending: list[str]) -> list[tuple[str, str]]: ...
     async def _unfence(self) -> list[tuple[str, str]]: ...
+    async def _stop_source_then_unfence(self) -> list[tuple[str, str]]: ...
     def _target_writes_fate(self, comp: str, result: StepResult) -> None: ...
     async def _back_to_target(self, left: list[tuple[str, str]]) -> list[tuple[str, str]]: ...
     def _paths_on_target(self) -> bool: ...
@@ -286,7 +287,13 @@ class CutoverUndo:
                 if fence_tried:
                     # The source did not start: the target, holding the data, serves again
                     # while the rollback waits (it is fenced again before the next start).
-                    left += await self._unfence()
+                    # A start that failed may have landed (a power-on whose answer was
+                    # lost): the source is stopped first, so two VMs with one address never
+                    # run at once; traffic never reached it (no path moved back yet).
+                    if not blocked and workflow.patched("stop-source-before-unfence"):
+                        left += await self._stop_source_then_unfence()
+                    else:
+                        left += await self._unfence()
         if (
             self._target_fenced
             and restarted
@@ -339,6 +346,18 @@ class CutoverUndo:
             else:
                 why = "no user reached the target (rolled back before the traffic switch)"
             self._target_writes = f"discarded: {why}"
+
+    async def _stop_source_then_unfence(self: _Cutover) -> list[tuple[str, str]]:
+        """Stop the source whose start failed (a no-op when it is off), then unfence the
+        target; when the source may not be off, the target stays fenced (no two live
+        sides with one address; users get errors until someone looks)."""
+        try:
+            await self._step(Step.QUIESCE_APPLICATION, "compensation")
+        except ActivityError as err:
+            why = f"failed: {_cause(err)}: the target stays fenced (the source may run)"
+            self._log(logging.ERROR, "stopping the source before the unfence failed", error=why)
+            return [(Step.QUIESCE_APPLICATION, why)]
+        return await self._unfence()
 
     async def _unfence(self: _Cutover) -> list[tuple[str, str]]:
         """Resume the fenced target; what failed, if it did."""
