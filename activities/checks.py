@@ -4,9 +4,9 @@ A probe that runs and sees a problem returns `passed=False` with what it measure
 probe that cannot run at all raises. Probe types: command, http (one request, or SLO
 sampling: percentiles and error rate over many), tcp, prometheus (an instant PromQL query),
 and the day-two probes restic-backup (`backup`), alert-routing (`alerting`),
-nftables-policy (`netpolicy`), all in `adapters.probes`; vsphere-concerns through the
-vSphere activities; dns through `adapters.dns.probe`; data-consistency through the disk
-activities.
+nftables-policy (`netpolicy`), live-resize (`resize`), all in `adapters.probes`;
+vsphere-concerns through the vSphere activities; dns through `adapters.dns.probe`;
+data-consistency through the disk activities.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from cutover.site import (
     DataConsistencyProbe,
     DnsProbe,
     HttpProbe,
+    LiveResizeProbe,
     NftablesPolicyProbe,
     PerformanceBaselineProbe,
     PrometheusProbe,
@@ -117,6 +118,8 @@ class CheckActivities:
             return await asyncio.to_thread(alert_routing_probe, inp, probe)
         if isinstance(probe, NftablesPolicyProbe):
             return await asyncio.to_thread(nftables_probe, inp, probe)
+        if isinstance(probe, LiveResizeProbe):
+            return await asyncio.to_thread(_resize_probe(), inp, probe)
         raise ApplicationError(
             f"check {inp.name}: probe type {probe.type!r} is not supported by this worker yet",
             type=ErrorKind.CONFIG_ERROR.value,
@@ -196,6 +199,14 @@ def performance_check(inp: CheckInput, probe: PerformanceBaselineProbe) -> Check
         name=inp.name, phase=inp.phase, passed=not problems, measured=measured,
         threshold=threshold, detail="; ".join(problems) or "within the baselines",
     )  # fmt: skip
+
+
+def _resize_probe() -> Callable[[CheckInput, LiveResizeProbe], CheckResult]:
+    """`adapters.probes.resize.live_resize_probe`, imported when a live-resize check runs
+    (it needs the libvirt bindings, as the performance check does)."""
+    from adapters.probes.resize import live_resize_probe
+
+    return live_resize_probe
 
 
 def _dns_probe() -> Callable[[CheckInput, DnsProbe], CheckResult]:
