@@ -36,8 +36,16 @@ disk's current change ID is ``"<uuid>/<seq>"``; pyvmomi sees it as
   Another uuid, a malformed ID or ``k > seq`` raise ``vmodl.fault.InvalidArgument``.
 * Extents are clipped to ``[startOffset, capacity)``; the answer's ``startOffset`` is the
   one asked for and ``length = capacity - startOffset`` (capacity = ``capacityBytes``,
-  else the disk's size). CBT disabled on the VM raises ``vim.fault.FileFault``. The
-  ``snapshot`` argument is ignored (simulated snapshots have no delta disks).
+  else the disk's size). CBT disabled on the VM raises ``vim.fault.FileFault``. With a
+  ``snapshot``, ``"*"`` is the data of that snapshot's point in time (its flat base and
+  deltas); a change ID's answer is the same superset as without one.
+
+Snapshots (``lab/vcsim/chain.go``): ``CreateSnapshot`` puts a vmfsSparse delta
+``<disk>-00000N.vmdk`` (+ ``-delta.vmdk``) on each disk and freezes what is under it;
+``RemoveSnapshot`` merges it down; ``RevertToSnapshot`` (newest only) empties it. The
+change-tracking file stays beside the base descriptor. Outside writers (the lab, tests)
+write into the highest-numbered delta under the ``<disk>-chain.lck`` flock
+(``cutover.lab.disk.write_at``).
 """
 
 from __future__ import annotations

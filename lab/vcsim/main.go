@@ -33,10 +33,13 @@
 //     a different uuid or a malformed changeId is an InvalidArgument fault.
 //
 // Extents are clipped to [startOffset, capacity); the response has startOffset as asked
-// and length = capacity - startOffset. The snapshot argument is accepted and ignored
-// (simulated snapshots have no delta disks). CBT must be enabled on the VM (FileFault
-// otherwise). The method is answered by a wrapper around the simulator's HTTP handler,
-// not by patching govmomi or replacing objects in simulator.Map.
+// and length = capacity - startOffset. With a snapshot, "*" lists the data of that
+// snapshot's point in time (its flat base and deltas, chain.go); a change ID's answer is
+// the same superset as without one (safe: extra reads, never a missed block). The
+// change-tracking file of a chain sits beside its base descriptor. CBT must be enabled on
+// the VM (FileFault otherwise). The method is answered by a wrapper around the simulator's
+// HTTP handler, not by patching govmomi or replacing objects in simulator.Map; so are the
+// snapshot tasks' effects on disks (chain.go).
 package main
 
 import (
