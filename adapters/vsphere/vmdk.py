@@ -188,11 +188,11 @@ class Chain:
             yield cur[0], cur[1], cur[2], cur[3]
 
     def read(self, offset: int, length: int) -> bytes:
-        out = bytearray()
-        for _, li, foff, n in self.runs(offset, length):
+        buf = bytearray(max(0, min(offset + length, self.size) - offset))
+        for pos, li, foff, n in self.runs(offset, length):
             data = self._fetch(self.layers[li].desc.extent, foff, n)
-            out += data.ljust(n, b"\0")  # past a sparse flat file's end: zeros
-        return bytes(out)
+            buf[pos - offset : pos - offset + len(data)] = data  # short: zeros stay
+        return bytes(buf)
 
 
 # ------------------------------------------------------------- local (mounted) chains
@@ -223,6 +223,25 @@ def chain_lock(base: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def create_delta(directory: Path, name: str, parent: str, capacity: int) -> Path:
+    """A new empty delta `name` (descriptor and COWD extent) on `parent`, as ESXi makes one
+    at a snapshot (tests and benchmarks; the simulator makes its own)."""
+    sectors = -(-capacity // SECTOR)
+    gd_n = -(-sectors // GT_ENTRIES)
+    gd_sectors = -(-(4 * gd_n) // SECTOR)
+    head = bytearray(2048)
+    _HEADER.pack_into(head, 0, b"COWD", 1, 3, sectors, 1, 4, gd_n, 4 + gd_sectors)
+    head[32 : 32 + len(parent)] = parent.encode()
+    extent = name.removesuffix(".vmdk") + "-delta.vmdk"
+    (directory / extent).write_bytes(bytes(head) + bytes(gd_sectors * SECTOR))
+    (directory / name).write_text(
+        f"# Disk DescriptorFile\nversion=1\nCID=fffffffd\nparentCID=fffffffe\n"
+        f'createType="vmfsSparse"\nparentFileNameHint="{parent}"\n\n'
+        f'RW {sectors} VMFSSPARSE "{extent}"\n'
+    )
+    return directory / name
 
 
 class CowdWriter:
