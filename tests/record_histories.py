@@ -42,6 +42,9 @@ async def main(mode: str = "") -> None:
             if mode == "stale-close":
                 await stale_close(client)
                 return
+            if mode == "stop-before-unfence":
+                await stop_before_unfence(client)
+                return
             await waves(client)
             if mode == "waves":
                 return
@@ -197,6 +200,7 @@ async def safety(client: Client) -> None:
         await handle.result()
         await write(handle, "v2_fence_and_restart_failed_then_resumed")
     await stale_close(client)
+    await stop_before_unfence(client)
     async with running(client, World(migrated="vm-1 marked migrated (test)")) as queue:
         handle = await start(client, cutover_input(queue))
         await handle.result()
@@ -214,6 +218,27 @@ async def stale_close(client: Client) -> None:
         handle = await start(client, inp)
         await handle.result()
         await write(handle, "v2_fresh_round_at_close")
+
+
+async def stop_before_unfence(client: Client) -> None:
+    """A source start that fails, then the stop before the unfence fails too (the target
+    stays fenced); fixed, resumed: the rollback completes."""
+    from cutover.models import ResumeRequest
+    from tests.test_faults import window_input
+
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        broken={"restart_source"},
+        broken_after={"quiesce_application": 1},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        world.broken.clear()
+        world.broken_after.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await handle.result()
+        await write(handle, "v2_start_failed_stop_failed_then_resumed")
 
 
 async def write(handle: object, name: str) -> None:
