@@ -576,6 +576,14 @@ Probe = Annotated[
 ]
 
 
+class ApplicationEndpoints(_Model):
+    """Where an application answers at this site, for runbooks that do not say (the
+    seed's do not): the platform's addresses, known to the site, not to the runbook."""
+
+    sourceAddress: NonEmpty | None = None
+    targetAddress: NonEmpty | None = None
+
+
 class SiteConfig(_Model):
     """Everything a cutover needs to know about one site, secrets by reference only."""
 
@@ -593,6 +601,24 @@ class SiteConfig(_Model):
     loadBalancer: LoadBalancer | None = None
     dns: DnsUpdater | None = None
     checks: dict[StrictStr, Probe] = Field(default_factory=dict)
+    #: Per application: the endpoint addresses a runbook leaves unset (filled in when the
+    #: runbook is loaded against the site, so the workflow's input names them).
+    applications: dict[StrictStr, ApplicationEndpoints] = Field(default_factory=dict)
+
+    def with_endpoints(self, runbook: Runbook) -> Runbook:
+        """The runbook with the addresses this site knows for it where it sets none."""
+        known = self.applications.get(runbook.application)
+        if known is None:
+            return runbook
+        ep = runbook.endpoint
+        filled = {
+            k: getattr(known, k)
+            for k in ("sourceAddress", "targetAddress")
+            if getattr(ep, k) is None and getattr(known, k) is not None
+        }
+        if not filled:
+            return runbook
+        return runbook.model_copy(update={"endpoint": ep.model_copy(update=filled)})
 
     @model_validator(mode="before")
     @classmethod
@@ -701,6 +727,7 @@ def load_runbook(path: str | Path, site: SiteConfig | None = None, site_file: st
     context = {"site_checks": frozenset(site.checks) if site else frozenset()}
     runbook = load_file(Runbook, path, context=context)
     if site is not None:
+        runbook = site.with_endpoints(runbook)
         problems = runbook_problems(runbook, site)
         if problems:
             # the site file named where the message says "the site config"

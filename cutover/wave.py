@@ -626,7 +626,7 @@ def load_wave(
                 inline = dict(entry.runbook)
                 inline.setdefault("wave", name)
                 sub = _subnode(node, loc)
-                rb = validate_document(Runbook, inline, file, sub, context)
+                rb = site.with_endpoints(validate_document(Runbook, inline, file, sub, context))
                 sp = _site_problems(rb, site, file, loc, node)
                 if sp:
                     raise ConfigError(sp)

@@ -1,5 +1,5 @@
-"""`cutover lab up|down|status|knob`: the local lab (cutover.lab.stack), and the lab's site as
-the default --site. The only product module that imports the lab."""
+"""`cutover lab up|down|status|knob|break|fix`: the local lab (cutover.lab.stack), and the
+lab's site as the default --site. The only product module that imports the lab."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"lab up: Temporal UI http://127.0.0.1:{stack.UI_PORT}, site {state['site']}")
             for a in state["apps"]:
                 print(f"  {a['name']:<10} VM {a['vm']:<16} {a['url']}  ({a['scenario']})")
+            day = state.get("dayTwo")
+            if day:
+                seed = stack.SEED_RUNBOOK.relative_to(stack.ROOT)
+                print(f"  {day['name']} VM {day['vm']} {day['url']}: the seed's runbook, "
+                      f"as written: cutover run {seed}")  # fmt: skip
+            return EXIT_OK
+        if args.lab_command in ("break", "fix"):
+            print(stack.day_two_knob(args.knob, broken=args.lab_command == "break"))
             return EXIT_OK
         if args.lab_command == "down":
             stack.down()
@@ -73,3 +81,10 @@ def register(cli: Group) -> None:
     kn.add_argument("--latency-ms", type=int, default=0, help="delay every answer")
     kn.add_argument("--failing", action="store_true", help="answer 500 to data requests")
     kn.add_argument("--unhealthy", action="store_true", help="answer 503 to /health")
+    from cutover.lab.landing import KNOBS  # names only; the lab's services stay unloaded
+
+    for action, what in (("break", "make"), ("fix", "stop making")):
+        cmd = lab.command(action, f"{what} the seed application's day-two checks fail on "
+                          "purpose", cmd_lab, json_flag=False)  # fmt: skip
+        cmd.add_argument("knob", choices=sorted(KNOBS), help="; ".join(
+            f"{k}: {v}" for k, v in sorted(KNOBS.items())))  # fmt: skip

@@ -201,6 +201,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         )
         if knobs.get("latencyMs"):
             time.sleep(float(knobs["latencyMs"]) / 1000)
+        if self.path.rstrip("/").endswith("/metrics"):  # what the lab's Prometheus scrapes
+            up = 1 if s.current() else 0
+            text = f'cutover_lab_up{{application="{s.app}",side="{s.side}"}} {up}\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+            return
         if self.path.rstrip("/").endswith("/health"):
             ok = s.current() and not knobs.get("unhealthy")
             self._send(200 if ok else 503, {"up": ok})
@@ -252,7 +261,8 @@ def _watch_sources(state: dict[str, Any], sides: list[Side], stop: threading.Eve
     """Every 0.3 s: which source VMs are powered on, as vCenter says."""
     site = load_site(state["site"])
     assert site.vcenter is not None
-    vms = {a["name"]: a["vm"] for a in state["apps"]}
+    every = [*state["apps"], *([state["dayTwo"]] if state.get("dayTwo") else [])]
+    vms = {a["name"]: a["vm"] for a in every}
     pool = ClientPool()
     while not stop.is_set():
         try:
@@ -297,7 +307,7 @@ def main(argv: list[str]) -> int:
     knobs = Knobs(Path(state["dir"]) / "knobs.json")
     sides: list[Side] = []
     refresh = _target_refresher(state["libvirtUri"])
-    for app in state["apps"]:
+    for app in [*state["apps"], *([state["dayTwo"]] if state.get("dayTwo") else [])]:
         sides.append(Side(app["name"], "source", app["sourceAddress"], Path(app["disk"])))
         sides.append(Side(app["name"], "target", app["targetAddress"], refresh=refresh))
     servers = [_Server(s, knobs) for s in sides]

@@ -79,12 +79,13 @@ MIN_MEMORY_MIB = 256
 #: seconds between the records a running guest writes
 INTERVAL = 2
 
-#: modules of the cloud kernel (not built in), in load order: virtio for the disk; evdev and
+#: modules of the cloud kernel (not built in), in load order: virtio for the disk; the
+#: balloon, so a live memory resize (the day-two `live-resize` probe) is taken; evdev and
 #: the ACPI button, so a power button press (`virsh shutdown`) reaches /init
 MODULES = (
     "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_pci_modern_dev",
     "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci", "drivers/block/virtio_blk",
-    "drivers/input/evdev", "drivers/acpi/button",
+    "drivers/virtio/virtio_balloon", "drivers/input/evdev", "drivers/acpi/button",
 )  # fmt: skip
 
 CMDLINE = "rdinit=/init console=ttyS0 quiet"

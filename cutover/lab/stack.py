@@ -13,7 +13,12 @@
   per application (`<app>.lab.test.` -> its source, TTL 30: already lowered for the wave);
 - HAProxy with one frontend on :18100 routing `/<app>/...` to the application's backend
   (servers `source`, and `target` in maintenance until the switch); admin socket;
-- the applications (`cutover.lab.apps`): a source and a target HTTP service each.
+- the applications (`cutover.lab.apps`): a source and a target HTTP service each;
+- with `day_two` (the default): the seed's application `customer-analytics-api` (a VM of
+  its own, tagged for the runbook's default selector, not in the demo's wave) and the
+  landing zone its day-two checks verify (`cutover.lab.landing`: restic, Prometheus,
+  Alertmanager and a webhook receiver, an nftables policy in network namespace
+  `cutover-lab`).
 
 It writes the site config (`<lab>/site.yaml`), a runbook per application and a wave file.
 State (PIDs, addresses) is `<lab>/lab.json`; `down` stops exactly those PIDs and removes
@@ -44,7 +49,8 @@ import dns.rcode
 import yaml
 
 from cutover import server
-from cutover.lab import disk, libvirtd, vcsim
+from cutover.disknames import volume_name
+from cutover.lab import disk, landing, libvirtd, vcsim
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / ".cutover" / "lab"
@@ -80,6 +86,11 @@ APPS = [
     App("billing", 1, "criterion-rollback"),
     App("search", 2, "step-failure"),
 ]
+#: The seed article's application: its runbook (examples/customer-analytics-api.yaml) runs
+#: unedited in the lab against the landing zone's day-two checks (cutover.lab.landing). Its
+#: VM comes after the wave's; it is not in the demo's wave (its window is the seed's 90 min).
+DAY_TWO = "customer-analytics-api"
+SEED_RUNBOOK = ROOT / "examples" / "customer-analytics-api.yaml"
 
 
 class LabError(RuntimeError):
@@ -244,6 +255,90 @@ def _http_ready(address: str) -> bool:
 
 
 def site_config(state: dict[str, Any]) -> dict[str, Any]:
+    site = _site_base(state)
+    day = state.get("dayTwo")
+    if day:
+        site["checks"].update(day_two_checks(day))
+        site["applications"] = {
+            day["name"]: {
+                "sourceAddress": day["sourceAddress"],
+                "targetAddress": day["targetAddress"],
+            }
+        }
+    return site
+
+
+def day_two_checks(day: dict[str, Any]) -> dict[str, Any]:
+    """The seed runbook's eleven checks, bound to the landing zone's real services."""
+    app, target = day["name"], day["targetAddress"]
+    restic = {"repository": str(LAB / "restic" / "repo"),
+              "passwordRef": {"file": str(LAB / "restic" / "password")}, "host": app}  # fmt: skip
+    prom = f"http://127.0.0.1:{landing.PROMETHEUS_PORT}"
+    through_lb = f"http://127.0.0.1:{LB_PORT}/{app}/"
+    return {
+        "backup_success_last_24h": {
+            "type": "restic-backup", "mode": "last-snapshot-age", **restic, "maxAgeHours": 24,
+            "description": "the source's last successful backup is younger than 24 h",
+        },
+        "target_monitoring_ready": {
+            "type": "alert-routing", "prometheusUrl": prom, "job": app, "instance": target,
+            "alertRules": [landing.ALERT],
+            "description": "Prometheus scrapes the target and has the application's alert rules",
+        },
+        "target_network_policy_validated": {
+            "type": "nftables-policy", "table": landing.TABLE, "netns": landing.NETNS,
+            "allow": [{"proto": "tcp", "port": int(target.rsplit(":", 1)[1]),
+                       "source": "127.0.0.0/8"}],
+            "description": "the target's network policy allows its flow and nothing else",
+        },
+        "p95_latency_within_slo": {
+            "type": "http", "url": through_lb, "samples": 20, "concurrency": 2,
+            "maxP95Ms": 1000, "timeoutSeconds": 5,
+            "description": "p95 latency through the load balancer within the 1 s SLO",
+        },
+        "error_rate_below_threshold": {
+            "type": "http", "url": through_lb, "samples": 20, "concurrency": 2,
+            "maxErrorRate": 0.01, "timeoutSeconds": 5,
+            "description": "under 1% of requests through the load balancer fail",
+        },
+        "backup_job_succeeds": {
+            "type": "restic-backup", "mode": "backup-and-restore", **restic,
+            "path": day["targetVolume"],
+            "description": "a backup of the target's disk succeeds and its restore verifies",
+        },
+        "alerting_signals_present": {
+            "type": "alert-routing", "prometheusUrl": prom, "alertRules": [landing.ALERT],
+            "alertmanagerUrl": f"http://127.0.0.1:{landing.ALERTMANAGER_PORT}",
+            "receiver": landing.RECEIVER, "labels": {"app": app},
+            "receiptUrl": f"http://127.0.0.1:{landing.SINK_PORT}/", "timeoutSeconds": 30,
+            "description": "the alert rules are loaded and a test alert reaches the on-call "
+                           "receiver",
+        },
+        "app_health_check_failure": {
+            "type": "http", "url": f"{through_lb}health", "samples": 3, "maxErrorRate": 0,
+            "timeoutSeconds": 5,
+            "description": "the application's health check answers through the load balancer",
+        },
+        "sustained_latency_regression": {
+            "type": "http", "url": through_lb, "samples": 40, "concurrency": 4,
+            "maxP95Ms": 2000, "timeoutSeconds": 5,
+            "description": "no sustained latency regression (p95 over 40 requests under 2 s)",
+        },
+        "target_backup_failure": {
+            "type": "restic-backup", "mode": "backup-and-restore", **restic,
+            "path": day["targetVolume"],
+            "description": "the target's backup keeps succeeding (restore verified)",
+        },
+        # not in the seed's runbook: a day-two check a runbook may add
+        "target_resize_survived": {
+            "type": "live-resize", "uri": day["libvirtUri"], "domain": app,
+            "memoryDeltaMiB": -64, "url": f"http://{target}/health",
+            "description": "the target takes a live memory resize (balloon) and still serves",
+        },
+    }  # fmt: skip
+
+
+def _site_base(state: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": "local-lab",
         "taskQueue": "cutover",
@@ -320,6 +415,30 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tag_and_disk(site_file: Path, vm_name: str, tag: str) -> int:
+    """Tag the VM `tag` (the seed runbook's default selector finds it) and return its
+    disk's device key."""
+    from pyVmomi import vim
+
+    from adapters.vsphere.client import ClientPool
+    from adapters.vsphere.inventory import find_vms
+    from adapters.vsphere.tagging import Tagging
+    from cutover.site import load_site
+
+    site = load_site(site_file)
+    assert site.vcenter is not None
+    pool = ClientPool()
+    try:
+        client = pool.get(site.vcenter)
+        [vm] = find_vms(client, [vm_name])
+        tagging = Tagging(client)
+        tagging.attach(tagging.ensure_tag("cutover-lab", tag), vm._moId)
+        return next(int(d.key) for d in vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualDisk))  # fmt: skip
+    finally:
+        pool.close()
+
+
 def _guest_memory(site_file: Path, vms: list[str]) -> None:
     """The simulator's VMs have 32 MiB; the guest's kernel needs more (the target domain
     gets the source VM's memory)."""
@@ -393,10 +512,12 @@ def up(
     libvirt_uri: str | None = None,
     concurrency: int | None = None,
     window_minutes: float = 0.5,
+    day_two: bool = True,
 ) -> dict[str, Any]:
     """Start the lab (cleaning what a crashed one left first); returns its state.
     `libvirt_uri`: use that libvirtd instead of starting one (one libvirtd per host: the
-    test suite runs the lab on its own daemon)."""
+    test suite runs the lab on its own daemon). `day_two`: also the seed's application and
+    the landing zone's services its checks verify (`cutover.lab.landing`)."""
     if load_state() is not None:
         down(quiet=True)
     for port in (TEMPORAL_PORT, UI_PORT, VCSIM_PORT, DNS_PORT, LB_PORT):
@@ -406,7 +527,8 @@ def up(
     LAB.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"dir": str(LAB), "pids": {}, "apps": []}
     try:
-        _start_all(state, apps, disk_mib, libvirt_uri, concurrency or len(apps), window_minutes)
+        _start_all(state, apps, disk_mib, libvirt_uri, concurrency or len(apps), window_minutes,
+                   day_two)  # fmt: skip
     except BaseException:
         state_file().write_text(json.dumps(state, indent=2))
         down(quiet=True)
@@ -421,8 +543,11 @@ def _start_all(
     libvirt_uri: str | None,
     concurrency: int,
     window_minutes: float,
+    day_two: bool = True,
 ) -> None:
     pids: dict[str, Any] = state["pids"]
+    day = App(DAY_TWO, len(apps), "day-two") if day_two else None
+    every = [*apps, *([day] if day else [])]
 
     def save() -> None:
         state_file().write_text(json.dumps(state, indent=2))
@@ -436,7 +561,7 @@ def _start_all(
     save()
 
     shutil.rmtree(LAB / "vcsim", ignore_errors=True)
-    sim = vcsim.start(vcsim.DEFAULT_BINARY, LAB / "vcsim", hosts=1, vms=len(apps),
+    sim = vcsim.start(vcsim.DEFAULT_BINARY, LAB / "vcsim", hosts=1, vms=len(every),
                       port=VCSIM_PORT)  # fmt: skip
     pids["vcsim"] = sim.proc.pid
     (LAB / "vcsim" / "password").write_text(sim.password)
@@ -461,27 +586,45 @@ def _start_all(
         check=True, capture_output=True, text=True,
     ).stdout)  # fmt: skip
     key.chmod(0o600)
-    (ndir / "lab.test.db").write_text(_zone(apps))
+    (ndir / "lab.test.db").write_text(_zone(every))
     (ndir / "named.conf").write_text(_named_conf(ndir, key))
     pids["named"] = _spawn([_tool("named", "bind9"), "-g", "-4", "-c", str(ndir / "named.conf")],
                            ndir / "named.log")  # fmt: skip
     save()
     _wait("named", _dns_ready, pids["named"], ndir / "named.log")
 
-    for app in apps:
+    for app in every:
         digest = disk.seed(Path(sim.datastore_dir), app.vm, size=disk_mib * MiB)
         flat, _ = disk.paths(Path(sim.datastore_dir), app.vm)
-        state["apps"].append({
+        entry = {
             "name": app.name, "vm": app.vm, "scenario": app.scenario,
             "sourceAddress": app.source, "targetAddress": app.target,
             "disk": str(flat), "seedDigest": digest,
             "url": f"http://127.0.0.1:{LB_PORT}/{app.name}/",
-        })  # fmt: skip
+        }  # fmt: skip
+        if app is day:
+            state["dayTwo"] = {**entry, "libvirtUri": libvirt_uri}
+        else:
+            state["apps"].append(entry)
     (LAB / "knobs.json").write_text("{}\n")
     site_file = LAB / "site.yaml"
     state["site"] = str(site_file)
-    site_file.write_text(yaml.safe_dump(site_config(state), sort_keys=False))
-    _guest_memory(site_file, [app.vm for app in apps])
+    site_file.write_text(yaml.safe_dump(_site_base(state), sort_keys=False))
+    _guest_memory(site_file, [app.vm for app in every])
+    if day is not None:
+        disk_key = _tag_and_disk(site_file, day.vm, day.name)
+        mapping = _site_base(state)["storageMappings"][0]
+        state["dayTwo"]["targetVolume"] = str(
+            DATA / "staging" / "pools" / mapping["targetPool"]
+            / volume_name(day.name, f"{day.vm}-{disk_key}", mapping["format"])
+        )  # fmt: skip
+        landing.backup_source(LAB / "restic", day.name, Path(state["dayTwo"]["disk"]))
+        landing.start_monitoring(LAB / "monitoring", day.name, day.target, pids)
+        save()
+        landing.start_policy(int(day.target.rsplit(":", 1)[1]))
+        state["netns"] = landing.NETNS
+        site_file.write_text(yaml.safe_dump(site_config(state), sort_keys=False))
+    save()
     rdir = LAB / "runbooks"
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir()
@@ -500,18 +643,20 @@ def _start_all(
     pids["apps"] = _spawn([sys.executable, "-m", "cutover.lab.apps", str(state_file())],
                           LAB / "apps.log")  # fmt: skip
     save()
-    for app in apps:
+    for app in every:
         _wait(f"the {app.name} service", lambda a=app: _http_ready(a.source), pids["apps"],
               LAB / "apps.log")  # fmt: skip
 
     hdir = LAB / "haproxy"
     hdir.mkdir(exist_ok=True)
-    (hdir / "haproxy.cfg").write_text(_haproxy_cfg(apps, hdir / "admin.sock"))
+    (hdir / "haproxy.cfg").write_text(_haproxy_cfg(every, hdir / "admin.sock"))
     pids["haproxy"] = _spawn([_tool("haproxy", "haproxy"), "-W", "-db", "-f",
                               str(hdir / "haproxy.cfg")], hdir / "haproxy.log")  # fmt: skip
     save()
-    _wait("haproxy", lambda: (hdir / "admin.sock").exists() and _lb_up(apps), pids["haproxy"],
+    _wait("haproxy", lambda: (hdir / "admin.sock").exists() and _lb_up(every), pids["haproxy"],
           hdir / "haproxy.log")  # fmt: skip
+    if day is not None:
+        landing.wait_scraped(LAB / "monitoring", day.name)
 
 
 def _lb_up(apps: list[App]) -> bool:
@@ -572,7 +717,11 @@ def down(quiet: bool = False) -> list[str]:
             done += _clean_target(uri)
         if restarted is not None:
             restarted.stop()
-    for name in ("haproxy", "apps", "named", "vcsim", "temporal"):
+    if state.get("netns"):
+        landing.stop_policy()
+        done.append(f"removed network namespace {state['netns']}")
+    for name in ("prometheus", "alertmanager", "webhookSink", "haproxy", "apps", "named",
+                 "vcsim", "temporal"):  # fmt: skip
         pid = pids.get(name)
         if pid and _alive(pid):
             _stop(pid)
@@ -615,3 +764,17 @@ def set_knob(app: str, side: str, **values: Any) -> dict[str, Any]:
     tmp.write_text(json.dumps(knobs, indent=2))
     tmp.replace(path)
     return knobs
+
+
+def day_two_knob(knob: str, broken: bool) -> str:
+    """Make the seed application's day-two checks behind `knob` fail (or pass again)."""
+    state = load_state()
+    if state is None or not state.get("dayTwo"):
+        raise LabError("the lab is not up with the day-two application (cutover lab up)")
+    day = state["dayTwo"]
+    try:
+        if broken:
+            return landing.break_check(LAB, knob, day["name"])
+        return landing.fix_check(LAB, knob, day["name"], int(day["targetAddress"].rsplit(":")[1]))
+    except landing.LandingError as exc:
+        raise LabError(str(exc)) from None
