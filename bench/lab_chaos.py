@@ -260,7 +260,9 @@ def run(apps: int, concurrency: int, kills: int, smoke_fail: int, window_unhealt
     expected = {n: "ROLLED_BACK" if n in failing | unhealthy else "COMPLETED" for n in names}
     log = Path(tempfile.mkdtemp(prefix="lab-chaos-")) / "worker.log"
     t_start = time.monotonic()
-    state = lab.up(lab_apps, disk_mib=disk_mib, concurrency=concurrency, window_minutes=window)
+    state = lab.up(
+        lab_apps, disk_mib=disk_mib, concurrency=concurrency, window_minutes=window, day_two=False
+    )  # the wave only: no landing zone
     try:
         for n in failing:
             lab.set_knob(n, "target", failing=True)

@@ -50,7 +50,9 @@ async def results(names: list[str]) -> list[CutoverResult]:
 def run(apps: int, concurrency: int, disk_mib: int, window: float) -> dict[str, Any]:
     names = [lab.App(f"app{i:02d}", i, "completes") for i in range(apps)]
     t0 = time.monotonic()
-    state = lab.up(names, disk_mib=disk_mib, concurrency=concurrency, window_minutes=window)
+    state = lab.up(
+        names, disk_mib=disk_mib, concurrency=concurrency, window_minutes=window, day_two=False
+    )  # the wave only: no landing zone
     t_up = time.monotonic() - t0
     log = lab.LAB / "worker.log"
     with log.open("wb") as out:

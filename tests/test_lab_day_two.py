@@ -4,9 +4,12 @@ a network namespace, HTTP through HAProxy), through `lab up`, the shipped worker
 
 - a knob deletes the application's network-policy rule: the pre-check refuses, naming it;
 - the cutover reaches its 90-minute window with all eleven checks evaluated and passing,
-  each with its measured value and threshold in `status`; the backup knob then makes the
-  rollback criterion `target_backup_failure` fire: ROLLED_BACK, naming it;
-- run again: the window is ended by the operator (`cutover finalize`): COMPLETED.
+  each with its measured value and threshold in `status`; a live resize of the target
+  passes; the backup knob then makes the rollback criterion `target_backup_failure` fire:
+  ROLLED_BACK, naming it;
+- the backup repository gone before a run: the pre-check refuses, naming it;
+- run again: the alert route broken in the window fails the post-check and finalize is
+  refused naming it; fixed, the window is ended by the operator: COMPLETED.
 """
 
 from __future__ import annotations
@@ -136,10 +139,31 @@ def test_the_seed_runbook_runs_unedited_with_its_day_two_checks(
         assert "target_backup_failure" in (result["rollbackReason"] or ""), result
         lab.day_two_knob("backup", broken=False)
 
-        # 3. Again, ended by the operator once healthy: COMPLETED.
+        # 3. The backup repository gone before a run: the pre-check refuses, naming it.
+        lab.day_two_knob("backup", broken=True)
+        refused = json.loads(cli("run", str(SEED), "--site", site, "--wait", "--json",
+                                 check=False).stdout)  # fmt: skip
+        assert "backup_success_last_24h" in refused["reason"], refused["reason"]
+        lab.day_two_knob("backup", broken=False)
+
+        # 4. Again: the alert route breaks in the window: the post-check fails in a round
+        # (its measurement says where the alert went), finalize is refused naming it;
+        # fixed, a passing round lets the operator end the window: COMPLETED.
         cli("run", str(SEED), "--site", site)
         wait_for("the window with all eleven checks passing", all_passing, 600)
-        cli("finalize", APP)
+        lab.day_two_knob("alert-routing", broken=True)
+
+        def alert_failing() -> dict[str, Any] | None:
+            last = [c for c in status(site)["checks"] if c["name"] == "alerting_signals_present"]
+            return last[-1] if last and not last[-1]["passed"] else None
+
+        failing = wait_for("a round with the alert route broken", alert_failing, 180)
+        assert "not to ops-webhook" in failing["detail"], failing
+        no = cli("finalize", APP, check=False)
+        assert no.returncode != 0 and "alerting_signals_present" in no.stdout + no.stderr, no
+        lab.day_two_knob("alert-routing", broken=False)
+        wait_for("a passing round", all_passing, 180)
+        wait_for("finalize", lambda: cli("finalize", APP, check=False).returncode == 0, 180)
         done = wait_for("the end", finished, 300)
         assert done["outcome"] == "COMPLETED", (done, log.read_text()[-3000:])
         audit = cli("audit", APP).stdout

@@ -93,7 +93,9 @@ async def test_rollback_after_a_worker_killed_during_a_window_check_ends_within_
     monkeypatch.setattr(lab, "DATA", qemu_dir / "lab")
     app = lab.APPS[0]
     try:
-        state = lab.up(apps=[app], disk_mib=64, libvirt_uri=libvirtd_uri, window_minutes=10)
+        state = lab.up(
+            apps=[app], disk_mib=64, libvirt_uri=libvirtd_uri, window_minutes=10, day_two=False
+        )
     except lab.LabError as exc:
         pytest.fail(f"the lab did not come up: {exc}", pytrace=False)
     workers: list[subprocess.Popen[bytes]] = []
