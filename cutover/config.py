@@ -142,10 +142,60 @@ def _message(err: Any, model: type[BaseModel]) -> str:
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
 
 
+#: A file larger than this is refused before it is read (a site, runbook or wave file of
+#: thousands of applications is a few MiB).
+MAX_FILE_BYTES = 16 << 20
+#: Alias uses (`*anchor`, `<<: *anchor`) in one document.
+MAX_ALIASES = 10_000
+#: Values in a document once its aliases are expanded: what JSON (the workflow's input)
+#: would carry. A few levels of nested aliases multiply it (an "alias bomb").
+MAX_EXPANDED_VALUES = 1_000_000
+
+
+def _expansion(root: yaml.Node) -> tuple[int, int]:
+    """(alias uses, values once every alias is expanded), in time linear in the nodes the
+    document really has (sizes are memoized per node: an alias reuses its target's)."""
+    size: dict[int, int] = {}
+    aliases = 0
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    on_path: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            on_path.discard(key)
+            children = _children(node)
+            size[key] = min(1 + sum(size.get(id(c), 0) for c in children), 1 << 62)
+            continue
+        if key in size or key in on_path:
+            aliases += 1  # the same node reached again: an alias use
+            continue
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(_children(node)))
+    return aliases, size.get(id(root), 1)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
-    """Parse one YAML document; raise ConfigError naming the file and line on bad syntax."""
+    """Parse one YAML document; raise ConfigError naming the file and line on bad syntax,
+    or on a document whose aliases expand past the limits (before building any value)."""
     try:
         node = yaml.compose(text, Loader=_Loader)
+        if node is not None:
+            aliases, values = _expansion(node)
+            if aliases > MAX_ALIASES or values > MAX_EXPANDED_VALUES:
+                raise ConfigError([Problem(file, "", (
+                    f"refused: {aliases} alias uses expanding to {values:,} values (limits: "
+                    f"{MAX_ALIASES:,} aliases, {MAX_EXPANDED_VALUES:,} values); write the "
+                    "values out instead of nesting aliases"))])  # fmt: skip
         data = _Loader(text).get_single_data() if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -213,13 +263,23 @@ def validate_document(
         raise ConfigError(problems) from None
 
 
-def load_file(model: type[M], path: str | Path, context: dict[str, Any] | None = None) -> M:
-    """Read, parse and validate one YAML file."""
+def read_text(path: str | Path) -> str:
+    """A config file's text; ConfigError when it cannot be read or is oversized (refused
+    before reading it)."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError([Problem(file, "", f"refused: {size:,} bytes, more than the "
+                                       f"{MAX_FILE_BYTES:,} a config file may have")])  # fmt: skip
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([Problem(file, "", f"cannot read file: {reason}")]) from None
-    data, node = parse_yaml(text, file)
+
+
+def load_file(model: type[M], path: str | Path, context: dict[str, Any] | None = None) -> M:
+    """Read, parse and validate one YAML file."""
+    file = str(path)
+    data, node = parse_yaml(read_text(path), file)
     return validate_document(model, data, file, node, context)

@@ -29,7 +29,14 @@ from pydantic import (
     model_validator,
 )
 
-from cutover.config import ConfigError, Problem, format_path, parse_yaml, validate_document
+from cutover.config import (
+    ConfigError,
+    Problem,
+    format_path,
+    parse_yaml,
+    read_text,
+    validate_document,
+)
 from cutover.models import CutoverInput, CutoverResult, Outcome, Tuning
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, load_runbook
@@ -603,12 +610,7 @@ def load_wave(
     """Read a wave file and its runbooks; every problem in every file, or a WaveInput with
     each runbook's `wave` set to the wave's name."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([Problem(file, "", f"cannot read file: {reason}")]) from None
-    data, node = parse_yaml(text, file)
+    data, node = parse_yaml(read_text(path), file)
     wf = validate_document(WaveFile, data, file, node)
     name = str(wf.wave)
     base = Path(path).parent
