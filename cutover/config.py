@@ -197,6 +197,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
                     f"{MAX_ALIASES:,} aliases, {MAX_EXPANDED_VALUES:,} values); write the "
                     "values out instead of nesting aliases"))])  # fmt: skip
         data = _Loader(text).get_single_data() if node is not None else None
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
