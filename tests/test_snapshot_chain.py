@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +168,32 @@ def vcenter(sim: Vcsim, mounted: bool = False) -> VCenter:
     })  # fmt: skip
 
 
+@contextmanager
+def session(sim: Vcsim, tmp_path: Path, mounted: bool = False) -> Iterator[Session]:
+    """pyvmomi for the test's own calls, the data path's client pool, and a cutover's step
+    context for the simulator's VM (a fresh application name)."""
+    pool = ClientPool(password=lambda s: sim.password)
+    si = SmartConnect(host=sim.host, port=sim.port, user=sim.user, pwd=sim.password,
+                      sslContext=sim.ssl_context())  # fmt: skip
+    try:
+        app = unique_app("chain")
+        rb = Runbook.model_validate({**SEED, "application": app, "vms": [VM]})
+        site = SiteConfig(stagingDir=str(tmp_path / "staging"), vcenter=vcenter(sim, mounted))
+        ctx = StepContext(workflowId=f"w-{app}", application=app, wave="2", runbook=rb, site=site)
+        yield Session(si, pool, ctx, app)
+    finally:
+        Disconnect(si)
+        pool.close()
+
+
+@dataclass
+class Session:
+    si: Any
+    pool: ClientPool
+    ctx: StepContext
+    app: str
+
+
 def test_passes_read_a_snapshots_point_in_time_while_the_guest_writes(
     vcsim_factory: VcsimFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,14 +203,8 @@ def test_passes_read_a_snapshots_point_in_time_while_the_guest_writes(
     vmdir, ds = sim.datastore_dir / VM, sim.datastore_dir
     flat = vmdir / "disk1-flat.vmdk"
     seeded = sha(flat)
-    pool = ClientPool(password=lambda s: sim.password)
-    si = SmartConnect(host=sim.host, port=sim.port, user=sim.user, pwd=sim.password,
-                      sslContext=sim.ssl_context())  # fmt: skip
-    try:
-        app = unique_app("chain")
-        rb = Runbook.model_validate({**SEED, "application": app, "vms": [VM]})
-        site = SiteConfig(stagingDir=str(tmp_path / "staging"), vcenter=vcenter(sim))
-        ctx = StepContext(workflowId=f"w-{app}", application=app, wave="2", runbook=rb, site=site)
+    with session(sim, tmp_path) as sn:
+        si, pool, ctx, app = sn.si, sn.pool, sn.ctx, sn.app
         inp = StepInput(step="pre_copy", context=ctx)
         acts = DiskActivities.for_vsphere(pool)
         vm = vm_named(si, VM)
@@ -232,9 +255,6 @@ def test_passes_read_a_snapshots_point_in_time_while_the_guest_writes(
         assert acts.consistency(ctx)[0].consistent
         assert copy.read_bytes() == disk.read(ds, VM, 0, size)
         assert sha(flat) == seeded
-    finally:
-        Disconnect(si)
-        pool.close()
 
 
 def test_a_pass_snapshot_left_by_a_dead_pass_is_replaced_then_removed(
@@ -242,14 +262,8 @@ def test_a_pass_snapshot_left_by_a_dead_pass_is_replaced_then_removed(
 ) -> None:
     sim = vcsim_factory(hosts=1, vms=1)
     seed(sim, 4 * MiB, [0])
-    pool = ClientPool(password=lambda s: sim.password)
-    si = SmartConnect(host=sim.host, port=sim.port, user=sim.user, pwd=sim.password,
-                      sslContext=sim.ssl_context())  # fmt: skip
-    try:
-        app = unique_app("chain")
-        rb = Runbook.model_validate({**SEED, "application": app, "vms": [VM]})
-        site = SiteConfig(stagingDir=str(tmp_path / "staging"), vcenter=vcenter(sim))
-        ctx = StepContext(workflowId=f"w-{app}", application=app, wave="2", runbook=rb, site=site)
+    with session(sim, tmp_path) as sn:
+        si, pool, ctx, app = sn.si, sn.pool, sn.ctx, sn.app
         vm = vm_named(si, VM)
         snapshot(si, vm, f"cutover-w-{app}-pass")  # a pass that died before its cleanup
         sources = disk_source.vsphere_sources(pool)(ctx, True)
@@ -259,9 +273,6 @@ def test_a_pass_snapshot_left_by_a_dead_pass_is_replaced_then_removed(
             s.close()
         assert snaps(si, vm_named(si, VM)) == []
         assert chain_names(vm_named(si, VM)) == ["disk1.vmdk"]
-    finally:
-        Disconnect(si)
-        pool.close()
 
 
 def test_reverse_sync_writes_into_the_delta_of_a_stopped_source(
@@ -272,14 +283,8 @@ def test_reverse_sync_writes_into_the_delta_of_a_stopped_source(
     seed(sim, size, [0, 3])
     vmdir = sim.datastore_dir / VM
     flat = vmdir / "disk1-flat.vmdk"
-    pool = ClientPool(password=lambda s: sim.password)
-    si = SmartConnect(host=sim.host, port=sim.port, user=sim.user, pwd=sim.password,
-                      sslContext=sim.ssl_context())  # fmt: skip
-    try:
-        app = unique_app("chain")
-        rb = Runbook.model_validate({**SEED, "application": app, "vms": [VM]})
-        site = SiteConfig(stagingDir=str(tmp_path / "s"), vcenter=vcenter(sim, mounted=True))
-        ctx = StepContext(workflowId=f"w-{app}", application=app, wave="2", runbook=rb, site=site)
+    with session(sim, tmp_path, mounted=True) as sn:
+        si, pool, ctx, app = sn.si, sn.pool, sn.ctx, sn.app
         vm = vm_named(si, VM)
         snap = snapshot(si, vm, f"cutover-w-{app}")
         with pytest.raises(Exception, match="powered off"):
@@ -297,9 +302,6 @@ def test_reverse_sync_writes_into_the_delta_of_a_stopped_source(
         assert qemu_view(vmdir / "disk1-000001.vmdk", tmp_path / "q.raw") == want
         wait(si, snap.RemoveSnapshot_Task(removeChildren=False))
         assert flat.read_bytes() == want
-    finally:
-        Disconnect(si)
-        pool.close()
 
 
 def test_a_chain_that_is_not_readable_is_refused_naming_the_file(tmp_path: Path) -> None:
