@@ -6,6 +6,7 @@ The snapshot chain (flat base, vmfsSparse deltas) is resolved by `adapters.vsphe
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Callable
 from functools import partial
@@ -176,27 +177,40 @@ def vsphere_sources(pool: ClientPool) -> SourceFactory:
                     snap = take_pass_snapshot(client, vm.name, pass_name)
                 else:
                     drop_snapshot(client, vm.name, pass_name)  # one a dead pass left
+                drop = partial(drop_snapshot, client, vm.name, pass_name)
+                if snap and not vm.disks:
+                    drop()
                 cbt = vm.changeTrackingEnabled or precopy
-                for i, disk in enumerate(vm.disks):
-                    file_name, cid = snap.disks.get(disk.key, (disk.fileName, None)) if snap else (
-                        disk.fileName, None)  # fmt: skip
-                    last = i == len(vm.disks) - 1
-                    sources.append(
-                        DatastoreSource(
-                            client,
-                            name=check_name(disk_id(vm.name, disk.key), "disk"),
-                            vm_name=vm.name,
-                            disk_key=disk.key,
-                            file_name=file_name,
-                            datacenter=vm.datacenter or vc.datacenter or "",
-                            cbt=cbt,
-                            snapshot=snap.moref if snap else None,
-                            snapshot_change_id=cid,
-                            on_close=partial(drop_snapshot, client, vm.name, pass_name)
-                            if snap and last
-                            else None,
+                mine: list[DiskSource] = []
+                try:
+                    for i, disk in enumerate(vm.disks):
+                        file_name, cid = (
+                            snap.disks.get(disk.key, (disk.fileName, None)) if snap
+                            else (disk.fileName, None)
+                        )  # fmt: skip
+                        mine.append(
+                            DatastoreSource(
+                                client,
+                                name=check_name(disk_id(vm.name, disk.key), "disk"),
+                                vm_name=vm.name,
+                                disk_key=disk.key,
+                                file_name=file_name,
+                                datacenter=vm.datacenter or vc.datacenter or "",
+                                cbt=cbt,
+                                snapshot=snap.moref if snap else None,
+                                snapshot_change_id=cid,
+                                # the VM's last source ends the pass: its snapshot goes
+                                on_close=drop if snap and i == len(vm.disks) - 1 else None,
+                            )
                         )
-                    )
+                except BaseException:
+                    for src in mine:
+                        src.close()
+                    if snap and len(mine) < len(vm.disks):  # the last one never came
+                        with contextlib.suppress(Exception):
+                            drop()
+                    raise
+                sources += mine
         except BaseException:
             for s in sources:
                 s.close()
