@@ -24,7 +24,7 @@ from adapters.staging.copy import BLOCK
 from adapters.vsphere import disk_source
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.disk_sink import vsphere_sinks
-from adapters.vsphere.vmdk import Chain, VmdkError, local_fetch
+from adapters.vsphere.vmdk import Chain, CowdWriter, VmdkError, create_delta, local_fetch
 from cutover.lab import disk
 from cutover.lab import vcsim as vcsim_mod
 from cutover.lab.vcsim import Vcsim
@@ -320,3 +320,49 @@ def test_a_chain_that_is_not_readable_is_refused_naming_the_file(tmp_path: Path)
     (tmp_path / "e-000001-delta.vmdk").write_bytes(b"COWD" + bytes(2044))
     with pytest.raises(VmdkError, match=r"e-000001-delta\.vmdk: inconsistent COWD header"):
         Chain(local_fetch(tmp_path), "e-000001.vmdk", 4096)
+
+
+@pytest.mark.parametrize("dies_at", range(1, 10))
+def test_a_delta_writer_killed_at_any_write_leaves_a_readable_extent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dies_at: int
+) -> None:
+    """A writer dies after `dies_at` of its writes: a new grain in an existing table (data,
+    free sector, table entry), then one needing a new table (zeroed table, free sector,
+    directory entry, data, free sector, table entry). The next writer must never hand a
+    sector to a second grain (before: the table entry went in before the free sector
+    moved, so a death between them let the next grain overwrite the first)."""
+    size = 8 << 20
+    far = 512 * 4096 * 3  # in the fourth grain table
+    (tmp_path / "d.vmdk").write_text("")
+    (tmp_path / "d-flat.vmdk").write_bytes(bytes(size))
+    create_delta(tmp_path, "d-000001.vmdk", "d.vmdk", size)
+    extent = tmp_path / "d-000001-delta.vmdk"
+    w = CowdWriter(extent)
+    w.write(0, b"A" * 512)  # grain table 0 exists from here on
+    w.close()
+    real, calls = os.pwrite, [0]
+
+    def dying(fd: int, data: Any, offset: int) -> int:
+        calls[0] += 1
+        if calls[0] > dies_at:
+            raise SystemExit("killed")  # the process is gone: nothing after this runs
+        return real(fd, data, offset)
+
+    w = CowdWriter(extent)
+    monkeypatch.setattr(os, "pwrite", dying)
+    with pytest.raises(SystemExit):
+        w.write(512, b"X" * 512)
+        w.write(far, b"B" * 512)
+        raise SystemExit("not reached")
+    monkeypatch.setattr(os, "pwrite", real)
+    w.close()
+    w = CowdWriter(extent)  # the next writer (a retried reverse sync)
+    w.write(1024, b"C" * 512)
+    w.write(far + 512, b"D" * 512)
+    w.close()
+    chain = Chain(local_fetch(tmp_path), "d-000001.vmdk", size)
+    assert chain.read(0, 512) == b"A" * 512
+    assert chain.read(512, 512) in (bytes(512), b"X" * 512)
+    assert chain.read(1024, 512) == b"C" * 512
+    assert chain.read(far, 512) in (bytes(512), b"B" * 512)
+    assert chain.read(far + 512, 512) == b"D" * 512

@@ -264,18 +264,29 @@ class CowdWriter:
             t, e = divmod(gi, GT_ENTRIES)
             if t >= len(c.gd):
                 raise VmdkError(f"{self.path.name}: write at {offset + p} is beyond the disk")
+            # Order, so that a writer killed at any instant leaves a readable extent: the
+            # new space is written, then the header's free sector moves past it, then the
+            # table entry points at it (a kill in between leaks space; it never lets two
+            # entries share a sector).
             if c.gd[t] == 0:  # a new, zeroed grain table
-                c.gd[t] = c.free
-                os.pwrite(self._fd, bytes(4 * GT_ENTRIES), c.free * SECTOR)
-                c.free += 4 * GT_ENTRIES // SECTOR
-                os.pwrite(self._fd, struct.pack("<I", c.gd[t]), c.gd_offset * SECTOR + 4 * t)
+                table = c.free
+                os.pwrite(self._fd, bytes(4 * GT_ENTRIES), table * SECTOR)
+                self._set_free(table + 4 * GT_ENTRIES // SECTOR)
+                os.pwrite(self._fd, struct.pack("<I", table), c.gd_offset * SECTOR + 4 * t)
+                c.gd[t] = table
             entry = c.gd[t] * SECTOR + 4 * e
             (grain,) = struct.unpack("<I", os.pread(self._fd, 4, entry))
-            if grain == 0:
-                grain, c.free = c.free, c.free + c.grain
+            if grain:  # already in this delta: in place
+                os.pwrite(self._fd, view[p : p + g], grain * SECTOR)
+                continue
+            grain = c.free
             os.pwrite(self._fd, view[p : p + g], grain * SECTOR)
+            self._set_free(grain + c.grain)
             os.pwrite(self._fd, struct.pack("<I", grain), entry)
-        os.pwrite(self._fd, struct.pack("<I", c.free), 28)
+
+    def _set_free(self, sector: int) -> None:
+        self._c.free = sector
+        os.pwrite(self._fd, struct.pack("<I", sector), 28)
 
     def flush(self) -> None:
         os.fsync(self._fd)

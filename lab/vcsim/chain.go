@@ -496,6 +496,15 @@ func (c *cowd) write(off int64, data []byte) error {
 	}
 	le := binary.LittleEndian
 	four := make([]byte, 4)
+	// Order (as adapters/vsphere/vmdk.py): new space written, then the header's free
+	// sector moved past it, then the table entry: a kill in between leaks space, never
+	// lets two entries share a sector.
+	setFree := func(v uint32) error {
+		c.free = v
+		le.PutUint32(four, v)
+		_, err := c.f.WriteAt(four, 28)
+		return err
+	}
 	for p := int64(0); p < int64(len(data)); p += gs {
 		g := (off + p) / gs
 		i, j := g/gtEntries, g%gtEntries
@@ -503,26 +512,34 @@ func (c *cowd) write(off int64, data []byte) error {
 			return fmt.Errorf("write at %d is beyond the disk", off+p)
 		}
 		if c.gd[i] == 0 { // a new grain table, zeroed
-			c.gd[i] = c.free
-			if _, err := c.f.WriteAt(make([]byte, 4*gtEntries), int64(c.free)*sector); err != nil {
+			table := c.free
+			if _, err := c.f.WriteAt(make([]byte, 4*gtEntries), int64(table)*sector); err != nil {
 				return err
 			}
-			c.free += 4 * gtEntries / sector
-			le.PutUint32(four, c.gd[i])
+			if err := setFree(table + 4*gtEntries/sector); err != nil {
+				return err
+			}
+			le.PutUint32(four, table)
 			if _, err := c.f.WriteAt(four, int64(c.gdOff)*sector+4*i); err != nil {
 				return err
 			}
+			c.gd[i] = table
 		}
 		entry := int64(c.gd[i])*sector + 4*j
 		if _, err := c.f.ReadAt(four, entry); err != nil {
 			return err
 		}
-		gsec := le.Uint32(four)
-		if gsec == 0 {
-			gsec = c.free
-			c.free += c.grain
+		if gsec := le.Uint32(four); gsec != 0 { // already in this delta: in place
+			if _, err := c.f.WriteAt(data[p:p+gs], int64(gsec)*sector); err != nil {
+				return err
+			}
+			continue
 		}
+		gsec := c.free
 		if _, err := c.f.WriteAt(data[p:p+gs], int64(gsec)*sector); err != nil {
+			return err
+		}
+		if err := setFree(gsec + c.grain); err != nil {
 			return err
 		}
 		le.PutUint32(four, gsec)
@@ -530,9 +547,7 @@ func (c *cowd) write(off int64, data []byte) error {
 			return err
 		}
 	}
-	le.PutUint32(four, c.free)
-	_, err := c.f.WriteAt(four, 28)
-	return err
+	return nil
 }
 
 // mergeCOWD writes every allocated grain of the delta extent into the layer below it.
