@@ -29,7 +29,11 @@ PLACEHOLDERS = (
 
 #: The probe settings that say where to probe; only these are templates (a body or a
 #: description may well contain braces).
-TEMPLATED = frozenset({"url", "argv", "host", "name", "server", "query", "expectValue"})
+TEMPLATED = frozenset({
+    "url", "argv", "host", "name", "server", "query", "expectValue",
+    # the day-two probes: a backup's file, a scrape target, a domain, an nftables table
+    "path", "instance", "domain", "table", "netns",
+})  # fmt: skip
 
 P = TypeVar("P", bound=BaseModel)
 

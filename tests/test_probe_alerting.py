@@ -139,6 +139,8 @@ def test_site_validation_names_the_field() -> None:
         alertmanagerUrl="http://a", receiver="r", labels={"cutover_probe": "x"}
     )
     assert "nothing to verify" in problem()
-    assert "`instance`: placeholders are not filled in" in problem(
-        prometheusUrl="http://p", job="j", instance="{target_address}"
+    # placeholders are filled in per application (tests/test_templating.py); unknown ones
+    # are refused naming the field
+    assert "`instance`: unknown placeholder {target}" in problem(
+        prometheusUrl="http://p", job="j", instance="{target}"
     )

@@ -176,7 +176,7 @@ def test_site_validation_names_the_field() -> None:
     assert "allow.0.source" in problem(allow=[{"proto": "tcp", "port": 22, "source": "10.0.0.1/8"}])
     assert "allow.0.port" in problem(allow=[{"proto": "tcp", "port": 70000}])
     assert "allow.0.proto" in problem(allow=[{"proto": "icmp", "port": 1}])
-    assert "`table`: placeholders are not filled in" in problem(table="{application}")
+    assert "`table`: unknown placeholder {app}" in problem(table="{app}")
 
 
 def _handle(ns: Netns, needle: str) -> int:

@@ -247,6 +247,4 @@ def test_site_validation_names_the_field() -> None:
     assert "both `host` and `port`" in problem(vcpusDelta=1, host="h")
     assert "`url`: expected an http" in problem(vcpusDelta=1, url="ftp://x")
     assert "settleSeconds" in problem(vcpusDelta=1, settleSeconds=0)
-    assert "`domain`: placeholders are not filled in" in problem(
-        vcpusDelta=1, domain="{application}"
-    )
+    assert "`domain`: unknown placeholder {app}" in problem(vcpusDelta=1, domain="{app}")

@@ -37,3 +37,24 @@ def test_unknown_placeholder_is_rejected_at_load() -> None:
     assert "unknown placeholder {app}" in str(err.value)
     with pytest.raises(ValidationError):
         CommandProbe(type="command", argv=["echo", "{0}"])
+
+
+def test_the_day_two_probes_take_placeholders_where_they_name_the_application() -> None:
+    """One site, many applications: the scrape target, the domain, the backup's file and
+    the nftables table follow the application."""
+    rb = runbook(endpoint={"targetAddress": "10.2.0.7:8080"})
+    site = SiteConfig.model_validate({"checks": {
+        "scraped": {"type": "alert-routing", "prometheusUrl": "http://prom:9090",
+                    "job": "apps", "instance": "{target_address}"},
+        "resize": {"type": "live-resize", "domain": "{application}", "memoryDeltaMiB": -64},
+        "backup": {"type": "restic-backup", "mode": "backup-and-restore", "repository": "/r",
+                   "passwordRef": {"env": "PW"}, "path": "/pools/{application}.raw"},
+        "policy": {"type": "nftables-policy", "table": "fw_{wave}", "netns": "ns-{wave}"},
+    }})  # fmt: skip
+    values = values_for(rb, {})
+    out = {name: expand(p, values) for name, p in site.checks.items()}
+    dumped = {name: p.model_dump() for name, p in out.items()}
+    assert dumped["scraped"]["instance"] == "10.2.0.7:8080"
+    assert dumped["resize"]["domain"] == rb.application
+    assert dumped["backup"]["path"] == f"/pools/{rb.application}.raw"
+    assert (dumped["policy"]["table"], dumped["policy"]["netns"]) == ("fw_2", "ns-2")
