@@ -68,9 +68,16 @@ def _run_key(info: activity.Info) -> str:
     return f"{info.workflow_id}/{info.workflow_run_id}"
 
 
-def _raise(fault: Fault, name: str, when: str) -> None:
+#: Steps whose real activities say, when they fail, where the traffic is (`trafficOn`:
+#: activities/loadbalancer.py reads the load balancer's state then); modelled here.
+LB_STEPS = frozenset({"update_load_balancer", "restore_load_balancer",
+                      "retire_source_from_load_balancer"})  # fmt: skip
+
+
+def _raise(fault: Fault, name: str, when: str, where: str | None = None) -> None:
     raise ApplicationError(
         f"{name}: injected {fault.type} fault {when} (chaos)",
+        *([{"trafficOn": where}] if where else []),
         type=fault.type,
         non_retryable=not fault.retryable,
     )
@@ -110,7 +117,10 @@ class ChaosActivities:
                     and not self.world.state(app).undo_repaired
                 ):
                     outcome = "broken"
-                    raise ApplicationError(f"{name}: broken for good (chaos)", type="Transient")
+                    where = self.world.state(app).lb if name in LB_STEPS else None
+                    raise ApplicationError(f"{name}: broken for good (chaos)",
+                                           *([{"trafficOn": where}] if where else []),
+                                           type="Transient")  # fmt: skip
                 fault = None
                 if name != VERIFY_NOT_MIGRATED:
                     fault = fault_for(
@@ -118,7 +128,8 @@ class ChaosActivities:
                     )
                 if fault is not None and not fault.after:
                     outcome = f"fault-before:{fault.type}"
-                    _raise(fault, name, "before the change")
+                    lb = self.world.state(app).lb if name in LB_STEPS else None
+                    _raise(fault, name, "before the change", lb)
                 who = f"{info.workflow_id}/{info.workflow_run_id}"
                 deadline = asyncio.get_running_loop().time() + HEALTH_WAIT_S
                 while True:
@@ -138,7 +149,8 @@ class ChaosActivities:
                     self.world.unknown_activity(name, info.workflow_id or "")
                 if fault is not None:
                     outcome = f"fault-after:{fault.type}"
-                    _raise(fault, name, "after the change landed")
+                    lb = self.world.state(app).lb if name in LB_STEPS else None
+                    _raise(fault, name, "after the change landed", lb)
                 return StepResult(
                     step=name,
                     changed=applied.changed,

@@ -135,6 +135,28 @@ async def test_a_source_that_does_not_restart_keeps_traffic_on_the_target(client
     assert any("the target runs (not fenced)" in line for line in result.leftWhere)
 
 
+async def test_a_traffic_undo_that_landed_before_it_failed_never_gets_the_source_stopped(
+    client: Client,
+) -> None:
+    """Before: restore_load_balancer moved users back to the source, then failed; the
+    workflow, believing every path still on the target, stopped the source again and
+    unfenced the target: users on the source got errors (bench.chaos found it). Now a
+    traffic undo that failed without saying traffic stayed on the target (the load
+    balancer's say where it is) leaves the source running and the target fenced."""
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        landed_then_failed={"restore_load_balancer"},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        _, left = await status_of(handle)
+    undo = world.calls[world.calls.index("fence_target") :]
+    assert undo[:4] == ["fence_target", "reverse_sync", "restart_source", "restore_load_balancer"]
+    assert not {"quiesce_application", "unfence_target", *DESTRUCTIVE} & set(undo), undo
+    assert any("restore_load_balancer: failed" in line for line in left), left
+
+
 async def test_a_source_that_may_have_started_and_cannot_be_stopped_keeps_the_target_fenced(
     client: Client,
 ) -> None:

@@ -52,6 +52,9 @@ class World:
     #: step name -> calls that succeed; every later call fails with a retryable error (a
     #: step that worked going forward and cannot be undone: e.g. quiesce in a rollback)
     broken_after: dict[str, int] = field(default_factory=dict)
+    #: steps whose change lands and then they fail for good: a traffic undo among them
+    #: says the traffic is on the source (where it moved), as the load balancer's do
+    landed_then_failed: set[str] = field(default_factory=set)
     #: steps that wait this many seconds, heartbeating (cancellable), before they finish
     slow: dict[str, float] = field(default_factory=dict)
     #: what `verify_not_migrated` finds: the source's marks (None: not migrated)
@@ -91,7 +94,14 @@ class World:
             if name in self.flaky and activity.info().attempt == 1:
                 raise ApplicationError(f"{name} hiccup (test)", type="Transient")
             if name in self.broken or self.calls.count(name) > self.broken_after.get(name, 1 << 30):
-                raise ApplicationError(f"{name} cannot succeed (test)", type="Transient")
+                # as the load balancer's activities do: say where the traffic is (a restore
+                # that cannot succeed left it on the target)
+                where = [{"trafficOn": "target"}] if name == "restore_load_balancer" else []
+                raise ApplicationError(f"{name} cannot succeed (test)", *where, type="Transient")
+            if name in self.landed_then_failed:
+                where = [{"trafficOn": "source"}] if name == "restore_load_balancer" else []
+                raise ApplicationError(f"{name} landed, then failed (test)", *where,
+                                       type="InvalidState", non_retryable=True)  # fmt: skip
             if name in self.slow:
                 end = asyncio.get_running_loop().time() + self.slow[name]
                 while asyncio.get_running_loop().time() < end:

@@ -115,6 +115,9 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._target_writes: str | None = None
         self._discarded_by: str | None = None
         self._moved_back: set[str] = set()
+        #: traffic undos that failed without saying the traffic stayed on the target (their
+        #: change may have landed): the paths they own are not surely on the target
+        self._traffic_unsure: set[str] = set()
         self._rollback_reason: str | None = None
         self._reason = ""
         self._bytes_moved = 0

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.cutover_text import cause as _cause
 from workflows.cutover_text import next_pass, where_left
@@ -43,6 +43,17 @@ with workflow.unsafe.imports_passed_through():
 
 
 _TRAFFIC_UNDOS = frozenset({Compensation.RESTORE_LOAD_BALANCER, Compensation.RESTORE_DNS})
+
+
+def _traffic_on(err: ActivityError) -> str:
+    """Where a failed traffic undo said the traffic is (`trafficOn` in its error's details,
+    as the load balancer's activities report it), else "unknown"."""
+    cause = err.cause
+    details = cause.details if isinstance(cause, ApplicationError) else ()
+    first = details[0] if details else None
+    return str(first.get("trafficOn", "unknown")) if isinstance(first, dict) else "unknown"
+
+
 #: Registered above each traffic switch, run at most once per pass (one fact each).
 _ONCE_PER_PASS = frozenset({Compensation.FENCE_TARGET, Compensation.REVERSE_SYNC})
 _UNDO_OF = {
@@ -69,6 +80,7 @@ class _Cutover(Protocol):
     _target_writes: str | None
     _discarded_by: str | None
     _moved_back: set[str]
+    _traffic_unsure: set[str]
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -263,6 +275,8 @@ class CutoverUndo:
                 except ActivityError as err:
                     why = f"failed: {_cause(err)}"
                     self._log(logging.ERROR, "compensation failed", compensation=comp, error=why)
+                    if comp in _TRAFFIC_UNDOS and _traffic_on(err) != "target":
+                        self._traffic_unsure.add(comp)  # it may have moved traffic back
                 else:
                     self._target_writes_fate(comp, result)
                     if establishes is not None:
@@ -278,6 +292,7 @@ class CutoverUndo:
                     elif comp in _TRAFFIC_UNDOS:
                         moved_back = True
                         self._moved_back.add(comp)
+                        self._traffic_unsure.discard(comp)
                     continue
             if establishes is not None:
                 doubt[establishes].add(comp)
@@ -289,8 +304,13 @@ class CutoverUndo:
                     # while the rollback waits (it is fenced again before the next start).
                     # A start that failed may have landed (a power-on whose answer was
                     # lost): the source is stopped first, so two VMs with one address never
-                    # run at once; traffic never reached it (no path moved back yet).
-                    if not blocked and workflow.patched("stop-source-before-unfence"):
+                    # run at once, but only while every path surely points at the target
+                    # (none moved back in an earlier pass: then the source may serve).
+                    if (
+                        not blocked
+                        and workflow.patched("stop-source-before-unfence")
+                        and self._paths_on_target()
+                    ):
                         left += await self._stop_source_then_unfence()
                     else:
                         left += await self._unfence()
@@ -322,6 +342,11 @@ class CutoverUndo:
         """Whether every traffic path surely points at the target: its switch completed
         and no undo moved it back. Only then may the source be stopped again (a switch
         that failed may never have landed: its users would still be on the source)."""
+        if self._traffic_unsure and workflow.patched("traffic-undo-failure-where"):
+            # a traffic undo failed without saying traffic stayed on the target (the load
+            # balancer's says where it is; one whose change landed before it failed did
+            # move users back): the source may be serving, never stop it then
+            return False
         switched = {s.name for s in self._records if s.kind == "step" and s.outcome == "ok"}
         return all(
             step in switched and _UNDO_OF[step] not in self._moved_back
