@@ -45,6 +45,9 @@ async def main(mode: str = "") -> None:
             if mode == "stop-before-unfence":
                 await stop_before_unfence(client)
                 return
+            if mode == "traffic-unsure":
+                await traffic_unsure(client)
+                return
             await waves(client)
             if mode == "waves":
                 return
@@ -201,6 +204,7 @@ async def safety(client: Client) -> None:
         await write(handle, "v2_fence_and_restart_failed_then_resumed")
     await stale_close(client)
     await stop_before_unfence(client)
+    await traffic_unsure(client)
     async with running(client, World(migrated="vm-1 marked migrated (test)")) as queue:
         handle = await start(client, cutover_input(queue))
         await handle.result()
@@ -239,6 +243,25 @@ async def stop_before_unfence(client: Client) -> None:
         await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
         await handle.result()
         await write(handle, "v2_start_failed_stop_failed_then_resumed")
+
+
+async def traffic_unsure(client: Client) -> None:
+    """A restore_load_balancer that moved users back, then failed: the source keeps
+    running, the target stays fenced; fixed and resumed, the rollback completes."""
+    from cutover.models import ResumeRequest
+    from tests.test_faults import window_input
+
+    world = World(
+        check_plan={"app_health_check_failure": [False]},
+        landed_then_failed={"restore_load_balancer"},
+    )
+    async with running(client, world) as queue:
+        handle = await start(client, window_input(queue))
+        await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
+        world.landed_then_failed.clear()
+        await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
+        await handle.result()
+        await write(handle, "v2_traffic_undo_landed_then_failed_then_resumed")
 
 
 async def write(handle: object, name: str) -> None:
