@@ -34,7 +34,7 @@ def test_an_alias_bomb_is_refused_before_any_value_is_built() -> None:
     [p] = exc.value.problems
     assert p.file == "bomb.yaml"
     assert p.message.startswith("refused: 81 alias uses expanding to 926,177,116 values")
-    assert "(limits: 10,000 aliases, 1,000,000 values)" in p.message
+    assert "(limits: 100,000 aliases, 1,000,000 values)" in p.message
 
 
 def test_a_site_whose_free_form_field_nests_aliases_is_refused_with_exit_2(
