@@ -169,6 +169,9 @@ def test_the_seed_runbook_runs_unedited_with_its_day_two_checks(
         audit = cli("audit", APP).stdout
         for name in ELEVEN:
             assert name in audit
+        # what was measured, against what: in the audit too
+        assert "digests equal" in audit and "routed to ops-webhook" in audit, audit[-3000:]
+        assert "policy drop, 1 of 1 required flows accepted" in audit, audit[-3000:]
     finally:
         if worker is not None and worker.poll() is None:
             worker.terminate()
