@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests import procs
 from tests.prometheus_fixtures import App, _free_port, prometheus_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,13 +79,7 @@ class Process:
         pytest.fail(f"{self.name} did not become ready at {self.ready_url}:\n{tail}", pytrace=False)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this PID
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
 
 
 def get_json(url: str) -> Any:

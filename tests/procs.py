@@ -28,3 +28,14 @@ def kill9(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to this PID, then SIGKILL after 10 s: a fixture's server, gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

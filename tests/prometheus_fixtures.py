@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from tests import procs
+
 #: (seconds to wait before answering, status) for request number i (from 0).
 Plan = Callable[[int], tuple[float, int]]
 
@@ -227,13 +229,7 @@ class Prometheus:
         pytest.fail(f"prometheus did not become ready on {self.url}:\n{tail}", pytrace=False)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM to this PID
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        procs.stop(self.proc)
 
 
 def prometheus_binary() -> str:

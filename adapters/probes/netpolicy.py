@@ -232,15 +232,18 @@ def describe_flow(flow: NftFlow) -> str:
     return f"{flow.proto}/{flow.port} from {flow.source}"
 
 
-def _matches_flow(rule: Rule, flow: NftFlow, net: Network, table_family: str) -> bool:
-    """The rule's matches take every packet of the flow from `net` (accepts: serves it)."""
+def _protocol_and_port(rule: Rule, flow: NftFlow) -> bool:
+    """The rule is a plain match that takes the flow's protocol and port."""
     if rule.unknown or rule.established_only or rule.loopback_only:
         return False
     if rule.protos is not None and flow.proto not in rule.protos:
         return False
-    if rule.ports is not None and not any(lo <= flow.port <= hi for lo, hi in rule.ports):
-        return False
-    return any(
+    return rule.ports is None or any(lo <= flow.port <= hi for lo, hi in rule.ports)
+
+
+def _matches_flow(rule: Rule, flow: NftFlow, net: Network, table_family: str) -> bool:
+    """The rule's matches take every packet of the flow from `net` (accepts: serves it)."""
+    return _protocol_and_port(rule, flow) and any(
         net.version == s.version and net.subnet_of(s)  # type: ignore[arg-type]
         for s in rule.families(table_family)
     )
@@ -248,13 +251,9 @@ def _matches_flow(rule: Rule, flow: NftFlow, net: Network, table_family: str) ->
 
 def _overlaps_flow(rule: Rule, flow: NftFlow, net: Network, table_family: str) -> bool:
     """The rule's matches take some packets of the flow from `net` (drops: shadow it)."""
-    if rule.unknown or rule.established_only or rule.loopback_only:
-        return False
-    if rule.protos is not None and flow.proto not in rule.protos:
-        return False
-    if rule.ports is not None and not any(lo <= flow.port <= hi for lo, hi in rule.ports):
-        return False
-    return any(net.overlaps(s) for s in rule.families(table_family))
+    return _protocol_and_port(rule, flow) and any(
+        net.overlaps(s) for s in rule.families(table_family)
+    )
 
 
 def _ranges(ports: set[int]) -> str:
