@@ -15,12 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cutover.cli import audit, lab, plan, prepare, run, schedule, service, wave
+from cutover.cli import audit, keys, lab, plan, prepare, run, schedule, service, wave
 from cutover.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, Group, Handler, explain
 from cutover.config import ConfigError
 
 #: The command groups, in the order `cutover --help` lists them.
-GROUPS = (plan, prepare, run, service, audit, lab, wave, schedule)
+GROUPS = (plan, prepare, run, service, audit, keys, lab, wave, schedule)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -9,10 +9,12 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
+from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.models import (
     ApprovalRequest,
@@ -134,38 +136,44 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_update(args: argparse.Namespace) -> int:
-    """approve, rollback, extend, finalize, resume: one update to the running cutover."""
-    from workflows.cutover import AppCutoverWorkflow  # the workflow module: slow to import
+    """approve, rollback, extend, finalize, resume: one update to the running cutover,
+    signed when a key is given (--key FILE or $CUTOVER_KEY): its name is who asks."""
+    key = operator_key(args.key)
+    who = signer_name(key, None) or identity()
+    wf_id = workflow_id(args.id)
 
-    who = identity()
-    client = await connect(wait_seconds=3)
-    handle = client.get_workflow_handle(workflow_id(args.id))
-    wf = AppCutoverWorkflow
-
-    async def send() -> str:
+    def request() -> BaseModel:
         if args.command == "approve":
-            req = ApprovalRequest(approver=args.as_, comment=args.comment)
-            return await handle.execute_update(wf.approve, req)
+            approver = signer_name(key, args.as_)
+            if approver is None:
+                raise ValueError(
+                    "--as NAME: who approves (or sign with --key FILE / $CUTOVER_KEY: the "
+                    "key's name approves)"
+                )
+            return ApprovalRequest(approver=approver, comment=args.comment)
         if args.command == "rollback":
-            req_r = RollbackRequest(reason=args.reason, requestedBy=who)
-            return await handle.execute_update(wf.rollback, req_r)
+            return RollbackRequest(reason=args.reason, requestedBy=who)
         if args.command == "extend":
             if not args.minutes > 0:
                 raise ValueError("--minutes: expected a positive number")
-            req_e = ExtendRequest(minutes=args.minutes, requestedBy=who)
-            return await handle.execute_update(wf.extend, req_e)
+            return ExtendRequest(minutes=args.minutes, requestedBy=who)
         if args.command == "resume":
             discard = args.discard_target_writes is not None
             if discard and not args.discard_target_writes.strip():
                 raise ValueError("--discard-target-writes: expected a reason (it is recorded)")
-            req_s = ResumeRequest(
-                requestedBy=args.as_ or who,
+            return ResumeRequest(
+                requestedBy=signer_name(key, args.as_) or who,
                 reason=args.discard_target_writes if discard else args.reason,
                 discardTargetWrites=discard,
             )
-            return await handle.execute_update(wf.resume, req_s)
-        req_f = FinalizeRequest(requestedBy=who)
-        done: str = await handle.execute_update("finalize", req_f, result_type=str)
+        return FinalizeRequest(requestedBy=who)
+
+    req = signed(key, wf_id, args.command, request())  # refused here before any connection
+    client = await connect(wait_seconds=3)
+    handle = client.get_workflow_handle(wf_id)
+
+    async def send() -> str:
+        done: str = await handle.execute_update(args.command, req, result_type=str)
         return done
 
     return await send_update(handle, send, command=args.command, what="cutover", as_json=args.json)
@@ -194,21 +202,30 @@ def register(cli: Group) -> None:
 
     sp = cli.command("approve", "Approve a cutover waiting at its approval gate.", cmd_update)
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
-    sp.add_argument("--as", dest="as_", required=True, metavar="NAME", help="approver's name")
+    sp.add_argument(
+        "--as",
+        dest="as_",
+        metavar="NAME",
+        help="approver's name (signed: the key's name, the default; unsigned: required)",
+    )
     sp.add_argument("--comment", default="", help="recorded with the approval")
+    add_key_option(sp)
 
     sp = cli.command("rollback", "Roll a cutover back to the source now.", cmd_update)
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
     sp.add_argument("--reason", required=True, help="why; recorded in the history")
+    add_key_option(sp)
 
     sp = cli.command("extend", "Extend a cutover's rollback window.", cmd_update)
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
     sp.add_argument("--minutes", type=float, required=True, help="minutes to add")
+    add_key_option(sp)
 
     sp = cli.command(
         "finalize", "Finalize a healthy cutover before its rollback window closes.", cmd_update
     )
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
+    add_key_option(sp)
 
     sp = cli.command(
         "resume",
@@ -218,7 +235,10 @@ def register(cli: Group) -> None:
     )
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")
     sp.add_argument(
-        "--as", dest="as_", metavar="NAME", help="who resumes (default: you, as user@host)"
+        "--as",
+        dest="as_",
+        metavar="NAME",
+        help="who resumes (default: the key's name when signed, else you, as user@host)",
     )
     sp.add_argument("--reason", default="", help="what was fixed; recorded in the history")
     sp.add_argument(
@@ -227,3 +247,4 @@ def register(cli: Group) -> None:
         help="a rollback blocked on reverse_sync: go on without writing the target's writes "
         "back, discarding them (REASON is recorded in the history)",
     )
+    add_key_option(sp)

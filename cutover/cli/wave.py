@@ -13,6 +13,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -20,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from cutover import search_attributes as sa
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
+from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.models import ApprovalRequest
 from cutover.plan.gate import WaveFigures, promotion_gate
@@ -225,25 +227,33 @@ def result_text(r: WaveResult) -> str:
 
 
 async def cmd_wave_update(args: argparse.Namespace) -> int:
-    """approve, pause, resume, cancel: one update to the running wave."""
-    from workflows.wave import WaveWorkflow  # the workflow module: slow to import
+    """approve, pause, resume, cancel: one update to the running wave, signed when a key is
+    given (--key FILE or $CUTOVER_KEY): its name is who asks."""
+    key = operator_key(args.key)
+    who = signer_name(key, None) or identity()
 
+    def request() -> BaseModel:
+        if args.wave_command == "approve":
+            approver = signer_name(key, args.as_)
+            if approver is None:
+                raise ValueError(
+                    "--as NAME: who approves (or sign with --key FILE / $CUTOVER_KEY: the "
+                    "key's name approves)"
+                )
+            return ApprovalRequest(approver=approver, comment=args.comment)
+        if args.wave_command in ("pause", "resume"):
+            return PauseRequest(requestedBy=who, reason=args.reason)
+        return CancelRequest(requestedBy=who, reason=args.reason, policy=args.policy)
+
+    req = request()  # refused here before any connection
     client = await connect(wait_seconds=3)
     handle = await _wave_handle(client, args.id)
-    who = identity()
+    # signed for the wave the name resolved to (a scheduled wave's ID is not wave-<name>)
+    payload = signed(key, handle.id, args.wave_command, req)
 
     async def send() -> str:
-        if args.wave_command == "approve":
-            req = ApprovalRequest(approver=args.as_, comment=args.comment)
-            return await handle.execute_update(WaveWorkflow.approve, req)
-        if args.wave_command == "pause":
-            req_p = PauseRequest(requestedBy=who, reason=args.reason)
-            return await handle.execute_update(WaveWorkflow.pause, req_p)
-        if args.wave_command == "resume":
-            req_r = PauseRequest(requestedBy=who, reason=args.reason)
-            return await handle.execute_update(WaveWorkflow.resume, req_r)
-        req_c = CancelRequest(requestedBy=who, reason=args.reason, policy=args.policy)
-        return await handle.execute_update(WaveWorkflow.cancel, req_c)
+        done: str = await handle.execute_update(args.wave_command, payload, result_type=str)
+        return done
 
     return await send_update(
         handle, send, command=args.wave_command, what="wave", as_json=args.json
@@ -400,8 +410,14 @@ def register(cli: Group) -> None:
         "approve", "Approve a wave waiting for approval before its first cutover.", cmd_wave_update
     )
     sp.add_argument("id", metavar="ID", help="wave workflow ID or wave name")
-    sp.add_argument("--as", dest="as_", required=True, metavar="NAME", help="approver's name")
+    sp.add_argument(
+        "--as",
+        dest="as_",
+        metavar="NAME",
+        help="approver's name (signed: the key's name, the default; unsigned: required)",
+    )
     sp.add_argument("--comment", default="", help="recorded with the approval")
+    add_key_option(sp)
     for name, help_ in (
         ("pause", "Start no new cutover until resumed (running ones continue)."),
         ("resume", "Resume starting cutovers."),
@@ -416,6 +432,7 @@ def register(cli: Group) -> None:
                 choices=["finish", "rollback"],
                 help="override the wave file's onCancel",
             )
+        add_key_option(sp)
     sp = wave.command(
         "status", "A wave's applications: state, phase, progress, outcome.", cmd_wave_status
     )
