@@ -50,15 +50,32 @@ from cutover.models import (
 )
 
 
-async def audit(client: Client, workflow_id: str, run_id: str | None = None) -> AuditReport:
-    """The report of a workflow (and of every child it started), from history alone."""
-    return await _audit(client, workflow_id, run_id, depth=0, seen=set())
+async def audit(
+    client: Client,
+    workflow_id: str,
+    run_id: str | None = None,
+    *,
+    through_event_id: int | None = None,
+) -> AuditReport:
+    """The report of a workflow (and of every child it started), from history alone.
+
+    With `through_event_id` (and `run_id`): the report as of that event of that run, the
+    runs before it in its continue-as-new chain included: what the history said then, which
+    later events cannot change (the audit ledger's records are digests of these)."""
+    if through_event_id is not None and run_id is None:
+        raise ValueError("through_event_id: needs the run_id whose event it is")
+    return await _audit(client, workflow_id, run_id, depth=0, seen=set(), through=through_event_id)
 
 
 async def _audit(
-    client: Client, workflow_id: str, run_id: str | None, depth: int, seen: set[str]
+    client: Client,
+    workflow_id: str,
+    run_id: str | None,
+    depth: int,
+    seen: set[str],
+    through: int | None = None,
 ) -> AuditReport:
-    histories = await _run_chain(client, workflow_id, run_id)
+    histories = await _run_chain(client, workflow_id, run_id, through)
     reader = _Reader(client.data_converter, workflow_id)
     for history in histories:
         await reader.read(history)
@@ -88,8 +105,11 @@ async def _audit(
     return report
 
 
-async def _run_chain(client: Client, workflow_id: str, run_id: str | None) -> list[WorkflowHistory]:
-    """The histories of a workflow's runs, first to last, following continue-as-new."""
+async def _run_chain(
+    client: Client, workflow_id: str, run_id: str | None, through: int | None = None
+) -> list[WorkflowHistory]:
+    """The histories of a workflow's runs, first to last, following continue-as-new; with
+    `through`, from the first run of `run_id`'s chain to `run_id`, cut after that event."""
 
     async def fetch(rid: str | None) -> WorkflowHistory:
         try:
@@ -100,21 +120,29 @@ async def _run_chain(client: Client, workflow_id: str, run_id: str | None) -> li
             raise
 
     history = await fetch(run_id)
-    if run_id is None and history.events:
-        # The latest run was fetched: start again from the first one of its chain.
+    fetched = run_id
+    if (run_id is None or through is not None) and history.events:
+        # The latest run (or the bound's) was fetched: start again from its chain's first.
         first = history.events[0].workflow_execution_started_event_attributes
         if first.first_execution_run_id and first.continued_execution_run_id:
-            history = await fetch(first.first_execution_run_id)
+            fetched = first.first_execution_run_id
+            history = await fetch(fetched)
     chain = [history]
     while len(chain) < MAX_RUNS:
+        if through is not None and fetched == run_id:
+            last_run = chain[-1]
+            chain[-1] = WorkflowHistory(
+                last_run.workflow_id, [e for e in last_run.events if e.event_id <= through]
+            )
+            break
         last = chain[-1].events[-1] if chain[-1].events else None
         if (
             last is None
             or last.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
         ):
             break
-        new_run = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
-        chain.append(await fetch(new_run))
+        fetched = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+        chain.append(await fetch(fetched))
     return chain
 
 
