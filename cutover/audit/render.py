@@ -5,7 +5,8 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from cutover.audit.model import AuditReport, CheckAudit, StepAudit, UpdateRecord
@@ -232,6 +233,195 @@ def to_markdown(report: AuditReport, level: int = 0) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+# ------------------------------------------------------------------- the timeline
+
+_OUTCOME_COLOUR = {
+    "ok": "#43a047",
+    "failed": "#e53935",
+    "timed_out": "#e53935",
+    "canceled": "#9e9e9e",
+    "running": "#1e88e5",
+}
+_LABEL_W, _PLOT_W, _ROW_H, _TOP, _PAD = 250, 640, 16, 34, 10
+
+
+@dataclass
+class Span:
+    """A stretch of the cutover drawn across every row (downtime, the rollback window)."""
+
+    kind: Literal["downtime", "window"]
+    start: datetime
+    end: datetime
+    label: str
+
+
+def timeline_spans(r: AuditReport) -> list[Span]:
+    """Downtime: from the first cutover step for the recorded downtime (the workflow counts
+    from there). The rollback window: from the end of the last cutover step, once every
+    one of them succeeded, to the first finalize step or undo after it (else the close,
+    else its planned end)."""
+    spans: list[Span] = []
+    cut = [s for s in r.steps if s.kind == "step"]
+    if cut and r.downtimeSeconds is not None:
+        start = min(s.scheduledAt for s in cut)
+        spans.append(
+            Span("downtime", start, start + timedelta(seconds=r.downtimeSeconds),
+                 f"downtime {r.downtimeSeconds:.1f}s")
+        )  # fmt: skip
+    done = {s.name for s in cut if s.outcome == "ok"}
+    wanted = set(r.runbook.cutoverSteps) if r.runbook else {s.name for s in cut}
+    ended = [s.endedAt for s in cut if s.endedAt is not None]
+    if cut and wanted <= done and not any(s.outcome != "ok" for s in cut) and ended:
+        opened = max(ended)
+        after = [
+            s.scheduledAt
+            for s in r.steps
+            if s.kind in ("finalize", "compensation") and s.scheduledAt >= opened
+        ]
+        label = "rollback window"
+        if after:
+            closed = min(after)
+        elif r.closedAt is not None:
+            closed = r.closedAt
+        elif r.runbook is not None:
+            closed = opened + timedelta(minutes=r.runbook.rollbackWindowMinutes)
+            label += " (planned)"
+        else:
+            closed = opened
+        spans.append(Span("window", opened, closed, label))
+    return spans
+
+
+def _tick_step(seconds: float) -> float:
+    """A round tick interval giving about six ticks over `seconds`."""
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600,
+                 7200, 14400, 28800, 86400):  # fmt: skip
+        if seconds / step <= 6:
+            return step
+    return 86400.0 * max(1, round(seconds / 86400 / 6))
+
+
+def _offset(seconds: float) -> str:
+    if seconds < 60:
+        return f"+{seconds:g}s"
+    whole = round(seconds)
+    if whole < 3600:
+        m, sec = divmod(whole, 60)
+        return f"+{m}m{sec:02d}s" if sec else f"+{m}m"
+    h, m = divmod(whole // 60, 60)
+    return f"+{h}h{m:02d}m" if m else f"+{h}h"
+
+
+def timeline_svg(r: AuditReport) -> str | None:
+    """The cutover as an inline SVG: one bar per step on a time axis (colour: outcome;
+    hatched: an undo), the downtime and the rollback window as bands, each check's
+    evaluations as marks (filled: passed, cross: failed). None without steps."""
+    if not r.steps:
+        return None
+    e = html.escape
+    spans = timeline_spans(r)
+    check_names = list(dict.fromkeys(c.name for c in r.checks))
+    times = [r.startedAt, *(s.scheduledAt for s in r.steps), *(c.at for c in r.checks)]
+    times += [s.endedAt for s in r.steps if s.endedAt] + [x.end for x in spans]
+    times += [r.closedAt] if r.closedAt else []
+    t0, t1 = min(times), max(times)
+    total = max((t1 - t0).total_seconds(), 0.001)
+
+    def x(t: datetime) -> float:
+        return _LABEL_W + _PLOT_W * (t - t0).total_seconds() / total
+
+    rows = len(r.steps) + len(check_names)
+    height = _TOP + rows * _ROW_H + 40
+    width = _LABEL_W + _PLOT_W + _PAD
+    bottom = _TOP + rows * _ROW_H
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" '
+        'font-size="11">',
+        "<title>Timeline of " + e(r.workflowId) + "</title>",
+        '<defs><pattern id="hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+        'patternTransform="rotate(45)"><line x1="0" y1="0" x2="0" y2="6" stroke="#fff" '
+        'stroke-width="2.5"/></pattern></defs>',
+    ]
+    colour = {"downtime": "#e53935", "window": "#1e88e5"}
+    for i, span in enumerate(spans):
+        x0, x1 = x(span.start), max(x(span.end), x(span.start) + 1)
+        out.append(
+            f'<rect class="span {span.kind}" x="{x0:.1f}" y="{_TOP - 4}" width="{x1 - x0:.1f}" '
+            f'height="{rows * _ROW_H + 8}" fill="{colour[span.kind]}" fill-opacity="0.12" '
+            f'stroke="{colour[span.kind]}" stroke-opacity="0.5" stroke-dasharray="3,2">'
+            f"<title>{e(span.label)}: {_ts(span.start)} to {_ts(span.end)}</title></rect>"
+        )
+        out.append(
+            f'<text x="{x0 + 2:.1f}" y="{12 + 11 * i}" fill="{colour[span.kind]}">'
+            f"{e(span.label)}</text>"
+        )
+    for i, s in enumerate(r.steps):
+        y = _TOP + i * _ROW_H
+        name = s.name + (f" #{s.passNumber}" if s.passNumber else "")
+        label = ("undo " if s.kind == "compensation" else "") + name
+        end = s.endedAt or r.closedAt or t1
+        x0, x1 = x(s.scheduledAt), max(x(end), x(s.scheduledAt) + 2)
+        fill = _OUTCOME_COLOUR.get(s.outcome, "#9e9e9e")
+        tip = f"{s.kind} {name}: {s.outcome}, {_secs(s.seconds)}" + (
+            f", {s.attempts} attempt(s)" if s.attempts else ""
+        )
+        out.append(
+            f'<text x="{_LABEL_W - 6}" y="{y + 11}" text-anchor="end">{e(label[:40])}</text>'
+        )
+        out.append(
+            f'<rect class="bar {e(s.kind)} {e(s.outcome)}" x="{x0:.1f}" y="{y + 2}" '
+            f'width="{x1 - x0:.1f}" height="{_ROW_H - 4}" fill="{fill}">'
+            f"<title>{e(tip)}</title></rect>"
+        )
+        if s.kind == "compensation":
+            out.append(
+                f'<rect class="hatch" x="{x0:.1f}" y="{y + 2}" width="{x1 - x0:.1f}" '
+                f'height="{_ROW_H - 4}" fill="url(#hatch)" stroke="#000" stroke-width="0.5"/>'
+            )
+    for j, check in enumerate(check_names):
+        cy = _TOP + (len(r.steps) + j) * _ROW_H + _ROW_H / 2
+        out.append(
+            f'<text x="{_LABEL_W - 6}" y="{cy + 4}" text-anchor="end" font-style="italic">'
+            f"check {e(check[:34])}</text>"
+        )
+        for c in (c for c in r.checks if c.name == check):
+            tip = e(
+                f"{c.phase} {c.name} {'passed' if c.passed else 'FAILED'} at {_ts(c.at)}"
+                + (f": measured {c.measured}" if c.measured is not None else "")
+                + (f", expected {c.threshold}" if c.threshold is not None else "")
+            )
+            cx = x(c.at)
+            if c.passed:
+                out.append(
+                    f'<circle class="mark passed" cx="{cx:.1f}" cy="{cy:.1f}" r="3.5" '
+                    f'fill="#43a047"><title>{tip}</title></circle>'
+                )
+            else:
+                out.append(
+                    f'<path class="mark failed" d="M{cx - 4:.1f},{cy - 4:.1f}l8,8m0,-8l-8,8" '
+                    f'stroke="#e53935" stroke-width="2"><title>{tip}</title></path>'
+                )
+    step = _tick_step(total)
+    n = 0
+    while n * step <= total + 1e-9:
+        tx = _LABEL_W + _PLOT_W * n * step / total
+        out.append(
+            f'<line x1="{tx:.1f}" y1="{_TOP - 4}" x2="{tx:.1f}" y2="{bottom + 4}" '
+            'stroke="#ccc" stroke-width="0.5"/>'
+            f'<text x="{tx:.1f}" y="{bottom + 16}" text-anchor="middle">{_offset(n * step)}</text>'
+        )
+        n += 1
+    out.append(
+        f'<text x="{_PAD}" y="{bottom + 16}">from {_ts(t0)}</text>'
+        f'<text x="{_PAD}" y="{bottom + 32}" fill="#555">bars: ok green, failed red, running '
+        "blue, cancelled grey; hatched: an undo (compensation); checks: passed dot, failed "
+        "cross</text>"
+    )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 _CSS = (
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:.5em 0}"
     "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;font-size:90%}"
@@ -242,7 +432,13 @@ _CSS = (
 def _html_body(report: AuditReport, level: int = 0) -> str:
     e = html.escape
     parts: list[str] = []
+    timeline = timeline_svg(report)
     for kind, body in _lines(report):
+        if timeline is not None and kind == "h" and body[0] == 2:
+            # the picture before the first section: right below the summary
+            n = min(2 + level, 6)
+            parts.append(f'<h{n}>Timeline</h{n}><figure class="timeline">{timeline}</figure>')
+            timeline = None
         if kind == "h":
             lvl, text = body
             n = min(lvl + level, 6)
