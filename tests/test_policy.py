@@ -4,6 +4,7 @@ validate` with `--policy`. Pure logic and the CLI: no services."""
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -442,3 +443,206 @@ def test_check_runbook_reads_labels_tags_pools_and_devices(seed_policy: Workload
     waved = check_runbook([regulated], runbook, at, inventory=inv, wave_approval=True)
     assert "spec.requiresApproval" not in [v.rule for v in waved.violations]
     assert check_runbook([regulated], runbook, site(), inventory=inv).violations == []
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def cli_site(path: Path, **apps: dict[str, Any]) -> Path:
+    from cutover.catalog import BUILTIN_CHECKS
+
+    return write_yaml(
+        path,
+        {
+            "name": "lab",
+            "checks": {n: {"type": "command", "argv": ["true"]} for n in sorted(BUILTIN_CHECKS)},
+            "loadBalancer": {"socket": "/run/haproxy/admin.sock"},
+            "vcenter": {"host": "vc.example", "user": "svc", "passwordRef": {"env": "VC_PW"}},
+            "storageMappings": [{"sourceDatastore": "ds-1", "targetPool": "fast"}],
+            "applications": apps,
+        },
+    )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
+    from cutover.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def problem_lines(stderr: str) -> list[tuple[str, str, str]]:
+    """(file, field path, message) of each stderr line: each is one problem."""
+    out = []
+    for line in stderr.splitlines():
+        file, path, message = line.split(": ", 2)
+        assert " " not in path, line
+        out.append((file, path, message))
+    return out
+
+
+REGULATED = {"labels": {"tier": "regulated"}}
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    """The seed's policy for regulated applications, without residency (the site's pools
+    carry no zone yet), GPU modes limited to SR-IOV."""
+    data = yaml.safe_load(SEED_POLICY)
+    data["spec"]["selector"] = {"matchLabels": {"tier": "regulated"}}
+    data["spec"]["gpuScheduling"]["allowModes"] = ["sriov"]
+    del data["spec"]["compliance"]["residency"]
+    return write_yaml(tmp_path / "policies.yaml", data)
+
+
+def test_validate_policy_reports_each_violation_at_its_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy_file: Path
+) -> None:
+    site_file = cli_site(tmp_path / "site.yaml", **{"customer-analytics-api": REGULATED})
+    runbook = write_yaml(tmp_path / "rb.yaml", {**SEED, "targetPlatform": "kvm-libvirt"})
+    code, out, err = run_cli(
+        capsys, "validate", runbook, "--site", site_file, "--policy", policy_file
+    )
+    assert code == 2
+    assert problem_lines(err) == [
+        (str(runbook), "approval.required",
+         "customer-analytics-api: policy 'regulated-tier-policy' spec.requiresApproval: the "
+         "runbook's approval.required is false; require approval (approval.required: true, with "
+         "approvers): the workflow runs the approval gate anyway"),
+        (str(runbook), "targetPlatform",
+         "customer-analytics-api: policy 'regulated-tier-policy' spec.allowedPlatforms: runbook "
+         "targetPlatform 'kvm-libvirt' is not allowed (allowed: pextra-cloud, openstack, from "
+         "vmware, pextra, nutanix, openstack); target an allowed platform"),
+    ]  # fmt: skip
+    assert "spec.gpuScheduling of regulated-tier-policy not checked: no inventory" in out
+
+    # fixed: approval required, an allowed platform
+    good = {**SEED, "approval": {"required": True, "approvers": ["ops-lead"]}}
+    write_yaml(runbook, good)
+    code, out, err = run_cli(
+        capsys, "validate", runbook, "--site", site_file, "--policy", policy_file
+    )
+    assert (code, err) == (0, "")
+    assert (
+        out.splitlines()[-1] == f"1 runbook(s) valid under the workload policies of {policy_file}"
+    )
+
+    # an application the policy does not select is not governed
+    other = cli_site(tmp_path / "other.yaml")
+    write_yaml(runbook, {**SEED, "targetPlatform": "kvm-libvirt"})
+    code, _, err = run_cli(capsys, "validate", runbook, "--site", other, "--policy", policy_file)
+    assert (code, err) == (0, "")
+
+
+def test_validate_policy_checks_devices_and_pools_from_an_inventory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy_file: Path
+) -> None:
+    site_file = cli_site(tmp_path / "site.yaml", **{"customer-analytics-api": REGULATED})
+    data = yaml.safe_load(policy_file.read_text())
+    data["spec"]["compliance"]["residency"] = ["zone-a"]
+    write_yaml(policy_file, data)
+    approved = {"required": True, "approvers": ["ops-lead"]}
+    runbook = write_yaml(
+        tmp_path / "rb.yaml", {**SEED, "approval": approved, "vms": ["web-1", "gpu-1"]}
+    )
+    inv = inventory(
+        vm("web-1", sriov=True, stores=("ds-1",)), vm("gpu-1", ("vgpu", "grid_a100-2-10c"))
+    )
+    inv_file = tmp_path / "inventory.json"
+    inv_file.write_text(inv.model_dump_json(), encoding="utf-8")
+    args = ("validate", runbook, "--site", site_file, "--policy", policy_file)
+    code, out, err = run_cli(capsys, *args, "--inventory", inv_file, "--json")
+    assert code == 2
+    report = json.loads(out)
+    assert report["valid"] == [] and report["notes"] == []
+    assert [p[:2] for p in problem_lines(err)] == [
+        (str(site_file), "storageMappings[0].targetPool"),  # pool `fast` has no zone
+        (str(runbook), "vms[1]"),  # gpu-1's MIG vGPU; web-1's SR-IOV NIC is allowed
+    ]
+    assert "VM 'gpu-1' has a mig device (allowed: sriov)" in err
+    assert "target pool 'fast' has no zone (the site gives none), not in zone-a" in err
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["validate", str(ROOT / "examples/customer-analytics-api.yaml")],
+        ["wave", "validate", str(ROOT / "examples/wave-1.yaml")],
+    ],
+)
+def test_policy_needs_a_site(
+    capsys: pytest.CaptureFixture[str], policy_file: Path, command: list[str]
+) -> None:
+    code, out, err = run_cli(capsys, *command, "--policy", policy_file)
+    assert code == 2 and out == ""
+    assert "--policy needs --site: the applications' labels, tags and target pools" in err
+
+
+def test_a_bad_policy_file_is_reported_like_a_bad_runbook(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "policies.yaml"
+    bad.write_text(SEED_POLICY + "---\n" + SEED_POLICY.replace("nutanix", "nutanixx"), "utf-8")
+    site_file = cli_site(tmp_path / "site.yaml")
+    example = ROOT / "examples" / "customer-analytics-api.yaml"
+    code, out, err = run_cli(capsys, "validate", example, "--site", site_file, "--policy", bad)
+    assert code == 2 and out == ""
+    [(file, path, message)] = problem_lines(err)
+    assert (file, path) == (str(bad), "documents[1].spec.allowedPlatforms[2]")
+    assert message.startswith("unknown platform 'nutanixx'") and message.endswith("(line 27)")
+
+
+def test_wave_validate_policy_names_each_runbooks_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy_file: Path
+) -> None:
+    site_file = cli_site(
+        tmp_path / "site.yaml", **{"customer-analytics-api": REGULATED, "shop": REGULATED}
+    )
+    runbook = write_yaml(tmp_path / "rb.yaml", {**SEED, "targetPlatform": "kvm-libvirt"})
+    inline = {
+        "application": "shop",
+        "sourcePlatform": "vmware-vsphere",
+        "sourceCluster": "c",
+        "targetPlatform": "kvm-libvirt",
+        "rollbackWindowMinutes": 5,
+        "vms": ["vm-1"],
+        "cutoverSteps": ["quiesce_application", "final_data_sync", "convert_image",
+                         "attach_target_storage_profile", "power_on_target"],
+    }  # fmt: skip
+    wave = {"wave": 2, "applications": [{"runbook": "rb.yaml"}, {"runbook": inline}]}
+    wave_file = write_yaml(tmp_path / "wave.yaml", wave)
+    args = ("wave", "validate", wave_file, "--site", site_file, "--policy", policy_file)
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2 and out == ""
+    assert [p[:2] for p in problem_lines(err)] == [
+        (str(runbook), "approval.required"),
+        (str(runbook), "targetPlatform"),
+        (str(wave_file), "applications[1].runbook.approval.required"),
+        (str(wave_file), "applications[1].runbook.targetPlatform"),
+    ]
+    # a wave that requires approval approves its cutovers; allowed platforms
+    write_yaml(runbook, SEED)
+    inline["targetPlatform"] = "openstack"
+    wave["approval"] = {"required": True, "approvers": ["ops-lead"]}
+    write_yaml(wave_file, wave)
+    data = yaml.safe_load(site_file.read_text())
+    data["targetPlatforms"] = {
+        p: {"type": "libvirt", "uri": "qemu:///system"} for p in ("pextra-cloud", "openstack")
+    }
+    write_yaml(site_file, data)
+    code, out, err = run_cli(capsys, *args, "--json")
+    assert (code, err) == (0, "")
+    unchecked = "spec.gpuScheduling of regulated-tier-policy not checked: no inventory to read "
+    assert json.loads(out) == {
+        "wave": "2",
+        "applications": ["customer-analytics-api", "shop"],
+        "notes": [
+            f"{a}: {unchecked}the VMs' devices from" for a in ("customer-analytics-api", "shop")
+        ],
+    }

@@ -5,17 +5,73 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from cutover.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Group, emit
-from cutover.config import ConfigError
+from cutover.config import ConfigError, Problem, format_path, parse_yaml, read_text
 from cutover.inventory import Inventory
+from cutover.policy import WorkloadPolicy, check_runbook, load_workload_policies
+from cutover.runbook import Runbook
 from cutover.site import SiteConfig, load_runbook, load_site
 
 
+def _policy_args(args: argparse.Namespace) -> None:
+    """`--policy` reads the applications' labels, tags and pools from the site."""
+    if args.policy and not args.site:
+        raise ValueError(
+            "--policy needs --site: the applications' labels, tags and target pools that "
+            "workload policies select and limit are the site's"
+        )
+    if args.inventory and not args.policy:
+        raise ValueError("--inventory is read for --policy (the VMs' devices and datastores)")
+
+
+def policy_problems(
+    policies: Sequence[WorkloadPolicy],
+    site: SiteConfig,
+    site_file: str,
+    runbooks: Sequence[tuple[Runbook, str, str]],
+    *,
+    inventory: Inventory | None = None,
+    wave_approval: bool = False,
+) -> tuple[list[Problem], list[str]]:
+    """The early WorkloadPolicy check of `cutover validate` and `cutover wave validate`
+    (`cutover.policy.check_runbook`, which the workflow runs too), as problems and notes.
+    `runbooks`: each with the file that holds it and the field path prefix it has there
+    (an inline runbook of a wave file: `applications[i].runbook.`). A violation is reported
+    at the runbook's field (approval.required, targetPlatform, vms[i]) or, for a target
+    pool outside the policy's zones, at the site's storage mapping."""
+    problems: list[Problem] = []
+    notes: list[str] = []
+    pools = {m.targetPool: i for i, m in reversed(list(enumerate(site.storageMappings)))}
+    for runbook, file, prefix in runbooks:
+        check = check_runbook(
+            policies, runbook, site, inventory=inventory, wave_approval=wave_approval
+        )
+        notes += check.notes
+        for v in check.violations:
+            if v.field == "pool":
+                at = (
+                    f"storageMappings[{pools[v.subject]}].targetPool"
+                    if v.subject in pools
+                    else "storageMappings"
+                )
+                problems.append(Problem(site_file, at, v.message))
+                continue
+            if v.field == "vm":
+                listed = runbook.vms or []
+                at = f"vms[{listed.index(v.subject)}]" if v.subject in listed else "vmSelector"
+            else:
+                at = "approval.required" if v.field == "approval" else "targetPlatform"
+            problems.append(Problem(file, prefix + at, v.message))
+    return problems, notes
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
+    _policy_args(args)
     problems: list[str] = []
     site = None
     if args.site:
@@ -23,20 +79,91 @@ def cmd_validate(args: argparse.Namespace) -> int:
             site = load_site(args.site)
         except ConfigError as exc:
             problems += [str(p) for p in exc.problems]
-    valid: list[str] = []
-    for path in args.runbooks:
+    policies: list[WorkloadPolicy] | None = None
+    if args.policy:
         try:
-            load_runbook(path, site, args.site or "")
-            valid.append(path)
+            policies = load_workload_policies(args.policy)
         except ConfigError as exc:
             problems += [str(p) for p in exc.problems]
+    inventory = read_inventory_json(args.inventory) if args.inventory else None
+    valid: list[str] = []
+    notes: list[str] = []
+    for path in args.runbooks:
+        try:
+            runbook = load_runbook(path, site, args.site or "")
+        except ConfigError as exc:
+            problems += [str(p) for p in exc.problems]
+            continue
+        if policies is not None and site is not None:
+            found, more = policy_problems(
+                policies, site, args.site, [(runbook, path, "")], inventory=inventory
+            )
+            notes += more
+            if found:
+                problems += [str(p) for p in found]
+                continue
+        valid.append(path)
     for p in problems:
         print(p, file=sys.stderr)
     if args.json:
-        print(json.dumps({"valid": valid, "problems": problems}, indent=2))
-    elif not problems:
-        print(f"{len(valid)} runbook(s) valid")
+        report: dict[str, list[str]] = {"valid": valid, "problems": problems}
+        if args.policy:
+            report["notes"] = notes
+        print(json.dumps(report, indent=2))
+        return EXIT_BAD_INPUT if problems else EXIT_OK
+    for note in notes:
+        print(f"note: {note}")
+    if not problems:
+        against = f" under the workload policies of {args.policy}" if args.policy else ""
+        print(f"{len(valid)} runbook(s) valid{against}")
     return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+def wave_policy_check(
+    args: argparse.Namespace, runbooks: Sequence[Runbook], wave_approval: bool
+) -> list[str]:
+    """`cutover wave validate --policy`: the wave's runbooks (in the wave file's order)
+    under the workload policies; ConfigError naming each violation at its runbook file (or
+    the wave file, for an inline runbook), else the notes (what was not checked)."""
+    _policy_args(args)
+    if not args.policy:
+        return []
+    site = load_site(args.site)
+    policies = load_workload_policies(args.policy)
+    inventory = read_inventory_json(args.inventory) if args.inventory else None
+    wave_file = str(args.wave)
+    data, _ = parse_yaml(read_text(wave_file), wave_file)
+    entries = data.get("applications", []) if isinstance(data, dict) else []
+    located: list[tuple[Runbook, str, str]] = []
+    for i, runbook in enumerate(runbooks):
+        ref = (
+            entries[i].get("runbook") if i < len(entries) and isinstance(entries[i], dict) else None
+        )
+        if isinstance(ref, str):
+            located.append((runbook, str(Path(wave_file).parent / ref), ""))
+        else:
+            located.append((runbook, wave_file, format_path(["applications", i, "runbook"]) + "."))
+    problems, notes = policy_problems(
+        policies, site, args.site, located, inventory=inventory, wave_approval=wave_approval
+    )
+    if problems:
+        raise ConfigError(problems)
+    return notes
+
+
+def read_inventory_json(path: str) -> Inventory:
+    """An inventory JSON file (`cutover inventory --json`); ValueError naming what is wrong."""
+    try:
+        return Inventory.model_validate_json(Path(path).read_bytes())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read file: {exc.strerror}") from None
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(p) for p in e["loc"]) or "(document)"
+        raise ValueError(
+            f"{path}: {loc}: {e['msg']} (an inventory JSON from `cutover inventory --json` "
+            "was expected)"
+        ) from None
 
 
 def _read_inventory(site_file: str, tags: bool) -> Inventory:
@@ -85,17 +212,7 @@ def cmd_concerns(args: argparse.Namespace) -> int:
 
         inv = read_rvtools(args.rvtools).inventory
     elif args.inventory:
-        try:
-            inv = Inventory.model_validate_json(Path(args.inventory).read_bytes())
-        except OSError as exc:
-            raise ValueError(f"{args.inventory}: cannot read file: {exc.strerror}") from None
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            loc = ".".join(str(p) for p in e["loc"]) or "(document)"
-            raise ValueError(
-                f"{args.inventory}: {loc}: {e['msg']} (an inventory JSON from "
-                "`cutover inventory --json` was expected)"
-            ) from None
+        inv = read_inventory_json(args.inventory)
     else:
         inv = _read_inventory(args.site, tags=False)
     missing = [n for n in args.vm if n not in {v.name for v in inv.vms}]
@@ -137,6 +254,22 @@ def cmd_lower_ttl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_policy_arguments(sp: argparse.ArgumentParser) -> None:
+    """`--policy` and `--inventory` of `validate` and `wave validate`."""
+    sp.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="workload policies YAML (WorkloadPolicy documents): also check the runbooks "
+        "against the policies that govern them (needs --site)",
+    )
+    sp.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="an inventory JSON (`cutover inventory --json`) for --policy: the VMs' GPU and "
+        "SR-IOV devices, and the datastores that choose their target pools",
+    )
+
+
 def register(cli: Group) -> None:
     sp = cli.command(
         "validate",
@@ -145,6 +278,7 @@ def register(cli: Group) -> None:
     )
     sp.add_argument("runbooks", nargs="+", metavar="RUNBOOK", help="runbook YAML file(s)")
     sp.add_argument("--site", help="site config: also checks every named check is bound")
+    add_policy_arguments(sp)
 
     sp = cli.command("inventory", "Read the vCenter inventory named in a site config.",
                      cmd_inventory, site=True)  # fmt: skip

@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cutover import search_attributes as sa
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
 from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
+from cutover.cli.prepare import add_policy_arguments, wave_policy_check
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.models import ApprovalRequest
 from cutover.plan.gate import WaveFigures, promotion_gate
@@ -75,13 +76,18 @@ def cmd_wave_validate(args: argparse.Namespace) -> int:
         # file must satisfy before any site binds its checks and platforms)
         from cutover.plan.structure import wave_structure
 
+        wave_policy_check(args, [], False)  # --policy without --site: refused, naming why
         name, apps = wave_structure(args.wave)
         msg = f"wave {name}: {len(apps)} application(s) structurally valid (no site checked)"
         emit({"wave": name, "applications": apps, "site": None}, args.json, msg)
         return EXIT_OK
     inp = load_input(args)
+    notes = wave_policy_check(args, [a.runbook for a in inp.apps], inp.approval.required)
     msg = f"wave {inp.name}: {len(inp.apps)} application(s) valid against {args.site}"
-    emit({"wave": inp.name, "applications": [a.application for a in inp.apps]}, args.json, msg)
+    if args.policy:
+        msg = "".join(f"note: {n}\n" for n in notes) + f"{msg} and {args.policy}"
+    report: dict[str, Any] = {"wave": inp.name, "applications": [a.application for a in inp.apps]}
+    emit(report | ({"notes": notes} if args.policy else {}), args.json, msg)
     return EXIT_OK
 
 
@@ -390,6 +396,7 @@ def register(cli: Group) -> None:
     )
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
     sp.add_argument("--site", help="site config YAML (absent: structure only, no site)")
+    add_policy_arguments(sp)
     sp = wave.command("run", "Start a wave; prints its workflow ID.", cmd_wave_run, site=True)
     sp.add_argument("wave", metavar="WAVE", help="wave YAML file")
     sp.add_argument("--wait", action="store_true", help="wait for and print the result")
