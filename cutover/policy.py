@@ -29,7 +29,8 @@ A request (principal, action, application) is allowed when all of these hold, ch
 order (the first failure is the answer): the principal is known; one of its roles grants the
 action; separation of duties (for `approve`); and the rules allow it. With no rules the roles
 alone decide. With rules, the first rule that matches decides (`allow` or `deny`); when none
-matches, the request is refused (default deny).
+matches, the request is refused (default deny). A request on a wave is a request on each of
+its applications (`authorize_all`).
 
 A rule matches a request when its `actions` list the action and every condition holds:
 
@@ -495,6 +496,23 @@ def authorize(
         f"{_who(principal, who, p_attrs)} may not {action} {_what(app, a_attrs)}: rule "
         f"{i + 1} (access.rules[{i}]) allows {_describe(failed, app)} only{others}"
     )
+
+
+def authorize_all(
+    policy: AccessPolicy,
+    principal: str,
+    action: Action,
+    apps: Iterable[Mapping[str, str]],
+    *,
+    started_by: str | None = None,
+) -> str | None:
+    """A request on several applications at once (a wave's approve, rollback, ...): None
+    when `authorize` allows it on every one, else the first refusal."""
+    for app in apps:
+        refusal = authorize(policy, principal, action, app, started_by=started_by)
+        if refusal is not None:
+            return refusal
+    return None
 
 
 # ======================================================================= WorkloadPolicy

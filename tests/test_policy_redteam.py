@@ -21,6 +21,7 @@ from cutover.policy import (
     Action,
     application_attributes,
     authorize,
+    authorize_all,
     load_access_policy,
 )
 
@@ -226,3 +227,16 @@ def test_the_example_policy_keeps_its_tenants_apart() -> None:
         for name in ("alice", "ops-lead", "waves", "auditor1"):
             assert authorize(p, name, action, payments) is not None
         assert authorize(p, "bob", action, shop) is not None
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_a_wave_spanning_two_tenants_is_refused_to_either_tenants_principal(
+    action: Action,
+) -> None:
+    p = policy()
+    for tenant, other in (("retail", "finance"), ("finance", "retail")):
+        runner = who("wave-runner", tenant)
+        refusal = authorize_all(p, runner, action, [app(tenant), app(other)])
+        assert refusal is not None and f"{other}-api" in refusal
+        assert authorize_all(p, runner, action, [app(tenant), app(tenant, "b")]) is None
+    assert authorize_all(p, "auditor1", action, []) is None  # nothing asked, nothing refused
