@@ -21,6 +21,10 @@ class LedgerPlan(BaseModel):
     #: runs before this one (continue-as-new) still to go
     continues: int = 0
     child: bool = False
+    #: the child still runs when the record is appended (it finishes after)
+    child_running: bool = False
+    #: seconds to wait (a timer) before the second step
+    wait: float = 0
     append: bool = True
 
 
@@ -38,12 +42,20 @@ class LedgerTestWorkflow:
         )
         if plan.continues > 0:
             workflow.continue_as_new(plan.model_copy(update={"continues": plan.continues - 1}))
-        if plan.child:
-            await workflow.execute_child_workflow(
+        if plan.wait:
+            await workflow.sleep(plan.wait)
+            await workflow.execute_activity(
+                LEDGER_TEST_STEP, "after", start_to_close_timeout=timedelta(seconds=30)
+            )
+        child = None
+        if plan.child or plan.child_running:
+            child = await workflow.start_child_workflow(
                 LedgerTestWorkflow.run,
-                LedgerPlan(append=False),
+                LedgerPlan(append=False, wait=2 if plan.child_running else 0),
                 id=f"{workflow.info().workflow_id}-child",
             )
+            if not plan.child_running:
+                await child
         if not plan.append:
             return None
         appended: AuditAppended = await workflow.execute_activity(
@@ -53,4 +65,6 @@ class LedgerTestWorkflow:
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)),
         )
+        if child is not None:
+            await child
         return appended

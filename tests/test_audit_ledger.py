@@ -86,8 +86,8 @@ async def verify(server: DevServer, *argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 async def ledger(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four records from four real runs: a plain one, one continued as new, a wave-like one
-    with a child, a rolled-back one."""
+    """Five records from five real runs: a plain one, one continued as new, a wave-like one
+    with a child, a rolled-back one, a wave-like one whose child finishes after the record."""
     log = tmp_path_factory.mktemp("ledger") / "audit.jsonl"
     async with worker(client, log) as (queue, _):
         for plan in (
@@ -95,6 +95,7 @@ async def ledger(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Pa
             {"continues": 1},
             {"kind": "wave", "child": True},
             {"outcome": "ROLLED_BACK"},
+            {"kind": "wave", "child_running": True},
         ):
             await run(client, queue, **plan)
     return log
@@ -104,10 +105,10 @@ async def test_records_appended_from_histories_verify_whole(
     client: Client, temporal_server: DevServer, ledger: Path
 ) -> None:
     entries = lines(ledger)
-    assert [e["seq"] for e in entries] == [1, 2, 3, 4]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0]["prev"] == GENESIS
     assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(entries))
-    assert [e["kind"] for e in entries] == ["cutover", "cutover", "wave", "cutover"]
+    assert [e["kind"] for e in entries] == ["cutover", "cutover", "wave", "cutover", "wave"]
     assert entries[3]["outcome"] == "ROLLED_BACK"
     assert {e["signer"] for e in entries} == {"worker-1"}
     # the record is the report as of the append's scheduled event, all runs of the chain
@@ -125,11 +126,20 @@ async def test_records_appended_from_histories_verify_whole(
                     through_event_id=entries[2]["throughEventId"])
     ).children  # fmt: skip
     assert child.status == "COMPLETED"
+    # the child still ran when its parent's record was taken: it is read as of then
+    late = entries[4]
+    [running] = (
+        await audit(client, late["workflowId"], late["runId"],
+                    through_event_id=late["throughEventId"])
+    ).children  # fmt: skip
+    [closed] = (await audit(client, late["workflowId"])).children
+    assert running.status == "RUNNING" and len(running.steps) < len(closed.steps) == 2
+    assert closed.status == "COMPLETED"
 
     code, said = await verify(temporal_server, str(ledger), "--key-pub", PUB)
     assert code == 0, said
-    assert "whole: 4 entries, seq 1..4" in said
-    assert "4 report(s) derived again from their histories: equal" in said
+    assert "whole: 5 entries, seq 1..5" in said
+    assert "5 report(s) derived again from their histories: equal" in said
 
 
 def tampered(tmp_path: Path, ledger: Path, edit: Any) -> Path:

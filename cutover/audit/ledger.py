@@ -19,6 +19,7 @@ one line appended, fsync. A torn last line (a crash mid-write) is named and neve
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import fcntl
@@ -319,22 +320,32 @@ class HistoryCheck:
     problem: Problem | None = None
 
 
-async def check_history(client: Client, entries: list[tuple[int, LedgerEntry]]) -> HistoryCheck:
+async def check_history(
+    client: Client, entries: list[tuple[int, LedgerEntry]], concurrency: int = 8
+) -> HistoryCheck:
     """Each entry's report derived again from its workflow's history up to its event,
-    compared with the recorded digest; stops at the first that differs."""
+    compared with the recorded digest (several at once); names the first that differs."""
     from cutover.audit.model import AuditNotFound
     from cutover.audit.reader import audit
 
+    gate = asyncio.Semaphore(concurrency)
+
+    async def derive(entry: LedgerEntry) -> str | None:
+        async with gate:
+            try:
+                report = await audit(
+                    client, entry.workflowId, entry.runId, through_event_id=entry.throughEventId
+                )
+            except AuditNotFound:
+                return None
+            return report_digest(report)
+
+    found = await asyncio.gather(*(derive(e) for _, e in entries))
     out = HistoryCheck()
-    for number, entry in entries:
-        try:
-            report = await audit(
-                client, entry.workflowId, entry.runId, through_event_id=entry.throughEventId
-            )
-        except AuditNotFound:
+    for (number, entry), got in zip(entries, found, strict=True):
+        if got is None:
             out.gone.append((number, entry))
             continue
-        got = report_digest(report)
         out.checked += 1
         if got != entry.reportDigest:
             out.problem = Problem(

@@ -60,8 +60,9 @@ async def audit(
     """The report of a workflow (and of every child it started), from history alone.
 
     With `through_event_id` (and `run_id`): the report as of that event of that run, the
-    runs before it in its continue-as-new chain included: what the history said then, which
-    later events cannot change (the audit ledger's records are digests of these)."""
+    runs before it in its continue-as-new chain included, and its children as of that
+    event's time: what the histories said then, which later events cannot change (the
+    audit ledger's records are digests of these)."""
     if through_event_id is not None and run_id is None:
         raise ValueError("through_event_id: needs the run_id whose event it is")
     return await _audit(client, workflow_id, run_id, depth=0, seen=set(), through=through_event_id)
@@ -74,8 +75,20 @@ async def _audit(
     depth: int,
     seen: set[str],
     through: int | None = None,
+    until: int | None = None,
 ) -> AuditReport:
     histories = await _run_chain(client, workflow_id, run_id, through)
+    if through is not None and histories[-1].events:
+        until = histories[-1].events[-1].event_time.ToNanoseconds()  # the bound's time
+    if until is not None:
+        # a child as of its parent's bound: nothing it recorded later (it may still run)
+        histories = [
+            WorkflowHistory(h.workflow_id, cut)
+            for h in histories
+            if (cut := [e for e in h.events if e.event_time.ToNanoseconds() <= until])
+        ]
+        if not histories:
+            raise AuditNotFound(f"{workflow_id} recorded nothing by then")
     reader = _Reader(client.data_converter, workflow_id)
     for history in histories:
         await reader.read(history)
@@ -94,9 +107,12 @@ async def _audit(
             report.notes.append(f"child {child_id} not expanded (deeper than {MAX_DEPTH})")
             continue
         try:
-            report.children.append(await _audit(client, child_id, child_run, depth + 1, seen))
-        except AuditNotFound:
-            report.notes.append(f"child {child_id}: its history is no longer retained")
+            report.children.append(
+                await _audit(client, child_id, child_run, depth + 1, seen, until=until)
+            )
+        except AuditNotFound as exc:
+            gone = str(exc) if until is not None else "its history is no longer retained"
+            report.notes.append(f"child {child_id}: {gone}")
     for child in report.children:
         key = child.outcome or child.status
         report.childOutcomes[key] = report.childOutcomes.get(key, 0) + 1
