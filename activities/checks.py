@@ -164,7 +164,7 @@ def performance_check(inp: CheckInput, probe: PerformanceBaselineProbe) -> Check
         )  # fmt: skip
     from activities.libvirt_target import endpoint
 
-    conn = open_connection(endpoint(ctx.site, ctx.runbook.targetPlatform))
+    conn = open_connection(endpoint(ctx.resolved_site, ctx.runbook.targetPlatform))
     try:
         before, t0 = domain_stats(conn, list(names)), time.monotonic()
         end = t0 + probe.sampleSeconds

@@ -73,7 +73,7 @@ class ConvertActivities:
         """(disk key, source, output, format) for each staged disk; checks every path
         before anything is touched."""
         ctx = inp.context
-        root = staging_dir(ctx.site)
+        root = staging_dir(ctx.resolved_site)
         keys = disk_keys(ctx.facts, F.STAGING_PATH)
         if not keys:
             raise _error(
@@ -85,7 +85,7 @@ class ConvertActivities:
             source = confined(
                 root, ctx.facts[F.per_disk(F.STAGING_PATH, key)], f"staged disk {key}"
             )
-            fmt = mapping_for(ctx.site, vms, key).format
+            fmt = mapping_for(ctx.resolved_site, vms, key).format
             out = confined(root, converted_path(ctx, key, fmt), "converted image")
             plan.append((key, source, out, fmt))
         return plan
@@ -135,7 +135,7 @@ class ConvertActivities:
     def remove_converted_image(self, inp: StepInput) -> StepResult:
         """Delete the converted images (and partial ones); a no-op when none exist."""
         ctx = inp.context
-        root = staging_dir(ctx.site)
+        root = staging_dir(ctx.resolved_site)
         removed: list[str] = []
         for key in disk_keys(ctx.facts, F.STAGING_PATH) or disk_keys(ctx.facts, F.CONVERTED_PATH):
             for fmt in ("qcow2", "raw"):

@@ -155,13 +155,13 @@ class DiskActivities:
         """Remove this application's staging dir; a no-op when it is not there. At the
         pre-upgrade path (`adapters.staging.layout`), only this workflow's disk files."""
         ctx = inp.context
-        removed = staging.legacy_files(ctx.site, ctx.application, ctx.workflowId)
+        removed = staging.legacy_files(ctx.resolved_site, ctx.application, ctx.workflowId)
         for f in removed:
             f.unlink(missing_ok=True)
         if removed and removed[0].parent.name not in staging.INTERNAL:
             with contextlib.suppress(OSError):  # only when empty
                 removed[0].parent.rmdir()
-        path = staging.application_dir(ctx.site, ctx.application)
+        path = staging.application_dir(ctx.resolved_site, ctx.application)
         if path.is_symlink():
             path.unlink()  # never follow a link out of the staging dir
             removed.append(path)

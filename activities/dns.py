@@ -33,7 +33,7 @@ RESTORE_DNS_TTL = "restore_dns_ttl"
 
 
 def _site_dns(inp: StepInput) -> Dns:
-    settings = inp.context.site.dns
+    settings = inp.context.resolved_site.dns
     if settings is None:
         raise config_error("the site config has no `dns` section (server, zone, tsigKeyFile)")
     return settings
@@ -167,7 +167,7 @@ class DnsActivities:
         """Finalize (and the end of a rollback that never switched the record): put back
         the TTL in place before the cutover, keeping what the record points at, and remove
         the ``_cutover-prior`` and ``_cutover-ttl`` records. Nothing known: a no-op."""
-        if inp.context.runbook.endpoint.dns is None or inp.context.site.dns is None:
+        if inp.context.runbook.endpoint.dns is None or inp.context.resolved_site.dns is None:
             note = "no DNS record in this cutover (runbook endpoint.dns or site dns unset)"
             return StepResult(
                 step=inp.step, changed=False, details={"note": note}, attempt=_attempt()

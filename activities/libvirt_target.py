@@ -153,7 +153,7 @@ class LibvirtTarget:
     @activity.defn(name=Step.ATTACH_TARGET_STORAGE_PROFILE)
     def attach_target_storage_profile(self, inp: StepInput) -> StepResult:
         ctx = inp.context
-        root = staging_dir(ctx.site)
+        root = staging_dir(ctx.resolved_site)
         keys = disk_keys(ctx.facts, F.CONVERTED_PATH)
         if not keys:
             raise _error(
@@ -167,20 +167,22 @@ class LibvirtTarget:
             )
             fmt = (
                 ctx.facts.get(F.per_disk(F.CONVERTED_FORMAT, key))
-                or mapping_for(ctx.site, vms, key).format
+                or mapping_for(ctx.resolved_site, vms, key).format
             )
             if fmt not in ("qcow2", "raw"):
                 raise _error(ErrorKind.CONFIG_ERROR, f"disk {key}: unknown image format {fmt!r}")
-            pool_name = safe_name(mapping_for(ctx.site, vms, key).targetPool, "target pool")
+            pool_name = safe_name(
+                mapping_for(ctx.resolved_site, vms, key).targetPool, "target pool"
+            )
             plan.append((key, src, fmt, pool_name, volume_name(ctx.application, key, fmt)))
-        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        conn = self._conn(ctx.resolved_site, ctx.runbook.targetPlatform)
         facts: dict[str, str] = {}
         details: dict[str, str | int | float | bool] = {}
         try:
             for key, src, fmt, pool_name, vol_name in plan:
                 if not src.is_file():
                     raise _error(ErrorKind.NOT_FOUND, f"converted image {key} is missing: {src}")
-                pool = self._pool(conn, ctx.site, pool_name)
+                pool = self._pool(conn, ctx.resolved_site, pool_name)
                 # The target boots an overlay: the base stays the frozen point in time the
                 # window's consistency check compares with the source, and the overlay
                 # holds exactly what the target wrote (kept on rollback).
@@ -219,9 +221,9 @@ class LibvirtTarget:
             if F.per_disk(F.TARGET_VOLUME, k) in ctx.facts
         }
         legacy = {output_name(ctx.application, k, f) for k in keys for f in ("qcow2", "raw")}
-        pools = {m.targetPool for m in ctx.site.storageMappings} or {"default"}
+        pools = {m.targetPool for m in ctx.resolved_site.storageMappings} or {"default"}
         removed: list[str] = []
-        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        conn = self._conn(ctx.resolved_site, ctx.runbook.targetPlatform)
         try:
             for pool_name in sorted(pools):
                 pool = lookup(conn.storagePoolLookupByName, pool_name)
@@ -318,10 +320,12 @@ class LibvirtTarget:
     def power_on_target(self, inp: StepInput) -> StepResult:
         ctx = inp.context
         vms = self._vms(inp)
-        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        conn = self._conn(ctx.resolved_site, ctx.runbook.targetPlatform)
         changed, names = False, []
         try:
-            kind = domain_type(conn, wanted_domain_type(ctx.site, ctx.runbook.targetPlatform))
+            kind = domain_type(
+                conn, wanted_domain_type(ctx.resolved_site, ctx.runbook.targetPlatform)
+            )
             for vm in vms:
                 name = domain_name(ctx.application, vms, vm)
                 names.append(name)
@@ -342,7 +346,7 @@ class LibvirtTarget:
                         vm=vm,
                         disks=disks,
                         nics=plan_nics(
-                            ctx.site,
+                            ctx.resolved_site,
                             vm,
                             partial(network_exists, conn),
                         ),
@@ -415,7 +419,7 @@ class LibvirtTarget:
         domain was not made by cutover for it, before touching any."""
         ctx = inp.context
         vms = self._vms(inp)
-        conn = self._conn(ctx.site, ctx.runbook.targetPlatform)
+        conn = self._conn(ctx.resolved_site, ctx.runbook.targetPlatform)
         found = []
         try:
             for vm in vms:
@@ -506,7 +510,7 @@ class LibvirtTarget:
             for path in overlays:
                 if path in used or not Path(path).exists():
                     continue
-                conn = self._conn(inp.context.site, inp.context.runbook.targetPlatform)
+                conn = self._conn(inp.context.resolved_site, inp.context.runbook.targetPlatform)
                 try:
                     vol = lookup(conn.storageVolLookupByPath, path)
                 except libvirt.libvirtError as exc:  # a driver without storage (embedded)

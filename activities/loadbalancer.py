@@ -41,7 +41,7 @@ class LoadBalancerActivities:
     factory: Callable[[HAProxy], LoadBalancer] = _haproxy
 
     def _lb(self, inp: StepInput) -> tuple[LoadBalancer, Timeouts]:
-        settings = inp.context.site.loadBalancer
+        settings = inp.context.resolved_site.loadBalancer
         if settings is None:
             raise error(ErrorKind.CONFIG_ERROR, "the site config has no `loadBalancer` section")
         return self.factory(settings), Timeouts.from_settings(settings)
@@ -105,7 +105,7 @@ class LoadBalancerActivities:
 
     @staticmethod
     def _store(inp: StepInput) -> PriorStore:
-        settings = inp.context.site.loadBalancer
+        settings = inp.context.resolved_site.loadBalancer
         assert settings is not None
         return PriorStore(Path(settings.stateDir or os.path.dirname(settings.socket) or "."))
 
@@ -174,7 +174,7 @@ class LoadBalancerActivities:
     def restore_load_balancer(self, inp: StepInput) -> StepResult:
         """The source serves again; the target goes to maintenance, back at the address,
         weight and health check it had before the switch (as recorded)."""
-        if inp.context.site.loadBalancer is None:
+        if inp.context.resolved_site.loadBalancer is None:
             # The switch failed on this same missing section: it never moved anything.
             note = "the site config has no `loadBalancer` section: nothing was switched"
             return self._result(inp, Switch(changed=False, details={"note": note}))

@@ -57,7 +57,7 @@ class VSphereActivities:
 
     @staticmethod
     def _vcenter(inp: StepInput) -> VCenter:
-        vc = inp.context.site.vcenter
+        vc = inp.context.resolved_site.vcenter
         if vc is None:
             raise error(ErrorKind.CONFIG_ERROR, "the site config has no `vcenter` section")
         return vc

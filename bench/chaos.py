@@ -73,6 +73,7 @@ from cutover.models import CutoverInput, CutoverResult, RollbackRequest, Tuning
 from cutover.runbook import Runbook
 from cutover.temporal import connect
 from tests.factories import SEED, site
+from tests.site_refs import by_reference
 from workflows.cutover import AppCutoverWorkflow, workflow_id_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,7 +401,7 @@ class Bench:
             try:
                 return await self.client.start_workflow(
                     AppCutoverWorkflow.run,
-                    inp,
+                    by_reference(inp),  # the site archived for the workers, sent by digest
                     id=rec.workflow_id,
                     task_queue=self.queue,
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -863,6 +864,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1 << 31)
     d = Path(tempfile.mkdtemp(prefix="cutover-bench-chaos-"))
+    # the workers' own sites: archived here by this process, read by every worker process
+    os.environ["CUTOVER_SITE_ARCHIVE"] = str(d / "sites")
     summary, bench = asyncio.run(main_async(args, d))
     print_table(summary, args)
     if args.out is not None:

@@ -66,6 +66,7 @@ from cutover.models import CutoverInput, CutoverResult, Outcome
 from cutover.temporal import connect
 from tests.factories import cutover_input
 from tests.world import World
+from workers.sites import shared
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow, workflow_id_for
 
@@ -153,17 +154,28 @@ def engine_input(task_queue: str) -> CutoverInput:
     )
 
 
+#: The warm-up cutover's history size, in bytes.
+HISTORY_BYTES: list[int] = []
+
+
 def world_activity_count(world: World) -> int:
-    return len(world.calls) + len(world.check_calls)
+    return len(world.calls) + len(world.check_calls) + len(world.guard_calls)
 
 
 async def start_engine(client: Client, inp: CutoverInput) -> WorkflowHandle[Any, CutoverResult]:
+    shared().add(inp.resolved_site)  # the worker's own site, as `cutover worker --site`
     return await client.start_workflow(
         AppCutoverWorkflow.run,
-        inp,
+        inp.by_reference(),  # as `cutover run` sends it
         id=workflow_id_for(inp.runbook.application),
-        task_queue=inp.site.taskQueue,
+        task_queue=inp.resolved_site.taskQueue,
     )
+
+
+async def history_bytes(handle: WorkflowHandle[Any, Any]) -> int:
+    """What one cutover's history stores (every event's encoded size, all payloads in)."""
+    history = await handle.fetch_history()
+    return sum(e.ByteSize() for e in history.events)
 
 
 async def start_raw(client: Client, task_queue: str, groups: list[int]) -> WorkflowHandle[Any, int]:
@@ -233,9 +245,11 @@ async def bench(address: str, n: int, order: str, concurrency: int) -> tuple[int
     )
     async with worker:
         # Warm-up: one of each (sandbox imports, connections); K from the engine's run.
-        warm = await (await start_engine(client, engine_input(task_queue))).result()
+        warm_handle = await start_engine(client, engine_input(task_queue))
+        warm = await warm_handle.result()
         if warm.outcome != Outcome.COMPLETED:
             raise RuntimeError(f"warm-up cutover did not complete: {warm.reason}")
+        HISTORY_BYTES.append(await history_bytes(warm_handle))
         k = world_activity_count(world)
         # The same rounds as the engine: activities that started at one workflow instant
         # ran concurrently (a phase's checks), the rest one after another.
@@ -300,6 +314,7 @@ def report(n: int, k: int, order: str, sides: list[Side], as_json: bool) -> None
                     "ratio_engine_raw_activities_per_s": round(ratio, 4),
                     "ratio_engine_rounds_activities_per_s": round(strict, 4),
                     "target": TARGET_RATIO,
+                    "history_bytes_per_cutover": HISTORY_BYTES[0],
                 },
                 indent=2,
             )
@@ -321,6 +336,7 @@ def report(n: int, k: int, order: str, sides: list[Side], as_json: bool) -> None
             f"{label:<14}{s.workflows:>10}{s.activities:>12}{s.start_seconds:>9.2f}"
             f"{s.wall_seconds:>9.2f}{s.workflows_per_s:>13.2f}{s.activities_per_s:>14.1f}"
         )
+    print(f"history bytes per cutover: {HISTORY_BYTES[0]}")
     print(f"ratio engine/raw activities/s: {ratio:.2f} (target >= {TARGET_RATIO})")
     print(f"ratio engine/rounds activities/s: {strict:.2f} (stricter: same concurrency)")
 

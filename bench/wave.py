@@ -47,6 +47,7 @@ from cutover.models import Tuning
 from cutover.runbook import Runbook
 from cutover.wave import WaveApp, WaveInput, WaveOutcome, workflow_id_for_wave
 from tests.factories import SEED, site
+from tests.site_refs import by_reference
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow
@@ -142,7 +143,10 @@ async def measure_wave(
     before = len(world.calls) + len(world.check_calls)
     t0 = time.perf_counter()
     handle = await client.start_workflow(
-        WaveWorkflow.run, inp, id=workflow_id_for_wave(inp.name), task_queue=inp.site.taskQueue
+        WaveWorkflow.run,
+        by_reference(inp),  # as `cutover wave run` sends it, the site served in-process
+        id=workflow_id_for_wave(inp.name),
+        task_queue=inp.resolved_site.taskQueue,
     )
     result = await handle.result()
     wall = time.perf_counter() - t0
@@ -191,7 +195,10 @@ async def bench(
         # Warm-up (sandbox imports, connections): a wave of 2; K from its activities.
         warm = wave_input(task_queue, 2, 2, can_after)
         h = await client.start_workflow(
-            WaveWorkflow.run, warm, id=workflow_id_for_wave(warm.name), task_queue=task_queue
+            WaveWorkflow.run,
+            by_reference(warm),
+            id=workflow_id_for_wave(warm.name),
+            task_queue=task_queue,
         )
         if (await h.result()).outcome != WaveOutcome.COMPLETED:
             raise RuntimeError("warm-up wave did not complete")

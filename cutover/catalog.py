@@ -69,6 +69,12 @@ class FinalizeStep(StrEnum):
 #: The activity that evaluates any check (pre-check, post-check or rollback criterion).
 RUN_CHECK = "run_check"
 
+#: Appends the finished workflow's record to the worker's hash-chained audit log.
+APPEND_AUDIT_RECORD = "append_audit_record"
+
+#: Read-only, before anything: the worker's own site for a workflow's `siteRef` (issue 13).
+RESOLVE_SITE = "resolve_site"
+
 #: Read-only, first of all: is the source already marked migrated (a finished cutover)?
 #: Its result's details carry `migrated` (bool) and `evidence` (which VM, marks, when).
 VERIFY_NOT_MIGRATED = "verify_not_migrated"

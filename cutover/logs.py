@@ -26,7 +26,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from cutover.models import CheckInput, StepInput
+from cutover.models import CheckInput, SiteLookup, StepInput
 
 #: Fields workflow code passes as `extra` that become top-level fields of the JSON line.
 EXTRA_FIELDS = (
@@ -141,6 +141,10 @@ class _ActivityLogging(ActivityInboundInterceptor):
             fields["application"], fields["wave"] = arg.context.application, arg.context.wave
             if arg.passNumber:
                 fields["pass_number"] = arg.passNumber
+        elif isinstance(arg, SiteLookup):
+            fields["wave"] = arg.wave
+            if arg.application is not None:
+                fields["application"] = arg.application
         elif isinstance(arg, CheckInput):
             fields["application"], fields["step"] = arg.application, arg.name
             fields["check_phase"] = arg.phase

@@ -20,7 +20,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cutover.runbook import Runbook
-from cutover.site import Dns, Probe, SiteConfig, VCenter
+from cutover.site import Dns, Probe, SiteConfig, SiteRef, VCenter, site_ref
 
 
 class _M(BaseModel):
@@ -78,7 +78,13 @@ WITHOUT_PLATFORM_RULE: dict[str, Any] = {"platformRule": False}
 
 class CutoverInput(_M):
     runbook: Runbook
-    site: SiteConfig
+    #: Which of the worker's site configs this cutover runs on, and its version: the worker
+    #: resolves it from its own files (issue 13); an input never brings its own site.
+    siteRef: SiteRef | None = None
+    #: The site itself: only in inputs of runs started before issue 13 (they replay), and
+    #: in the workflow's own copy once the worker resolved `siteRef`. A new input carrying
+    #: one is refused.
+    site: SiteConfig | None = None
     requestedBy: str = "unknown"
     tuning: Tuning = Field(default_factory=Tuning)
     #: Why an application already migrated is cut over again (`--remigrate REASON`); without
@@ -86,6 +92,18 @@ class CutoverInput(_M):
     remigrate: Annotated[str, Field(min_length=1)] | None = None
     #: Set only by the workflow itself when its rollback window continues as new.
     carry: WindowCarry | None = None
+
+    def by_reference(self) -> CutoverInput:
+        """What is sent to Temporal: the site named by its digest, not carried."""
+        site = self.resolved_site
+        return self.model_copy(update={"site": None, "siteRef": site_ref(site)})
+
+    @property
+    def resolved_site(self) -> SiteConfig:
+        """The site (once the worker resolved `siteRef`, or a legacy input's own)."""
+        if self.site is None:
+            raise RuntimeError(f"site {self.siteRef} not resolved yet")
+        return self.site
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +125,13 @@ class CutoverInput(_M):
 
     @model_validator(mode="after")
     def _checks_bound(self) -> CutoverInput:
+        if self.site is None:
+            if self.siteRef is None:
+                raise ValueError(
+                    "siteRef: expected the site's name and digest ({name, digest}; "
+                    "`cutover run --print-input` writes them)"
+                )
+            return self  # checked against the site once the worker resolved it
         unbound = [n for n in self.runbook.checks if n not in self.site.checks]
         if unbound:
             raise ValueError(
@@ -120,6 +145,8 @@ class CutoverInput(_M):
     # while `cutover run` and the wave build this input from models.
     @model_validator(mode="after")
     def _platform_bound(self, info: ValidationInfo) -> CutoverInput:
+        if self.site is None:
+            return self
         problem = self.site.platform_problem(self.runbook.targetPlatform)
         if problem is None or (info.context or {}).get("platformRule", True) is False:
             return self
@@ -153,9 +180,22 @@ class StepContext(_M):
     application: str
     wave: str
     runbook: Runbook
-    site: SiteConfig
+    #: The worker fills `site` in from its own config by `siteRef` before the activity runs
+    #: (workers.sites); inputs of runs started before issue 13 carry the site itself.
+    site: SiteConfig | None = None
+    siteRef: SiteRef | None = None
     #: Facts earlier steps reported (e.g. the target's address for the traffic switch).
     facts: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def resolved_site(self) -> SiteConfig:
+        """The site this step runs on (filled in by the worker before the activity runs)."""
+        if self.site is None:
+            raise RuntimeError(
+                f"site {self.siteRef} not resolved: the worker's site interceptor "
+                "(workers.sites) must run before every activity"
+            )
+        return self.site
 
 
 class StepInput(_M):
@@ -283,6 +323,30 @@ class CutoverResult(_M):
     #: See `CutoverStatus.targetWrittenBytes` / `targetWrites`.
     targetWrittenBytes: int | None = None
     targetWrites: str | None = None
+
+
+class SiteLookup(_M):
+    """A workflow's request for its worker's own site (`resolve_site`): which, and for whom
+    (logs and audit name the application or wave)."""
+
+    siteRef: SiteRef
+    application: str | None = None
+    wave: str
+
+
+class AuditAppend(_M):
+    """What a workflow asks its worker to record in the audit log: the rest comes from its
+    own history (cutover/audit/ledger.py)."""
+
+    kind: Literal["cutover", "wave"]
+    outcome: str
+
+
+class AuditAppended(_M):
+    """The record's place in the log (kept in the workflow's history as the result)."""
+
+    seq: int
+    hash: str
 
 
 class ApprovalRequest(_M):

@@ -1,12 +1,15 @@
 """The site config: binds a runbook's names to the real world.
 
 It holds endpoints and *references* to secrets (an environment variable's name or a file's
-path), never secret values: the whole site config travels in workflow input and history.
+path), never secret values. Workers load their sites from their own files; a workflow's input
+names a site and its digest (`SiteRef`), never carries one (issue 13).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
@@ -582,6 +585,11 @@ class ApplicationEndpoints(_Model):
 
     sourceAddress: NonEmpty | None = None
     targetAddress: NonEmpty | None = None
+    #: The application's attributes (tenant, criticality, environment, residency, ...) that
+    #: access rules and workload policies match: known to the worker's site, never taken
+    #: from a workflow's input.
+    labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    tags: list[StrictStr] = Field(default_factory=list)
 
 
 class SiteConfig(_Model):
@@ -685,6 +693,35 @@ class SiteConfig(_Model):
                     "starting with a letter"
                 )
         return v
+
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class SiteRef(BaseModel):
+    """What a workflow's input says about its site: which one, and which version (the
+    history records it). The worker resolves it from its own configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: NonEmpty
+    digest: Annotated[StrictStr, Field(pattern=_DIGEST.pattern)]
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.digest[:19]}"
+
+
+def site_digest(site: SiteConfig) -> str:
+    """The site's identity: sha256 of its canonical JSON (what every reader of the same
+    file computes, whatever its key order or comments)."""
+    text = json.dumps(
+        site.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def site_ref(site: SiteConfig) -> SiteRef:
+    return SiteRef(name=site.name, digest=site_digest(site))
 
 
 def load_site(path: str | Path) -> SiteConfig:

@@ -39,7 +39,7 @@ from cutover.config import (
 )
 from cutover.models import CutoverInput, CutoverResult, Outcome, Tuning
 from cutover.runbook import Runbook
-from cutover.site import SiteConfig, load_runbook
+from cutover.site import SiteConfig, SiteRef, load_runbook, site_ref
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
@@ -297,7 +297,11 @@ class WaveInput(_M):
     fails the wave at once with every problem named, however it was started."""
 
     name: Annotated[str, AfterValidator(_wave_name)]
-    site: SiteConfig
+    #: The worker's site this wave runs on, by name and digest (issue 13), as for a cutover.
+    siteRef: SiteRef | None = None
+    #: Only in inputs of waves started before issue 13, and in the workflow's own copy once
+    #: the worker resolved `siteRef`; a new input carrying one is refused.
+    site: SiteConfig | None = None
     #: Applications not started yet (all of them on the first run).
     apps: list[WaveApp]
     concurrency: Annotated[int, CONCURRENCY] = 1
@@ -326,6 +330,8 @@ class WaveInput(_M):
         problems: list[tuple[str, str]] = []
         if not self.apps and not done:
             problems.append(("apps", "a wave needs at least one application"))
+        if self.site is None and self.siteRef is None:
+            problems.append(("siteRef", "expected the site's name and digest ({name, digest})"))
         first: dict[str, int] = {}
         for i, app in enumerate(self.apps):
             where = format_path(["apps", i])
@@ -341,6 +347,8 @@ class WaveInput(_M):
                 problems.append((f"{where}.application", why))
                 continue
             first[name] = i
+            if self.site is None:
+                continue  # checked against the site once the worker resolved it
             try:
                 CutoverInput(runbook=app.runbook, site=self.site)
             except ValidationError as exc:
@@ -355,10 +363,27 @@ class WaveInput(_M):
             problems.append((format_path(loc), msg))
         return problems
 
+    @property
+    def resolved_site(self) -> SiteConfig:
+        if self.site is None:
+            raise RuntimeError(f"site {self.siteRef} not resolved yet")
+        return self.site
+
+    def by_reference(self) -> WaveInput:
+        """What is sent to Temporal: the site named by its digest, not carried."""
+        site = self.resolved_site
+        return self.model_copy(update={"site": None, "siteRef": site_ref(site)})
+
     def cutover_input(self, app: WaveApp) -> CutoverInput:
+        # Children name the site too (a wave started before issue 13 names the version it
+        # carries: the worker runs it only if it has that version of the file).
+        ref = self.siteRef
+        if ref is None:
+            assert self.site is not None  # one of the two, by application_problems
+            ref = site_ref(self.site)
         return CutoverInput(
             runbook=app.runbook,
-            site=self.site,
+            siteRef=ref,
             requestedBy=self.requestedBy,
             tuning=self.tuning,
             remigrate=app.remigrate,

@@ -20,7 +20,7 @@ class AuditTestWave:
             AppCutoverWorkflow.run,
             inp,
             id=workflow_id_for(inp.runbook.application),
-            task_queue=inp.site.taskQueue,
+            task_queue=workflow.info().task_queue,
         )
         done = [*done, f"{result.application}: {result.outcome.value}"]
         if len(inputs) > 1:

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from temporalio.client import Client
 
 from cutover import server
 from cutover.temporal import connect
+from tests.site_refs import SiteByReference
+
+# The sites this session's workers serve (in-process and `cutover worker` subprocesses),
+# never the user's own archive.
+os.environ.setdefault("CUTOVER_SITE_ARCHIVE", tempfile.mkdtemp(prefix="cutover-sites-"))
 
 pytest_plugins = [
     "tests.vcsim_fixtures",
@@ -78,4 +84,11 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSer
 
 @pytest.fixture(scope="session")
 async def client(temporal_server: DevServer) -> AsyncIterator[Client]:
+    """Sends sites by reference, as `cutover run` does (tests/site_refs.py)."""
+    yield await connect(temporal_server.address, "default", interceptors=[SiteByReference()])
+
+
+@pytest.fixture(scope="session")
+async def raw_client(temporal_server: DevServer) -> AsyncIterator[Client]:
+    """Sends what it is given: an input with a site body stays one."""
     yield await connect(temporal_server.address, "default")

@@ -10,7 +10,8 @@ from temporalio import activity, workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from cutover.audit.ledger import APPEND_AUDIT_RECORD, AuditAppend, AuditAppended
+    from cutover.catalog import APPEND_AUDIT_RECORD
+    from cutover.models import AuditAppend, AuditAppended
 
 LEDGER_TEST_STEP = "ledger_test_step"
 

@@ -23,6 +23,7 @@ from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest, Phas
 from cutover.temporal import connect
 from tests.conftest import DevServer
 from tests.factories import cutover_input
+from tests.site_refs import SiteByReference
 from tests.test_workflow import running, start, wait_phase, wait_post_checks
 from tests.world import World
 from workflows.cutover import AppCutoverWorkflow
@@ -35,7 +36,7 @@ async def main(mode: str = "") -> None:
         srv = DevServer(Path(d) / "t.db", Path(d) / "log")
         srv.start()
         try:
-            client = await connect(srv.address, "default")
+            client = await connect(srv.address, "default", interceptors=[SiteByReference()])
             if mode == "safety":
                 await safety(client)
                 return

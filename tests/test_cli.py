@@ -23,8 +23,10 @@ from temporalio.service import RPCError
 
 from cutover.catalog import BUILTIN_CHECKS
 from cutover.models import CutoverInput, CutoverResult, Outcome
+from cutover.site import load_site, site_ref
 from tests.conftest import DevServer
 from tests.factories import SEED, cutover_input, unique_app
+from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow
@@ -61,7 +63,7 @@ def write_files(tmp: Path, queue: str, **runbook: Any) -> tuple[str, str, str]:
     rb.update(runbook)
     (tmp / "site.yaml").write_text(yaml.safe_dump(site))
     (tmp / "runbook.yaml").write_text(yaml.safe_dump(rb))
-    return app, str(tmp / "runbook.yaml"), str(tmp / "site.yaml")
+    return app, str(tmp / "runbook.yaml"), serve(str(tmp / "site.yaml"))
 
 
 async def wait_phase_cli(server: DevServer, app: str, phase: str) -> dict[str, Any]:
@@ -269,7 +271,9 @@ async def test_cli_print_input_is_what_the_ui_start_form_takes(
     assert res.returncode == 0, res.stderr
     printed = json.loads(res.stdout)
     inp = CutoverInput.model_validate(printed)
-    assert inp.runbook.application == app and inp.site.taskQueue == queue
+    # the site by name and digest only: the worker runs its own copy (issue 13)
+    assert "site" not in printed and inp.siteRef == site_ref(load_site(site))
+    assert inp.runbook.application == app
     assert "@" in inp.requestedBy  # who printed it, as `run` records who started
     for field in (f"Workflow ID cutover-{app}", f"Task Queue {queue}", "Workflow Type AppCutover"):
         assert field in res.stderr

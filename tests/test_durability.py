@@ -17,6 +17,7 @@ from tests.conftest import DevServer
 from tests.durable_world import CHUNKS
 from tests.factories import cutover_input
 from tests.procs import kill9
+from tests.site_refs import SiteByReference
 from tests.test_workflow import start, wait_post_checks
 from tests.world import World
 from workers.worker import build_worker
@@ -74,7 +75,7 @@ async def test_server_kill9_mid_window_timer_still_fires(tmp_path: Path) -> None
     srv = DevServer(tmp_path / "temporal.db", tmp_path / "server.log")
     srv.start()
     try:
-        client = await connect(srv.address, "default")
+        client = await connect(srv.address, "default", interceptors=[SiteByReference()])
         world = World()
         queue = f"srv-{uuid.uuid4().hex[:8]}"
         async with build_worker(client, queue, activities=world.activities()):

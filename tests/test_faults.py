@@ -553,7 +553,7 @@ async def test_once_a_path_moved_back_the_target_stays_fenced_until_the_other_do
             endpoint={"dns": {"name": "app", "ttl": 30}, "sourceAddress": "10.0.0.1:80"},
         )
         dns = Dns(server="127.0.0.1", port=53, zone="apps.test", tsigKeyFile=str(key))
-        inp = inp.model_copy(update={"site": inp.site.model_copy(update={"dns": dns})})
+        inp = inp.model_copy(update={"site": inp.resolved_site.model_copy(update={"dns": dns})})
         handle = await start(client, inp)
         await wait_phase(handle, Phase.ROLLBACK_BLOCKED)
         _, left = await status_of(handle)

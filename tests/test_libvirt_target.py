@@ -108,7 +108,7 @@ def test_domain_xml_content(tmp_path: Path, test_target: LibvirtTarget) -> None:
     result = test_target.power_on_target(inp)
     assert result.changed and result.facts["target_domain"] == "web"
     assert result.facts["target_address"] == "192.0.2.10:8080"
-    conn = test_target._conn(inp.context.site)
+    conn = test_target._conn(inp.context.resolved_site)
     root = ET.fromstring(conn.lookupByName("web").XMLDesc(0))
     assert root.findtext("vcpu") == "2"
     assert int(root.findtext("memory") or 0) == 64 * 1024  # KiB
@@ -135,7 +135,7 @@ def test_idempotent_and_compensation(tmp_path: Path, test_target: LibvirtTarget)
     assert test_target.power_on_target(inp).changed
     again = test_target.power_on_target(inp)
     assert not again.changed  # reused, left running
-    conn = test_target._conn(inp.context.site)
+    conn = test_target._conn(inp.context.resolved_site)
     dom = conn.lookupByName("web")
     dom.destroy()  # defined but stopped: started again, not redefined
     assert test_target.power_on_target(inp).changed and dom.isActive()
@@ -149,7 +149,7 @@ def test_idempotent_and_compensation(tmp_path: Path, test_target: LibvirtTarget)
 
 def test_foreign_domain_untouched(tmp_path: Path, test_target: LibvirtTarget) -> None:
     inp = step_input("test:///default", tmp_path, disk_facts(tmp_path / "web.qcow2"))
-    conn = test_target._conn(inp.context.site)
+    conn = test_target._conn(inp.context.resolved_site)
     conn.defineXML(
         "<domain type='test'><name>web</name><memory>65536</memory>"
         "<os><type>hvm</type></os></domain>"
@@ -178,7 +178,7 @@ def test_efi_and_windows_xml(tmp_path: Path, test_target: LibvirtTarget) -> None
 
     xml = domain_xml(
         name="web", vm=vm, disks=test_target._disk_images(inp, vm),
-        nics=plan_nics(inp.context.site, vm), domain_type="kvm", application="web",
+        nics=plan_nics(inp.context.resolved_site, vm), domain_type="kvm", application="web",
         workflow_id="wf-1", disk_bus="sata", nic_model="e1000",
     )  # fmt: skip
     root = ET.fromstring(xml)
@@ -386,7 +386,7 @@ def test_concurrent_cutovers_share_a_new_pool(tmp_path: Path, libvirtd_uri: str)
     exist yet: threads of one worker and a second worker (another LibvirtTarget) race to
     define and start it; every one gets the same running pool, none fails."""
     targets = [LibvirtTarget(pool_root=tmp_path / "pools") for _ in range(2)]
-    site = step_input(libvirtd_uri, tmp_path, {}).context.site
+    site = step_input(libvirtd_uri, tmp_path, {}).context.resolved_site
     conn = open_connection(libvirtd_uri)
 
     def attach(

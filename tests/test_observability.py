@@ -33,6 +33,7 @@ from cutover.models import CutoverInput, Outcome
 from cutover.temporal import connect
 from tests.conftest import DevServer, free_port
 from tests.factories import cutover_input, site
+from tests.site_refs import SiteByReference
 from tests.test_workflow import running, start
 from tests.world import World
 from workers.worker import build_worker
@@ -162,7 +163,7 @@ async def test_spans_of_the_workflow_and_its_activities_form_one_trace(client: C
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing = telemetry.tracing_interceptor(provider)
     config = client.config()  # the session client's connection, plus tracing
-    config["interceptors"] = [tracing]
+    config["interceptors"] = [SiteByReference(), tracing]
     starter = Client(**config)
     world = World()
     queue = f"tq-{uuid.uuid4().hex[:8]}"
@@ -244,7 +245,11 @@ async def test_prometheus_endpoint_has_sdk_and_cutover_metrics(
 ) -> None:
     address = f"127.0.0.1:{free_port()}"
     # Its own Runtime and client: the session client's default runtime stays untouched.
-    mclient = await connect(temporal_server.address, runtime=telemetry.metrics_runtime(address))
+    mclient = await connect(
+        temporal_server.address,
+        runtime=telemetry.metrics_runtime(address),
+        interceptors=[SiteByReference()],
+    )
     world = World(
         bytes_moved={"pre_copy": 5000, "incremental_sync": 300, "final_data_sync": 20},
         details={"commit_target_overlay": {"targetWrittenBytes": 4096}},
@@ -294,9 +299,11 @@ async def test_worker_command_serves_metrics(temporal_server: DevServer, tmp_pat
     address = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address}
     log = tmp_path / "worker.log"
+    (tmp_path / "site.yaml").write_text("name: metrics\n")
     with log.open("wb") as err:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "cutover.cli", "worker", "--task-queue",
+            [sys.executable, "-m", "cutover.cli", "worker", "--site", str(tmp_path / "site.yaml"),
+             "--task-queue",
              f"m-{uuid.uuid4().hex[:6]}", "--metrics-address", address],
             stderr=err,
             stdout=subprocess.DEVNULL,

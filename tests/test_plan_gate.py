@@ -20,6 +20,7 @@ from cutover.catalog import BUILTIN_CHECKS
 from cutover.plan.gate import WaveFigures, promotion_gate
 from tests.conftest import DevServer
 from tests.factories import unique_app
+from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
 
@@ -81,7 +82,7 @@ def write_wave(tmp: Path, queue: str, name: str, apps: list[str]) -> tuple[str, 
            "applications": [{"runbook": {"application": a, **rb}} for a in apps]}  # fmt: skip
     (tmp / "site.yaml").write_text(yaml.safe_dump(site))
     (tmp / f"{name}.yaml").write_text(yaml.safe_dump(doc))
-    return str(tmp / f"{name}.yaml"), str(tmp / "site.yaml")
+    return str(tmp / f"{name}.yaml"), serve(str(tmp / "site.yaml"))
 
 
 async def test_wave_run_refuses_when_the_figures_did_not_go_down_and_records_an_override(

@@ -34,6 +34,7 @@ from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
+from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
 
@@ -114,7 +115,7 @@ def write_files(tmp: Path, sim: Vcsim, queue: str, vm: str) -> tuple[str, str, s
     vc = vcenter(sim).model_dump(mode="json", exclude_none=True)
     (tmp / "site.yaml").write_text(yaml.safe_dump(site_doc(tmp, queue, vc)))
     (tmp / "runbook.yaml").write_text(yaml.safe_dump(runbook_doc(app, vm)))
-    return app, str(tmp / "runbook.yaml"), str(tmp / "site.yaml")
+    return app, str(tmp / "runbook.yaml"), serve(str(tmp / "site.yaml"))
 
 
 def activities(sim: Vcsim, world: World) -> list[Callable[..., Any]]:
@@ -254,7 +255,7 @@ def write_wave(tmp: Path, sim: Vcsim, queue: str, apps: dict[str, str]) -> tuple
     (tmp / "site.yaml").write_text(yaml.safe_dump(site_doc(tmp, queue, vc)))
     entries = [{"runbook": runbook_doc(app, vm)} for app, vm in apps.items()]
     (tmp / "wave.yaml").write_text(yaml.safe_dump({"wave": name, "applications": entries}))
-    return name, str(tmp / "wave.yaml"), str(tmp / "site.yaml")
+    return name, str(tmp / "wave.yaml"), serve(str(tmp / "site.yaml"))
 
 
 async def test_wave_run_refuses_a_wave_with_an_application_already_cut_over(

@@ -190,8 +190,8 @@ def latency_cutover(queue: str, app: App, window_minutes: float) -> CutoverInput
         timeoutSeconds=2,
         description="p95 over 100 ms for 3 evaluations in a row",
     )
-    checks = {**inp.site.checks, "sustained_latency_regression": criterion}
-    return inp.model_copy(update={"site": inp.site.model_copy(update={"checks": checks})})
+    checks = {**inp.resolved_site.checks, "sustained_latency_regression": criterion}
+    return inp.model_copy(update={"site": inp.resolved_site.model_copy(update={"checks": checks})})
 
 
 def activity_name(fn: Callable[..., Any]) -> str:
@@ -205,12 +205,12 @@ async def run_cutover(
     sustained_latency_regression evaluations as the history recorded them."""
     replaced = {activity_name(fn) for fn in real}
     fakes = [fn for fn in world.activities() if activity_name(fn) not in replaced]
-    async with build_worker(client, inp.site.taskQueue, activities=[*fakes, *real]):
+    async with build_worker(client, inp.resolved_site.taskQueue, activities=[*fakes, *real]):
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
             inp,
             id=workflow_id_for(inp.runbook.application),
-            task_queue=inp.site.taskQueue,
+            task_queue=inp.resolved_site.taskQueue,
         )
         result = await handle.result()
     evaluations = []

@@ -34,6 +34,7 @@ from cutover.models import CutoverResult, Outcome, Phase
 from cutover.temporal import DATA_CONVERTER, connect
 from tests.conftest import DevServer
 from tests.factories import cutover_input
+from tests.site_refs import SiteByReference
 from tests.test_workflow import wait_phase
 from tests.world import World
 from workers.worker import build_worker
@@ -80,7 +81,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
 
 @pytest.fixture(scope="module")
 async def ui_client(ui_server: DevServer) -> AsyncIterator[Client]:
-    yield await connect(ui_server.address, NS)
+    yield await connect(ui_server.address, NS, interceptors=[SiteByReference()])
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,7 @@ from cutover.wave import (
 )
 from tests.conftest import DevServer
 from tests.factories import site, unique_app
+from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
 from workflows.cutover import AppCutoverWorkflow
@@ -108,7 +109,10 @@ async def running(client: Client, world: World) -> AsyncIterator[str]:
 
 async def start(client: Client, inp: WaveInput) -> WaveHandle:
     return await client.start_workflow(
-        WaveWorkflow.run, inp, id=workflow_id_for_wave(inp.name), task_queue=inp.site.taskQueue
+        WaveWorkflow.run,
+        inp,
+        id=workflow_id_for_wave(inp.name),
+        task_queue=inp.resolved_site.taskQueue,
     )
 
 
@@ -358,7 +362,7 @@ def write_wave(tmp: Path, queue: str, names: list[str], **wave: Any) -> tuple[st
         entry["dependsOn"] = [names[0]]
     (tmp / "site.yaml").write_text(yaml.safe_dump(s))
     (tmp / "wave.yaml").write_text(yaml.safe_dump({"wave": name, "applications": apps, **wave}))
-    return name, str(tmp / "wave.yaml"), str(tmp / "site.yaml")
+    return name, str(tmp / "wave.yaml"), serve(str(tmp / "site.yaml"))
 
 
 async def running_waves(client: Client, name: str) -> list[str]:

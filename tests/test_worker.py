@@ -28,6 +28,7 @@ from cutover.site import SiteConfig
 from tests.conftest import DevServer
 from tests.factories import SEED, unique_app
 from tests.libvirt_fixtures import make_raw
+from tests.site_refs import serve
 from tests.test_cli import acli
 from tests.vcsim_fixtures import VcsimFactory
 
@@ -112,7 +113,7 @@ def write(
         rb["approval"] = {"required": True, "approvers": ["ops-lead"]}
     (tmp / f"{app}-site.yaml").write_text(yaml.safe_dump(site))
     (tmp / f"{app}.yaml").write_text(yaml.safe_dump(rb))
-    return app, str(tmp / f"{app}.yaml"), str(tmp / f"{app}-site.yaml")
+    return app, str(tmp / f"{app}.yaml"), serve(str(tmp / f"{app}-site.yaml"))
 
 
 def power_state(sim: Vcsim, site: str, vm: str) -> str:
@@ -147,9 +148,12 @@ async def test_shipped_worker_migrates_through_every_real_component(
         "VC_PASSWORD": sim.password,
         "CUTOVER_OTEL_EXPORTER": "console",
     }
+    # the worker's own site at start; the ones written below reach it through its archive
+    # ($CUTOVER_SITE_ARCHIVE, as `serve` archives them)
+    (tmp_path / "base-site.yaml").write_text("name: base\n")
     with log.open("wb") as err, spans.open("wb") as out:
         worker = subprocess.Popen(
-            [CUTOVER, "worker", "--task-queue", queue],
+            [CUTOVER, "worker", "--task-queue", queue, "--site", str(tmp_path / "base-site.yaml")],
             stderr=err,
             stdout=out,
             env=env,

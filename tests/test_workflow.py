@@ -53,7 +53,7 @@ async def start(
         AppCutoverWorkflow.run,
         inp,
         id=workflow_id_for(inp.runbook.application),
-        task_queue=inp.site.taskQueue,
+        task_queue=inp.resolved_site.taskQueue,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
     )

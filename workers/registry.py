@@ -59,7 +59,7 @@ class TargetSteps:
 
     def platform(self, inp: StepInput) -> TargetPlatform:
         ctx = inp.context
-        binding = ctx.site.target_binding(ctx.runbook.targetPlatform)
+        binding = ctx.resolved_site.target_binding(ctx.runbook.targetPlatform)
         kind = binding.type if binding is not None else FALLBACK_TARGET
         chosen = self.platforms.get(kind)
         if chosen is None:

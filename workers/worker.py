@@ -31,6 +31,7 @@ from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
 from workers.heartbeat import HeartbeatKeepAlive
 from workers.registry import dns_updater, load_balancer, target_steps
+from workers.sites import SiteActivities, SiteInterceptor, SiteStore, shared
 from workflows.cutover import AppCutoverWorkflow
 from workflows.wave import WaveWorkflow
 
@@ -78,16 +79,23 @@ def build_worker(
     activities: Sequence[Callable[..., Any]] | None = None,
     workflows: Sequence[type] = WORKFLOWS,
     interceptors: Sequence[Interceptor] | None = None,
+    sites: SiteStore | None = None,
     **kwargs: Any,
 ) -> Worker:
     """`interceptors` replaces the default tracing one (tests pass their own tracer);
     activity logs are always bound to their workflow, run, application, wave, step, attempt.
+    `sites`: the site configs this worker serves (default: the process's `workers.sites`
+    store); workflows resolve their `siteRef` against it, and every step gets its site
+    from it.
     """
+    store = sites if sites is not None else shared()
+    acts = list(activities if activities is not None else default_activities(client))
+    acts.append(SiteActivities(store).resolve_site)
     return Worker(
         client,
         task_queue=task_queue,
         workflows=list(workflows),
-        activities=list(activities if activities is not None else default_activities(client)),
+        activities=acts,
         activity_executor=ThreadPoolExecutor(max_workers=16),
         # On shutdown, running activities get this long to finish before they are cancelled
         # (and retried elsewhere, resuming from their heartbeats).
@@ -96,6 +104,7 @@ def build_worker(
         # after this long (SDK default 10 s), so a kill -9 costs seconds, not tens of them.
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
         interceptors=[
+            SiteInterceptor(store),
             *(interceptors if interceptors is not None else [tracing_interceptor()]),
             LoggingInterceptor(),
             HeartbeatKeepAlive(),

@@ -22,6 +22,7 @@ from workflows.cutover_text import RollbackNow as _RollbackNow
 from workflows.cutover_text import cause as _cause
 from workflows.cutover_text import (
     details_markdown,
+    problems,
     read_input,
     snapshot_warning,
     workflow_id_for,
@@ -33,11 +34,12 @@ from workflows.cutover_v1 import CutoverV1
 from workflows.cutover_window import CutoverWindow
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import BaseModel
+    from pydantic import BaseModel, ValidationError
 
     from cutover import search_attributes as sa
     from cutover.catalog import (
         COMPENSATIONS,
+        RESOLVE_SITE,
         RUN_CHECK,
         TRAFFIC_STEPS,
         VERIFY_NOT_MIGRATED,
@@ -53,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         CheckInput,
         CheckPhase,
         CheckResult,
+        CutoverInput,
         CutoverResult,
         CutoverStatus,
         ExtendRequest,
@@ -61,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         ResumeRequest,
         RollbackRequest,
+        SiteLookup,
         StepContext,
         StepInput,
         StepKind,
@@ -72,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
         DataConsistencyProbe,
         DnsProbe,
         PerformanceBaselineProbe,
+        SiteConfig,
         VSphereConcernsProbe,
     )
     from cutover.templating import expand, values_for
@@ -131,9 +136,11 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._left: list[str] = []
         self._snapshot_at: datetime | None = None
         self._once = False
-        # Steps get the site without its check catalog: checks travel in CheckInput, and
-        # every activity input is stored in the history.
-        self._step_site = inp.site.model_copy(update={"checks": {}})
+        # Runs started before issue 13 carry their site: their steps get it without its check
+        # catalog (checks travel in CheckInput). Newer steps carry only `siteRef`.
+        self._step_site = None if inp.site is None else inp.site.model_copy(update={"checks": {}})
+        #: the site came from the worker's own config (`siteRef`), not from the input
+        self._by_ref = False
 
     # ----------------------------------------------------------------- run
 
@@ -174,7 +181,61 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             )
         if not self._v2:
             return await self._run_v1()
+        # Issue 13: the site comes from the worker's own configuration, by name and digest.
+        if workflow.patched("site-by-reference"):
+            await self._resolve_site()
         return await self._until_done(asyncio.ensure_future(self._run_v2()))
+
+    async def _resolve_site(self) -> None:
+        """Replace the input's site reference by the worker's own site, or fail the cutover
+        before any step: an input never brings the site (probes, secrets' references,
+        staging, endpoints) its steps act on."""
+        inp = self._inp
+        if inp.site is not None:
+            if inp.carry is not None:
+                return  # the window of a run started before this rule: it ends as it began
+            raise ApplicationError(
+                "the workflow input carries a site body (`site`): workers act only on their "
+                "own site configs. Name the site instead, with `siteRef: {name, digest}` "
+                "(`cutover run --print-input` writes it)",
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            )
+        assert inp.siteRef is not None  # CutoverInput requires one of the two
+        try:
+            site = await workflow.execute_activity(
+                RESOLVE_SITE,
+                SiteLookup(
+                    siteRef=inp.siteRef,
+                    application=inp.runbook.application,
+                    wave=inp.runbook.wave_name,
+                ),
+                result_type=SiteConfig,
+                start_to_close_timeout=timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=inp.tuning.heartbeatSeconds),
+                schedule_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, non_retryable_error_types=list(NON_RETRYABLE)
+                ),
+                summary=f"site {inp.siteRef}",
+            )
+        except ActivityError as err:
+            raise ApplicationError(
+                f"site {inp.siteRef.name}: {_cause(err)}",
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            ) from None
+        try:
+            full = CutoverInput.model_validate(
+                {**inp.model_dump(mode="json", exclude={"site"}), "site": site}
+            )
+        except ValidationError as exc:
+            raise ApplicationError(
+                f"invalid cutover input against site {inp.siteRef}: {problems(exc)}",
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            ) from None
+        self._inp, self._step_site, self._by_ref = full, None, True
 
     async def _until_done(self, task: asyncio.Future[CutoverResult]) -> CutoverResult:
         """Await the cutover in its own task, so that a cancel request from Temporal can
@@ -352,7 +413,9 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         return await self._window_v1()
 
     def _dns_configured(self) -> bool:
-        return self._inp.runbook.endpoint.dns is not None and self._inp.site.dns is not None
+        return (
+            self._inp.runbook.endpoint.dns is not None and self._inp.resolved_site.dns is not None
+        )
 
     async def _finalize_cutover(self) -> CutoverResult:
         rb = self._inp.runbook
@@ -434,6 +497,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             wave=self._inp.runbook.wave_name,
             runbook=self._inp.runbook,
             site=self._step_site,
+            siteRef=None if self._step_site is not None else self._inp.siteRef,
             facts=dict(self._facts),
         )
 
@@ -490,7 +554,9 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
 
     async def _run_checks(self, names: list[str], phase: CheckPhase) -> list[CheckResult]:
         async def one(name: str) -> CheckResult:
-            probe = expand(self._inp.site.checks[name], values_for(self._inp.runbook, self._facts))
+            probe = expand(
+                self._inp.resolved_site.checks[name], values_for(self._inp.runbook, self._facts)
+            )
             about_vms = isinstance(probe, VSphereConcernsProbe)
             inp = CheckInput(
                 name=name,
@@ -498,8 +564,8 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 application=self._inp.runbook.application,
                 probe=probe,
                 runbook=self._inp.runbook if about_vms else None,
-                vcenter=self._inp.site.vcenter if about_vms else None,
-                dns=self._inp.site.dns if isinstance(probe, DnsProbe) else None,
+                vcenter=self._inp.resolved_site.vcenter if about_vms else None,
+                dns=self._inp.resolved_site.dns if isinstance(probe, DnsProbe) else None,
                 context=self._context()
                 if isinstance(probe, DataConsistencyProbe | PerformanceBaselineProbe)
                 else None,

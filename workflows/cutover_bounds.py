@@ -70,8 +70,8 @@ def activity_bounds(
     if name in _POWER:
         shutdown = inp.runbook.quiesce.guestShutdownTimeoutSeconds
         return timedelta(seconds=shutdown) + short, beat
-    if name in _LB and inp.site.loadBalancer is not None:
-        lb = inp.site.loadBalancer
+    if name in _LB and inp.resolved_site.loadBalancer is not None:
+        lb = inp.resolved_site.loadBalancer
         work = timedelta(seconds=lb.healthTimeoutSeconds + lb.drainTimeoutSeconds)
         return work + short, beat
     return short, beat

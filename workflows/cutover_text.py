@@ -55,7 +55,11 @@ def read_input(inp: WorkflowInput) -> tuple[CutoverInput, str | None, str | None
     if not isinstance(inp, CutoverInput):
         with contextlib.suppress(ValidationError):
             relaxed = CutoverInput.model_validate(inp, context=WITHOUT_PLATFORM_RULE)
-            unbound = relaxed.site.platform_problem(relaxed.runbook.targetPlatform)
+            unbound = (
+                None
+                if relaxed.site is None
+                else relaxed.site.platform_problem(relaxed.runbook.targetPlatform)
+            )
             if unbound is not None:
                 platform_error = f"invalid cutover input: runbook.targetPlatform: {unbound}"
                 inp = relaxed
@@ -64,15 +68,17 @@ def read_input(inp: WorkflowInput) -> tuple[CutoverInput, str | None, str | None
         try:
             inp = CutoverInput.model_validate(inp)
         except ValidationError as exc:
-            problems = [
-                (format_path(e["loc"]) or "(input)", e["msg"].removeprefix("Value error, "))
-                for e in exc.errors()
-            ]
-            input_error = "invalid cutover input: " + "; ".join(
-                f"{path}: {msg}" for path, msg in problems
-            )
+            input_error = "invalid cutover input: " + problems(exc)
             inp = INPUT_PLACEHOLDER
     return inp, input_error, platform_error
+
+
+def problems(exc: ValidationError) -> str:
+    """Every problem of an input, each at its field."""
+    return "; ".join(
+        f"{format_path(e['loc']) or '(input)'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors()
+    )
 
 
 def cause(err: BaseException) -> str:

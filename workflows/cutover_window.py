@@ -61,6 +61,7 @@ class _Cutover(Protocol):
     _down_to: datetime | None
     _bytes_moved: int
     _snapshot_at: datetime | None
+    _by_ref: bool
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -230,7 +231,9 @@ class CutoverWindow:
             snapshotTakenAt=self._snapshot_at,
         )
         self._log(logging.INFO, "rollback window continues as new", rounds=self._rounds)
-        workflow.continue_as_new(self._inp.model_copy(update={"carry": carry}))
+        # A site resolved from the worker's config is resolved again by the next run.
+        update: dict[str, Any] = {"carry": carry, **({"site": None} if self._by_ref else {})}
+        workflow.continue_as_new(self._inp.model_copy(update=update))
 
     def _restore(self: _Cutover, c: WindowCarry) -> None:
         self._compensations = list(c.compensations)
@@ -274,7 +277,7 @@ class CutoverWindow:
         for result in await self._run_checks(rb.rollbackCriteria, "criterion"):
             streak = 0 if result.passed else self._streaks.get(result.name, 0) + 1
             self._streaks[result.name] = streak
-            if streak >= self._inp.site.checks[result.name].failAfter:
+            if streak >= self._inp.resolved_site.checks[result.name].failAfter:
                 fired.append(f"{result.describe()} ({streak} consecutive)")
         if self._v2:
             self._keep_round(self._records[first:])

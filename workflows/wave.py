@@ -30,8 +30,10 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from cutover import search_attributes as sa
+    from cutover.catalog import RESOLVE_SITE
     from cutover.errors import ErrorKind
-    from cutover.models import ApprovalRequest, CutoverResult, Outcome
+    from cutover.models import ApprovalRequest, CutoverResult, Outcome, SiteLookup
+    from cutover.site import SiteConfig
     from cutover.wave import (
         FINISHED,
         REQUEST_ROLLBACK,
@@ -131,6 +133,8 @@ class WaveWorkflow:
             raise ApplicationError(
                 self._rules_error, type=ErrorKind.CONFIG_ERROR.value, non_retryable=True
             )
+        if workflow.patched("site-by-reference"):
+            await self._resolve_site()
         c, inp = self._carry, self._inp
         if c.startedAt is None:
             c.startedAt = workflow.now()
@@ -153,6 +157,51 @@ class WaveWorkflow:
             # rollback request is abandoned.
             await workflow.wait_condition(workflow.all_handlers_finished)
         return self._finish()
+
+    async def _resolve_site(self) -> None:
+        """The worker's own site for the input's `siteRef` (issue 13), the applications
+        checked against it; a new input carrying a site body is refused."""
+        inp = self._inp
+        if inp.site is not None:
+            if inp.carry is not None:
+                return  # a wave started before this rule: its children name its version
+            raise ApplicationError(
+                "the wave input carries a site body (`site`): workers act only on their own "
+                "site configs. Name the site instead, with `siteRef: {name, digest}` "
+                "(`cutover wave run --print-input` writes it)",
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            )
+        assert inp.siteRef is not None
+        try:
+            site = await workflow.execute_activity(
+                RESOLVE_SITE,
+                SiteLookup(siteRef=inp.siteRef, wave=inp.name),
+                result_type=SiteConfig,
+                start_to_close_timeout=timedelta(seconds=30),
+                heartbeat_timeout=timedelta(seconds=inp.tuning.heartbeatSeconds),
+                schedule_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, non_retryable_error_types=[ErrorKind.CONFIG_ERROR.value]
+                ),
+                summary=f"site {inp.siteRef}",
+            )
+        except ActivityError as err:
+            raise ApplicationError(
+                f"site {inp.siteRef.name}: {_cause(err)}",
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            ) from None
+        try:
+            self._inp = WaveInput.model_validate(
+                {**inp.model_dump(mode="json", exclude={"site"}), "site": site}
+            )
+        except ValidationError as exc:
+            raise ApplicationError(
+                f"invalid wave input against site {inp.siteRef}: " + "; ".join(input_problems(exc)),
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            ) from None
 
     async def _drive(self) -> None:
         c, inp = self._carry, self._inp
@@ -342,7 +391,14 @@ class WaveWorkflow:
             extra={"finished_this_run": self._finished_this_run, "pending": len(self._pending)},
         )
         workflow.continue_as_new(
-            self._inp.model_copy(update={"apps": list(self._pending.values()), "carry": c})
+            self._inp.model_copy(
+                update={
+                    "apps": list(self._pending.values()),
+                    "carry": c,
+                    # resolved again by the next run from the worker's own config
+                    **({"site": None} if self._inp.siteRef is not None else {}),
+                }
+            )
         )
 
     def _finish(self) -> WaveResult:

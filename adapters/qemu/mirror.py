@@ -48,7 +48,7 @@ class TargetMirror:
 
     def _staged(self, ctx: StepContext, disk: str) -> tuple[StagedDisk, DiskState] | None:
         """The staged disk and its state when its mapping wants qcow2; else None."""
-        if mapping_for(ctx.site, _vms(ctx), disk).format != "qcow2":
+        if mapping_for(ctx.resolved_site, _vms(ctx), disk).format != "qcow2":
             return None
         staged = StagedDisk.of(ctx, disk)
         state = DiskState.load(staged.state)

@@ -156,21 +156,21 @@ def converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
     """The converted image, in this workflow's staging dir beside the staged disk (named
     after it, distinct from every name the warm copy uses)."""
     key = safe_name(disk_key, "disk key")
-    return application_dir(ctx.site, ctx.application, ctx.workflowId) / f"{key}.converted.{fmt}"
+    return application_dir(ctx.resolved_site, ctx.application, ctx.workflowId) / f"{key}.converted.{fmt}"
 
 
 def legacy_converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
     """Where a worker before this namespace wrote the converted image."""
-    return root(ctx.site) / output_name(ctx.application, disk_key, fmt)
+    return root(ctx.resolved_site) / output_name(ctx.application, disk_key, fmt)
 
 
 def staging_root(ctx: StepContext) -> Path:
-    return root(ctx.site)
+    return root(ctx.resolved_site)
 
 
 def app_dir(ctx: StepContext) -> Path:
     """This workflow's staging dir (`application_dir`)."""
-    return application_dir(ctx.site, ctx.application, ctx.workflowId)
+    return application_dir(ctx.resolved_site, ctx.application, ctx.workflowId)
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ class DatastoreSource:
 def source_vms(pool: ClientPool, ctx: StepContext) -> tuple[VCenter, VSphereClient, list[str]]:
     """The site's vCenter, its client, and the cutover's source VMs (the fact the guard
     step published, else the runbook's selection resolved now)."""
-    vc = ctx.site.vcenter
+    vc = ctx.resolved_site.vcenter
     if vc is None:
         raise config_error("the site config has no `vcenter` section")
     client = pool.get(vc)

@@ -41,30 +41,10 @@ from temporalio.client import Client
 
 from cutover.signing import canonical, digest
 
-#: The activity that appends a record (activities/audit_log.py).
-APPEND_AUDIT_RECORD = "append_audit_record"
 #: The first entry's `prev`.
 GENESIS = "sha256:" + "0" * 64
 
 Kind = Literal["cutover", "wave"]
-
-
-class AuditAppend(BaseModel):
-    """What a workflow asks to record: the rest comes from its own history."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Kind
-    outcome: str
-
-
-class AuditAppended(BaseModel):
-    """The record's place in the log (kept in the workflow's history as the result)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seq: int
-    hash: str
 
 
 SHA256 = r"^sha256:[0-9a-f]{64}$"

@@ -34,6 +34,8 @@ from cutover.audit.model import (
     UpdateRecord,
 )
 from cutover.catalog import (
+    APPEND_AUDIT_RECORD,
+    RESOLVE_SITE,
     RUN_CHECK,
     VERIFY_NOT_MIGRATED,
     Compensation,
@@ -48,6 +50,10 @@ from cutover.models import (
     StepInput,
     StepResult,
 )
+
+#: Activities of a workflow that are not steps of it: its site's lookup (the report names the
+#: site's version) and its audit record.
+_NOT_STEPS = frozenset({RESOLVE_SITE, APPEND_AUDIT_RECORD})
 
 
 async def audit(
@@ -358,7 +364,8 @@ class _Reader:
         if kind == "compensation" and self._checks_before_undo is None:
             self._checks_before_undo = len(self._checks)
         self._activities[(self._run, e.event_id)] = step
-        self._order.append(step)
+        if name not in _NOT_STEPS:
+            self._order.append(step)
 
     def _close(self, e: HistoryEvent, scheduled: int, outcome: ActivityOutcome) -> StepAudit:
         step = self._activities[(self._run, scheduled)]
@@ -484,7 +491,7 @@ class _Reader:
                 sourcePlatform=rb.sourcePlatform,
                 sourceCluster=rb.sourceCluster,
                 targetPlatform=rb.targetPlatform,
-                site=self._input.site.name,
+                site=self._input.site.name if self._input.site else str(self._input.siteRef),
                 rollbackWindowMinutes=rb.rollbackWindowMinutes,
                 approvalRequired=rb.approval.required,
                 approvers=list(rb.approval.approvers),

@@ -111,3 +111,10 @@ class Group:
         """Register `name` as a group of subcommands (their name lands in `dest`)."""
         sp = self.subparsers.add_parser(name, help=help_, description=kw.pop("description", help_))
         return Group(sp.add_subparsers(dest=dest, required=True, metavar=metavar))
+
+
+def workflow_id(ident: str) -> str:
+    """A cutover's workflow ID, given it or its application's name."""
+    from workflows.cutover import workflow_id_for  # the workflow module: slow to import
+
+    return ident if ident.startswith("cutover-") else workflow_id_for(ident)

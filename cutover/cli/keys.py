@@ -209,7 +209,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
         wf_id = args.id if args.id.startswith("wave-") else workflow_id_for_wave(args.id)
     else:
-        from cutover.cli.run import workflow_id
+        from cutover.cli.common import workflow_id
 
         wf_id = workflow_id(args.id)
     update, req = request_for(args.action, args.wave, name, args)

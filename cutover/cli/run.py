@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update
+from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update, workflow_id
 from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.models import (
@@ -29,13 +29,6 @@ from cutover.site import load_runbook, load_site
 from cutover.temporal import connect, identity
 
 
-def workflow_id(ident: str) -> str:
-    """A cutover's workflow ID, given it or its application's name."""
-    from workflows.cutover import workflow_id_for  # the workflow module: slow to import
-
-    return ident if ident.startswith("cutover-") else workflow_id_for(ident)
-
-
 async def cmd_run(args: argparse.Namespace) -> int:
     from cutover import telemetry  # the OpenTelemetry SDK: slow to import
     from workflows.cutover import AppCutoverWorkflow, workflow_id_for  # slow to import
@@ -49,7 +42,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.print_input:
         # For the Temporal UI's Start Workflow form: the input as JSON on stdout, the
         # form's other fields on stderr. Nothing is started; no server is needed.
-        print(json.dumps(inp.model_dump(mode="json"), indent=2))
+        print(json.dumps(inp.by_reference().model_dump(mode="json", exclude_none=True), indent=2))
         print(
             f"Start Workflow form: Workflow ID {workflow_id_for(runbook.application)}, "
             f"Task Queue {site.taskQueue}, Workflow Type AppCutover, "
@@ -76,7 +69,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     try:
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
-            inp,
+            inp.by_reference(),  # the worker resolves the site from its own config
             id=wf_id,
             task_queue=site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,

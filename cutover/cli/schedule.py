@@ -110,9 +110,9 @@ async def cmd_schedule_create(args: argparse.Namespace) -> int:
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
             WaveWorkflow.run,
-            inp,
+            inp.by_reference(),  # the worker resolves the site from its own config
             id=workflow_id_for_wave(inp.name),
-            task_queue=inp.site.taskQueue,
+            task_queue=inp.resolved_site.taskQueue,
             static_summary=f"Wave {inp.name} (scheduled)",
         ),
         spec=spec,

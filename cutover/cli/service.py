@@ -24,14 +24,18 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 async def cmd_worker(args: argparse.Namespace) -> int:
     from cutover import logs, telemetry  # structlog and the OpenTelemetry SDK: slow to import
+    from workers.sites import SiteStore, default_archive
     from workers.worker import build_worker  # every activity and adapter: slow to import
 
+    # The worker's own sites: the only ones its workflows and steps act on (issue 13).
+    store = SiteStore(Path(args.site_archive) if args.site_archive else default_archive())
+    refs = store.load(args.site or [_default_site()])
     logs.configure(args.log_level)
     address = telemetry.metrics_address(args.metrics_address)
     runtime = telemetry.metrics_runtime(address) if address else None
     # a worker may start alongside its server
     client = await connect(wait_seconds=60, runtime=runtime)
-    worker = build_worker(client, args.task_queue)
+    worker = build_worker(client, args.task_queue, sites=store)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
     stop = asyncio.Event()
@@ -40,12 +44,21 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with worker:
         logs.get_logger().info(
-            "worker started", task_queue=args.task_queue, metrics_address=address
+            "worker started",
+            task_queue=args.task_queue,
+            metrics_address=address,
+            sites=[str(r) for r in refs],
         )
         await stop.wait()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
     telemetry.shutdown()
     return EXIT_OK
+
+
+def _default_site() -> str:
+    from cutover.cli.lab import default_site
+
+    return default_site()
 
 
 def register(cli: Group) -> None:
@@ -59,6 +72,21 @@ def register(cli: Group) -> None:
     sp = cli.command("worker", "Run a worker for cutover workflows and activities.", cmd_worker,
                      json_flag=False)  # fmt: skip
     sp.add_argument("--task-queue", default="cutover", help="task queue to poll")
+    sp.add_argument(
+        "--site",
+        action="append",
+        metavar="FILE",
+        help="a site config this worker serves (repeat for several; default: $CUTOVER_SITE, "
+        "else the lab's when it is up). Workflows name their site and its digest; the "
+        "worker acts only on its own copy",
+    )
+    sp.add_argument(
+        "--site-archive",
+        metavar="DIR",
+        help="where the worker keeps every site version it served, so cutovers started "
+        "before a site file changed finish on their version (default: $CUTOVER_SITE_ARCHIVE, "
+        "else ~/.local/state/cutover/sites)",
+    )
     sp.add_argument("--log-level", default="INFO", help="log level")
     sp.add_argument(
         "--metrics-address",

@@ -104,9 +104,9 @@ async def cmd_wave_run(args: argparse.Namespace) -> int:
     try:
         handle = await client.start_workflow(
             WaveWorkflow.run,
-            inp,
+            inp.by_reference(),  # the worker resolves the site from its own config
             id=wf_id,
-            task_queue=inp.site.taskQueue,
+            task_queue=inp.resolved_site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             static_summary=f"Wave {inp.name}: {len(inp.apps)} application(s)",
@@ -150,7 +150,7 @@ async def promotion_gate_memo(
     """The promotion gate (cutover/plan/gate.py) before a wave starts: refuses when the
     predecessors' change failure rate and MTTR did not both go down, unless overridden;
     what it judged (and any override) becomes the wave's memo, kept in its history."""
-    verdict = promotion_gate(await _finished_waves(client, inp.site.taskQueue), inp.name)
+    verdict = promotion_gate(await _finished_waves(client, inp.resolved_site.taskQueue), inp.name)
     if not verdict.passed and override is None:
         raise Failed(
             f"refused: wave {inp.name}: promotion gate: {verdict.figures}; do not scale the "
@@ -184,7 +184,7 @@ async def _refuse_migrated(client: Client, inp: WaveInput, reasons: dict[str, st
     """Refuse the whole wave, before it starts, when any application was already cut over
     (its last cutover completed, or its source is marked migrated) without `--remigrate`;
     else the input with each re-migration's reason for its cutover to record."""
-    found, warnings = await verdicts(client, inp.site, [a.runbook for a in inp.apps])
+    found, warnings = await verdicts(client, inp.resolved_site, [a.runbook for a in inp.apps])
     for warning in warnings:
         print(f"cutover wave run: warning: {warning}", file=sys.stderr)
     refused = [v for v in found if v.migrated and v.application not in reasons]

@@ -17,12 +17,11 @@ from temporalio.exceptions import ApplicationError
 from activities.common import log
 from cutover.audit import audit
 from cutover.audit.ledger import (
-    APPEND_AUDIT_RECORD,
-    AuditAppend,
-    AuditAppended,
     append,
     report_digest,
 )
+from cutover.catalog import APPEND_AUDIT_RECORD
+from cutover.models import AuditAppend, AuditAppended
 
 
 class AuditLogActivities:
