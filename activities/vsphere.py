@@ -23,6 +23,7 @@ from cutover.catalog import Compensation, FinalizeStep, Step, WarmStep
 from cutover.concerns import evaluate
 from cutover.errors import ErrorKind, error
 from cutover.models import CheckInput, CheckResult, StepInput, StepResult
+from cutover.policy import device_modes
 from cutover.ports import Done, SourcePlatform
 from cutover.site import VCenter, VSphereConcernsProbe
 
@@ -163,6 +164,12 @@ class VSphereActivities:
         Only reads: the workflow decides (a deliberate re-migration names its reason)."""
         vc, names = self._vm_names(inp)
         marked, evidence = self._platform().migrated(vc, names)
+        # The VMs' GPU / SR-IOV device modes, for workload policies' gpuScheduling (read
+        # here: the guard is the one step before anything changes).
+        modes = ""
+        if any(p.spec.gpuScheduling for p in inp.context.resolved_site.workloadPolicies):
+            inv = self._platform().inventory(vc)
+            modes = ";".join(f"{v}:{'+'.join(device_modes(inv.vm(v)))}" for v in names)
         return StepResult(
             step=inp.step,
             changed=False,
@@ -171,6 +178,7 @@ class VSphereActivities:
                 "evidence": evidence,
                 "vms": ",".join(names),
                 "marked": ",".join(marked),
+                **({"deviceModes": modes} if modes else {}),
             },
             attempt=_attempt(),
         )

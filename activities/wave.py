@@ -13,13 +13,18 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from cutover.keyfiles import Key
 from cutover.models import RollbackRequest
+from cutover.signing import sign
 from cutover.wave import REQUEST_ROLLBACK, CutoverRollback
 
 
 class WaveActivities:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, signer: Key | None = None) -> None:
+        """`signer`: the worker's key, which signs the rollbacks it relays (the cutover
+        takes only signed requests; the wave verified the operator's)."""
         self._client = client
+        self._signer = signer
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.request_rollback]
@@ -28,12 +33,18 @@ class WaveActivities:
     async def request_rollback(self, req: CutoverRollback) -> str:
         """Idempotent: a cutover already rolling back, finalizing or finished says so."""
         handle = self._client.get_workflow_handle(req.workflowId)
-        try:
-            answer: str = await handle.execute_update(
-                "rollback",
-                RollbackRequest(reason=req.reason, requestedBy=req.requestedBy),
-                result_type=str,
+        request = RollbackRequest(reason=req.reason, requestedBy=req.requestedBy)
+        if self._signer is not None:
+            name, key = self._signer
+            request = RollbackRequest(
+                reason=f"{req.reason} (asked by {req.requestedBy}; relayed by {name})",
+                requestedBy=name,
             )
+            args = request.model_dump(mode="json", exclude={"signature"})
+            sig = sign(key, name, req.workflowId, "rollback", args)
+            request = request.model_copy(update={"signature": sig})
+        try:
+            answer: str = await handle.execute_update("rollback", request, result_type=str)
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             return f"refused: {getattr(cause, 'message', cause)}"

@@ -26,7 +26,7 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from cutover.models import CheckInput, SiteLookup, StepInput
+from cutover.models import AuditAppend, CheckInput, SiteLookup, StepInput
 
 #: Fields workflow code passes as `extra` that become top-level fields of the JSON line.
 EXTRA_FIELDS = (
@@ -141,6 +141,9 @@ class _ActivityLogging(ActivityInboundInterceptor):
             fields["application"], fields["wave"] = arg.context.application, arg.context.wave
             if arg.passNumber:
                 fields["pass_number"] = arg.passNumber
+        elif isinstance(arg, AuditAppend):
+            fields.update({k: v for k, v in (("application", arg.application),
+                                             ("wave", arg.wave)) if v is not None})  # fmt: skip
         elif isinstance(arg, SiteLookup):
             fields["wave"] = arg.wave
             if arg.application is not None:

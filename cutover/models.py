@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from cutover.runbook import Runbook
+from cutover.signing import Signature
 from cutover.site import Dns, Probe, SiteConfig, SiteRef, VCenter, site_ref
 
 
@@ -92,6 +93,9 @@ class CutoverInput(_M):
     remigrate: Annotated[str, Field(min_length=1)] | None = None
     #: Set only by the workflow itself when its rollback window continues as new.
     carry: WindowCarry | None = None
+    #: The start, signed by the operator's key over the digest of this input (issue 13);
+    #: a wave's cutovers carry none (the wave's start was signed).
+    signature: Signature | None = None
 
     def by_reference(self) -> CutoverInput:
         """What is sent to Temporal: the site named by its digest, not carried."""
@@ -340,6 +344,9 @@ class AuditAppend(_M):
 
     kind: Literal["cutover", "wave"]
     outcome: str
+    #: for its log lines (the record itself is read from the history)
+    application: str | None = None
+    wave: str | None = None
 
 
 class AuditAppended(_M):
@@ -352,20 +359,28 @@ class AuditAppended(_M):
 class ApprovalRequest(_M):
     approver: Annotated[str, Field(min_length=1)]
     comment: str = ""
+    #: The operator's signature over the workflow ID, the action and these fields.
+    signature: Signature | None = None
 
 
 class RollbackRequest(_M):
     reason: Annotated[str, Field(min_length=1)]
     requestedBy: str = "unknown"
+    #: The operator's signature over the workflow ID, the action and these fields.
+    signature: Signature | None = None
 
 
 class ExtendRequest(_M):
     minutes: Annotated[float, Field(gt=0, le=60 * 24 * 7)]
     requestedBy: str = "unknown"
+    #: The operator's signature over the workflow ID, the action and these fields.
+    signature: Signature | None = None
 
 
 class FinalizeRequest(_M):
     requestedBy: str = "unknown"
+    #: The operator's signature over the workflow ID, the action and these fields.
+    signature: Signature | None = None
 
 
 class ResumeRequest(_M):
@@ -376,6 +391,7 @@ class ResumeRequest(_M):
     #: A rollback blocked on `reverse_sync`: go on without it, discarding what the target
     #: wrote since the switch (said by the operator, in the history, with `reason`).
     discardTargetWrites: bool = False
+    signature: Signature | None = None
 
 
 class WindowCarry(_M):
@@ -394,6 +410,9 @@ class WindowCarry(_M):
     bytesMoved: int
     rounds: int
     snapshotTakenAt: datetime | None = None
+    #: Signed requests' nonces still fresh enough to be replayed, and who started it.
+    nonces: dict[str, datetime] = Field(default_factory=dict)
+    startedBy: str | None = None
 
 
 CutoverInput.model_rebuild()

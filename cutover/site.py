@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from cutover.config import ConfigError, Problem, load_file
+from cutover.policy import AccessPolicy, WorkloadPolicy, load_access_policy, load_workload_policies
 from cutover.runbook import Runbook, TargetPlatform
 from cutover.templating import TEMPLATED, check_placeholders
 
@@ -168,6 +169,8 @@ class StorageMapping(_Model):
     sourceDatastore: NonEmpty
     targetPool: NonEmpty
     format: Literal["qcow2", "raw"] = "qcow2"
+    #: The zone the target pool lies in (workload policies' `compliance.residency`).
+    zone: NonEmpty | None = None
 
 
 class NetworkMapping(_Model):
@@ -612,6 +615,16 @@ class SiteConfig(_Model):
     #: Per application: the endpoint addresses a runbook leaves unset (filled in when the
     #: runbook is loaded against the site, so the workflow's input names them).
     applications: dict[StrictStr, ApplicationEndpoints] = Field(default_factory=dict)
+    #: Who may do what (operators' public keys, roles, rules): every operator action is
+    #: signed and checked against it. A site without it refuses every action (issue 13).
+    access: AccessPolicy | None = None
+    #: The seed's WorkloadPolicy documents governing this site's applications.
+    workloadPolicies: list[WorkloadPolicy] = Field(default_factory=list)
+    #: Files that hold them (relative to the site file; `load_site` reads them in, so the
+    #: site's digest covers them): `accessFile` has an `access:` section,
+    #: `workloadPolicyFiles` WorkloadPolicy documents.
+    accessFile: NonEmpty | None = None
+    workloadPolicyFiles: list[NonEmpty] = Field(default_factory=list)
 
     def with_endpoints(self, runbook: Runbook) -> Runbook:
         """The runbook with the addresses this site knows for it where it sets none."""
@@ -730,7 +743,33 @@ def load_site(path: str | Path) -> SiteConfig:
     site = load_file(SiteConfig, path)
     if site.stagingDir and not Path(site.stagingDir).is_absolute():
         site = site.model_copy(update={"stagingDir": str(Path(site.stagingDir).resolve())})
-    return site
+    return _with_policy_files(site, Path(path))
+
+
+def _with_policy_files(site: SiteConfig, path: Path) -> SiteConfig:
+    """The site with the access policy and workload policies its files hold read in (the
+    workflow and every worker see the policies themselves, not a path)."""
+    update: dict[str, Any] = {}
+    if site.accessFile is not None:
+        if site.access is not None:
+            raise ConfigError(
+                [Problem(str(path), "accessFile", "give `access` or `accessFile`, not both")]
+            )
+        update["access"] = load_access_policy(path.parent / site.accessFile)
+        update["accessFile"] = None
+    if site.workloadPolicyFiles:
+        policies = list(site.workloadPolicies)
+        for name in site.workloadPolicyFiles:
+            policies += load_workload_policies(path.parent / name)
+        seen: set[str] = set()
+        for p in policies:
+            if p.name in seen:
+                why = f"WorkloadPolicy '{p.name}' is defined twice; expected unique names"
+                raise ConfigError([Problem(str(path), "workloadPolicyFiles", why)])
+            seen.add(p.name)
+        update["workloadPolicies"] = policies
+        update["workloadPolicyFiles"] = []
+    return site.model_copy(update=update) if update else site
 
 
 def runbook_problems(runbook: Runbook, site: SiteConfig) -> list[tuple[str, str]]:

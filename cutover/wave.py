@@ -39,6 +39,7 @@ from cutover.config import (
 )
 from cutover.models import CutoverInput, CutoverResult, Outcome, Tuning
 from cutover.runbook import Runbook
+from cutover.signing import Signature
 from cutover.site import SiteConfig, SiteRef, load_runbook, site_ref
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -289,6 +290,8 @@ class WaveCarry(_M):
     startedAt: datetime | None = None
     notAfter: datetime | None = None
     runs: int = 1
+    #: Signed requests' nonces still fresh enough to be replayed (issue 13).
+    nonces: dict[str, datetime] = Field(default_factory=dict)
 
 
 class WaveInput(_M):
@@ -314,6 +317,11 @@ class WaveInput(_M):
     requestedBy: str = "unknown"
     tuning: Tuning = Field(default_factory=Tuning)
     carry: WaveCarry | None = None
+    #: The start, signed by the operator's key over the digest of this input (issue 13).
+    signature: Signature | None = None
+    #: A scheduled wave's start is signed once, when its schedule is made: valid until
+    #: then (covered by the signature) rather than for minutes.
+    startValidUntil: datetime | None = None
 
     @model_validator(mode="after")
     def _applications(self, info: ValidationInfo) -> WaveInput:
@@ -465,6 +473,7 @@ class CutoverRollback(_M):
 class PauseRequest(_M):
     requestedBy: str = "unknown"
     reason: str = ""
+    signature: Signature | None = None
 
 
 class CancelRequest(_M):
@@ -472,6 +481,7 @@ class CancelRequest(_M):
     reason: str = ""
     #: Overrides the wave file's `onCancel` for this cancellation.
     policy: OnCancel | None = None
+    signature: Signature | None = None
 
 
 # ------------------------------------------------------------------ figures

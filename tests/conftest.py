@@ -20,6 +20,8 @@ from tests.site_refs import SiteByReference
 # The sites this session's workers serve (in-process and `cutover worker` subprocesses),
 # never the user's own archive.
 os.environ.setdefault("CUTOVER_SITE_ARCHIVE", tempfile.mkdtemp(prefix="cutover-sites-"))
+# ... and the workers' own keys and audit log (`workers.audit`)
+os.environ.setdefault("XDG_STATE_HOME", tempfile.mkdtemp(prefix="cutover-state-"))
 
 pytest_plugins = [
     "tests.vcsim_fixtures",

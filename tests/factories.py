@@ -47,6 +47,10 @@ SEED: dict[str, Any] = {
 }
 
 
+#: An access policy that takes unsigned requests (the name a request gives is its sender).
+UNSIGNED: dict[str, Any] = {"requireSignatures": False}
+
+
 def unique_app(prefix: str = "app") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -56,7 +60,9 @@ def site(**overrides: Any) -> SiteConfig:
         n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS
     }
     checks["sustained_latency_regression"]["failAfter"] = 3
-    data: dict[str, Any] = {"name": "test", "checks": checks}
+    # Unsigned requests, by this site's own choice: the tests of signing and of the access
+    # policy use sites with principals (tests/test_trust.py).
+    data: dict[str, Any] = {"name": "test", "checks": checks, "access": UNSIGNED}
     data.update(overrides)
     return SiteConfig.model_validate(data)
 

@@ -25,7 +25,7 @@ from cutover.catalog import BUILTIN_CHECKS
 from cutover.models import CutoverInput, CutoverResult, Outcome
 from cutover.site import load_site, site_ref
 from tests.conftest import DevServer
-from tests.factories import SEED, cutover_input, unique_app
+from tests.factories import SEED, UNSIGNED, cutover_input, unique_app
 from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
@@ -55,6 +55,7 @@ def write_files(tmp: Path, queue: str, **runbook: Any) -> tuple[str, str, str]:
         "name": "cli-test",
         "taskQueue": queue,
         "checks": checks,
+        "access": UNSIGNED,
         # test activities stand in for the load balancer and vCenter
         "loadBalancer": {"socket": str(tmp / "haproxy.sock")},
         "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
@@ -200,6 +201,7 @@ async def test_cli_status_shows_a_blocked_rollback_and_resume_ends_it(
         "requestedBy": "ops-oncall",
         "reason": "array back",
         "discardTargetWrites": False,
+        "signature": None,
     } in accepted
 
 

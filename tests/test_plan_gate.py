@@ -19,7 +19,7 @@ from temporalio.client import Client
 from cutover.catalog import BUILTIN_CHECKS
 from cutover.plan.gate import WaveFigures, promotion_gate
 from tests.conftest import DevServer
-from tests.factories import unique_app
+from tests.factories import UNSIGNED, unique_app
 from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
@@ -71,6 +71,7 @@ def write_wave(tmp: Path, queue: str, name: str, apps: list[str]) -> tuple[str, 
         "name": "gate-test",
         "taskQueue": queue,
         "checks": {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS},
+        "access": UNSIGNED,
         "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
     }
     rb: dict[str, Any] = {

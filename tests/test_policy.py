@@ -22,7 +22,6 @@ from cutover.policy import (
     WorkloadPolicy,
     allowed_targets,
     application_attributes,
-    check_runbook,
     device_modes,
     governing,
     immutable_audit_log,
@@ -32,6 +31,7 @@ from cutover.policy import (
     requires_approval,
     workload_violations,
 )
+from cutover.policy_check import check_runbook
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig
 from tests.factories import SEED

@@ -33,7 +33,7 @@ from cutover.models import CutoverResult, Outcome, StepContext, StepInput
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, VCenter
 from tests.conftest import DevServer
-from tests.factories import SEED, unique_app
+from tests.factories import SEED, UNSIGNED, unique_app
 from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
@@ -94,6 +94,7 @@ def site_doc(tmp: Path, queue: str, vc: dict[str, Any]) -> dict[str, Any]:
         "name": "remigration-test",
         "taskQueue": queue,
         "checks": {n: {"type": "command", "argv": ["true"]} for n in BUILTIN_CHECKS},
+        "access": UNSIGNED,
         # test activities stand in for the load balancer
         "loadBalancer": {"socket": str(tmp / "haproxy.sock")},
         "vcenter": vc,

@@ -21,7 +21,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 from cutover.cli import main
-from cutover.cli.keys import create_key, load_private_key
+from cutover.keyfiles import create_key, load_private_key
 from cutover.models import (
     ApprovalRequest,
     ExtendRequest,

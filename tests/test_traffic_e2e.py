@@ -19,6 +19,7 @@ from activities.checks import CheckActivities
 from activities.dns import DnsActivities
 from activities.loadbalancer import LoadBalancerActivities
 from cutover.models import CutoverInput, Outcome, Phase, Tuning
+from cutover.policy import AccessPolicy
 from cutover.runbook import Runbook
 from cutover.site import Dns, SiteConfig
 from tests.bind_fixtures import BindServer
@@ -49,6 +50,7 @@ async def test_failing_post_check_rolls_back_lb_and_dns(
     site = SiteConfig(
         name="traffic",
         taskQueue=queue,
+        access=AccessPolicy(requireSignatures=False),
         loadBalancer=lab_site.loadBalancer,
         dns=Dns(
             server="127.0.0.1", port=bind.port, zone="apps.test", tsigKeyFile=str(bind.key_file)

@@ -34,7 +34,7 @@ from cutover.models import CutoverResult, Outcome, Phase
 from cutover.temporal import DATA_CONVERTER, connect
 from tests.conftest import DevServer
 from tests.factories import cutover_input
-from tests.site_refs import SiteByReference
+from tests.site_refs import SiteByReference, by_reference
 from tests.test_workflow import wait_phase
 from tests.world import World
 from workers.worker import build_worker
@@ -209,7 +209,9 @@ async def test_operator_runs_a_cutover_from_the_temporal_ui(
         await page.get_by_test_id("taskQueue").fill(queue)
         await page.get_by_test_id("workflowType").fill("AppCutover")
         await _type_json(
-            page, page.get_by_role("textbox", name="Data"), inp.model_dump(mode="json")
+            page,
+            page.get_by_role("textbox", name="Data"),
+            by_reference(inp).model_dump(mode="json", exclude_none=True),
         )
         await expect(page.get_by_text("Task Queue is Active")).to_be_visible()
         await shots.take("start-form")

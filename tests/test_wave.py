@@ -48,7 +48,7 @@ from cutover.wave import (
     workflow_id_for_wave,
 )
 from tests.conftest import DevServer
-from tests.factories import site, unique_app
+from tests.factories import UNSIGNED, site, unique_app
 from tests.site_refs import serve
 from tests.world import World
 from workers.worker import build_worker
@@ -353,6 +353,7 @@ def write_wave(tmp: Path, queue: str, names: list[str], **wave: Any) -> tuple[st
         "name": "cli-test",
         "taskQueue": queue,
         "checks": checks,
+        "access": UNSIGNED,
         "vcenter": {"host": "127.0.0.1", "user": "svc", "passwordRef": {"env": "UNUSED"}},
     }
     apps: list[dict[str, Any]] = [

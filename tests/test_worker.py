@@ -26,7 +26,7 @@ from cutover.lab import vcsim as vcsim_mod
 from cutover.lab.vcsim import Vcsim
 from cutover.site import SiteConfig
 from tests.conftest import DevServer
-from tests.factories import SEED, unique_app
+from tests.factories import SEED, UNSIGNED, unique_app
 from tests.libvirt_fixtures import make_raw
 from tests.site_refs import serve
 from tests.test_cli import acli
@@ -78,6 +78,7 @@ def write(
             "passwordRef": {"env": "VC_PASSWORD"},
             "caFile": str(sim.ca_file),
         },
+        "access": UNSIGNED,
         "checks": {
             "migration_concerns": {"type": "vsphere-concerns"},
             "backup_success_last_24h": {

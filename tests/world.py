@@ -81,6 +81,7 @@ class World:
                     details={
                         "migrated": self.migrated is not None,
                         "evidence": self.migrated or "",
+                        **self.details.get(name, {}),
                     },
                 )
             self.calls.append(name)

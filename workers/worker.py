@@ -27,8 +27,12 @@ from activities.wave import WaveActivities
 from adapters.qemu.mirror import TargetMirror
 from adapters.vsphere.client import ClientPool
 from adapters.vsphere.source import VSphereSource
+from cutover.audit.log_activity import AuditLogActivities
+from cutover.catalog import APPEND_AUDIT_RECORD, RESOLVE_SITE
+from cutover.keyfiles import Key
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
+from workers.audit import audit_activities, worker_key
 from workers.heartbeat import HeartbeatKeepAlive
 from workers.registry import dns_updater, load_balancer, target_steps
 from workers.sites import SiteActivities, SiteInterceptor, SiteStore, shared
@@ -46,10 +50,16 @@ PASSTHROUGH = (
     # Loggers and tracers run inside workflow code paths; they are not workflow state.
     "structlog",
     "opentelemetry",
+    # Ed25519 verification in update validators (cutover.signing): a Rust extension that
+    # aborts the process if the sandbox imports it a second time.
+    "cryptography",
+    "_cffi_backend",
 )
 
 
-def default_activities(client: Client | None = None) -> list[Callable[..., Any]]:
+def default_activities(
+    client: Client | None = None, key: Key | None = None
+) -> list[Callable[..., Any]]:
     """Every step, compensation and check, on the real adapters (one client pool each);
     with a client, also the wave's (which talk to Temporal itself). Target platforms, load
     balancers and DNS updaters come from `workers.registry`, by the site bindings' `type`."""
@@ -69,7 +79,8 @@ def default_activities(client: Client | None = None) -> list[Callable[..., Any]]
         *LoadBalancerActivities(factory=load_balancer).activities(),
     ]
     if client is not None:
-        real += WaveActivities(client).activities()
+        # the rollbacks a wave relays are signed by the worker's key
+        real += WaveActivities(client, signer=key or worker_key()).activities()
     return real
 
 
@@ -80,17 +91,27 @@ def build_worker(
     workflows: Sequence[type] = WORKFLOWS,
     interceptors: Sequence[Interceptor] | None = None,
     sites: SiteStore | None = None,
+    audit: AuditLogActivities | None = None,
+    key: Key | None = None,
     **kwargs: Any,
 ) -> Worker:
     """`interceptors` replaces the default tracing one (tests pass their own tracer);
     activity logs are always bound to their workflow, run, application, wave, step, attempt.
+    `audit`: the audit log's writer; `key`: the worker's key, which signs its audit records
+    and the rollbacks a wave relays (default: `workers.audit.worker_key()`).
     `sites`: the site configs this worker serves (default: the process's `workers.sites`
     store); workflows resolve their `siteRef` against it, and every step gets its site
     from it.
     """
     store = sites if sites is not None else shared()
-    acts = list(activities if activities is not None else default_activities(client))
-    acts.append(SiteActivities(store).resolve_site)
+    key = key or worker_key()
+    acts = list(activities if activities is not None else default_activities(client, key))
+    given = {getattr(a, "__temporal_activity_definition").name for a in acts}
+    if RESOLVE_SITE not in given:
+        acts.append(SiteActivities(store).resolve_site)
+    if APPEND_AUDIT_RECORD not in given:
+        # every workflow ends by appending its record to the worker's audit log
+        acts += (audit or audit_activities(client, key)).activities()
     return Worker(
         client,
         task_queue=task_queue,

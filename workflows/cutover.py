@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows import trust
 from workflows.cutover_bounds import NON_RETRYABLE, activity_bounds
 from workflows.cutover_text import RollbackNow as _RollbackNow
 from workflows.cutover_text import cause as _cause
@@ -37,7 +39,9 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from cutover import search_attributes as sa
+    from cutover import signing
     from cutover.catalog import (
+        APPEND_AUDIT_RECORD,
         COMPENSATIONS,
         RESOLVE_SITE,
         RUN_CHECK,
@@ -52,6 +56,8 @@ with workflow.unsafe.imports_passed_through():
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME, TARGET_WRITTEN
     from cutover.models import (
         ApprovalRequest,
+        AuditAppend,
+        AuditAppended,
         CheckInput,
         CheckPhase,
         CheckResult,
@@ -72,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         WorkflowInput,
     )
+    from cutover.policy import Action
     from cutover.site import (
         DataConsistencyProbe,
         DnsProbe,
@@ -85,6 +92,20 @@ with workflow.unsafe.imports_passed_through():
 __all__ = ["NON_RETRYABLE", "AppCutoverWorkflow", "_cause", "workflow_id_for"]
 
 R = TypeVar("R", bound=BaseModel)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _async_update(
+    description: str,
+) -> Callable[[Callable[P, Awaitable[T]]], workflow.UpdateMethodMultiParam[P, T]]:
+    """`workflow.update(description=...)` typed for an async handler: the SDK's keyword
+    overload types it as returning its coroutine, so callers' `execute_update` would too."""
+    return cast(
+        Callable[[Callable[P, Awaitable[T]]], workflow.UpdateMethodMultiParam[P, T]],
+        workflow.update(description=description),
+    )
+
 
 #: An approval gate with no timeout of its own closes after a day: the warm snapshot's
 #: delta grows on the production datastore while it waits.
@@ -141,6 +162,16 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._step_site = None if inp.site is None else inp.site.model_copy(update={"checks": {}})
         #: the site came from the worker's own config (`siteRef`), not from the input
         self._by_ref = False
+        # Issue 13: a run whose input names its site (every run started since) takes only
+        # signed, authorized operator requests; runs started before replay as they ran.
+        self._signed = inp.site is None
+        #: nonces of the signed requests accepted (a replayed one is refused), by time
+        self._nonces: dict[str, datetime] = {}
+        self._started_by: str | None = None
+        #: a workload policy holds the approval gate / wants the audit record before finalize
+        self._policy_approval = False
+        self._immutable_audit = False
+        self._vm_devices: dict[str, list[str]] | None = None
 
     # ----------------------------------------------------------------- run
 
@@ -184,7 +215,35 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         # Issue 13: the site comes from the worker's own configuration, by name and digest.
         if workflow.patched("site-by-reference"):
             await self._resolve_site()
-        return await self._until_done(asyncio.ensure_future(self._run_v2()))
+        result = await self._until_done(asyncio.ensure_future(self._run_v2()))
+        if self._by_ref:
+            why = await self._audit_record(result.outcome.value)
+            if why is not None:
+                result.leftWhere.append(f"the audit log has no record of this cutover: {why}")
+        return result
+
+    async def _audit_record(self, outcome: str) -> str | None:
+        """Append this cutover's record (from its own history, up to this request) to the
+        worker's hash-chained audit log; None once written, else why not (bounded)."""
+        try:
+            await workflow.execute_activity(
+                APPEND_AUDIT_RECORD,
+                AuditAppend(
+                    kind="cutover",
+                    outcome=outcome,
+                    application=self._inp.runbook.application,
+                    wave=self._inp.runbook.wave_name,
+                ),
+                result_type=AuditAppended,
+                start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=timedelta(seconds=self._inp.tuning.heartbeatSeconds),
+                schedule_to_close_timeout=timedelta(minutes=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+                summary=f"audit record ({outcome})",
+            )
+        except ActivityError as err:
+            return _cause(err)
+        return None
 
     async def _resolve_site(self) -> None:
         """Replace the input's site reference by the worker's own site, or fail the cutover
@@ -236,6 +295,38 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 non_retryable=True,
             ) from None
         self._inp, self._step_site, self._by_ref = full, None, True
+        site, rb = full.resolved_site, full.runbook
+        app, _ = trust.app_attributes(site, rb)
+        if inp.carry is None and workflow.info().parent is None:
+            verdict = trust.check_request(
+                site,
+                self._id,
+                "start",
+                inp,
+                named=None,
+                apps=[app],
+                now=workflow.now(),
+                seen=(),
+                args=trust.start_args(inp),
+            )
+            if verdict.refusal is not None:
+                raise ApplicationError(
+                    f"start refused: {verdict.refusal}",
+                    type=ErrorKind.REFUSED.value,
+                    non_retryable=True,
+                )
+            self._started_by = verdict.signer or inp.requestedBy
+        else:  # a wave's child: the wave verified and authorized its start
+            self._started_by = inp.requestedBy
+        violations = trust.policy_problems(site, rb)
+        if violations:
+            raise ApplicationError(
+                "refused by workload policy: " + "; ".join(violations),
+                type=ErrorKind.CONFIG_ERROR.value,
+                non_retryable=True,
+            )
+        self._policy_approval = trust.requires_approval(site, rb)
+        self._immutable_audit = trust.immutable_audit_log(site, rb)
 
     async def _until_done(self, task: asyncio.Future[CutoverResult]) -> CutoverResult:
         """Await the cutover in its own task, so that a cancel request from Temporal can
@@ -279,6 +370,18 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         refused = await self._guard_remigration()
         if refused is not None:
             return refused
+        if self._by_ref and trust.gpu_checked(self._inp.resolved_site, rb):
+            violations = (
+                ["the source VMs' devices were not read (the guard step gave no deviceModes)"]
+                if self._vm_devices is None
+                else trust.policy_problems(self._inp.resolved_site, rb, self._vm_devices)
+            )
+            if violations:
+                return self._finish(
+                    Outcome.FAILED,
+                    "refused by workload policy: " + "; ".join(violations),
+                    ["nothing was changed: the source still serves"],
+                )
         failed = [r for r in await self._run_checks(rb.preChecks, "pre") if not r.passed]
         if failed:
             return self._finish(
@@ -296,7 +399,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         try:
             if rb.dataSync.warm and Step.FINAL_DATA_SYNC in rb.cutoverSteps:
                 await self._warm_phase()
-            if rb.approval.required:
+            if rb.approval.required or self._policy_approval:
                 await self._await_approval()
             await self._cutover_steps()
         except _RollbackNow as rollback:
@@ -309,6 +412,15 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         reason = await self._rollback_window()
         if reason is not None:
             return await self._roll_back(reason)
+        if self._immutable_audit:
+            # A workload policy's immutableAuditLog: no finalize before the record is
+            # written; if it cannot be, the source still serves, so roll back.
+            why = await self._audit_record("FINALIZING")
+            if why is not None:
+                return await self._roll_back(
+                    f"the audit log could not record the cutover before finalize "
+                    f"(a workload policy wants immutableAuditLog): {why}"
+                )
         return await self._finalize_cutover()
 
     async def _guard_remigration(self) -> CutoverResult | None:
@@ -323,6 +435,13 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 f"could not verify that {rb.application} is not already migrated: {_cause(err)}",
                 ["nothing was changed: the source still serves"],
             )
+        modes = res.details.get("deviceModes")
+        if isinstance(modes, str) and modes:
+            # "vm:mode+mode;vm:" -> {vm: [modes]}: what a workload policy's GPU rule reads
+            self._vm_devices = {
+                vm: [m for m in ms.split("+") if m]
+                for vm, _, ms in (part.partition(":") for part in modes.split(";"))
+            }
         if res.details.get("migrated") is not True:
             return None
         evidence = str(res.details.get("evidence") or "its source is marked migrated")
@@ -685,6 +804,48 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
 
     # ------------------------------------------------- queries and updates
 
+    def _check_request(self, action: Action, req: BaseModel, named: str | None) -> None:
+        """Refuse (never entering the history) a request that is not signed by a known key
+        or that the access policy does not allow the signer (issue 13)."""
+        if not self._signed or not self._by_ref:
+            return  # before issue 13: as it began; before the site is known: `_late_check`
+        app, _ = trust.app_attributes(self._inp.resolved_site, self._inp.runbook)
+        verdict = trust.check_request(
+            self._inp.resolved_site,
+            self._id,
+            action,
+            req,
+            named=named,
+            apps=[app],
+            now=workflow.now(),
+            seen=self._nonces.keys(),
+            started_by=self._started_by,
+        )
+        if verdict.refusal is not None:
+            _refuse(f"{action} refused: {verdict.refusal}")
+
+    async def _late_check(self, action: Action, req: BaseModel, named: str | None) -> None:
+        """A request that came before the worker's site was resolved (the first instant of
+        a run): checked once it is; refused then as a failed update."""
+        if self._signed and not self._by_ref:
+            await workflow.wait_condition(lambda: self._by_ref or self._outcome != Outcome.RUNNING)
+            if not self._by_ref:
+                _refuse(f"{action} refused: the cutover ended before its site was resolved")
+            self._check_request(action, req, named)
+
+    def _accept(self, req: BaseModel) -> None:
+        """Remember an accepted signature's nonce (a replay is refused) for as long as the
+        signature could be fresh; older ones are forgotten."""
+        sig = getattr(req, "signature", None)
+        if sig is None:
+            return
+        if sig.nonce in self._nonces:  # two copies passed validation in one task
+            _refuse(f"replayed: the signature by '{sig.signer}' (nonce {sig.nonce}) was used")
+        now = workflow.now()
+        horizon = signing.DEFAULT_MAX_AGE + signing.DEFAULT_MAX_SKEW
+        self._nonces = {n: t for n, t in self._nonces.items() if now - t <= horizon}
+        self._nonces[sig.nonce] = now
+
     @workflow.query(
         description="Phase, steps, checks and registered compensations (`cutover status`)."
     )
@@ -711,19 +872,22 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             targetWrites=self._target_writes,
         )
 
-    @workflow.update(
+    @_async_update(
         description='Approve the cutover at its approval gate. Input: {"approver": "NAME", '
         '"comment": "optional"}; NAME must be on the runbook\'s approvers list.'
     )
-    def approve(self, req: ApprovalRequest) -> str:
+    async def approve(self, req: ApprovalRequest) -> str:
+        await self._late_check("approve", req, req.approver)
+        self._accept(req)
         self._approved_by = req.approver
         self._log(logging.INFO, "approved", approver=req.approver)
         return f"approved by {req.approver}"
 
     @approve.validator
     def _validate_approve(self, req: ApprovalRequest) -> None:
+        self._check_request("approve", req, req.approver)
         policy = self._inp.runbook.approval
-        if not policy.required:
+        if not policy.required and not self._policy_approval:
             _refuse("this cutover's runbook does not require approval")
         if self._approved_by is not None:
             _refuse(f"already approved by {self._approved_by}")
@@ -734,23 +898,27 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             Phase.AWAITING_APPROVAL,
         ):
             _refuse(f"nothing to approve in phase {self._phase.value}")
-        if req.approver not in policy.approvers:
+        # A gate held by a workload policy alone: the access policy says who approves.
+        if req.approver not in policy.approvers and (policy.required or policy.approvers):
             _refuse(
                 f"'{req.approver}' is not an allowed approver for "
                 f"{self._inp.runbook.application} (allowed: {', '.join(policy.approvers)})"
             )
 
-    @workflow.update(
+    @_async_update(
         description='Roll back to the source now. Input: {"reason": "why", "requestedBy": '
         '"NAME"}. Refused once finalizing has begun.'
     )
-    def rollback(self, req: RollbackRequest) -> str:
+    async def rollback(self, req: RollbackRequest) -> str:
+        await self._late_check("rollback", req, req.requestedBy)
+        self._accept(req)
         self._rollback = req
         self._wake = True
         return f"rollback requested by {req.requestedBy}"
 
     @rollback.validator
     def _validate_rollback(self, req: RollbackRequest) -> None:
+        self._check_request("rollback", req, req.requestedBy)
         if self._phase in (Phase.FINALIZING, Phase.DONE):
             _refuse(
                 f"rollback refused: the cutover is {self._phase.value.lower()} "
@@ -764,10 +932,12 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         if self._phase == Phase.FINALIZE_BLOCKED:
             _refuse("rollback refused: finalizing has begun (blocked: send `resume`)")
 
-    @workflow.update(
+    @_async_update(
         description='Extend the rollback window. Input: {"minutes": 30, "requestedBy": "NAME"}.'
     )
-    def extend(self, req: ExtendRequest) -> str:
+    async def extend(self, req: ExtendRequest) -> str:
+        await self._late_check("extend", req, req.requestedBy)
+        self._accept(req)
         self._window += timedelta(minutes=req.minutes)
         if self._deadline is not None:
             self._deadline += timedelta(minutes=req.minutes)
@@ -777,6 +947,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
 
     @extend.validator
     def _validate_extend(self, req: ExtendRequest) -> None:
+        self._check_request("extend", req, req.requestedBy)
         if self._phase != Phase.ROLLBACK_WINDOW and self._phase in (
             Phase.FINALIZING,
             Phase.DONE,
@@ -786,11 +957,13 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         ):
             _refuse(f"cannot extend: the cutover is in phase {self._phase.value}")
 
-    @workflow.update(
+    @_async_update(
         description='Finalize before the rollback window closes. Input: {"requestedBy": "NAME"} '
         "or {}. Only in the window, when the runbook allows it and post-checks pass."
     )
     async def finalize(self, req: FinalizeRequest) -> str:
+        await self._late_check("finalize", req, req.requestedBy)
+        self._accept(req)
         self._finalize = req
         self._wake = True
         if not self._v2:
@@ -806,6 +979,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
 
     @finalize.validator
     def _validate_finalize(self, req: FinalizeRequest) -> None:
+        self._check_request("finalize", req, req.requestedBy)
         if self._phase != Phase.ROLLBACK_WINDOW:
             _refuse(f"finalize is possible only in the rollback window (phase {self._phase.value})")
         if not self._inp.runbook.approval.allowEarlyFinalize:
@@ -820,17 +994,20 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         if failing:
             _refuse("post-checks not passing yet: " + ", ".join(failing))
 
-    @workflow.update(
+    @_async_update(
         description="Go on with a blocked rollback or finalize once its cause is fixed. Input: "
         '{"requestedBy": "NAME", "reason": "what was fixed"}.'
     )
-    def resume(self, req: ResumeRequest) -> str:
+    async def resume(self, req: ResumeRequest) -> str:
+        await self._late_check("resume", req, req.requestedBy)
+        self._accept(req)
         self._resume = req
         self._log(logging.INFO, "resume requested", requested_by=req.requestedBy)
         return f"{self._phase.value.lower().replace('_', ' ')}: resumed by {req.requestedBy}"
 
     @resume.validator
     def _validate_resume(self, req: ResumeRequest) -> None:
+        self._check_request("resume", req, req.requestedBy)
         if self._phase not in (Phase.ROLLBACK_BLOCKED, Phase.FINALIZE_BLOCKED):
             _refuse(f"nothing to resume: the cutover is in phase {self._phase.value}")
         if self._resume is not None:

@@ -62,6 +62,8 @@ class _Cutover(Protocol):
     _bytes_moved: int
     _snapshot_at: datetime | None
     _by_ref: bool
+    _nonces: dict[str, datetime]
+    _started_by: str | None
 
     def _set_phase(self, phase: Phase, *more: SearchAttributeUpdate[Any]) -> None: ...
     def _log(self, level: int, msg: str, **fields: Any) -> None: ...
@@ -229,6 +231,8 @@ class CutoverWindow:
             bytesMoved=self._bytes_moved,
             rounds=self._rounds,
             snapshotTakenAt=self._snapshot_at,
+            nonces=dict(self._nonces),
+            startedBy=self._started_by,
         )
         self._log(logging.INFO, "rollback window continues as new", rounds=self._rounds)
         # A site resolved from the worker's config is resolved again by the next run.
@@ -246,6 +250,7 @@ class CutoverWindow:
         self._down_from, self._down_to = c.downFrom, c.downTo
         self._bytes_moved, self._rounds = c.bytesMoved, c.rounds
         self._snapshot_at = c.snapshotTakenAt
+        self._nonces, self._started_by = dict(c.nonces), c.startedBy
         rb = self._inp.runbook
         self._set_phase(
             Phase.ROLLBACK_WINDOW,

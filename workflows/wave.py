@@ -27,12 +27,21 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
     from cutover import search_attributes as sa
-    from cutover.catalog import RESOLVE_SITE
+    from cutover import signing
+    from cutover.catalog import APPEND_AUDIT_RECORD, RESOLVE_SITE
     from cutover.errors import ErrorKind
-    from cutover.models import ApprovalRequest, CutoverResult, Outcome, SiteLookup
+    from cutover.models import (
+        ApprovalRequest,
+        AuditAppend,
+        AuditAppended,
+        CutoverResult,
+        Outcome,
+        SiteLookup,
+    )
+    from cutover.policy import Action
     from cutover.site import SiteConfig
     from cutover.wave import (
         FINISHED,
@@ -56,7 +65,9 @@ with workflow.unsafe.imports_passed_through():
         figures,
         input_problems,
         recovery_seconds,
+        workflow_id_for_wave,
     )
+    from workflows import trust
     from workflows.cutover import AppCutoverWorkflow, _cause, workflow_id_for
 
 _STATE_OF = {
@@ -120,6 +131,9 @@ class WaveWorkflow:
         self._changed = False
         self._phase: WavePhase | None = None
         self._draining = False
+        # Issue 13: a wave whose input names its site takes only signed, authorized requests.
+        self._signed = inp.site is None
+        self._by_ref = False
 
     # ------------------------------------------------------------------ run
 
@@ -156,7 +170,10 @@ class WaveWorkflow:
             # A `cancel` may still be sending rollbacks: its caller gets its answer, and no
             # rollback request is abandoned.
             await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._finish()
+        result = self._finish()
+        if self._by_ref:
+            await self._audit_record(result.outcome.value)
+        return result
 
     async def _resolve_site(self) -> None:
         """The worker's own site for the input's `siteRef` (issue 13), the applications
@@ -193,7 +210,7 @@ class WaveWorkflow:
                 non_retryable=True,
             ) from None
         try:
-            self._inp = WaveInput.model_validate(
+            full = WaveInput.model_validate(
                 {**inp.model_dump(mode="json", exclude={"site"}), "site": site}
             )
         except ValidationError as exc:
@@ -202,6 +219,92 @@ class WaveWorkflow:
                 type=ErrorKind.CONFIG_ERROR.value,
                 non_retryable=True,
             ) from None
+        if inp.carry is None:
+            verdict = trust.check_request(
+                site,
+                workflow_id_for_wave(inp.name),  # a scheduled run's ID carries a timestamp
+                "start",
+                inp,
+                named=None,
+                apps=[trust.app_attributes(site, a.runbook)[0] for a in full.apps],
+                now=workflow.now(),
+                seen=(),
+                args=trust.start_args(inp),
+                max_age=_start_validity(inp),
+            )
+            if verdict.refusal is not None:
+                raise ApplicationError(
+                    f"start refused: {verdict.refusal}",
+                    type=ErrorKind.REFUSED.value,
+                    non_retryable=True,
+                )
+            # its cutovers record who started the wave (the verified signer)
+            full = full.model_copy(update={"requestedBy": verdict.signer or inp.requestedBy})
+            violations = [v for a in full.apps for v in trust.policy_problems(site, a.runbook)]
+            if violations:
+                raise ApplicationError(
+                    "refused by workload policy: " + "; ".join(violations),
+                    type=ErrorKind.CONFIG_ERROR.value,
+                    non_retryable=True,
+                )
+        self._inp, self._by_ref = full, True
+
+    def _check_request(self, action: Action, req: BaseModel, named: str | None) -> None:
+        """Refuse (never entering the history) a request that is not signed by a known key,
+        or that the access policy does not allow its signer on every application of the
+        wave (issue 13)."""
+        if not self._signed or not self._by_ref:
+            return  # before issue 13: as it began; before the site is known: `_late_check`
+        site = self._inp.resolved_site
+        verdict = trust.check_request(
+            site,
+            self._id,
+            action,
+            req,
+            named=named,
+            apps=[trust.app_attributes(site, a.runbook)[0] for a in self._inp.apps],
+            now=workflow.now(),
+            seen=self._carry.nonces.keys(),
+        )
+        if verdict.refusal is not None:
+            _refuse(f"{action} refused: {verdict.refusal}")
+
+    async def _late_check(self, action: Action, req: BaseModel, named: str | None) -> None:
+        """A request that came before the worker's site was resolved (the first instant of
+        a run): checked once it is; refused then as a failed update."""
+        if self._signed and not self._by_ref:
+            await workflow.wait_condition(lambda: self._by_ref or self._phase == WavePhase.DONE)
+            if not self._by_ref:
+                _refuse(f"{action} refused: the wave ended before its site was resolved")
+            self._check_request(action, req, named)
+
+    def _accept(self, req: BaseModel) -> None:
+        sig = getattr(req, "signature", None)
+        if sig is None:
+            return
+        if sig.nonce in self._carry.nonces:
+            _refuse(f"replayed: the signature by '{sig.signer}' (nonce {sig.nonce}) was used")
+        now = workflow.now()
+        horizon = signing.DEFAULT_MAX_AGE + signing.DEFAULT_MAX_SKEW
+        kept = {n: t for n, t in self._carry.nonces.items() if now - t <= horizon}
+        self._carry.nonces = {**kept, sig.nonce: now}
+
+    async def _audit_record(self, outcome: str) -> None:
+        """Append the wave's record to the worker's audit log (bounded; a failure is
+        logged, the wave's result stands)."""
+        try:
+            await workflow.execute_activity(
+                APPEND_AUDIT_RECORD,
+                AuditAppend(kind="wave", outcome=outcome, wave=self._inp.name),
+                result_type=AuditAppended,
+                start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=timedelta(seconds=self._inp.tuning.heartbeatSeconds),
+                schedule_to_close_timeout=timedelta(minutes=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
+                summary=f"audit record ({outcome})",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("the audit log has no record of this wave: %s", _cause(err))
 
     async def _drive(self) -> None:
         c, inp = self._carry, self._inp
@@ -463,13 +566,16 @@ class WaveWorkflow:
         )
 
     @workflow.update
-    def approve(self, req: ApprovalRequest) -> str:
+    async def approve(self, req: ApprovalRequest) -> str:
+        await self._late_check("approve", req, req.approver)
+        self._accept(req)
         self._carry.approvedBy = req.approver
         self._changed = True
         return f"wave {self._inp.name} approved by {req.approver}"
 
     @approve.validator
     def _validate_approve(self, req: ApprovalRequest) -> None:
+        self._check_request("approve", req, req.approver)
         policy = self._inp.approval
         if not policy.required:
             _refuse(f"wave {self._inp.name} does not require approval")
@@ -484,7 +590,9 @@ class WaveWorkflow:
             )
 
     @workflow.update
-    def pause(self, req: PauseRequest) -> str:
+    async def pause(self, req: PauseRequest) -> str:
+        await self._late_check("pause", req, req.requestedBy)
+        self._accept(req)
         self._carry.paused = True
         self._changed = True
         running = len(self._running)
@@ -495,24 +603,30 @@ class WaveWorkflow:
 
     @pause.validator
     def _validate_pause(self, req: PauseRequest) -> None:
+        self._check_request("pause", req, req.requestedBy)
         if self._carry.paused:
             _refuse(f"wave {self._inp.name} is already paused")
         self._refuse_if_over("pause")
 
     @workflow.update
-    def resume(self, req: PauseRequest) -> str:
+    async def resume(self, req: PauseRequest) -> str:
+        await self._late_check("resume", req, req.requestedBy)
+        self._accept(req)
         self._carry.paused = False
         self._changed = True
         return f"wave {self._inp.name} resumed by {req.requestedBy}"
 
     @resume.validator
     def _validate_resume(self, req: PauseRequest) -> None:
+        self._check_request("resume", req, req.requestedBy)
         if not self._carry.paused:
             _refuse(f"wave {self._inp.name} is not paused")
         self._refuse_if_over("resume")
 
     @workflow.update
     async def cancel(self, req: CancelRequest) -> str:
+        await self._late_check("cancel", req, req.requestedBy)
+        self._accept(req)
         c = self._carry
         policy = req.policy or self._inp.onCancel
         c.cancelledBy, c.cancelPolicy = req.requestedBy, policy
@@ -557,6 +671,7 @@ class WaveWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, req: CancelRequest) -> None:
+        self._check_request("cancel", req, req.requestedBy)
         if self._carry.cancelledBy is not None:
             _refuse(f"wave {self._inp.name} was already cancelled by {self._carry.cancelledBy}")
         self._refuse_if_over("cancel")
@@ -566,6 +681,14 @@ class WaveWorkflow:
             _refuse(f"{what} refused: wave {self._inp.name} has finished")
         if self._carry.stopReason is not None and what != "cancel":
             _refuse(f"{what} refused: wave {self._inp.name} is stopping: {self._carry.stopReason}")
+
+
+def _start_validity(inp: WaveInput) -> timedelta:
+    """How long a wave's start signature holds: minutes, or until the time a scheduled
+    wave's signed input says (at most a year)."""
+    if inp.startValidUntil is None or inp.signature is None:
+        return signing.DEFAULT_MAX_AGE
+    return min(inp.startValidUntil - inp.signature.signedAt, timedelta(days=366))
 
 
 def _refuse(message: str) -> NoReturn:

@@ -34,6 +34,8 @@ class UpdateRecord(_R):
     identity: str
     #: Who the request itself names (approver, requestedBy), when it names anyone.
     requestedBy: str | None = None
+    #: Whose key signed it (the workflow verified the signature before accepting it).
+    signedBy: str | None = None
     arguments: dict[str, Any] = Field(default_factory=dict)
     acceptedAt: datetime
     acceptedEventId: int

@@ -408,7 +408,9 @@ class _Reader:
             else {}
         )
         who = data.get("approver") or data.get("requestedBy")
+        sig = data.get("signature")
         rec = UpdateRecord(
+            signedBy=str(sig["signer"]) if isinstance(sig, dict) and sig.get("signer") else None,
             name=req.input.name,
             updateId=req.meta.update_id,
             identity=req.meta.identity or "unknown",

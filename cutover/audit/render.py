@@ -90,7 +90,7 @@ def _lines(report: AuditReport) -> list[tuple[str, Any]]:
     if r.finalState:
         out.append(("h", (2, "Final state")))
         out.append(("list", r.finalState))
-    upd_header = ["Request", "At", "Identity", "Named", "Outcome", "Message"]
+    upd_header = ["Request", "At", "Identity", "Named", "Signed by", "Outcome", "Message"]
 
     def upd_rows(us: Sequence[UpdateRecord]) -> list[list[str]]:
         return [
@@ -99,6 +99,7 @@ def _lines(report: AuditReport) -> list[tuple[str, Any]]:
                 _ts(u.acceptedAt),
                 u.identity,
                 u.requestedBy or "-",
+                u.signedBy or "(unsigned)",
                 u.outcome,
                 u.message or "",
             ]

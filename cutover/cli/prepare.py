@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from cutover.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Group, emit
 from cutover.config import ConfigError, Problem, format_path, parse_yaml, read_text
 from cutover.inventory import Inventory
-from cutover.policy import WorkloadPolicy, check_runbook, load_workload_policies
+from cutover.policy import WorkloadPolicy, load_workload_policies
+from cutover.policy_check import check_runbook
 from cutover.runbook import Runbook
 from cutover.site import SiteConfig, load_runbook, load_site
 
@@ -39,7 +40,7 @@ def policy_problems(
     wave_approval: bool = False,
 ) -> tuple[list[Problem], list[str]]:
     """The early WorkloadPolicy check of `cutover validate` and `cutover wave validate`
-    (`cutover.policy.check_runbook`, which the workflow runs too), as problems and notes.
+    (`cutover.policy_check.check_runbook`, which the workflow runs too), as problems and notes.
     `runbooks`: each with the file that holds it and the field path prefix it has there
     (an inline runbook of a wave file: `applications[i].runbook.`). A violation is reported
     at the runbook's field (approval.required, targetPlatform, vms[i]) or, for a target
