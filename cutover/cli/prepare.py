@@ -26,8 +26,11 @@ def _policy_args(args: argparse.Namespace) -> None:
             "--policy needs --site: the applications' labels, tags and target pools that "
             "workload policies select and limit are the site's"
         )
-    if args.inventory and not args.policy:
-        raise ValueError("--inventory is read for --policy (the VMs' devices and datastores)")
+    if args.inventory and not args.site:
+        raise ValueError(
+            "--inventory is read for the workload policies (the VMs' devices and datastores) "
+            "of --site"
+        )
 
 
 def policy_problems(
@@ -86,6 +89,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             policies = load_workload_policies(args.policy)
         except ConfigError as exc:
             problems += [str(p) for p in exc.problems]
+    if site is not None and site.workloadPolicies:
+        # the site's own policies, as the workflow enforces them; --policy adds to them
+        policies = [*site.workloadPolicies, *(policies or [])]
     inventory = read_inventory_json(args.inventory) if args.inventory else None
     valid: list[str] = []
     notes: list[str] = []
@@ -108,14 +114,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(p, file=sys.stderr)
     if args.json:
         report: dict[str, list[str]] = {"valid": valid, "problems": problems}
-        if args.policy:
+        if policies:
             report["notes"] = notes
         print(json.dumps(report, indent=2))
         return EXIT_BAD_INPUT if problems else EXIT_OK
     for note in notes:
         print(f"note: {note}")
     if not problems:
-        against = f" under the workload policies of {args.policy}" if args.policy else ""
+        against = f" under the workload policies of {args.policy or args.site}" if policies else ""
         print(f"{len(valid)} runbook(s) valid{against}")
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
@@ -127,10 +133,16 @@ def wave_policy_check(
     under the workload policies; ConfigError naming each violation at its runbook file (or
     the wave file, for an inline runbook), else the notes (what was not checked)."""
     _policy_args(args)
-    if not args.policy:
+    if not args.site:
         return []
     site = load_site(args.site)
-    policies = load_workload_policies(args.policy)
+    # the site's own policies, as the workflow enforces them; --policy adds to them
+    policies = [
+        *site.workloadPolicies,
+        *(load_workload_policies(args.policy) if args.policy else []),
+    ]
+    if not policies:
+        return []
     inventory = read_inventory_json(args.inventory) if args.inventory else None
     wave_file = str(args.wave)
     data, _ = parse_yaml(read_text(wave_file), wave_file)
