@@ -16,6 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_update, workflow_id
 from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.remigration import check_reason, verdicts
+from cutover.cli.signed_start import printable, signed_start
 from cutover.models import (
     ApprovalRequest,
     CutoverInput,
@@ -25,6 +26,7 @@ from cutover.models import (
     ResumeRequest,
     RollbackRequest,
 )
+from cutover.signing import DEFAULT_MAX_AGE
 from cutover.site import load_runbook, load_site
 from cutover.temporal import connect, identity
 
@@ -39,21 +41,27 @@ async def cmd_run(args: argparse.Namespace) -> int:
     # the workflow records a re-migration's reason in its history and audit
     again: dict[str, Any] = {"remigrate": reason} if reason else {}
     inp = CutoverInput(runbook=runbook, site=site, requestedBy=identity(), **again)
+    wf_id = workflow_id_for(runbook.application)
+    # the worker resolves the site from its own config; the key's principal signs the start
+    sent = signed_start(inp, operator_key(args.key), wf_id, "run")
     if args.print_input:
         # For the Temporal UI's Start Workflow form: the input as JSON on stdout, the
         # form's other fields on stderr. Nothing is started; no server is needed.
-        print(json.dumps(inp.by_reference().model_dump(mode="json", exclude_none=True), indent=2))
+        print(json.dumps(printable(sent), indent=2))
+        valid = ""
+        if sent.signature is not None:
+            until = sent.signature.signedAt + DEFAULT_MAX_AGE
+            valid = f"; signed by {sent.signature.signer}, start it before {until:%H:%M:%S %Z}"
         print(
-            f"Start Workflow form: Workflow ID {workflow_id_for(runbook.application)}, "
+            f"Start Workflow form: Workflow ID {wf_id}, "
             f"Task Queue {site.taskQueue}, Workflow Type AppCutover, "
-            "Input: the JSON above (encoding json/plain)",
+            f"Input: the JSON above (encoding json/plain){valid}",
             file=sys.stderr,
         )
         return EXIT_OK
     # Traced from here when CUTOVER_OTEL_EXPORTER is set: the start span's context travels
     # in the history, so the workflow's and activities' spans join this trace for good.
     client = await connect(wait_seconds=3, interceptors=[telemetry.tracing_interceptor()])
-    wf_id = workflow_id_for(runbook.application)
     # A finished application is not cut over again by accident: refused before any start.
     [found], warnings = await verdicts(client, site, [runbook])
     for warning in warnings:
@@ -69,7 +77,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     try:
         handle = await client.start_workflow(
             AppCutoverWorkflow.run,
-            inp.by_reference(),  # the worker resolves the site from its own config
+            sent,
             id=wf_id,
             task_queue=site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -181,7 +189,7 @@ def register(cli: Group) -> None:
         "--print-input",
         action="store_true",
         help="print the workflow input as JSON (for the Temporal UI's Start Workflow form) "
-        "instead of starting",
+        "instead of starting; signed with --key (valid for 15 minutes)",
     )
     sp.add_argument(
         "--remigrate",
@@ -189,6 +197,7 @@ def register(cli: Group) -> None:
         help="cut over an application that was already migrated (its last cutover "
         "completed, or its source is marked migrated); the reason is recorded",
     )
+    add_key_option(sp)
 
     sp = cli.command("status", "Show a cutover's phase, steps and checks.", cmd_status)
     sp.add_argument("id", metavar="ID", help="workflow ID or application name")

@@ -21,10 +21,15 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from cutover.cli.common import EXIT_OK, Failed, Group, emit
+from cutover.cli.keys import add_key_option, operator_key
+from cutover.cli.signed_start import signed_start
 from cutover.cli.wave import load_input
+from cutover.signing import DEFAULT_MAX_AGE
 from cutover.temporal import connect
 from cutover.wave import workflow_id_for_wave
 
+#: A scheduled wave's start signature holds at most this long (the workflow's own bound).
+MAX_VALID_DAYS = 365
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms])")
 
 
@@ -83,7 +88,27 @@ async def cmd_schedule_create(args: argparse.Namespace) -> int:
             f"--cron: expected 5 fields (minute hour day-of-month month day-of-week) "
             f"or @hourly/@daily..., got '{args.cron}'"
         )
+    if not 1 <= args.valid_days <= MAX_VALID_DAYS:
+        raise ValueError(f"--valid-days: expected 1 to {MAX_VALID_DAYS}, got {args.valid_days:g}")
     inp = load_input(args, window)
+    key = operator_key(args.key)  # a bad key file: refused before any connection
+    # A start missed while Temporal was down is still made if within the maintenance window
+    # (default: at most 10 minutes late; Temporal's minimum is 10 s).
+    catchup = max(window or timedelta(minutes=10), timedelta(seconds=10))
+    end: datetime | None = None
+    if at is not None:
+        # its one start may come as late as the catch-up window lets it, its workflow's
+        # first task a little later still (a busy worker)
+        valid_until = at + catchup + DEFAULT_MAX_AGE
+        if valid_until - datetime.now(UTC) > timedelta(days=MAX_VALID_DAYS):
+            raise ValueError(f"--at: more than {MAX_VALID_DAYS} days ahead (a start is signed now)")
+    else:
+        # each run starts with the signature made now: the schedule ends before it expires
+        valid_until = datetime.now(UTC) + timedelta(days=args.valid_days)
+        if key is not None:
+            end = valid_until - catchup - DEFAULT_MAX_AGE
+    wf_id = workflow_id_for_wave(inp.name)  # each run's ID: this and its start time
+    sent = signed_start(inp, key, wf_id, "schedule create", valid_until=valid_until)
     if at is not None:
         spec = ScheduleSpec(
             calendars=[
@@ -97,21 +122,18 @@ async def cmd_schedule_create(args: argparse.Namespace) -> int:
         )  # fmt: skip
         state = ScheduleState(limited_actions=True, remaining_actions=1, note=args.note)
     else:
-        spec = ScheduleSpec(cron_expressions=[args.cron])
+        spec = ScheduleSpec(cron_expressions=[args.cron], end_at=end)
         state = ScheduleState(note=args.note)
     overlap = (
         ScheduleOverlapPolicy.BUFFER_ONE
         if args.overlap == "buffer-one"
         else ScheduleOverlapPolicy.SKIP
     )
-    # A start missed while Temporal was down is still made if within the maintenance window
-    # (default: at most 10 minutes late; Temporal's minimum is 10 s).
-    catchup = max(window or timedelta(minutes=10), timedelta(seconds=10))
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
             WaveWorkflow.run,
-            inp.by_reference(),  # the worker resolves the site from its own config
-            id=workflow_id_for_wave(inp.name),
+            sent,  # the site by reference; signed, valid until `valid_until`
+            id=wf_id,
             task_queue=inp.resolved_site.taskQueue,
             static_summary=f"Wave {inp.name} (scheduled)",
         ),
@@ -135,7 +157,13 @@ async def cmd_schedule_create(args: argparse.Namespace) -> int:
     nxt = desc.info.next_action_times[:1]
     when = nxt[0].isoformat() if nxt else "never"
     msg = f"{sid}: starts wave {inp.name} next at {when}"
-    emit({"scheduleId": sid, "nextActionTimes": [t.isoformat() for t in nxt]}, args.json, msg)
+    report: dict[str, Any] = {"scheduleId": sid, "nextActionTimes": [t.isoformat() for t in nxt]}
+    if sent.signature is not None:
+        report |= {"signedBy": sent.signature.signer, "startValidUntil": valid_until.isoformat()}
+        msg += f"; start signed by {sent.signature.signer}, valid until {valid_until.isoformat()}"
+        if end is not None:
+            msg += f" (the schedule ends at {end.isoformat()}: create it again to sign anew)"
+    emit(report, args.json, msg)
     return EXIT_OK
 
 
@@ -215,6 +243,16 @@ def register(cli: Group) -> None:
         help="a start while the wave still runs: skip it (default) or run it after",
     )
     sp.add_argument("--note", default="", help="a note shown with the schedule")
+    sp.add_argument(
+        "--valid-days",
+        type=float,
+        default=30,
+        metavar="N",
+        help="--cron: days the signed start stays valid; the schedule ends before then "
+        f"(default 30, at most {MAX_VALID_DAYS}). --at: valid until the time, its "
+        "catch-up window and 15 minutes",
+    )
+    add_key_option(sp)
     sched.command("list", "Wave schedules: paused, next start, recent waves.", cmd_schedule_list)
     for name, help_ in (
         ("pause", "Pause a schedule (a running wave continues)."),

@@ -24,6 +24,7 @@ from cutover.cli.common import EXIT_FAILED, EXIT_OK, Failed, Group, emit, send_u
 from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.prepare import add_policy_arguments, wave_policy_check
 from cutover.cli.remigration import check_reason, verdicts
+from cutover.cli.signed_start import signed_start
 from cutover.models import ApprovalRequest
 from cutover.plan.gate import WaveFigures, promotion_gate
 from cutover.site import load_site
@@ -95,16 +96,19 @@ async def cmd_wave_run(args: argparse.Namespace) -> int:
     from workflows.wave import WaveWorkflow  # the workflow module: slow to import
 
     inp = load_input(args)
+    key = operator_key(args.key)  # a bad key file: refused before any connection
     reasons = remigrate_reasons(args.remigrate, [a.application for a in inp.apps])
     override = check_reason(args.override_gate, "--override-gate")
     client = await connect(wait_seconds=3)
     inp = await _refuse_migrated(client, inp, reasons)
     memo = await promotion_gate_memo(client, inp, override)
     wf_id = workflow_id_for_wave(inp.name)
+    # the worker resolves the site from its own config; the key's principal signs the start
+    sent = signed_start(inp, key, wf_id, "wave run")
     try:
         handle = await client.start_workflow(
             WaveWorkflow.run,
-            inp.by_reference(),  # the worker resolves the site from its own config
+            sent,
             id=wf_id,
             task_queue=inp.resolved_site.taskQueue,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
@@ -413,6 +417,7 @@ def register(cli: Group) -> None:
         help="start although the promotion gate refuses (the last two finished waves' change "
         "failure rate and MTTR did not both go down); the reason is recorded in the wave's memo",
     )
+    add_key_option(sp)
     sp = wave.command(
         "approve", "Approve a wave waiting for approval before its first cutover.", cmd_wave_update
     )
