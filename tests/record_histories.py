@@ -49,6 +49,9 @@ async def main(mode: str = "") -> None:
             if mode == "traffic-unsure":
                 await traffic_unsure(client)
                 return
+            if mode == "signed":
+                await signed_runs(client)
+                return
             await waves(client)
             if mode == "waves":
                 return
@@ -263,6 +266,34 @@ async def traffic_unsure(client: Client) -> None:
         await handle.execute_update(AppCutoverWorkflow.resume, ResumeRequest(requestedBy="ops"))
         await handle.result()
         await write(handle, "v2_traffic_undo_landed_then_failed_then_resumed")
+
+
+async def signed_runs(client: Client) -> None:
+    """Issue 13: a cutover whose input names its site, started, approved, extended and
+    finalized by signed requests; a wave by reference whose cutovers name the site too."""
+    from cutover.models import ApprovalRequest, ExtendRequest, FinalizeRequest
+    from tests.test_trust import begin, gated, signed
+    from tests.test_wave import start as start_wave
+    from tests.test_wave import wave_input
+
+    world = World()
+    async with running(client, world) as queue:
+        inp, wf = gated(queue)
+        handle = await begin(client, inp)
+        await wait_phase(handle, Phase.AWAITING_APPROVAL)
+        ok = signed(ApprovalRequest(approver="ops-lead"), wf, "approve", "ops-lead")
+        await handle.execute_update(AppCutoverWorkflow.approve, ok)
+        await wait_phase(handle, Phase.ROLLBACK_WINDOW)
+        more = signed(ExtendRequest(minutes=1, requestedBy="alice"), wf, "extend", "alice")
+        await handle.execute_update(AppCutoverWorkflow.extend, more)
+        await asyncio.sleep(1)  # a check round with the post-checks passing
+        fin = signed(FinalizeRequest(requestedBy="alice"), wf, "finalize", "alice")
+        await handle.execute_update("finalize", fin, result_type=str)
+        await handle.result()
+        await write(handle, "v3_signed_by_reference_completed")
+        wave = await start_wave(client, wave_input(queue, ["r1", "r2"]))  # sent by reference
+        await wave.result()
+        await write(wave, "v3_wave_by_reference")
 
 
 async def write(handle: object, name: str) -> None:

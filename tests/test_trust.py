@@ -158,9 +158,10 @@ async def accepted_updates(handle: WorkflowHandle[Any, Any]) -> list[dict[str, A
     return out
 
 
-def gated(queue: str, **rb: Any) -> tuple[CutoverInput, str]:
+def gated(queue: str, *, early: bool = True, **rb: Any) -> tuple[CutoverInput, str]:
+    approvers = ["ops-lead", "bob", "mallory-finance"]
     inp = cutover_input(
-        queue, approval={"required": True, "approvers": ["ops-lead", "bob", "mallory-finance"]},
+        queue, approval={"required": True, "approvers": approvers, "allowEarlyFinalize": early},
         rollbackWindowMinutes=5, checkIntervalSeconds=0.3, **rb,
     )  # fmt: skip
     app = inp.runbook.application

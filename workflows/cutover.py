@@ -300,7 +300,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         if inp.carry is None and workflow.info().parent is None:
             verdict = trust.check_request(
                 site,
-                self._id,
+                workflow_id_for(rb.application),  # = this run's ID (checked above)
                 "start",
                 inp,
                 named=None,
