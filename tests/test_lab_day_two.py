@@ -81,6 +81,10 @@ def test_the_seed_runbook_runs_unedited_with_its_day_two_checks(
         pytest.fail(f"the lab did not come up: {exc}", pytrace=False)
     site = state["site"]
     monkeypatch.setenv("CUTOVER_SITE", site)
+    # every request signed by the lab's operator; the worker: the lab's key and audit log
+    monkeypatch.setenv("CUTOVER_KEY", str(lab.key_file(lab.OPERATOR)))
+    monkeypatch.setenv("CUTOVER_WORKER_KEY", str(lab.key_file(lab.WORKER)))
+    monkeypatch.setenv("CUTOVER_AUDIT_LOG", str(lab.audit_log_file()))
     worker: subprocess.Popen[bytes] | None = None
     log = tmp_path / "worker.log"
     try:

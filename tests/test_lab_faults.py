@@ -45,12 +45,22 @@ SLOW_SECONDS = 120
 ROLLBACK_BOUND = 60.0
 
 
-def start_worker(log: Path) -> subprocess.Popen[bytes]:
-    """The shipped worker, as an operator runs it; returns once it polls."""
+def start_worker(log: Path, site: Path) -> subprocess.Popen[bytes]:
+    """The shipped worker, as an operator runs it, serving `site` with the lab's worker key;
+    returns once it polls."""
     before = log.read_bytes().count(b"worker started") if log.exists() else 0
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [CUTOVER, "worker"],
+            [
+                CUTOVER,
+                "worker",
+                "--site",
+                str(site),
+                "--key",
+                str(lab.key_file(lab.WORKER)),
+                "--audit-log",
+                str(lab.audit_log_file()),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=ENV,
@@ -116,8 +126,10 @@ async def test_rollback_after_a_worker_killed_during_a_window_check_ends_within_
         runbook.write_text(yaml.safe_dump(rb))
 
         log = tmp_path / "worker.log"
-        workers.append(start_worker(log))
-        started = cli("run", str(runbook), "--site", str(site_file))
+        workers.append(start_worker(log, site_file))
+        # signed by the lab's operator (the lab site's access policy names its key)
+        key = str(lab.key_file(lab.OPERATOR))
+        started = cli("run", str(runbook), "--site", str(site_file), "--key", key)
         assert started.returncode == 0, started.stderr
         wf_id = started.stdout.strip()
         client = await connect(f"127.0.0.1:{lab.TEMPORAL_PORT}", "default", wait_seconds=10)
@@ -129,10 +141,12 @@ async def test_rollback_after_a_worker_killed_during_a_window_check_ends_within_
         handle = client.get_workflow_handle(wf_id, result_type=CutoverResult)
         pending = (await handle.describe()).raw_description.pending_activities
         assert in_flight in [pa.activity_id for pa in pending], "the check was not in flight"
-        workers.append(start_worker(log))
+        workers.append(start_worker(log, site_file))
 
         asked, asked_at = time.monotonic(), time.time()
-        rollback = await asyncio.to_thread(cli, "rollback", app.name, "--reason", "lab fault")
+        rollback = await asyncio.to_thread(
+            cli, "rollback", app.name, "--reason", "lab fault", "--key", key
+        )
         assert rollback.returncode == 0, rollback.stderr
         try:
             result = await asyncio.wait_for(handle.result(), ROLLBACK_BOUND)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group
 
@@ -22,6 +24,19 @@ def default_site() -> str:
     raise ValueError("no site config: pass --site FILE, set CUTOVER_SITE, or `cutover lab up`")
 
 
+def lab_worker_files(sites: Sequence[str]) -> tuple[Path, Path] | None:
+    """The lab worker's key and audit log (`cutover lab up` made them) when the lab is up
+    and this worker serves its site: the defaults of `cutover worker --key/--audit-log`."""
+    from cutover.lab import stack
+
+    lab_site = stack.LAB / "site.yaml"
+    if not (stack.state_file().is_file() and lab_site.is_file()):
+        return None
+    if not any(Path(s).resolve() == lab_site.resolve() for s in sites):
+        return None
+    return stack.key_file(stack.WORKER), stack.audit_log_file()
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from cutover.lab import stack  # the lab apart: loaded only by `cutover lab ...`
 
@@ -32,10 +47,15 @@ def cmd_lab(args: argparse.Namespace) -> int:
             for a in state["apps"]:
                 print(f"  {a['name']:<10} VM {a['vm']:<16} {a['url']}  ({a['scenario']})")
             day = state.get("dayTwo")
+            op, ok, wk = (_rel(stack.key_file(n)) for n in (stack.OPERATOR, stack.APPROVER,
+                                                           stack.WORKER))  # fmt: skip
             if day:
                 seed = stack.SEED_RUNBOOK.relative_to(stack.ROOT)
                 print(f"  {day['name']} VM {day['vm']} {day['url']}: the seed's runbook, "
-                      f"as written: cutover run {seed}")  # fmt: skip
+                      f"as written: cutover run {seed} --key {op}")  # fmt: skip
+            print(f"  keys: {op} starts and steers (--key, or export CUTOVER_KEY={op}), "
+                  f"{ok} approves; {wk} signs the worker's audit log "
+                  f"{_rel(stack.audit_log_file())}")  # fmt: skip
             return EXIT_OK
         if args.lab_command in ("break", "fix"):
             print(stack.day_two_knob(args.knob, broken=args.lab_command == "break"))
@@ -61,6 +81,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
     except stack.LabError as exc:
         print(f"cutover lab {args.lab_command}: {exc}")
         return EXIT_FAILED
+
+
+def _rel(path: Path) -> str:
+    """A lab path as the operator types it from the checkout (absolute elsewhere)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def register(cli: Group) -> None:

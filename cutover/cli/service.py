@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cutover import server
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group
+from cutover.signing import public_key_text
 from cutover.temporal import connect
 
 
@@ -29,13 +30,28 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
     # The worker's own sites: the only ones its workflows and steps act on (issue 13).
     store = SiteStore(Path(args.site_archive) if args.site_archive else default_archive())
-    refs = store.load(args.site or [_default_site()])
+    sites = args.site or [_default_site()]
+    refs = store.load(sites)
     logs.configure(args.log_level)
     address = telemetry.metrics_address(args.metrics_address)
     runtime = telemetry.metrics_runtime(address) if address else None
     # a worker may start alongside its server
     client = await connect(wait_seconds=60, runtime=runtime)
-    worker = build_worker(client, args.task_queue, sites=store)
+    from workers.audit import audit_activities, audit_log, worker_key
+
+    key_path = args.key or os.environ.get("CUTOVER_WORKER_KEY")
+    log_path = args.audit_log or os.environ.get("CUTOVER_AUDIT_LOG")
+    if key_path is None or log_path is None:
+        # serving the lab's site while it is up: the lab's worker key and audit log
+        from cutover.cli.lab import lab_worker_files
+
+        lab = lab_worker_files(sites)
+        if lab is not None:
+            key_path, log_path = key_path or str(lab[0]), log_path or str(lab[1])
+    key = worker_key(key_path)
+    log = audit_log(log_path)
+    audit = audit_activities(client, key, log)
+    worker = build_worker(client, args.task_queue, sites=store, audit=audit, key=key)
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
     stop = asyncio.Event()
@@ -48,6 +64,9 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             task_queue=args.task_queue,
             metrics_address=address,
             sites=[str(r) for r in refs],
+            audit_log=str(log),
+            key=key[0],
+            public_key=public_key_text(key[1].public_key()),
         )
         await stop.wait()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
@@ -79,6 +98,20 @@ def register(cli: Group) -> None:
         help="a site config this worker serves (repeat for several; default: $CUTOVER_SITE, "
         "else the lab's when it is up). Workflows name their site and its digest; the "
         "worker acts only on its own copy",
+    )
+    sp.add_argument(
+        "--key",
+        metavar="FILE",
+        help="the worker's Ed25519 key, which signs its audit log records and the "
+        "rollbacks a wave relays (default: $CUTOVER_WORKER_KEY, else the lab's when it serves "
+        "the lab's site, else one created under ~/.local/state/cutover/keys)",
+    )
+    sp.add_argument(
+        "--audit-log",
+        metavar="FILE",
+        help="the hash-chained audit log the worker appends each finished cutover and wave "
+        "to (default: $CUTOVER_AUDIT_LOG, else the lab's when it serves the lab's site, else "
+        "~/.local/state/cutover/audit.jsonl)",
     )
     sp.add_argument(
         "--site-archive",

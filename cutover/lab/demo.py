@@ -7,8 +7,13 @@ meanwhile something writes to its source disk behind change tracking's back, so 
 window's full comparison (`data_consistency_confirmed`, a rollback criterion) fires and
 the cutover rolls back; `search`'s target answers 500 (lab knob), so its smoke test fails
 and the cutover is compensated back to the source. Live progress per application, then a
-summary table, then every world-facing invariant (`check_world`). Exit 0 only when every
-outcome is the expected one and every invariant holds.
+summary table, then every world-facing invariant (`check_world`), then the worker's audit
+log (`cutover audit verify`, `verify_audit`). Exit 0 only when every outcome is the expected
+one, every invariant holds and the audit log is whole.
+
+Every request is signed with the lab's keys (`cutover lab up` made them; the lab site's
+access policy names them): `lab-operator` starts the wave, `ops-lead` approves billing (the
+lab's regulated tier requires it; whoever started a cutover may not approve it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,9 +33,12 @@ import dns.query
 import libvirt
 
 from adapters.haproxy.runtime import HAProxyRuntime
+from cutover.cli.keys import signed
+from cutover.keyfiles import load_private_key
 from cutover.lab import disk, guest, stack
 from cutover.models import ApprovalRequest, CutoverResult, CutoverStatus
 from cutover.temporal import connect
+from cutover.wave import WaveResult
 
 EXPECTED = {"completes": "COMPLETED", "criterion-rollback": "ROLLED_BACK",
             "step-failure": "ROLLED_BACK"}  # fmt: skip
@@ -143,13 +152,16 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
     stack.set_knob("search", "target", failing=True)  # the search target answers 500
     proc = await asyncio.to_thread(
         subprocess.run,
-        [cutover, "wave", "run", str(stack.LAB / "wave.yaml"), "--site", state["site"]],
+        [cutover, "wave", "run", str(stack.LAB / "wave.yaml"), "--site", state["site"],
+         "--key", str(stack.key_file(stack.OPERATOR))],
         capture_output=True,
         text=True,
-    )
+    )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"cutover wave run failed: {proc.stderr or proc.stdout}")
-    print(proc.stdout.strip() or proc.stderr.strip(), file=out)
+    wave_id = proc.stdout.strip()
+    print(f"{wave_id}: started, signed by {stack.OPERATOR}", file=out)
+    approver = load_private_key(stack.key_file(stack.APPROVER))
     client = await connect(f"127.0.0.1:{stack.TEMPORAL_PORT}", "default", wait_seconds=10)
     handles = {
         n: client.get_workflow_handle(f"cutover-{n}", result_type=CutoverResult) for n in apps
@@ -189,10 +201,10 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
                               track=False)  # fmt: skip
                 expected_source[n] = disk.data_digest(ds, vm)
                 wrote_behind = True
-                await h.execute_update("approve", ApprovalRequest(approver="ops-lead",
-                                       comment="lab demo"))  # fmt: skip
-                print("  billing: wrote to its source behind CBT, then approved as ops-lead",
-                      file=out)  # fmt: skip
+                approval = ApprovalRequest(approver=stack.APPROVER, comment="lab demo")
+                await h.execute_update("approve", signed(approver, h.id, "approve", approval))
+                print(f"  billing: wrote to its source behind CBT, then approved by "
+                      f"{stack.APPROVER} (signed)", file=out)  # fmt: skip
             if st.outcome.value != "RUNNING" and n not in results:
                 results[n] = await h.result()
         line = _progress(statuses, pending)
@@ -200,7 +212,38 @@ async def run_wave(state: dict[str, Any], cutover: str, out: Any = sys.stdout) -
             print(f"  [{time.monotonic() - started:5.0f}s] {line}", file=out, flush=True)
             last = line
         await asyncio.sleep(1)
-    return {"results": results, "expected_source": expected_source}
+    # the wave appends its own audit record when it ends, after its cutovers
+    wave = client.get_workflow_handle(wave_id, result_type=WaveResult)
+    wave_result = await asyncio.wait_for(wave.result(), 120)
+    return {"results": results, "expected_source": expected_source, "wave": wave_result}
+
+
+def verify_audit(cutover: str, entries: int, out: Any = sys.stdout) -> list[str]:
+    """`cutover audit verify` on the lab worker's audit log, with the worker's public key:
+    what is wrong (empty when the chain is whole, with at least `entries` records, each
+    report derived again from its history)."""
+    log = stack.audit_log_file()
+    pub = stack.key_file(stack.WORKER).with_suffix(".pub")
+    argv = [cutover, "audit", "verify", str(log), "--key-pub", str(pub)]
+    env = {**os.environ, "TEMPORAL_ADDRESS": f"127.0.0.1:{stack.TEMPORAL_PORT}"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env, check=False)
+    print(f"  $ cutover audit verify {log} --key-pub {pub}", file=out)
+    print("\n".join(f"  {line}" for line in proc.stdout.strip().splitlines()), file=out)
+    if proc.returncode != 0:
+        return [f"cutover audit verify: exit {proc.returncode}: {proc.stderr.strip()}"]
+    problems = []
+    if ": whole: " not in proc.stdout:
+        problems.append(f"cutover audit verify did not say the chain is whole: {proc.stdout}")
+    found = json.loads(
+        subprocess.run([*argv, "--json", "--no-history"], capture_output=True, text=True,
+                       timeout=60, env=env, check=True).stdout
+    )  # fmt: skip
+    if found["entries"] < entries:
+        problems.append(
+            f"the audit log has {found['entries']} record(s), expected at least {entries} "
+            "(one per finished cutover and one for the wave)"
+        )
+    return problems
 
 
 def phases(r: Any) -> dict[str, float]:
@@ -265,6 +308,11 @@ def main() -> int:
         print(f"  PROBLEM: {p}")
     if not problems:
         print("  every outcome is the expected one; traffic and data are where they belong")
+    print("== checking the worker's audit log (hash chain, signatures, each report again)")
+    audit_problems = verify_audit(cutover, len(results) + 1)
+    for p in audit_problems:
+        print(f"  PROBLEM: {p}")
+    problems += audit_problems
     print(
         f"== every history: http://127.0.0.1:{stack.UI_PORT} (workflow list; query "
         'CutoverWave="lab-1"), or `cutover audit <app>`'

@@ -21,6 +21,13 @@
   `cutover-lab`).
 
 It writes the site config (`<lab>/site.yaml`), a runbook per application and a wave file.
+Governance (issue 13): keys under `<lab>/keys/` (`lab-operator` starts and steers,
+`ops-lead` approves, `worker` signs the worker's audit log and a wave's relayed rollbacks;
+kept across `up`s), the site's `access:` policy naming them, the applications' labels
+(tenant `lab`, tier, criticality), and WorkloadPolicy documents (`<lab>/workload-policies.yaml`,
+the seed's regulated-tier policy adapted to the lab) the site reads in. The lab's worker
+appends to `<lab>/audit.jsonl` (a fresh one per lab: its records' histories live in the lab's
+Temporal database).
 State (PIDs, addresses) is `<lab>/lab.json`; `down` stops exactly those PIDs and removes
 what cutovers made (domains, pools, volumes, staging); `up` after a crash does that first.
 Staging and target pools live in /var/lib/cutover/lab: QEMU runs as `libvirt-qemu` and must
@@ -91,6 +98,19 @@ APPS = [
 #: VM comes after the wave's; it is not in the demo's wave (its window is the seed's 90 min).
 DAY_TWO = "customer-analytics-api"
 SEED_RUNBOOK = ROOT / "examples" / "customer-analytics-api.yaml"
+#: The lab's principals: who starts and steers its cutovers, who approves them, and its
+#: worker (signs the audit log and the rollbacks a wave relays).
+OPERATOR, APPROVER, WORKER = "lab-operator", "ops-lead", "worker"
+#: The zone of the lab's target pool (workload policies' `compliance.residency`).
+POOL_ZONE = "lab-zone-a"
+#: Each application's labels (its tenant, tier, criticality): what access rules and workload
+#: policies match. billing is the regulated one (the demo approves it).
+LABELS: dict[str, dict[str, str]] = {
+    "shop": {"tier": "standard", "criticality": "high"},
+    "billing": {"tier": "regulated", "criticality": "critical"},
+    "search": {"tier": "standard", "criticality": "medium"},
+    DAY_TWO: {"tier": "standard", "criticality": "high"},
+}
 
 
 class LabError(RuntimeError):
@@ -99,6 +119,80 @@ class LabError(RuntimeError):
 
 def state_file() -> Path:
     return LAB / "lab.json"
+
+
+def key_file(name: str) -> Path:
+    """A lab principal's private key (`--key` of the CLI; its public key: NAME.pub)."""
+    return LAB / "keys" / f"{name}.key"
+
+
+def audit_log_file() -> Path:
+    """The audit log the lab's worker appends to (`cutover audit verify`)."""
+    return LAB / "audit.jsonl"
+
+
+def _lab_key(name: str) -> str:
+    """The principal's public key text; its key pair is made once and kept across `up`s
+    (an operator's $CUTOVER_KEY stays valid)."""
+    from cutover.keyfiles import create_key, load_private_key
+    from cutover.signing import public_key_text
+
+    path = key_file(name)
+    if not path.exists():
+        return create_key(name, path.parent)[2]
+    text = public_key_text(load_private_key(path)[1].public_key())
+    path.with_suffix(".pub").write_text(text + "\n", encoding="utf-8")
+    return text
+
+
+def access_policy(keys: dict[str, str]) -> dict[str, Any]:
+    """The lab's access policy: signed requests only; its operator and approver act on the
+    lab tenant's applications; whoever started a cutover does not approve it."""
+    from cutover.policy import DEFAULT_ROLES
+
+    every = ["start", "approve", "rollback", "extend", "finalize", "resume", "pause", "cancel"]
+    return {
+        "requireSignatures": True,
+        "separationOfDuties": True,
+        "principals": {
+            OPERATOR: {"publicKey": keys[OPERATOR], "roles": ["operator", "wave-runner"],
+                       "tenant": "lab", "team": "migration"},
+            APPROVER: {"publicKey": keys[APPROVER], "roles": ["approver"], "tenant": "lab",
+                       "team": "platform"},
+            WORKER: {"publicKey": keys[WORKER], "roles": ["worker"]},
+        },
+        "roles": {**{r: list(a) for r, a in DEFAULT_ROLES.items()}, "worker": ["rollback"]},
+        "rules": [
+            {"effect": "allow", "actions": every, "principal": {"tenant": "$app.tenant"}},
+            # the rollbacks a wave's cancel relays (the wave checked who cancelled)
+            {"effect": "allow", "actions": ["rollback"], "principal": {"roles": ["worker"]}},
+        ],
+    }  # fmt: skip
+
+
+def workload_policies() -> list[dict[str, Any]]:
+    """The seed's regulated-tier WorkloadPolicy adapted to the lab (its KVM target family
+    allowed, residency in the lab pool's zone), and the standard tier's."""
+
+    def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "policy.virtualmachine.space/v1", "kind": "WorkloadPolicy",
+                "metadata": {"name": name}, "spec": spec}  # fmt: skip
+
+    return [
+        policy("lab-regulated-tier-policy", {
+            "selector": {"matchLabels": {"tier": "regulated"}},
+            "requiresApproval": True,
+            "allowedPlatforms": ["vmware", "pextra", "nutanix", "openstack", "kvm"],
+            "gpuScheduling": {"allowModes": ["passthrough", "sriov", "vgpu", "mig"]},
+            "compliance": {"residency": [POOL_ZONE], "immutableAuditLog": True},
+        }),
+        policy("lab-standard-tier-policy", {
+            "selector": {"matchLabels": {"tier": "standard"}},
+            "requiresApproval": False,
+            "allowedPlatforms": ["kvm", "pextra"],
+            "compliance": {"residency": [POOL_ZONE], "immutableAuditLog": True},
+        }),
+    ]  # fmt: skip
 
 
 def load_state() -> dict[str, Any] | None:
@@ -259,12 +353,9 @@ def site_config(state: dict[str, Any]) -> dict[str, Any]:
     day = state.get("dayTwo")
     if day:
         site["checks"].update(day_two_checks(day))
-        site["applications"] = {
-            day["name"]: {
-                "sourceAddress": day["sourceAddress"],
-                "targetAddress": day["targetAddress"],
-            }
-        }
+        site["applications"][day["name"]].update(
+            sourceAddress=day["sourceAddress"], targetAddress=day["targetAddress"]
+        )
     return site
 
 
@@ -357,7 +448,12 @@ def _site_base(state: dict[str, Any]) -> dict[str, Any]:
         # TCG: the guest's kernel hangs under nested KVM (LAB.md)
         "libvirt": {"uri": state["libvirtUri"], "domainType": "qemu"},
         "storageMappings": [
-            {"sourceDatastore": "LocalDS_0", "targetPool": "cutover-lab", "format": "raw"}
+            {
+                "sourceDatastore": "LocalDS_0",
+                "targetPool": "cutover-lab",
+                "format": "raw",
+                "zone": POOL_ZONE,
+            }
         ],
         "loadBalancer": {
             "socket": str(LAB / "haproxy" / "admin.sock"),
@@ -413,6 +509,19 @@ def _site_base(state: dict[str, Any]) -> dict[str, Any]:
                 "expectValue": "{target_host}",
                 "description": "the application's name resolves to the target",
             },
+        },
+        # who may do what (every request signed by a lab key), and what a cutover may do
+        "access": access_policy(state["keys"]),
+        "workloadPolicyFiles": [str(LAB / "workload-policies.yaml")],
+        "applications": {
+            a["name"]: {
+                "labels": {
+                    "tenant": "lab",
+                    "environment": "lab",
+                    **LABELS.get(a["name"], {"tier": "standard"}),
+                }
+            }
+            for a in [*state["apps"], *([state["dayTwo"]] if state.get("dayTwo") else [])]
         },
     }
 
@@ -528,6 +637,12 @@ def up(
                 raise LabError(f"port {port} is in use: stop what listens there first")
     LAB.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"dir": str(LAB), "pids": {}, "apps": []}
+    state["keys"] = {name: _lab_key(name) for name in (OPERATOR, APPROVER, WORKER)}
+    (LAB / "workload-policies.yaml").write_text(
+        yaml.safe_dump_all(workload_policies(), sort_keys=False)
+    )
+    # a fresh Temporal database: the old log's records could not be derived again
+    audit_log_file().unlink(missing_ok=True)
     try:
         _start_all(state, apps, disk_mib, libvirt_uri, concurrency or len(apps), window_minutes,
                    day_two)  # fmt: skip
