@@ -25,6 +25,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.service import RPCError
 
 from cutover.audit import audit
 from cutover.models import (
@@ -74,7 +75,10 @@ def access(**kw: Any) -> dict[str, Any]:
         "rules": [
             {
                 "effect": "allow",
-                "actions": ["start", "approve", "rollback", "extend", "finalize", "resume"],
+                "actions": [
+                    *("start", "approve", "rollback", "extend", "finalize", "resume"),
+                    *("pause", "cancel"),
+                ],
                 "principal": {"tenant": "$app.tenant"},
             }
         ],
@@ -131,8 +135,11 @@ async def begin(
 
 async def phase_of(handle: WorkflowHandle[Any, Any], phase: Phase) -> None:
     for _ in range(400):
-        if (await handle.query(AppCutoverWorkflow.status)).phase == phase:
-            return
+        try:
+            if (await handle.query(AppCutoverWorkflow.status)).phase == phase:
+                return
+        except RPCError:
+            pass  # not started yet (a wave's cutover)
         await _sleep()
     raise AssertionError(f"never reached {phase}")
 
@@ -395,3 +402,85 @@ def test_signatures_bind_the_signer() -> None:
     """The helper above signs as who it says (so the tests' refusals are real)."""
     sig: Signature = signed(ApprovalRequest(approver="x"), "w", "approve", "alice").signature
     assert sig.signer == "alice"
+
+
+async def test_a_wave_takes_only_signed_requests_and_its_relayed_rollbacks_are_signed(
+    raw_client: Client,
+) -> None:
+    """A wave's start and cancel are verified like a cutover's; the rollbacks its cancel
+    sends its cutovers are signed by the worker's key, which the site names."""
+    from activities.wave import WaveActivities
+    from cutover.wave import CancelRequest, WaveInput, WaveOutcome, workflow_id_for_wave
+    from tests.test_wave import wave_input
+    from workers.audit import worker_key
+    from workflows.wave import WaveWorkflow
+
+    queue = f"trust-{uuid.uuid4().hex[:8]}"
+    world = World()
+    names = [f"w{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    key = worker_key()
+    pol = access()
+    pol["principals"][key[0]] = {
+        "publicKey": public_key_text(key[1].public_key()),
+        "roles": ["worker"],
+    }
+    pol["roles"] = {
+        "operator": ["start", "rollback", "extend", "finalize", "resume", "pause", "cancel"],
+        "approver": ["approve", "rollback", "extend"],
+        "auditor": [],
+        "wave-runner": ["start", "cancel"],
+        "worker": ["rollback"],
+    }
+    pol["rules"].append(
+        {"effect": "allow", "actions": ["rollback"], "principal": {"roles": ["worker"]}}
+    )
+    labels = {n: {"labels": {"tenant": "retail"}} for n in names}
+    site_ = SiteConfig.model_validate(
+        {**site(taskQueue=queue).model_dump(mode="json"), "access": pol, "applications": labels}
+    )
+    plain = wave_input(
+        queue, names, onCancel="rollback", concurrency=2,
+        runbook={"approval": {"required": True, "approvers": ["ops-lead"]}},
+    )  # fmt: skip
+    wave = plain.model_copy(update={"site": site_})
+    shared().add(site_)
+    sent = wave.by_reference().model_copy(update={"requestedBy": "alice"})
+    wid = workflow_id_for_wave(wave.name)
+
+    def start(inp: WaveInput) -> Any:
+        return raw_client.start_workflow(WaveWorkflow.run, inp, id=wid, task_queue=queue)
+
+    acts = [*world.activities(), *WaveActivities(raw_client, signer=key).activities()]
+    async with build_worker(raw_client, queue, activities=acts):
+        # unsigned: refused before any cutover starts
+        unsigned = await start(sent)
+        with pytest.raises(WorkflowFailureError) as err:
+            await unsigned.result()
+        assert "start refused: unsigned" in str(err.value.cause)
+        sig = sign(KEYS["alice"], "alice", wid, "start", start_args(sent))
+        handle = await start(sent.model_copy(update={"signature": sig}))
+        cutovers = [
+            raw_client.get_workflow_handle(workflow_id_for(n), result_type=CutoverResult)
+            for n in names
+        ]
+        for c in cutovers:
+            await phase_of(c, Phase.AWAITING_APPROVAL)
+        # typed names are not senders
+        why = await refused(
+            lambda: handle.execute_update(
+                WaveWorkflow.cancel, CancelRequest(requestedBy="alice", reason="typed")
+            )
+        )
+        assert "unsigned" in why
+        stop = signed(
+            CancelRequest(requestedBy="alice", reason="test over"), wid, "cancel", "alice"
+        )
+        await handle.execute_update(WaveWorkflow.cancel, stop)
+        result = await handle.result()
+    assert result.outcome == WaveOutcome.CANCELLED
+    for c in cutovers:
+        done = await c.result()
+        assert done.outcome == Outcome.ROLLED_BACK, done.reason
+        relayed = [u for u in await accepted_updates(c) if "signature" in u]
+        assert [u["signature"]["signer"] for u in relayed] == [key[0]]
+        assert "asked by alice" in relayed[0]["reason"]
