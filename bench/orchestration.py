@@ -63,6 +63,7 @@ from temporalio.client import Client, WorkflowHandle
 from bench.raw_saga import RAW_ACTIVITIES, RawSagaWorkflow
 from cutover import server
 from cutover.models import CutoverInput, CutoverResult, Outcome
+from cutover.site import load_site
 from cutover.temporal import connect
 from tests.factories import cutover_input
 from tests.world import World
@@ -146,12 +147,29 @@ async def connect_when_ready(address: str, timeout: float = 60.0) -> Client:
 # ------------------------------------------------------------------- bench
 
 
+#: `--site FILE`: a real site's sections (vCenter, libvirt, mappings, ...) in every cutover,
+#: with the test catalog's probes (what a step input used to repeat, issue 13).
+SITE_FILE: list[str] = []
+
+
 def engine_input(task_queue: str) -> CutoverInput:
-    return cutover_input(
+    inp = cutover_input(
         task_queue,
         rollbackWindowMinutes=WINDOW_MINUTES,
         checkIntervalSeconds=CHECK_INTERVAL_SECONDS,
     )
+    if not SITE_FILE:
+        return inp
+    own = inp.resolved_site
+    real = load_site(SITE_FILE[0]).model_copy(
+        update={
+            "name": own.name,
+            "taskQueue": task_queue,
+            "checks": own.checks,
+            "access": own.access,
+        }
+    )
+    return inp.model_copy(update={"site": real})
 
 
 #: The warm-up cutover's history size, in bytes.
@@ -359,7 +377,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--timeout", type=float, default=900, help="give up after this many s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--site",
+        metavar="FILE",
+        help="use this site's sections in every cutover (its probes replaced by the test "
+        "catalog's): history bytes with a real site's size",
+    )
     args = p.parse_args(argv)
+    if args.site:
+        SITE_FILE.append(args.site)
     if args.n < 1 or args.concurrency < 1:
         p.error("--n and --concurrency must be at least 1")
 

@@ -156,7 +156,10 @@ def converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
     """The converted image, in this workflow's staging dir beside the staged disk (named
     after it, distinct from every name the warm copy uses)."""
     key = safe_name(disk_key, "disk key")
-    return application_dir(ctx.resolved_site, ctx.application, ctx.workflowId) / f"{key}.converted.{fmt}"
+    return (
+        application_dir(ctx.resolved_site, ctx.application, ctx.workflowId)
+        / f"{key}.converted.{fmt}"
+    )
 
 
 def legacy_converted_path(ctx: StepContext, disk_key: str, fmt: str) -> Path:
