@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.service import RPCError
 
 from cutover.catalog import BUILTIN_CHECKS
 from cutover.keyfiles import create_key
@@ -196,3 +197,21 @@ async def test_cli_wave_run_and_schedule_create_sign_the_wave_start(
         sent = WaveInput.model_validate(json.loads(await _first_input(client, run_id, None)))
         assert sent.startValidUntil == until and sent.signature is not None
         await sched.delete()
+
+
+async def test_cli_run_refuses_early_a_start_the_access_policy_refuses(
+    client: Client, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    """The CLI runs the workflow's own access check before it sends the start: a signer the
+    site does not allow is told why (exit 2) and nothing starts."""
+    queue = f"signed-{uuid.uuid4().hex[:8]}"
+    app = unique_app("early")
+    site, _ = write_site(tmp_path, queue, [app])
+    mallory, _, _ = create_key("mallory", tmp_path / "other-keys")
+    res = await acli(temporal_server, "run", str(tmp_path / f"{app}.yaml"), "--site", site,
+                     "--key", str(mallory))  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert "start refused by the access policy of site signed-start-test" in res.stderr
+    assert "'mallory' may not start" in res.stderr and "not a principal" in res.stderr
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(f"cutover-{app}").describe()

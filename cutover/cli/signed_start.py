@@ -18,6 +18,7 @@ from cutover import signing
 from cutover.cli.keys import ENV_KEY
 from cutover.keyfiles import Key
 from cutover.models import CutoverInput
+from cutover.policy import authorize_all
 from cutover.wave import WaveInput
 
 In = TypeVar("In", CutoverInput, WaveInput)
@@ -34,6 +35,7 @@ def signed_start(
     """`inp` as sent: by reference and, with a key, signed for `workflow_id`'s start by the
     key's principal (who it then names as `requestedBy`). Without a key: unsigned, and a
     warning on stderr (a site that requires signatures refuses the start, naming why)."""
+    from workflows import trust
     from workflows.trust import start_args  # the workflow's own digest of what it receives
 
     sent = inp.by_reference()
@@ -47,6 +49,14 @@ def signed_start(
     if key is None:
         return sent
     name, private = key
+    if access is not None:
+        # the workflow's own check, early: a start its policy refuses is not sent
+        site = inp.resolved_site
+        runbooks = [inp.runbook] if isinstance(inp, CutoverInput) else [a.runbook for a in inp.apps]
+        apps = [trust.app_attributes(site, rb)[0] for rb in runbooks]
+        why = authorize_all(access, name, "start", apps)
+        if why is not None:
+            raise ValueError(f"start refused by the access policy of site {site.name}: {why}")
     update: dict[str, Any] = {"requestedBy": name}
     if valid_until is not None:
         update["startValidUntil"] = valid_until
