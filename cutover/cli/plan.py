@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group, emit
 from cutover.config import load_file
+from cutover.inventory import Inventory
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -61,6 +62,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     result = make_plan(inventory, deps, policy, mapping, missing)
     out = Path(args.output)
     written = write_plan(result, out)
+    violations = _policy_findings(args.site, written, inventory)
     p = result.plan
     text = (
         f"{len(p.applications)} application(s) in {len(p.waves)} wave(s) "
@@ -69,6 +71,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"{deps.unknownRows} dependency row(s) name servers not in the inventory"
         + (f"; missing sheets: {', '.join(missing)}" if missing else "")
         + f"\nwrote {out}/plan.json, report.html, report.md, waves/ and runbooks/"
+        + "".join(f"\nworkload policy: {v}" for v in violations)
     )
     emit(
         {
@@ -79,11 +82,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "unknownDependencyRows": deps.unknownRows,
             "missingSheets": missing,
             "files": [str(f) for f in written],
+            "workloadPolicyViolations": violations,
         },
         args.json,
         text,
     )
     return EXIT_OK
+
+
+def _policy_findings(site_file: str | None, written: list[Path], inventory: Inventory) -> list[str]:
+    """The planned runbooks under the site's workload policies (what `validate` and the
+    workflow will refuse), with the inventory's devices: each as `FILE: violation`."""
+    if not site_file:
+        return []
+    from cutover.policy_check import check_runbook
+    from cutover.runbook import Runbook
+    from cutover.site import load_site
+
+    site = load_site(site_file)
+    if not site.workloadPolicies:
+        return []
+    found: list[str] = []
+    for path in written:
+        if path.parent.name != "runbooks" or path.suffix not in (".yaml", ".yml"):
+            continue
+        runbook = load_file(Runbook, path)
+        check = check_runbook(site.workloadPolicies, runbook, site, inventory=inventory)
+        found += [f"{path}: {v.message}" for v in check.violations]
+    return found
 
 
 def cmd_exit_report(args: argparse.Namespace) -> int:
