@@ -6,17 +6,19 @@ so the cutover unwinds exactly as when an operator runs `cutover rollback`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cutover.keyfiles import Key
-from cutover.models import RollbackRequest
+from cutover.models import CutoverResult, RollbackRequest
 from cutover.signing import sign
-from cutover.wave import REQUEST_ROLLBACK, CutoverRollback
+from cutover.wave import AWAIT_CUTOVER, REQUEST_ROLLBACK, CutoverRollback, CutoverWait
 
 
 class WaveActivities:
@@ -27,7 +29,28 @@ class WaveActivities:
         self._signer = signer
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.request_rollback]
+        return [self.request_rollback, self.await_cutover]
+
+    @activity.defn(name=AWAIT_CUTOVER)
+    async def await_cutover(self, req: CutoverWait) -> CutoverResult:
+        """The result of a cutover an earlier run of the wave started, heartbeating while
+        it runs (a dead worker's wait is taken over after one heartbeat timeout)."""
+        handle = self._client.get_workflow_handle(req.workflowId, result_type=CutoverResult)
+        result: asyncio.Future[CutoverResult] = asyncio.ensure_future(handle.result())
+        try:
+            while True:  # the result follows the cutover's continued windows
+                done, _ = await asyncio.wait({result}, timeout=5)
+                if done:
+                    return result.result()
+                activity.heartbeat()
+        except WorkflowFailureError as exc:
+            raise ApplicationError(
+                f"the cutover workflow failed: {getattr(exc.cause, 'message', exc.cause)}",
+                type="CutoverFailed",
+                non_retryable=True,
+            ) from None
+        finally:
+            result.cancel()
 
     @activity.defn(name=REQUEST_ROLLBACK)
     async def request_rollback(self, req: CutoverRollback) -> str:

@@ -462,6 +462,13 @@ class WaveResult(_M):
 
 #: The activity that asks a running cutover to roll back (its `rollback` update).
 REQUEST_ROLLBACK = "request_cutover_rollback"
+#: The activity that waits for a cutover a wave's earlier run started (its result, by ID):
+#: a wave continues as new without draining its running cutovers (issue 17).
+AWAIT_CUTOVER = "await_cutover_result"
+
+
+class CutoverWait(_M):
+    workflowId: str
 
 
 class CutoverRollback(_M):

@@ -52,6 +52,9 @@ async def main(mode: str = "") -> None:
             if mode == "signed":
                 await signed_runs(client)
                 return
+            if mode == "reattach":
+                await reattach(client)
+                return
             await waves(client)
             if mode == "waves":
                 return
@@ -294,6 +297,22 @@ async def signed_runs(client: Client) -> None:
         wave = await start_wave(client, wave_input(queue, ["r1", "r2"]))  # sent by reference
         await wave.result()
         await write(wave, "v3_wave_by_reference")
+
+
+async def reattach(client: Client) -> None:
+    """Issue 17: a wave continues as new while a slow cutover runs; the next run awaits it
+    by ID (first run: the continue-as-new without a drain; last run: the re-attach)."""
+    from tests.test_wave import apps, wave_input
+    from tests.test_wave import start as start_wave
+
+    names = apps(4)
+    world = World(slow_for={names[1]: 0.5})
+    async with running(client, world) as queue:
+        wave = await start_wave(client, wave_input(queue, names, concurrency=2,
+                                                   continueAsNewAfter=1))  # fmt: skip
+        await wave.result()
+        await write(wave, "v3_wave_reattach_first_run")
+        await write(client.get_workflow_handle(wave.id), "v3_wave_reattach_last_run")
 
 
 async def write(handle: object, name: str) -> None:

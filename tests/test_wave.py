@@ -328,6 +328,34 @@ async def test_large_wave_continues_as_new_and_accounts_for_every_child(client: 
     assert desc.run_id != handle.first_execution_run_id
 
 
+async def test_continue_as_new_leaves_no_slot_idle_and_awaits_the_running_cutover(
+    client: Client,
+) -> None:
+    """Issue 17: at continue-as-new the wave does not drain its running cutovers: the next
+    run starts new ones at once and awaits the one still running by its ID. Before: the
+    wave waited for the slow cutover to end before any cutover of its next run started."""
+    names = apps(4)
+    slow = names[1]
+    world = World(slow_for={slow: 0.5})  # seconds longer than the others
+    async with running(client, world) as queue:
+        inp = wave_input(queue, names, concurrency=2, continueAsNewAfter=1)
+        handle = await start(client, inp)
+        result = await handle.result()
+    assert result.outcome == WaveOutcome.COMPLETED, result.reason
+    assert result.counts.completed == 4 and result.runs >= 2
+    by = {a.application: a for a in result.applications}
+    assert all(a.startedAt and a.endedAt for a in by.values())
+    # the slow one was awaited across the boundary: the next cutover started (in the next
+    # run, the first finishing made it due) while it still ran
+    t0 = min(a.startedAt for a in by.values() if a.startedAt)
+    spans = {
+        n: ((by[n].startedAt - t0).total_seconds(), (by[n].endedAt - t0).total_seconds())  # type: ignore[operator]
+        for n in names
+    }
+    assert spans[names[2]][0] < spans[slow][1], (slow, spans, result.runs)
+    assert by[slow].downtimeSeconds is not None  # its result, read by ID, is accounted
+
+
 # --------------------------------------------------------------------- CLI
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")

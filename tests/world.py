@@ -57,6 +57,8 @@ class World:
     landed_then_failed: set[str] = field(default_factory=set)
     #: steps that wait this many seconds, heartbeating (cancellable), before they finish
     slow: dict[str, float] = field(default_factory=dict)
+    #: application -> seconds each of its steps takes (heartbeating)
+    slow_for: dict[str, float] = field(default_factory=dict)
     #: what `verify_not_migrated` finds: the source's marks (None: not migrated)
     migrated: str | None = None
     #: check name -> seconds each evaluation takes (heartbeating, cancellable)
@@ -103,8 +105,9 @@ class World:
                 where = [{"trafficOn": "source"}] if name == "restore_load_balancer" else []
                 raise ApplicationError(f"{name} landed, then failed (test)", *where,
                                        type="InvalidState", non_retryable=True)  # fmt: skip
-            if name in self.slow:
-                end = asyncio.get_running_loop().time() + self.slow[name]
+            pause = self.slow.get(name, self.slow_for.get(inp.context.application, 0.0))
+            if pause:
+                end = asyncio.get_running_loop().time() + pause
                 while asyncio.get_running_loop().time() < end:
                     activity.heartbeat()
                     await asyncio.sleep(0.05)

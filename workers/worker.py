@@ -32,6 +32,7 @@ from cutover.catalog import APPEND_AUDIT_RECORD, RESOLVE_SITE
 from cutover.keyfiles import Key
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
+from cutover.wave import AWAIT_CUTOVER, REQUEST_ROLLBACK
 from workers.audit import audit_activities, worker_key
 from workers.heartbeat import HeartbeatKeepAlive
 from workers.registry import dns_updater, load_balancer, target_steps
@@ -109,6 +110,9 @@ def build_worker(
     given = {getattr(a, "__temporal_activity_definition").name for a in acts}
     if RESOLVE_SITE not in given:
         acts.append(SiteActivities(store).resolve_site)
+    if AWAIT_CUTOVER not in given and REQUEST_ROLLBACK not in given:
+        # what a wave asks of Temporal itself (a worker running waves needs them)
+        acts += WaveActivities(client, signer=key).activities()
     if APPEND_AUDIT_RECORD not in given:
         # every workflow ends by appending its record to the worker's audit log
         acts += (audit or audit_activities(client, key)).activities()

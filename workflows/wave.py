@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from cutover.policy import Action
     from cutover.site import SiteConfig
     from cutover.wave import (
+        AWAIT_CUTOVER,
         FINISHED,
         REQUEST_ROLLBACK,
         WAVE_INPUT_PLACEHOLDER,
@@ -52,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         AppSummary,
         CancelRequest,
         CutoverRollback,
+        CutoverWait,
         PauseRequest,
         WaveApp,
         WaveCarry,
@@ -83,6 +85,8 @@ _BLOCKING = (AppState.ROLLED_BACK, AppState.FAILED, AppState.SKIPPED, AppState.N
 PATCH_INPUT_RULES = "wave-input-rules"
 #: run() waits for running update handlers (a `cancel` sending rollbacks) before returning.
 PATCH_WAIT_HANDLERS = "wave-waits-for-handlers"
+#: A run continues as new without draining its running cutovers; the next awaits them.
+PATCH_REATTACH = "wave-reattach"
 
 
 def _short(text: str) -> str:
@@ -131,6 +135,8 @@ class WaveWorkflow:
         self._changed = False
         self._phase: WavePhase | None = None
         self._draining = False
+        #: child starts in flight (a run does not continue as new under one)
+        self._starting = 0
         # Issue 13: a wave whose input names its site takes only signed, authorized requests.
         self._signed = inp.site is None
         self._by_ref = False
@@ -308,6 +314,7 @@ class WaveWorkflow:
 
     async def _drive(self) -> None:
         c, inp = self._carry, self._inp
+        self._reattach()
         if inp.approval.required and c.approvedBy is None and c.cancelledBy is None:
             await workflow.wait_condition(
                 lambda: c.approvedBy is not None or c.cancelledBy is not None,
@@ -317,7 +324,15 @@ class WaveWorkflow:
             self._check_window()
             self._skip_blocked()
             if not self._stopping() and not c.paused:
-                self._draining = self._draining or self._continue_as_new_due()
+                due = self._continue_as_new_due()
+                if due and not self._draining and workflow.patched(PATCH_REATTACH):
+                    # No drain: the next run waits for the running cutovers by their IDs,
+                    # so no slot idles at the boundary (once no child start is in flight).
+                    await workflow.wait_condition(
+                        lambda: not self._starting and workflow.all_handlers_finished()
+                    )
+                    self._continue_as_new()
+                self._draining = self._draining or due
                 if not self._draining:
                     self._start_ready()
             self._sync()
@@ -392,9 +407,50 @@ class WaveWorkflow:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def _reattach(self) -> None:
+        """The cutovers an earlier run started and left running (it continued as new without
+        draining them): awaited by ID, in the slots they hold."""
+        for name, summary in self._apps.items():
+            if summary.state == AppState.RUNNING and name not in self._running:
+                self._running.add(name)
+                task = asyncio.create_task(self._await_earlier(name))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _await_earlier(self, name: str) -> None:
+        summary = self._apps[name]
+        try:
+            result: CutoverResult = await workflow.execute_activity(
+                AWAIT_CUTOVER,
+                CutoverWait(workflowId=summary.workflowId),
+                result_type=CutoverResult,
+                heartbeat_timeout=timedelta(seconds=self._inp.tuning.heartbeatSeconds),
+                # a cutover's window, extends and a blocked rollback fit in this bound
+                start_to_close_timeout=timedelta(days=90),
+                retry_policy=RetryPolicy(
+                    maximum_interval=timedelta(minutes=1),
+                    non_retryable_error_types=["CutoverFailed"],
+                ),
+                summary=f"await {summary.workflowId}",
+            )
+        except ActivityError as err:
+            self._running.discard(name)
+            self._done(name, AppState.FAILED, _cause(err))
+            return
+        self._finished(name, result)
+
+    def _finished(self, name: str, result: CutoverResult) -> None:
+        summary = self._apps[name]
+        self._running.discard(name)
+        summary.downtimeSeconds = result.downtimeSeconds
+        summary.recoverySeconds = recovery_seconds(result)
+        summary.bytesMoved = result.bytesMoved
+        self._done(name, _STATE_OF.get(result.outcome, AppState.FAILED), result.reason)
+
     async def _run_child(self, app: WaveApp) -> None:
         name = app.application
         summary = self._apps[name]
+        self._starting += 1
         try:
             handle = await workflow.start_child_workflow(
                 AppCutoverWorkflow.run,
@@ -407,6 +463,7 @@ class WaveWorkflow:
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                 static_summary=f"Cutover of {name} (wave {self._inp.name})",
             )
+            self._starting -= 1
             c = self._carry
             if c.cancelledBy is not None and c.cancelPolicy == "rollback":
                 # cancelled while this start was in flight: it rolls back like the others
@@ -415,6 +472,7 @@ class WaveWorkflow:
                 )
             result: CutoverResult = await handle
         except WorkflowAlreadyStartedError:
+            self._starting -= 1
             self._running.discard(name)
             self._settle(
                 name,
@@ -426,11 +484,7 @@ class WaveWorkflow:
             self._running.discard(name)
             self._done(name, AppState.FAILED, f"the cutover workflow failed: {_cause(err)}")
             return
-        self._running.discard(name)
-        summary.downtimeSeconds = result.downtimeSeconds
-        summary.recoverySeconds = recovery_seconds(result)
-        summary.bytesMoved = result.bytesMoved
-        self._done(name, _STATE_OF.get(result.outcome, AppState.FAILED), result.reason)
+        self._finished(name, result)
 
     def _done(self, name: str, state: AppState, reason: str) -> None:
         self._settle(name, state, reason)
