@@ -43,6 +43,7 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import logging
 import os
 import platform
 import signal
@@ -59,9 +60,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.runtime import LogForwardingConfig, LoggingConfig, Runtime, TelemetryConfig
 
 from bench.raw_saga import RAW_ACTIVITIES, RawSagaWorkflow
-from cutover import server
+from cutover import logs, server
 from cutover.models import CutoverInput, CutoverResult, Outcome
 from cutover.site import load_site
 from cutover.temporal import connect
@@ -109,6 +111,33 @@ class Side:
             "workflows_per_s": round(self.workflows_per_s, 3),
             "activities_per_s": round(self.activities_per_s, 3),
         }
+
+
+# ------------------------------------------------------------------ logging
+
+
+def logs_to_stderr(level: str = "WARNING") -> None:
+    """Every log line of the bench's process on stderr, so stdout carries only the report.
+
+    Unconfigured, structlog prints to stdout (its default PrintLogger): the worker's
+    "activity completed" line for every activity landed ahead of `--json`. `logs.configure`
+    routes structlog and stdlib logging to stderr; the SDK core's own log lines (Rust) are
+    forwarded to that stdlib logging too, instead of its console writer. Call before any
+    client exists (the default runtime is set here). The level defaults to WARNING: a line
+    per activity would cost the worker CPU the bench measures.
+    """
+    logs.configure(level)
+    Runtime.set_default(
+        Runtime(
+            telemetry=TelemetryConfig(
+                logging=LoggingConfig(
+                    filter=LoggingConfig.default.filter,
+                    forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+                )
+            )
+        ),
+        error_if_already_set=False,
+    )
 
 
 # ------------------------------------------------------------------ server
@@ -377,6 +406,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     p.add_argument("--timeout", type=float, default=900, help="give up after this many s")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--log-level", default="WARNING", help="the worker's log level (to stderr)")
     p.add_argument(
         "--site",
         metavar="FILE",
@@ -388,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         SITE_FILE.append(args.site)
     if args.n < 1 or args.concurrency < 1:
         p.error("--n and --concurrency must be at least 1")
+    logs_to_stderr(args.log_level)
 
     with tempfile.TemporaryDirectory(prefix="cutover-bench-") as d:
         port = free_port()

@@ -1,11 +1,12 @@
-"""A large wave against raw Temporal sagas doing as many activities, in one run.
+"""A large wave against raw Temporal sagas doing as many activities.
 
-    .venv/bin/python -m bench.wave [--apps 1800] [--concurrency 100] [--order raw-first] [--json]
+    .venv/bin/python -m bench.wave [--apps 1800] [--concurrency 100]
+        [--order fresh|raw-first|wave-first] [--repeat N] [--json]
 
-Starts its own headless Temporal dev server (temp SQLite file, free port) and stops it at
-the end by its process group. One in-process worker (`workers.worker.build_worker`) serves
-everything on one task queue, with instant activities (`tests.world.World` for the wave's
-cutovers, no-ops for the baseline).
+One in-process worker (`workers.worker.build_worker`) serves everything on one task queue,
+with instant activities (`tests.world.World` for the wave's cutovers, no-ops for the
+baseline), against a headless Temporal dev server on its own temp SQLite file (free ports,
+stopped by its process group at the end).
 
 - wave: one `WaveWorkflow` of `--apps` applications, each the test seed runbook
   (`tests.factories.SEED`: K activities per cutover, counted from the World), a rollback
@@ -15,9 +16,19 @@ cutovers, no-ops for the baseline).
   after another (the orchestration bench's baseline), at most `--concurrency` in flight
   (a new one starts when one ends), i.e. the same activity count and the same parallelism.
 
-Reported: wall seconds, cutovers (workflows) per second and activities per second per side,
-the wave/raw ratio of activities/s (target >= 0.8), and peak RSS of this process (the
-worker, plus the client) and of the Temporal server (sampled every 0.5 s from /proc).
+Orders. A dev server slows down as its SQLite database fills (issue 17: whichever side ran
+second on one server took 1.7-2.7x as long), so the default `fresh` runs each side on its own
+new server and database, one after the other; `--repeat N` does it N times, alternating
+which side goes first. `raw-first` and `wave-first` run both sides on one server (each
+repetition a new one), as the bench first did: their ratio includes the decay.
+
+Reported per side: wall seconds, cutovers (workflows) per second, activities per second,
+completed activities per minute in the first and the last fifth of the side's run (every
+completion timestamped by the worker: `bench.decay.Completions`), the server's CPU seconds
+and its database size after the side; the wave/raw ratio of activities/s (target >= 0.8)
+per repetition and over all of them (total activities over total wall time per side); peak
+RSS of this process (worker and client) and of the Temporal server (sampled every 0.5 s).
+Logs go to stderr (`--log-level`, default WARNING): stdout carries only the report.
 """
 
 from __future__ import annotations
@@ -29,6 +40,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -40,11 +53,13 @@ from typing import Any
 
 from temporalio.client import Client
 
-from bench.orchestration import connect_when_ready, free_port, stop_server
+from bench.decay import Completions, Decay, DevServer
+from bench.orchestration import connect_when_ready, logs_to_stderr
 from bench.raw_saga import RAW_ACTIVITIES, RawSagaWorkflow
-from cutover import server
+from cutover.catalog import VERIFY_NOT_MIGRATED
 from cutover.models import Tuning
 from cutover.runbook import Runbook
+from cutover.telemetry import tracing_interceptor
 from cutover.wave import WaveApp, WaveInput, WaveOutcome, workflow_id_for_wave
 from tests.factories import SEED, site
 from tests.site_refs import by_reference
@@ -55,14 +70,25 @@ from workflows.wave import WaveWorkflow
 
 TARGET_RATIO = 0.8
 WORKER_RSS_LIMIT = 1 << 30
+ORDERS = ("fresh", "raw-first", "wave-first")
+MIB = 1 << 20
 
 
 @dataclass
 class Side:
     name: str
+    repetition: int
+    #: 1 or 2: which of its repetition's two sides this one was
+    position: int
+    #: "fresh": its own new server; "shared": the server the other side also used
+    server: str
     workflows: int
     activities: int
     wall_seconds: float
+    decay: Decay
+    server_cpu_seconds: float
+    db_bytes_after: int
+    peak_server_rss: int
 
     @property
     def workflows_per_s(self) -> float:
@@ -73,11 +99,11 @@ class Side:
         return self.activities / self.wall_seconds
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "workflows_per_s": round(self.workflows_per_s, 3),
-            "activities_per_s": round(self.activities_per_s, 3),
-        }
+        out = asdict(self)
+        out["decay"] = self.decay.as_json()
+        out["workflows_per_s"] = round(self.workflows_per_s, 3)
+        out["activities_per_s"] = round(self.activities_per_s, 3)
+        return out
 
 
 def rss_bytes(pid: int) -> int:
@@ -91,7 +117,7 @@ def rss_bytes(pid: int) -> int:
 
 
 class Peak:
-    """Peak RSS of this process and of the server, sampled in the background."""
+    """Peak RSS of this process and of a server, sampled in the background."""
 
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
@@ -137,11 +163,72 @@ def wave_input(task_queue: str, apps: int, concurrency: int, can_after: int) -> 
     )
 
 
+class Env:
+    """One dev server (own SQLite file), a client and one worker serving both sides."""
+
+    def __init__(self, d: Path) -> None:
+        self.d = d
+        self.world = World()
+        self.completions = Completions()
+        self.task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+        names = {getattr(a, "__temporal_activity_definition").name for a in self.world.activities()}
+        #: the activities a wave side counts (World.calls and check_calls; not the guard)
+        self.wave_types = names - {VERIFY_NOT_MIGRATED}
+        self.k = 0
+
+    async def __aenter__(self) -> Env:
+        self.server = DevServer.start(self.d / "temporal.db")
+        try:
+            self.client = await connect_when_ready(self.server.address)
+            self.worker = build_worker(
+                self.client,
+                self.task_queue,
+                activities=[*self.world.activities(), *RAW_ACTIVITIES],
+                workflows=[AppCutoverWorkflow, WaveWorkflow, RawSagaWorkflow],
+                interceptors=[tracing_interceptor(), self.completions],
+            )
+            await self.worker.__aenter__()
+        except BaseException:
+            self.server.stop()
+            raise
+        try:
+            await self._warm_up()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.worker.__aexit__(None, None, None)
+        finally:
+            self.server.stop()
+            shutil.rmtree(self.d, ignore_errors=True)  # a 1,800-app side leaves ~100s of MB
+
+    async def _warm_up(self) -> None:
+        """Sandbox imports, connections: a wave of 2 and 2 raw sagas; K from the wave."""
+        warm = wave_input(self.task_queue, 2, 2, 200)
+        h = await self.client.start_workflow(
+            WaveWorkflow.run,
+            by_reference(warm),
+            id=workflow_id_for_wave(warm.name),
+            task_queue=self.task_queue,
+        )
+        if (await h.result()).outcome != WaveOutcome.COMPLETED:
+            raise RuntimeError("warm-up wave did not complete")
+        self.k = (len(self.world.calls) + len(self.world.check_calls)) // 2
+        await measure_raw(self.client, self.task_queue, 2, self.k, 2)
+
+    def counted(self) -> int:
+        return len(self.world.calls) + len(self.world.check_calls)
+
+
 async def measure_wave(
-    client: Client, world: World, inp: WaveInput, k: int, apps: int
-) -> tuple[Side, int]:
-    before = len(world.calls) + len(world.check_calls)
-    t0 = time.perf_counter()
+    client: Client, env: Env, inp: WaveInput, apps: int
+) -> tuple[int, float, float, int]:
+    """(activities, t0, t1 on time.monotonic, workflow runs)."""
+    before = env.counted()
+    t0 = time.monotonic()
     handle = await client.start_workflow(
         WaveWorkflow.run,
         by_reference(inp),  # as `cutover wave run` sends it, the site served in-process
@@ -149,16 +236,19 @@ async def measure_wave(
         task_queue=inp.resolved_site.taskQueue,
     )
     result = await handle.result()
-    wall = time.perf_counter() - t0
+    t1 = time.monotonic()
     if result.outcome != WaveOutcome.COMPLETED or result.counts.completed != apps:
         raise RuntimeError(f"the wave did not complete: {result.outcome} {result.reason}")
-    done = len(world.calls) + len(world.check_calls) - before
-    if done != apps * k:
-        raise RuntimeError(f"the wave ran {done} activities, expected {apps} x {k}")
-    return Side("wave", apps, done, wall), result.runs
+    done = env.counted() - before
+    if done != apps * env.k:
+        raise RuntimeError(f"the wave ran {done} activities, expected {apps} x {env.k}")
+    return done, t0, t1, result.runs
 
 
-async def measure_raw(client: Client, task_queue: str, n: int, k: int, concurrency: int) -> Side:
+async def measure_raw(
+    client: Client, task_queue: str, n: int, k: int, concurrency: int
+) -> tuple[int, float, float]:
+    """(activities, t0, t1 on time.monotonic)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> int:
@@ -170,52 +260,104 @@ async def measure_raw(client: Client, task_queue: str, n: int, k: int, concurren
                 task_queue=task_queue,
             )
 
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     results = await asyncio.gather(*(one() for _ in range(n)))
-    wall = time.perf_counter() - t0
+    t1 = time.monotonic()
     if any(r != k for r in results):
         raise RuntimeError("a raw saga did not do its K steps")
-    return Side("raw", n, n * k, wall)
+    return n * k, t0, t1
 
 
-async def bench(
-    address: str, server_pid: int, apps: int, concurrency: int, can_after: int, order: str
-) -> tuple[int, list[Side], int, Peak]:
-    client = await connect_when_ready(address)
-    world = World()
-    task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-    worker = build_worker(
-        client,
-        task_queue,
-        activities=[*world.activities(), *RAW_ACTIVITIES],
-        workflows=[AppCutoverWorkflow, WaveWorkflow, RawSagaWorkflow],
-    )
-    peak = Peak(server_pid)
-    async with worker:
-        # Warm-up (sandbox imports, connections): a wave of 2; K from its activities.
-        warm = wave_input(task_queue, 2, 2, can_after)
-        h = await client.start_workflow(
-            WaveWorkflow.run,
-            by_reference(warm),
-            id=workflow_id_for_wave(warm.name),
-            task_queue=task_queue,
-        )
-        if (await h.result()).outcome != WaveOutcome.COMPLETED:
-            raise RuntimeError("warm-up wave did not complete")
-        k = (len(world.calls) + len(world.check_calls)) // 2
-        await measure_raw(client, task_queue, 2, k, 2)
-        inp = wave_input(task_queue, apps, concurrency, can_after)  # validated before the clock
-        peak.start()
-        sides: list[Side] = []
-        runs = 0
-        for name in ("raw", "wave") if order == "raw-first" else ("wave", "raw"):
-            if name == "raw":
-                sides.append(await measure_raw(client, task_queue, apps, k, concurrency))
-            else:
-                side, runs = await measure_wave(client, world, inp, k, apps)
-                sides.append(side)
+@dataclass
+class Args:
+    apps: int
+    concurrency: int
+    can_after: int
+    timeout: float
+
+
+async def run_side(env: Env, name: str, a: Args, repetition: int, position: int,
+                   shared: bool) -> tuple[Side, int, int]:  # fmt: skip
+    """One side on env's server: (the side, the wave's runs or 0, this process's peak RSS)."""
+    inp = wave_input(env.task_queue, a.apps, a.concurrency, a.can_after) if name == "wave" else None
+    peak = Peak(env.server.proc.pid)
+    cpu0 = env.server.cpu_seconds()
+    peak.start()
+    runs = 0
+    try:
+        if inp is None:
+            done, t0, t1 = await asyncio.wait_for(
+                measure_raw(env.client, env.task_queue, a.apps, env.k, a.concurrency), a.timeout
+            )
+            types = {"bench_raw_step"}
+        else:
+            done, t0, t1, runs = await asyncio.wait_for(
+                measure_wave(env.client, env, inp, a.apps), a.timeout
+            )
+            types = env.wave_types
+    finally:
         peak.stop()
-    return k, sides, runs, peak
+    side = Side(
+        name=name,
+        repetition=repetition,
+        position=position,
+        server="shared" if shared else "fresh",
+        workflows=a.apps,
+        activities=done,
+        wall_seconds=round(t1 - t0, 2),
+        decay=Decay.of(env.completions.between(t0, t1, types), t0, t1),
+        server_cpu_seconds=round(env.server.cpu_seconds() - cpu0, 1),
+        db_bytes_after=sum(env.server.db_bytes().values()),
+        peak_server_rss=peak.server,
+    )
+    return side, runs, peak.worker
+
+
+async def bench(d: Path, a: Args, order: str, repeat: int) -> tuple[int, list[Side], int, int]:
+    """(K, sides in run order, the wave's workflow runs, this process's peak RSS)."""
+    sides: list[Side] = []
+    k = runs = worker_peak = 0
+
+    def note(env: Env, result: tuple[Side, int, int]) -> None:
+        nonlocal k, runs, worker_peak
+        if k and env.k != k:
+            raise RuntimeError(f"K changed between servers: {k} then {env.k}")
+        k = env.k
+        sides.append(result[0])
+        runs = max(runs, result[1])
+        worker_peak = max(worker_peak, result[2])
+
+    for rep in range(1, repeat + 1):
+        if order == "fresh":
+            names = ("raw", "wave") if rep % 2 else ("wave", "raw")
+            for pos, name in enumerate(names, 1):
+                async with Env(d / f"{rep}-{name}") as env:
+                    note(env, await run_side(env, name, a, rep, pos, shared=False))
+        else:
+            names = ("raw", "wave") if order == "raw-first" else ("wave", "raw")
+            async with Env(d / f"{rep}-shared") as env:
+                for pos, name in enumerate(names, 1):
+                    note(env, await run_side(env, name, a, rep, pos, shared=True))
+    return k, sides, runs, worker_peak
+
+
+def ratio(sides: Sequence[Side]) -> float:
+    """wave/raw activities/s over these sides: total activities over total wall, per side."""
+
+    def rate(name: str) -> float:
+        mine = [s for s in sides if s.name == name]
+        return sum(s.activities for s in mine) / sum(s.wall_seconds for s in mine)
+
+    return rate("wave") / rate("raw")
+
+
+def commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, check=False)  # fmt: skip
+    except OSError:
+        return ""
+    return out.stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -227,35 +369,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--apps", type=int, default=1800, help="applications (default 1800)")
     p.add_argument("--concurrency", type=int, default=100, help="cutovers at once (100)")
     p.add_argument("--can-after", type=int, default=200, help="continue-as-new every N (200)")
-    p.add_argument("--order", choices=["raw-first", "wave-first"], default="raw-first")
-    p.add_argument("--timeout", type=float, default=3600, help="give up after this many s")
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="fresh",
+        help="fresh (default): each side on its own new server; raw-first, wave-first: both "
+        "sides on one server in that order",
+    )
+    p.add_argument("--repeat", type=int, default=1,
+                   help="repetitions (fresh: alternating which side goes first) (1)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=3600, help="give up on a side after this")
+    p.add_argument("--log-level", default="WARNING", help="the worker's log level (to stderr)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
-    if min(args.apps, args.concurrency, args.can_after) < 1:
-        p.error("--apps, --concurrency and --can-after must be at least 1")
+    if min(args.apps, args.concurrency, args.can_after, args.repeat) < 1:
+        p.error("--apps, --concurrency, --can-after and --repeat must be at least 1")
+    logs_to_stderr(args.log_level)
 
+    a = Args(args.apps, args.concurrency, args.can_after, args.timeout)
     with tempfile.TemporaryDirectory(prefix="cutover-bench-wave-") as d:
-        port = free_port()
-        proc = server.start(Path(d) / "temporal.db", port, ui_port=None, log=Path(d) / "log")
-        try:
-            k, sides, runs, peak = asyncio.run(
-                asyncio.wait_for(
-                    bench(f"127.0.0.1:{port}", proc.pid, args.apps, args.concurrency,
-                          args.can_after, args.order),
-                    args.timeout,
-                )
-            )  # fmt: skip
-        finally:
-            stop_server(proc)
-    raw = next(s for s in sides if s.name == "raw")
-    wave = next(s for s in sides if s.name == "wave")
-    ratio = wave.activities_per_s / raw.activities_per_s
-    mib = 1 << 20
+        k, sides, runs, worker_peak = asyncio.run(bench(Path(d), a, args.order, args.repeat))
+    overall = ratio(sides)
+    per_rep = [round(ratio([s for s in sides if s.repetition == r]), 4)
+               for r in range(1, args.repeat + 1)]  # fmt: skip
+    server_peak = max(s.peak_server_rss for s in sides)
     if args.json:
         print(
             json.dumps(
                 {
                     "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "commit": commit(),
                     "cpus": os.cpu_count(),
                     "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(),
@@ -266,11 +409,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "continue_as_new_after": args.can_after,
                     "wave_runs": runs,
                     "order": args.order,
+                    "repeat": args.repeat,
                     "sides": [s.as_json() for s in sides],
-                    "ratio_wave_raw_activities_per_s": round(ratio, 4),
+                    "ratio_wave_raw_by_repetition": per_rep,
+                    "ratio_wave_raw_activities_per_s": round(overall, 4),
                     "target": TARGET_RATIO,
-                    "peak_worker_rss_mib": round(peak.worker / mib, 1),
-                    "peak_server_rss_mib": round(peak.server / mib, 1),
+                    "peak_worker_rss_mib": round(worker_peak / MIB, 1),
+                    "peak_server_rss_mib": round(server_peak / MIB, 1),
                 },
                 indent=2,
             )
@@ -279,20 +424,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         f"{args.apps} applications, K={k} activities per cutover, concurrency "
         f"{args.concurrency}, continue-as-new every {args.can_after} ({runs} runs), order "
-        f"{args.order}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+        f"{args.order} x {args.repeat}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+        f"commit {commit() or '?'}"
     )
-    print(f"{'side':<6}{'workflows':>10}{'activities':>12}{'wall s':>9}{'cutovers/s':>12}"
-          f"{'activities/s':>14}")  # fmt: skip
+    print(f"{'rep':>3} {'side':<5}{'server':>8}{'activities':>11}{'wall s':>8}{'cutovers/s':>11}"
+          f"{'act/s':>8}{'1st 5th/min':>12}{'last 5th/min':>13}{'last/1st':>9}"
+          f"{'srv cpu s':>10}{'db MiB':>8}")  # fmt: skip
     for s in sides:
         print(
-            f"{s.name:<6}{s.workflows:>10}{s.activities:>12}{s.wall_seconds:>9.1f}"
-            f"{s.workflows_per_s:>12.2f}{s.activities_per_s:>14.1f}"
+            f"{s.repetition:>3} {s.name:<5}{s.server:>8}{s.activities:>11}{s.wall_seconds:>8.1f}"
+            f"{s.workflows_per_s:>11.2f}{s.activities_per_s:>8.1f}{s.decay.first:>12.0f}"
+            f"{s.decay.last:>13.0f}{s.decay.last_over_first:>9.2f}{s.server_cpu_seconds:>10.1f}"
+            f"{s.db_bytes_after / MIB:>8.1f}"
         )
-    print(f"ratio wave/raw activities/s: {ratio:.2f} (target >= {TARGET_RATIO})")
-    ok = "ok" if peak.worker < WORKER_RSS_LIMIT else "OVER 1 GiB"
+    reps = ", ".join(f"{r:.2f}" for r in per_rep)
+    print(f"ratio wave/raw activities/s: {overall:.2f} (by repetition: {reps}; "
+          f"target >= {TARGET_RATIO})")  # fmt: skip
+    ok = "ok" if worker_peak < WORKER_RSS_LIMIT else "OVER 1 GiB"
     print(
-        f"peak RSS: worker (this process) {peak.worker / mib:.0f} MiB ({ok}), "
-        f"Temporal server {peak.server / mib:.0f} MiB"
+        f"peak RSS: worker (this process) {worker_peak / MIB:.0f} MiB ({ok}), "
+        f"Temporal server {server_peak / MIB:.0f} MiB"
     )
 
 
