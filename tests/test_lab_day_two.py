@@ -115,7 +115,11 @@ def test_the_seed_runbook_runs_unedited_with_its_day_two_checks(
             ok = st["phase"] == "ROLLBACK_WINDOW" and all(
                 n in seen and seen[n]["passed"] for n in ELEVEN
             )
-            assert st["outcome"] == "RUNNING", (st, log.read_text()[-3000:])
+            assert st["outcome"] == "RUNNING", (
+                st.get("rollbackReason"),
+                st.get("leftWhere"),
+                log.read_text()[-1500:],
+            )
             return st if ok else None
 
         st = wait_for("the window with all eleven checks passing", all_passing, 600)
