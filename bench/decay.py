@@ -348,7 +348,7 @@ class Session:
 
 
 async def measure(
-    s: Session, index: int, apps: int, k: int, concurrency: int, delete: bool
+    s: Session, index: int, apps: int, k: int, concurrency: int, delete: bool, pause: float
 ) -> Batch:
     before = await asyncio.to_thread(s.server.persistence)
     cpu0, wcpu0 = s.server.cpu_seconds(), time.process_time()
@@ -368,6 +368,8 @@ async def measure(
         server_rss_after=s.server.rss_bytes(),
         top_persistence=persistence_delta(before, after),
     )
+    if pause:
+        await asyncio.sleep(pause)  # idle: the server catches up on its timer queue
     if delete:
         ids += s.warm_ids  # so that visibility can count down to none
         s.warm_ids = []
@@ -379,7 +381,7 @@ async def measure(
 
 async def bench(
     d: Path, mode: str, batches: int, apps: int, k: int, concurrency: int, delete: bool,
-    extra: Sequence[str],
+    pause: float, extra: Sequence[str],
 ) -> list[Batch]:  # fmt: skip
     out: list[Batch] = []
 
@@ -391,13 +393,13 @@ async def bench(
         async with Session(d / "temporal.db", extra) as s:
             await warm(s)
             for i in range(batches):
-                out.append(await measure(s, i + 1, apps, k, concurrency, delete))
+                out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause))
         return out
     for i in range(batches):
         db = d / ("temporal.db" if mode == "restart" else f"temporal-{i + 1}.db")
         async with Session(db, extra) as s:
             await warm(s)
-            out.append(await measure(s, i + 1, apps, k, concurrency, delete))
+            out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause))
     return out
 
 
@@ -413,11 +415,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--k", type=int, default=26, help="activities per saga (26, the seed's K)")
     p.add_argument("--concurrency", type=int, default=100, help="sagas at once (100)")
     p.add_argument("--delete-between", action="store_true", help="delete each batch after it")
+    p.add_argument("--pause-between", type=float, default=0, metavar="S",
+                   help="sit idle S seconds after each batch")  # fmt: skip
     p.add_argument("--pragma", action="append", default=[], metavar="K=V",
                    help="an extra --sqlite-pragma for the server")  # fmt: skip
     p.add_argument("--dynamic-config", action="append", default=[], metavar="K=V",
                    help="an extra --dynamic-config-value for the server")  # fmt: skip
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many s")
+    p.add_argument("--keep-db", metavar="DIR", help="keep the database(s) in DIR (to inspect)")
     p.add_argument("--log-level", default="WARNING", help="worker log level, to stderr")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
@@ -428,10 +433,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     extra += [f for kv in args.dynamic_config for f in ("--dynamic-config-value", kv)]
 
     with tempfile.TemporaryDirectory(prefix="cutover-bench-decay-") as d:
+        where = Path(args.keep_db) if args.keep_db else Path(d)
         out = asyncio.run(
             asyncio.wait_for(
-                bench(Path(d), args.mode, args.batches, args.apps, args.k, args.concurrency,
-                      args.delete_between, extra),
+                bench(where, args.mode, args.batches, args.apps, args.k, args.concurrency,
+                      args.delete_between, args.pause_between, extra),
                 args.timeout,
             )
         )  # fmt: skip
@@ -449,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "k": args.k,
                     "concurrency": args.concurrency,
                     "delete_between": args.delete_between,
+                    "pause_between": args.pause_between,
                     "server_flags": extra,
                     "batches": [b.as_json() for b in out],
                 },
