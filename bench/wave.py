@@ -166,8 +166,9 @@ def wave_input(task_queue: str, apps: int, concurrency: int, can_after: int) -> 
 class Env:
     """One dev server (own SQLite file), a client and one worker serving both sides."""
 
-    def __init__(self, d: Path) -> None:
+    def __init__(self, d: Path, server_args: Sequence[str] = ()) -> None:
         self.d = d
+        self.server_args = list(server_args)
         self.world = World()
         self.completions = Completions()
         self.task_queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -177,7 +178,7 @@ class Env:
         self.k = 0
 
     async def __aenter__(self) -> Env:
-        self.server = DevServer.start(self.d / "temporal.db")
+        self.server = DevServer.start(self.d / "temporal.db", self.server_args)
         try:
             self.client = await connect_when_ready(self.server.address)
             self.worker = build_worker(
@@ -274,6 +275,8 @@ class Args:
     concurrency: int
     can_after: int
     timeout: float
+    #: extra `temporal server start-dev` flags (e.g. a --dynamic-config-value to compare)
+    server_args: list[str]
 
 
 async def run_side(env: Env, name: str, a: Args, repetition: int, position: int,
@@ -331,11 +334,11 @@ async def bench(d: Path, a: Args, order: str, repeat: int) -> tuple[int, list[Si
         if order == "fresh":
             names = ("raw", "wave") if rep % 2 else ("wave", "raw")
             for pos, name in enumerate(names, 1):
-                async with Env(d / f"{rep}-{name}") as env:
+                async with Env(d / f"{rep}-{name}", a.server_args) as env:
                     note(env, await run_side(env, name, a, rep, pos, shared=False))
         else:
             names = ("raw", "wave") if order == "raw-first" else ("wave", "raw")
-            async with Env(d / f"{rep}-shared") as env:
+            async with Env(d / f"{rep}-shared", a.server_args) as env:
                 for pos, name in enumerate(names, 1):
                     note(env, await run_side(env, name, a, rep, pos, shared=True))
     return k, sides, runs, worker_peak
@@ -380,13 +383,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="repetitions (fresh: alternating which side goes first) (1)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=3600, help="give up on a side after this")
     p.add_argument("--log-level", default="WARNING", help="the worker's log level (to stderr)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="an extra flag for the dev server's command line (repeatable; e.g. "
+                   "--server-arg=--dynamic-config-value "
+                   "--server-arg=history.timerTaskBatchSize=1000)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     if min(args.apps, args.concurrency, args.can_after, args.repeat) < 1:
         p.error("--apps, --concurrency, --can-after and --repeat must be at least 1")
     logs_to_stderr(args.log_level)
 
-    a = Args(args.apps, args.concurrency, args.can_after, args.timeout)
+    a = Args(args.apps, args.concurrency, args.can_after, args.timeout, args.server_arg)
     with tempfile.TemporaryDirectory(prefix="cutover-bench-wave-") as d:
         k, sides, runs, worker_peak = asyncio.run(bench(Path(d), a, args.order, args.repeat))
     overall = ratio(sides)
@@ -410,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "wave_runs": runs,
                     "order": args.order,
                     "repeat": args.repeat,
+                    "server_args": args.server_arg,
                     "sides": [s.as_json() for s in sides],
                     "ratio_wave_raw_by_repetition": per_rep,
                     "ratio_wave_raw_activities_per_s": round(overall, 4),
