@@ -10,6 +10,15 @@ and fails the step, non-retryably, when:
 - p95 exceeds `maxP95Ratio` x the source's baseline p95 (the `baseline_p95_ms` fact an SLO
   pre-check measured), when there is a baseline.
 
+Before sampling it waits, boundedly, for the target to be ready: a guest that was just
+powered on refuses connections or answers 503 for its first seconds (longer on a loaded
+host), and sampling it then would roll back a cutover that a few seconds would have let
+through. It polls the URL, one request at a time with a short pause, until one answers the
+expected status or `ready_timeout` (30 s) passes; either way it then samples, so a target
+that never became ready still fails on its measured error rate, and the failure says it
+never answered. `ready_after_s`, `ready_within_bound` and `ready_polls` in the details say
+how the wait went.
+
 A failure is an ApplicationError of type `SmokeTestFailed` naming what was measured and what
 was expected; its details, and a passing step's `details`, carry the numbers.
 """
@@ -19,7 +28,10 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from typing import Any
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -35,13 +47,52 @@ from cutover.models import StepInput, StepResult
 REQUEST_TIMEOUT_SECONDS = 10.0
 #: How often a running smoke test heartbeats (so a cancellation reaches it).
 HEARTBEAT_SECONDS = 5.0
+#: How long the smoke test waits for a just-booted target to answer the expected status
+#: once, before it samples anyway. Fits the step's start-to-close (`stepTimeoutMinutes`).
+READY_TIMEOUT_SECONDS = 30.0
+#: The pause between two readiness requests.
+READY_PAUSE_SECONDS = 0.5
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """How the wait for the target went: whether one request answered the expected status
+    within the bound, after how long, in how many requests, and the last problem seen."""
+
+    ready: bool
+    after_s: float
+    polls: int
+    bound_s: float
+    last_error: str | None
+
+    def details(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "ready_within_bound": self.ready,
+            "ready_after_s": round(self.after_s, 3),
+            "ready_polls": self.polls,
+            "ready_bound_s": self.bound_s,
+        }
+        if self.last_error is not None:
+            d["ready_last_error"] = self.last_error
+        return d
 
 
 class SmokeActivities:
     """The smoke test step. Holds nothing: the target comes in the step's facts."""
 
-    def __init__(self, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+        ready_timeout: float = READY_TIMEOUT_SECONDS,
+        ready_pause: float = READY_PAUSE_SECONDS,
+    ) -> None:
+        if ready_timeout < 0 or ready_pause < 0:
+            raise ValueError("ready_timeout and ready_pause must not be negative")
         self.request_timeout = request_timeout
+        self.ready_timeout = ready_timeout
+        self.ready_pause = ready_pause
 
     @activity.defn(name=Step.SMOKE_TEST)
     async def smoke_test(self, inp: StepInput) -> StepResult:
@@ -58,30 +109,26 @@ class SmokeActivities:
         path = smoke.path if smoke.path.startswith("/") else f"/{smoke.path}"
         url = f"http://{address}{path}"
         stop = threading.Event()
-        task = asyncio.ensure_future(
-            asyncio.to_thread(
-                sample_http,
-                url,
-                samples=smoke.samples,
-                concurrency=smoke.concurrency,
-                timeout=self.request_timeout,
-                expect_status=smoke.expectStatus,
-                stop=stop,
-            )
-        )
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
-                if done:
-                    break
-                if activity.in_activity():
-                    activity.heartbeat({"smoke_test": url})
-            sampling = task.result()
+            readiness = await self._wait_ready(url, smoke.expectStatus, stop)
+            sampling = await _beating(
+                asyncio.to_thread(
+                    sample_http,
+                    url,
+                    samples=smoke.samples,
+                    concurrency=smoke.concurrency,
+                    timeout=self.request_timeout,
+                    expect_status=smoke.expectStatus,
+                    stop=stop,
+                ),
+                {"smoke_test": url},
+            )
         except BaseException:
             stop.set()  # cancelled: no new request starts; those in flight end by timeout
             raise
         baseline, baseline_note = _baseline(ctx.facts)
         failures, limits, details = judge(sampling, inp, baseline)
+        details.update(readiness.details())
         details["baseline"] = baseline is not None
         if baseline_note:
             details["baseline_note"] = baseline_note
@@ -90,9 +137,16 @@ class SmokeActivities:
         if failures:
             where = "" if baseline is not None else " (no source baseline to compare with)"
             errors = f"; errors: {sampling.describe_errors()}" if sampling.errors else ""
+            never = ""
+            if not readiness.ready:
+                never = (
+                    f"; the target never answered {smoke.expectStatus} within "
+                    f"{readiness.bound_s:g} s of power-on ({readiness.polls} requests, "
+                    f"the last: {readiness.last_error})"
+                )
             raise ApplicationError(
                 f"smoke test of {url} failed: {'; '.join(failures)}; measured {measured}, "
-                f"expected {expected}{where}{errors}",
+                f"expected {expected}{where}{errors}{never}",
                 details,
                 type=ErrorKind.SMOKE_TEST_FAILED.value,
                 non_retryable=True,
@@ -103,6 +157,54 @@ class SmokeActivities:
             details=details,
             attempt=_attempt(),
         )
+
+    async def _wait_ready(self, url: str, expect_status: int, stop: threading.Event) -> Readiness:
+        """Poll `url`, one request at a time (each bounded by the request timeout, cut to
+        what remains of the wait but at least 1 s), `ready_pause` apart, until one answers
+        `expect_status` or `ready_timeout` has passed (so "never ready" means it was asked up
+        to the bound; the wait overruns it by at most a pause and a second). Never fails:
+        the sampling that follows judges the target."""
+        start = time.monotonic()
+        polls, last = 0, None
+        while True:
+            left = self.ready_timeout - (time.monotonic() - start)
+            # one request of `sample_http`: a refusal, a timeout or another status is an error
+            probe = await _beating(
+                asyncio.to_thread(
+                    sample_http,
+                    url,
+                    samples=1,
+                    timeout=min(self.request_timeout, max(1.0, left)),
+                    expect_status=expect_status,
+                    stop=stop,
+                ),
+                {"smoke_test": url, "waiting": "target ready", "last": last},
+            )
+            polls += 1
+            waited = time.monotonic() - start
+            if probe.sent and not probe.errors:
+                return Readiness(True, waited, polls, self.ready_timeout, None)
+            last = next(iter(probe.error_kinds), "not sent")
+            if activity.in_activity():
+                activity.heartbeat({"smoke_test": url, "waiting": "target ready", "last": last})
+            if waited >= self.ready_timeout:
+                return Readiness(False, waited, polls, self.ready_timeout, last)
+            await asyncio.sleep(self.ready_pause)
+
+
+async def _beating(work: Awaitable[T], beat: dict[str, Any]) -> T:
+    """Await `work` (blocking calls in a thread), heartbeating `beat` every
+    HEARTBEAT_SECONDS so a cancellation reaches the activity meanwhile."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_SECONDS)
+            if done:
+                return task.result()
+            if activity.in_activity():
+                activity.heartbeat(beat)
+    finally:
+        task.cancel()  # no-op when done; a thread's call still ends by its own timeout
 
 
 def _baseline(facts: dict[str, str]) -> tuple[float | None, str]:

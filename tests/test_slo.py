@@ -298,7 +298,7 @@ async def test_smoke_test_passes_on_a_healthy_target(app: App) -> None:
         )
     )
     assert res.step == "smoke_test" and res.changed is False
-    assert app.paths == {"/healthz": 50}
+    assert app.paths == {"/healthz": 51}  # the readiness request, then 50 samples
     d = res.details
     assert d["samples"] == 50 and d["errors"] == 0 and d["baseline"] is False
     assert d["url"] == f"{app.url}/healthz" and 0 < d["p95_ms"] < 500
@@ -366,7 +366,8 @@ async def test_failing_smoke_test_rolls_the_cutover_back(client: Client, app: Ap
         f"step smoke_test failed: SmokeTestFailed: smoke test of {app.url}/ready failed: "
         "error rate 50% (10/20) > 0%; measured p50 "
     ), result.reason
-    assert app.paths == {"/ready": 20}  # one attempt: the failure is not retried
+    # one attempt (the failure is not retried): a readiness request, then 20 samples
+    assert app.paths == {"/ready": 21}
     assert "update_load_balancer" not in world.calls
     assert world.calls[-1] in ("restart_source", "remove_source_snapshot")
 
