@@ -167,9 +167,22 @@ class VSphereActivities:
         # The VMs' GPU / SR-IOV device modes, for workload policies' gpuScheduling (read
         # here: the guard is the one step before anything changes).
         modes = ""
-        if any(p.spec.gpuScheduling for p in inp.context.resolved_site.workloadPolicies):
+        site = inp.context.resolved_site
+        inv = None
+        if any(p.spec.gpuScheduling for p in site.workloadPolicies):
             inv = self._platform().inventory(vc)
             modes = ";".join(f"{v}:{'+'.join(device_modes(inv.vm(v)))}" for v in names)
+        placement: dict[str, str] = {}
+        if site.fleet is not None:
+            # where the VMs run and their disks lie: the fleet's placement and copy limits
+            inv = inv or self._platform().inventory(vc)
+            vms = [inv.vm(v) for v in names]
+            placement = {
+                "esxiHosts": ",".join(sorted({vm.host for vm in vms if vm.host})),
+                "datastores": ",".join(
+                    sorted({d.datastore for vm in vms for d in vm.disks if d.datastore})
+                ),
+            }
         return StepResult(
             step=inp.step,
             changed=False,
@@ -179,6 +192,7 @@ class VSphereActivities:
                 "vms": ",".join(names),
                 "marked": ",".join(marked),
                 **({"deviceModes": modes} if modes else {}),
+                **placement,
             },
             attempt=_attempt(),
         )

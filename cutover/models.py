@@ -274,6 +274,8 @@ class StepRecord(_M):
     changed: bool | None = None
     #: data steps: what the pass copied (progress and downtime reports)
     bytesMoved: int | None = None
+    #: the data host that ran it (a site with a fleet, issue 17)
+    host: str | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -303,6 +305,8 @@ class CutoverStatus(_M):
     #: what became of it ("kept on the source" by reverse sync, or "discarded ...").
     targetWrittenBytes: int | None = None
     targetWrites: str | None = None
+    #: the data host running its data path (a site with a fleet, issue 17)
+    dataHost: str | None = None
 
 
 class CutoverResult(_M):
@@ -327,6 +331,7 @@ class CutoverResult(_M):
     #: See `CutoverStatus.targetWrittenBytes` / `targetWrites`.
     targetWrittenBytes: int | None = None
     targetWrites: str | None = None
+    dataHost: str | None = None
 
 
 class SiteLookup(_M):

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from cutover.config import ConfigError, Problem, load_file
+from cutover.fleet import Fleet
 from cutover.policy import AccessPolicy, WorkloadPolicy, load_access_policy, load_workload_policies
 from cutover.runbook import Runbook, TargetPlatform
 from cutover.templating import TEMPLATED, check_placeholders
@@ -625,6 +626,8 @@ class SiteConfig(_Model):
     #: `workloadPolicyFiles` WorkloadPolicy documents.
     accessFile: NonEmpty | None = None
     workloadPolicyFiles: list[NonEmpty] = Field(default_factory=list)
+    #: Conversion hosts and copy limits (issue 17): unset, every step runs on `taskQueue`.
+    fleet: Fleet | None = None
 
     def with_endpoints(self, runbook: Runbook) -> Runbook:
         """The runbook with the addresses this site knows for it where it sets none."""

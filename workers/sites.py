@@ -147,24 +147,33 @@ class SiteActivities:
 
 
 class SiteInterceptor(Interceptor):
-    """Fills each step's site in from the worker's store, by the step's `siteRef`."""
+    """Fills each step's site in from the worker's store, by the step's `siteRef`.
+    `staging_dir`: this worker's own staging directory (a data host's `--staging-dir`),
+    in place of the site's `stagingDir`."""
 
-    def __init__(self, store: SiteStore) -> None:
+    def __init__(self, store: SiteStore, staging_dir: Path | None = None) -> None:
         self._store = store
+        self._staging = staging_dir
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _FillSite(next, self._store)
+        return _FillSite(next, self._store, self._staging)
 
 
 class _FillSite(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, store: SiteStore) -> None:
+    def __init__(
+        self, next: ActivityInboundInterceptor, store: SiteStore, staging: Path | None
+    ) -> None:
         super().__init__(next)
         self._store = store
+        self._staging = staging
 
     def _fill(self, value: Any) -> Any:
         if isinstance(value, StepContext):
             if value.site is None and value.siteRef is not None:
-                return value.model_copy(update={"site": self._store.resolve(value.siteRef)})
+                site = self._store.resolve(value.siteRef)
+                if self._staging is not None:
+                    site = site.model_copy(update={"stagingDir": str(self._staging)})
+                return value.model_copy(update={"site": site})
             return value
         if isinstance(value, BaseModel):
             update = {

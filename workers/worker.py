@@ -19,6 +19,7 @@ from activities.checks import CheckActivities
 from activities.convert import ConvertActivities
 from activities.disks import DiskActivities
 from activities.dns import DnsActivities
+from activities.fleet import FleetActivities
 from activities.loadbalancer import LoadBalancerActivities
 from activities.reverse_sync import ReverseSync
 from activities.smoke import SmokeActivities
@@ -29,6 +30,7 @@ from adapters.vsphere.client import ClientPool
 from adapters.vsphere.source import VSphereSource
 from cutover.audit.log_activity import AuditLogActivities
 from cutover.catalog import APPEND_AUDIT_RECORD, RESOLVE_SITE
+from cutover.fleet import FLEET_REQUEST
 from cutover.keyfiles import Key
 from cutover.logs import LoggingInterceptor
 from cutover.telemetry import tracing_interceptor
@@ -38,9 +40,10 @@ from workers.heartbeat import HeartbeatKeepAlive
 from workers.registry import dns_updater, load_balancer, target_steps
 from workers.sites import SiteActivities, SiteInterceptor, SiteStore, shared
 from workflows.cutover import AppCutoverWorkflow
+from workflows.fleet import FleetWorkflow
 from workflows.wave import WaveWorkflow
 
-WORKFLOWS: list[type] = [AppCutoverWorkflow, WaveWorkflow]
+WORKFLOWS: list[type] = [AppCutoverWorkflow, WaveWorkflow, FleetWorkflow]
 #: Our models are pure and deterministic: load them once, outside the sandbox.
 PASSTHROUGH = (
     "cutover",
@@ -113,6 +116,9 @@ def build_worker(
     if AWAIT_CUTOVER not in given and REQUEST_ROLLBACK not in given:
         # what a wave asks of Temporal itself (a worker running waves needs them)
         acts += WaveActivities(client, signer=key).activities()
+    if FLEET_REQUEST not in given:
+        # the fleet's ledger (issue 17): start-or-signal it, which hosts poll, who ended
+        acts += FleetActivities(client).activities()
     if APPEND_AUDIT_RECORD not in given:
         # every workflow ends by appending its record to the worker's audit log
         acts += (audit or audit_activities(client, key)).activities()

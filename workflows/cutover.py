@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import trust
 from workflows.cutover_bounds import NON_RETRYABLE, activity_bounds
+from workflows.cutover_fleet import DATA_HOST, WARM_DATA, CutoverFleet, HostLost
 from workflows.cutover_text import RollbackNow as _RollbackNow
 from workflows.cutover_text import cause as _cause
 from workflows.cutover_text import (
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         WarmStep,
     )
     from cutover.errors import ErrorKind
+    from cutover.fleet import SIGNAL_GRANT, STAGING_UNDOS, FleetGrant
     from cutover.metrics import BYTES_MOVED, CUTOVERS, DOWNTIME, TARGET_WRITTEN
     from cutover.models import (
         ApprovalRequest,
@@ -113,7 +115,7 @@ DEFAULT_APPROVAL_MINUTES = 24 * 60
 
 
 @workflow.defn(name="AppCutover")
-class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
+class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
     @workflow.init
     def __init__(self, inp: WorkflowInput) -> None:
         inp, self._input_error, self._platform_error = read_input(inp)
@@ -172,6 +174,12 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._policy_approval = False
         self._immutable_audit = False
         self._vm_devices: dict[str, list[str]] | None = None
+        # issue 17, a fleet: grants received, hosts that did not take their steps, the
+        # requests' counter, and where the VMs run and their disks lie (ESXi, datastores)
+        self._grants: dict[str, FleetGrant] = {}
+        self._dead_hosts: list[str] = []
+        self._fleet_seq = 0
+        self._placement: tuple[list[str], list[str]] = ([], [])
 
     # ----------------------------------------------------------------- run
 
@@ -217,6 +225,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             await self._resolve_site()
         result = await self._until_done(asyncio.ensure_future(self._run_v2()))
         if self._by_ref:
+            await self._fleet_done()  # the data host and any permit go back to the fleet
             why = await self._audit_record(result.outcome.value)
             if why is not None:
                 result.leftWhere.append(f"the audit log has no record of this cutover: {why}")
@@ -442,6 +451,8 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 vm: [m for m in ms.split("+") if m]
                 for vm, _, ms in (part.partition(":") for part in modes.split(";"))
             }
+        hosts, stores = (str(res.details.get(k) or "") for k in ("esxiHosts", "datastores"))
+        self._placement = ([h for h in hosts.split(",") if h], [d for d in stores.split(",") if d])
         if res.details.get("migrated") is not True:
             return None
         evidence = str(res.details.get("evidence") or "its source is marked migrated")
@@ -466,15 +477,25 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
 
     async def _warm_phase(self) -> None:
         self._set_phase(Phase.WARM_SYNC)
-        for step in (WarmStep.SNAPSHOT_SOURCE, WarmStep.PRE_COPY):
-            self._register_for(step)
-            await self._step(step, "warm")
-            if step == WarmStep.SNAPSHOT_SOURCE:
-                self._snapshot_at = workflow.now()
-            self._raise_if_rollback()
-        for n in range(1, self._inp.runbook.dataSync.incrementalPasses + 1):
-            await self._step(WarmStep.INCREMENTAL_SYNC, "warm", pass_number=n)
-            self._raise_if_rollback()
+        self._register_for(WarmStep.SNAPSHOT_SOURCE)
+        await self._step(WarmStep.SNAPSHOT_SOURCE, "warm")
+        self._snapshot_at = workflow.now()
+        self._raise_if_rollback()
+        while True:
+            try:
+                self._register_for(WarmStep.PRE_COPY)
+                await self._step(WarmStep.PRE_COPY, "warm")
+                self._raise_if_rollback()
+                for n in range(1, self._inp.runbook.dataSync.incrementalPasses + 1):
+                    await self._step(WarmStep.INCREMENTAL_SYNC, "warm", pass_number=n)
+                    self._raise_if_rollback()
+                return
+            except HostLost as lost:
+                if lost.step not in WARM_DATA:
+                    raise
+                # the source still serves: copy again, from the pre-copy, on another host
+                self._log(logging.WARNING, "data host lost", host=lost.host, reason=lost.reason)
+                await self._move_host(lost)
 
     async def _await_approval(self) -> None:
         if self._approved_by is None:
@@ -636,11 +657,29 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         return result
 
     async def _activity(
-        self, label: str, kind: StepKind, name: str, arg: Any, result_type: type[R], attempts: int
+        self,
+        label: str,
+        kind: StepKind,
+        name: str,
+        arg: Any,
+        result_type: type[R],
+        attempts: int,
+        on_data_host: bool = False,
     ) -> R:
         t = self._inp.tuning
         start_to_close, heartbeat = activity_bounds(name, arg, self._inp, self._v2)
-        record = StepRecord(name=label, kind=kind, startedAt=workflow.now())
+        # issue 17: a data step of a site with a fleet (or a check reading its staging)
+        route = await self._route(name, on_data_host)
+        if route is None and name in STAGING_UNDOS and self._fleet() is not None:
+            # no data host was ever assigned: nothing was staged anywhere
+            return cast(R, StepResult(step=name, changed=False, details={"dataHost": "none"}))
+        permit = await self._permits(name, label) if route is not None else None
+        record = StepRecord(
+            name=label,
+            kind=kind,
+            startedAt=workflow.now(),
+            host=route[0] if route is not None else None,
+        )
         self._records.append(record)
         self._current = label
         self._details()
@@ -657,12 +696,34 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                     maximum_attempts=attempts,
                     non_retryable_error_types=NON_RETRYABLE,
                 ),
-                summary=f"{kind} {label} for {self._inp.runbook.application}",
+                summary=f"{kind} {label} for {self._inp.runbook.application}"
+                + (f" on {route[0]}" if route is not None else ""),
+                task_queue=route[1] if route is not None else None,
+                schedule_to_start_timeout=route[2] if route is not None else None,
             )
         except ActivityError as err:
             record.endedAt, record.outcome, record.error = workflow.now(), "failed", _cause(err)
+            lost = self._lost(err, route, label) if route is not None else None
+            if lost is not None and name == RUN_CHECK:
+                record.error = lost.reason  # a check that could not run: it fails
+            elif lost is not None:
+                record.error = lost.reason
+                if name in STAGING_UNDOS:
+                    # only staging on a host that is gone: its cleanup removes it at its start
+                    record.outcome = "skipped"
+                    record.error = f"{lost.reason}; left to {lost.host}'s staging cleanup"
+                    self._log(logging.WARNING, "staging undo left", step=label, host=lost.host)
+                    return cast(
+                        R,
+                        StepResult(step=name, changed=False, details={"leftTo": lost.host}),
+                    )
+                self._log(logging.WARNING, "data host lost", step=label, host=lost.host)
+                raise lost from None
             self._log(logging.WARNING, "step failed", step=label, kind=kind, error=record.error)
             raise
+        finally:
+            if permit is not None:
+                await self._release(permit)
         record.endedAt, record.outcome = workflow.now(), "ok"
         if isinstance(result, StepResult):
             record.attempts, record.changed = result.attempt, result.changed
@@ -690,7 +751,15 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
                 else None,
             )
             try:
-                res = await self._activity(name, "check", RUN_CHECK, inp, CheckResult, 3)
+                res = await self._activity(
+                    name,
+                    "check",
+                    RUN_CHECK,
+                    inp,
+                    CheckResult,
+                    3,
+                    on_data_host=isinstance(probe, DataConsistencyProbe),
+                )
             except ActivityError as err:
                 res = CheckResult(name=name, phase=phase, passed=False, detail=_cause(err))
             res.at = workflow.now()
@@ -768,6 +837,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             checkRounds=self._rounds,
             targetWrittenBytes=self._target_written,
             targetWrites=self._target_writes,
+            dataHost=self._facts.get(DATA_HOST),
         )
 
     def _log(self, level: int, msg: str, **fields: Any) -> None:
@@ -846,6 +916,12 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
         self._nonces = {n: t for n, t in self._nonces.items() if now - t <= horizon}
         self._nonces[sig.nonce] = now
 
+    @workflow.signal(name=SIGNAL_GRANT)
+    def fleet_grant(self, grant: FleetGrant) -> None:
+        """The fleet workflow's answer to this cutover's request (issue 17)."""
+        if grant.token.startswith(f"{self._id}/"):
+            self._grants[grant.token] = grant
+
     @workflow.query(
         description="Phase, steps, checks and registered compensations (`cutover status`)."
     )
@@ -870,6 +946,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1):
             checkRounds=self._rounds,
             targetWrittenBytes=self._target_written,
             targetWrites=self._target_writes,
+            dataHost=self._facts.get(DATA_HOST),
         )
 
     @_async_update(

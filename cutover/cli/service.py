@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from cutover import server
-from cutover.cli.common import EXIT_FAILED, EXIT_OK, Group
+from cutover.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, Group
+from cutover.fleet import data_queue
 from cutover.signing import public_key_text
+from cutover.site import SiteConfig
 from cutover.temporal import connect
 
 
@@ -32,6 +36,10 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     store = SiteStore(Path(args.site_archive) if args.site_archive else default_archive())
     sites = args.site or [_default_site()]
     refs = store.load(sites)
+    problem = _role_problem(args, [store.resolve(r) for r in refs])
+    if problem is not None:
+        print(f"cutover worker: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     logs.configure(args.log_level)
     address = telemetry.metrics_address(args.metrics_address)
     runtime = telemetry.metrics_runtime(address) if address else None
@@ -51,17 +59,70 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     key = worker_key(key_path)
     log = audit_log(log_path)
     audit = audit_activities(client, key, log)
-    worker = build_worker(client, args.task_queue, sites=store, audit=audit, key=key)
+    from workers.fleet import build_data_worker, clean_staging, for_role
+    from workers.worker import default_activities
+
+    role, host = args.role, args.data_host
+    versioning = _versioning(args)
+    workers = []
+    cleaner = None
+    if role != "data":
+        acts = for_role(default_activities(client, key), role)
+        workers.append(
+            build_worker(
+                client,
+                args.task_queue,
+                activities=acts,
+                sites=store,
+                audit=audit,
+                key=key,
+                **versioning,
+            )
+        )
+    if host is not None:
+        staging = Path(args.staging_dir)  # absolute (argparse made it so)
+        workers.append(
+            build_data_worker(
+                client,
+                args.task_queue,
+                host,
+                default_activities(client, key),
+                store,
+                staging,
+                args.max_copies,
+                **versioning,
+            )
+        )
+
+        async def clean_forever() -> None:
+            from workers.fleet import CLEAN_EVERY
+
+            while True:
+                try:
+                    await clean_staging(client, staging, host)
+                except Exception as err:  # keep cleaning later; never stop the worker
+                    logs.get_logger().warning("staging cleanup failed", error=str(err))
+                await asyncio.sleep(CLEAN_EVERY.total_seconds())
+
+        cleaner = asyncio.ensure_future(clean_forever())
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with contextlib.AsyncExitStack() as stack:
+        for w in workers:
+            await stack.enter_async_context(w)
         logs.get_logger().info(
             "worker started",
+            role=role,
             task_queue=args.task_queue,
+            data_host=host,
+            data_queue=data_queue(args.task_queue, host) if host else None,
+            staging_dir=args.staging_dir if host else None,
+            max_copies=args.max_copies if host else None,
+            build_id=args.build_id,
             metrics_address=address,
             sites=[str(r) for r in refs],
             audit_log=str(log),
@@ -69,15 +130,75 @@ async def cmd_worker(args: argparse.Namespace) -> int:
             public_key=public_key_text(key[1].public_key()),
         )
         await stop.wait()
+        if cleaner is not None:
+            cleaner.cancel()
         logs.get_logger().info("worker stopping", task_queue=args.task_queue)
     telemetry.shutdown()
     return EXIT_OK
+
+
+def _role_problem(args: argparse.Namespace, sites: list[SiteConfig]) -> str | None:
+    """Why this role cannot serve these sites (named, with what to fix), or None."""
+    if args.build_id is not None and args.deployment is None:
+        return "--build-id needs --deployment NAME (the Worker Deployment it belongs to)"
+    if args.role == "data" and args.data_host is None:
+        return "--role data needs --data-host NAME (one of the site's fleet.dataHosts)"
+    if args.role == "orchestration" and args.data_host is not None:
+        return "--data-host runs data steps: use --role data (or --role all for both)"
+    if args.data_host is not None:
+        if args.staging_dir is None:
+            return "--data-host needs --staging-dir DIR (this host's own staging directory)"
+        for site in sites:
+            fleet = site.fleet
+            if fleet is None or fleet.host(args.data_host) is None:
+                named = ", ".join(h.name for h in fleet.dataHosts) if fleet else "none"
+                return (
+                    f"site {site.name}: --data-host {args.data_host} is not in its "
+                    f"fleet.dataHosts (it names: {named}); add it there first"
+                )
+    elif args.staging_dir is not None or args.max_copies is not None:
+        return "--staging-dir and --max-copies are a data host's: add --data-host NAME"
+    if args.role == "orchestration":
+        for site in sites:
+            if site.fleet is None:
+                return (
+                    f"site {site.name} has no fleet.dataHosts: its data steps run on "
+                    f"{site.taskQueue} itself, which an orchestration worker does not serve; "
+                    "run --role all, or add the site's data hosts (fleet.dataHosts)"
+                )
+    return None
+
+
+def _versioning(args: argparse.Namespace) -> dict[str, Any]:
+    """Worker Deployment versioning: a cutover stays on the build it started on (pinned);
+    the wave and fleet workflows move to the current build (auto-upgrade, patched code)."""
+    if args.build_id is None:
+        return {}
+    from temporalio.common import VersioningBehavior
+    from temporalio.worker import WorkerDeploymentConfig, WorkerDeploymentVersion
+
+    return {
+        "deployment_config": WorkerDeploymentConfig(
+            version=WorkerDeploymentVersion(
+                deployment_name=args.deployment, build_id=args.build_id
+            ),
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.PINNED,
+        )
+    }
 
 
 def _default_site() -> str:
     from cutover.cli.lab import default_site
 
     return default_site()
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a count of 1 or more, not {value}")
+    return n
 
 
 def register(cli: Group) -> None:
@@ -119,6 +240,52 @@ def register(cli: Group) -> None:
         help="where the worker keeps every site version it served, so cutovers started "
         "before a site file changed finish on their version (default: $CUTOVER_SITE_ARCHIVE, "
         "else ~/.local/state/cutover/sites)",
+    )
+    sp.add_argument(
+        "--role",
+        choices=("all", "orchestration", "data"),
+        default=os.environ.get("CUTOVER_WORKER_ROLE", "all"),
+        help="all: every workflow and step (default, the lab's); orchestration: workflows and "
+        "light steps, never a data step; data: a conversion host's data steps only "
+        "(with --data-host). Default: $CUTOVER_WORKER_ROLE, else all",
+    )
+    sp.add_argument(
+        "--data-host",
+        metavar="NAME",
+        default=os.environ.get("CUTOVER_DATA_HOST"),
+        help="serve the data steps routed to this host (one of the site's fleet.dataHosts), "
+        "on queue <task-queue>-data-NAME (default: $CUTOVER_DATA_HOST)",
+    )
+    sp.add_argument(
+        "--staging-dir",
+        metavar="DIR",
+        type=lambda v: str(Path(v).resolve()),
+        default=os.environ.get("CUTOVER_STAGING_DIR"),
+        help="this data host's own staging directory, in place of the site's stagingDir "
+        "(default: $CUTOVER_STAGING_DIR)",
+    )
+    sp.add_argument(
+        "--max-copies",
+        type=_positive,
+        metavar="N",
+        default=os.environ.get("CUTOVER_MAX_COPIES"),
+        help="copies this data host runs at once (more wait on it, heartbeating); the site's "
+        "fleet.limits bound them across hosts (default: $CUTOVER_MAX_COPIES, else no limit)",
+    )
+    sp.add_argument(
+        "--deployment",
+        metavar="NAME",
+        default=os.environ.get("CUTOVER_DEPLOYMENT"),
+        help="the Worker Deployment this worker belongs to (with --build-id; default: "
+        "$CUTOVER_DEPLOYMENT)",
+    )
+    sp.add_argument(
+        "--build-id",
+        metavar="ID",
+        default=os.environ.get("CUTOVER_BUILD_ID"),
+        help="this worker's build in its deployment: cutovers stay on the build they started "
+        "on (pinned); set a build current with `temporal worker deployment "
+        "set-current-version` (default: $CUTOVER_BUILD_ID; unset: no versioning)",
     )
     sp.add_argument("--log-level", default="INFO", help="log level")
     sp.add_argument(

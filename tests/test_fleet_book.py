@@ -1,0 +1,92 @@
+"""The fleet's ledger and placement rules (pure logic, `cutover.fleet`)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from cutover.fleet import Fleet, FleetBook, FleetRelease, FleetRequest, fleet_state
+
+
+def permits(token: str, holder: str, urgent: bool = False, **res: int) -> FleetRequest:
+    resources = {k.replace("_", ":", 1): v for k, v in res.items()}
+    return FleetRequest(
+        token=token, holder=holder, kind="permits", resources=resources, urgent=urgent
+    )
+
+
+def test_permits_never_exceed_a_limit_and_are_granted_in_order_as_released() -> None:
+    book = FleetBook()
+    for i in range(4):
+        book.add(permits(f"t{i}", f"w{i}", host_h1=2, datastore_ds=3))
+    assert [r.token for r, _ in book.grant()] == ["t0", "t1"]  # host h1 allows 2
+    assert book.grant() == []
+    book.release(FleetRelease(holder="w0", token="t0"))
+    assert [r.token for r, _ in book.grant()] == ["t2"]
+    assert book.in_use() == {"host:h1": 2, "datastore:ds": 2}
+
+
+def test_an_urgent_copy_goes_first_and_a_blocked_one_is_never_overtaken() -> None:
+    book = FleetBook()
+    book.add(permits("a", "wa", host_h1=1))
+    assert [r.token for r, _ in book.grant()] == ["a"]
+    book.add(permits("big", "wb", host_h1=1, esxi_e1=1))  # waits for host h1
+    book.add(permits("small", "wc", esxi_e1=1))  # would fit, but e1 is what `big` waits for
+    book.add(permits("final", "wd", urgent=True, host_h1=1))
+    assert book.grant() == []
+    book.release(FleetRelease(holder="wa"))
+    # the downtime's copy first; `big` still waits on h1, and `small` may not pass it on e1
+    assert [r.token for r, _ in book.grant()] == ["final"]
+    book.release(FleetRelease(holder="wd"))
+    assert [r.token for r, _ in book.grant()] == ["big"]
+    state = fleet_state(book)
+    assert state.waiting == 1
+    assert {u.resource: (u.inUse, u.limit, u.waiting) for u in state.resources} == {
+        "host:h1": (1, 1, 0),
+        "esxi:e1": (1, 1, 1),
+    }
+
+
+def test_a_host_goes_to_the_least_loaded_and_a_retried_request_counts_once() -> None:
+    book = FleetBook()
+    req = FleetRequest(token="h-a", holder="wa", kind="host", pick=["h1", "h2"])
+    book.add(req)
+    book.add(req)  # the activity retried: one request
+    assert book.grant() == [(req, "h1")]
+    book.add(FleetRequest(token="h-b", holder="wb", kind="host", pick=["h1", "h2"]))
+    assert [h for _, h in book.grant()] == ["h2"]
+    book.add(FleetRequest(token="h-c", holder="wc", kind="host", pick=["h1"]))
+    assert [h for _, h in book.grant()] == ["h1"]  # placement narrows the choice
+    assert book.load() == {"h1": 2, "h2": 1}
+    book.release(FleetRelease(holder="wa"))  # the cutover ended: all it held
+    assert book.load() == {"h1": 1, "h2": 1}
+    assert book.holders() == ["wb", "wc"]
+
+
+def test_placement_prefers_hosts_near_the_data_and_limits_come_from_the_site() -> None:
+    fleet = Fleet.model_validate(
+        {
+            "dataHosts": [
+                {"name": "conv-01", "datastores": ["ds-a"]},
+                {"name": "conv-02", "pools": ["fast"], "maxCopies": 1},
+                {"name": "conv-03"},
+            ],
+            "limits": {"perDataHost": 4, "perEsxiHost": 2},
+        }
+    )
+    assert fleet.candidates(["ds-a"], []) == ["conv-01"]
+    assert fleet.candidates(["ds-z"], ["fast"]) == ["conv-02"]
+    assert fleet.candidates(["ds-z"], []) == ["conv-01", "conv-02", "conv-03"]
+    assert fleet.copy_resources("conv-02", ["esx1", "esx1"], ["ds-a"]) == {
+        "host:conv-02": 1,
+        "esxi:esx1": 2,
+    }  # no perDatastore limit: datastores are not counted
+
+
+def test_a_fleet_names_each_host_once_in_a_valid_form() -> None:
+    with pytest.raises(ValidationError, match="each name once"):
+        Fleet.model_validate({"dataHosts": [{"name": "h1"}, {"name": "h1"}]})
+    with pytest.raises(ValidationError, match="name"):
+        Fleet.model_validate({"dataHosts": [{"name": "Bad Host"}]})
+    with pytest.raises(ValidationError, match="dataHosts"):
+        Fleet.model_validate({"dataHosts": []})
