@@ -32,6 +32,7 @@ from tests.test_worker import VM0, VM1, power_state, seed_disk
 from tests.vcsim_fixtures import VcsimFactory
 
 CUTOVER = str(Path(sys.executable).parent / "cutover")
+VM2 = "DC0_C0_H0_VM2"
 
 
 def fleet_site(
@@ -194,14 +195,13 @@ def never_over(results: list[dict[str, Any]], limit: int) -> None:
 def fleet_env(
     temporal_server: DevServer, tmp_path: Path, vcsim_factory: VcsimFactory
 ) -> tuple[Any, dict[str, str]]:
-    sim = vcsim_factory(clusters=1, hosts=1, vms=2)
+    sim = vcsim_factory(clusters=1, hosts=1, vms=3)
     env = {**os.environ, "TEMPORAL_ADDRESS": temporal_server.address, "VC_PASSWORD": sim.password}
     return sim, env
 
 
-async def test_two_data_hosts_each_cutover_on_one_host_and_limits_hold(
+async def test_a_wave_on_two_data_hosts_runs_each_cutover_on_one_host_within_limits(
     client: Client,
-    raw_client: Client,
     temporal_server: DevServer,
     tmp_path: Path,
     fleet_env: tuple[Any, dict[str, str]],
@@ -209,18 +209,45 @@ async def test_two_data_hosts_each_cutover_on_one_host_and_limits_hold(
     qemu_dir: Path,
 ) -> None:
     sim, env = fleet_env
-    seed_disk(sim, VM0)
-    seed_disk(sim, VM1)
+    vms = [VM0, VM1, VM2]
+    for vm in vms:
+        seed_disk(sim, vm)
     queue = f"flt-{uuid.uuid4().hex[:8]}"
     site = fleet_site(tmp_path, queue, sim, libvirtd_uri, qemu_dir)
     fleet = Fleet(tmp_path, env, queue, site)
+    apps = [runbook(tmp_path, vm)[0] for vm in vms]
+    wave = tmp_path / "wave.yaml"
+    wave.write_text(
+        yaml.safe_dump(
+            {
+                "wave": f"w-{queue}",
+                "concurrency": 3,
+                "applications": [{"runbook": f"{a}.yaml"} for a in apps],
+            }
+        )
+    )
+    seen: list[dict[str, Any]] = []
+    text = ""
     try:
         await fleet.start("orch", "--role", "orchestration")
         await fleet.data_host("h1", qemu_dir / "h1")
         await fleet.data_host("h2", qemu_dir / "h2")
-        apps = [runbook(tmp_path, vm) for vm in (VM0, VM1)]
-        handles = [await start(temporal_server, raw_client, queue, site, p, a) for a, p in apps]
-        results = [await result_of(client, h.id) for h in handles]
+        res = await acli(temporal_server, "wave", "run", str(wave), "--site", str(site), "--json")
+        assert res.returncode == 0, res.stderr
+        wave_id = json.loads(res.stdout)["workflowId"]
+        async with asyncio.timeout(240):
+            while True:  # what `wave status` shows while it runs
+                res = await acli(temporal_server, "wave", "status", wave_id, "--json")
+                assert res.returncode == 0, res.stderr
+                data = json.loads(res.stdout)
+                if data["fleet"] is not None:
+                    seen.append(data["fleet"])
+                    if not text and data["fleet"]["hosts"]:
+                        text = (await acli(temporal_server, "wave", "status", wave_id)).stdout
+                if data["phase"] == "DONE":
+                    break
+                await asyncio.sleep(0.3)
+        results = [await result_of(client, f"cutover-{a}") for a in apps]
         fleet_state = await client.get_workflow_handle(fleet_workflow_id(queue)).query("state")
     finally:
         fleet.stop()
@@ -233,8 +260,14 @@ async def test_two_data_hosts_each_cutover_on_one_host_and_limits_hold(
         for s in r["steps"]:  # the light steps stay on the orchestration worker
             if s["name"].split(" ")[0] not in DATA_STEPS and s["kind"] != "check":
                 assert s["host"] is None, s
-    assert hosts == {"h1", "h2"}  # the second cutover went to the less-loaded host
+    assert hosts == {"h1", "h2"}  # spread: the least-loaded host takes the next cutover
     never_over(results, 1)
+    # `wave status` showed the fleet: cutovers per host and each limit, never over it
+    assert any(f["hosts"] for f in seen), seen
+    for f in seen:
+        for r in f["resources"]:
+            assert r["limit"] is not None and r["inUse"] <= r["limit"], f
+    assert "fleet: cutovers per data host:" in text and "host:h" in text, text
     # each host's staging is its own, and empty after finalize (no staging debt)
     for h in ("h1", "h2"):
         assert not list((qemu_dir / h / "apps").glob("*")), h

@@ -25,6 +25,7 @@ from cutover.cli.keys import add_key_option, operator_key, signed, signer_name
 from cutover.cli.prepare import add_policy_arguments, wave_policy_check
 from cutover.cli.remigration import check_reason, verdicts
 from cutover.cli.signed_start import signed_start
+from cutover.fleet import QUERY_STATE, FleetState, fleet_workflow_id
 from cutover.models import ApprovalRequest
 from cutover.plan.gate import WaveFigures, promotion_gate
 from cutover.site import load_site
@@ -284,14 +285,42 @@ async def _child_lines(client: Client, st: WaveStatus) -> dict[str, tuple[str, s
             return "-", ""
         done = sum(1 for s in cs.steps if s.outcome == "ok" and s.kind != "check")
         step = f"{cs.currentStep} " if cs.currentStep else ""
-        return cs.phase.value, f"{step}({done} step(s) done)"
+        host = f", data host {cs.dataHost}" if cs.dataHost else ""
+        return cs.phase.value, f"{step}({done} step(s) done{host})"
 
     running = [a for a in st.applications if a.state.value == "RUNNING"]
     found = await asyncio.gather(*(one(a.workflowId) for a in running))
     return {a.application: f for a, f in zip(running, found, strict=True)}
 
 
-def status_text(st: WaveStatus, children: dict[str, tuple[str, str]]) -> str:
+async def _fleet_state(client: Client, task_queue: str) -> FleetState | None:
+    """The fleet's ledger for the wave's task queue (issue 17), when there is one."""
+    handle = client.get_workflow_handle(fleet_workflow_id(task_queue))
+    try:
+        desc = await handle.describe()
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            return None
+        state: FleetState = await handle.query(
+            QUERY_STATE, result_type=FleetState, rpc_timeout=timedelta(seconds=5)
+        )
+    except RPCError:
+        return None
+    return state
+
+
+def fleet_text(state: FleetState) -> list[str]:
+    hosts = ", ".join(f"{h} {n}" for h, n in sorted(state.hosts.items())) or "none"
+    lines = [f"  fleet: cutovers per data host: {hosts}; {state.waiting} request(s) waiting"]
+    for r in state.resources:
+        limit = f"/{r.limit}" if r.limit is not None else ""
+        waits = f", {r.waiting} waiting" if r.waiting else ""
+        lines.append(f"    {r.resource:<40} {r.inUse}{limit} copies{waits}")
+    return lines
+
+
+def status_text(
+    st: WaveStatus, children: dict[str, tuple[str, str]], fleet: FleetState | None = None
+) -> str:
     n = st.counts
     finished = n.completed + n.rolledBack + n.failed
     lines = [
@@ -304,6 +333,8 @@ def status_text(st: WaveStatus, children: dict[str, tuple[str, str]]) -> str:
     ]
     if st.stopReason:
         lines.append(f"  stopping: {st.stopReason}")
+    if fleet is not None:
+        lines += fleet_text(fleet)
     lines.append(f"  {'APPLICATION':<30} {'STATE':<12} {'PHASE':<18} PROGRESS / REASON")
     state = {a.application: a.state.value for a in st.applications}
     for a in st.applications:
@@ -339,6 +370,7 @@ async def cmd_wave_status(args: argparse.Namespace) -> int:
     if args.id is None:
         return await _wave_list(client, args.json)
     handle = await _wave_handle(client, args.id)
+    queue: str | None = None
     while True:
         try:
             st = await _status_of(client, handle)
@@ -347,14 +379,18 @@ async def cmd_wave_status(args: argparse.Namespace) -> int:
                 raise Failed(f"no wave with workflow ID {handle.id}") from None
             raise
         children = await _child_lines(client, st)
+        if queue is None:
+            queue = (await handle.describe()).task_queue
+        fleet = await _fleet_state(client, queue) if queue else None
         if args.json:
             data = st.model_dump(mode="json")
             for app in data["applications"]:
                 phase, progress = children.get(app["application"], (None, None))
                 app["phase"], app["progress"] = phase, progress
+            data["fleet"] = fleet.model_dump(mode="json") if fleet is not None else None
             text = json.dumps(data, indent=2)
         else:
-            text = status_text(st, children)
+            text = status_text(st, children, fleet)
         if args.watch and sys.stdout.isatty():
             print("\x1b[H\x1b[2J", end="")
         print(text, flush=True)
