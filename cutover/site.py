@@ -727,12 +727,20 @@ class SiteRef(BaseModel):
         return f"{self.name}@{self.digest[:19]}"
 
 
+#: Fields added after sites were first named by digest (issue 13): left out of the digest
+#: while unset, so a site written before them keeps its digest and a cutover in flight
+#: across the worker's upgrade still finds its version (the archive is re-digested on read).
+_LATER_FIELDS = ("fleet",)
+
+
 def site_digest(site: SiteConfig) -> str:
     """The site's identity: sha256 of its canonical JSON (what every reader of the same
     file computes, whatever its key order or comments)."""
-    text = json.dumps(
-        site.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    data = site.model_dump(mode="json")
+    for name in _LATER_FIELDS:
+        if data.get(name) is None:
+            data.pop(name, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -6,6 +6,7 @@ and API's path: anyone with namespace access); `client` sends them as `cutover r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -178,3 +179,23 @@ def test_a_worker_keeps_the_versions_it_served(tmp_path: Path) -> None:
     # a name that does not match its digest's site is not that site
     with pytest.raises(Exception, match="not one this worker serves"):
         restarted.resolve(SiteRef(name="dc2", digest=ref1.digest))
+
+
+def test_a_site_archived_before_a_new_site_field_still_resolves_by_its_digest(
+    tmp_path: Path,
+) -> None:
+    """A cutover started on the previous release names its site by the digest that release
+    computed (before `fleet` existed); the upgraded worker must still find that version."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    site = SiteConfig.model_validate({"name": "dc1", "stagingDir": "/srv/v1"})
+    before = {k: v for k, v in site.model_dump(mode="json").items() if k != "fleet"}
+    text = json.dumps(before, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    (archive / f"{digest.removeprefix('sha256:')}.json").write_text(json.dumps(before))
+    assert site_ref(site).digest == digest  # unchanged while the new field is unset
+    assert SiteStore(archive).resolve(SiteRef(name="dc1", digest=digest)).stagingDir == "/srv/v1"
+    with_fleet = SiteConfig.model_validate(
+        {"name": "dc1", "stagingDir": "/srv/v1", "fleet": {"dataHosts": [{"name": "h1"}]}}
+    )
+    assert site_ref(with_fleet).digest != digest  # set, it is part of the site's identity
