@@ -7,8 +7,12 @@ every `cutover` command line (container command/args, systemd ExecStart) parses 
 real CLI's parser, so a flag the CLI lacks fails here; every CUTOVER_* / TEMPORAL_* name in
 deploy/ is one the product's source reads, and the worker's environment file lists all the
 worker reads; images, task queues, namespaces, addresses, certificate names, mounts and the
-metrics port agree across files. The checkers are tested on a bogus flag and variable, so
-a violation is known to fail.
+metrics port agree across files. The worker fleet (issue 17): every worker command line,
+with its manifest's environment, passes the CLI's own role checks against the shipped
+site; the data hosts' StatefulSet pod names are the site's `fleet.dataHosts`; a data host
+stages in its own directory on the shared staging volume and is never versioned; the
+orchestration worker's build ID is its image tag. The checkers are tested on a bogus flag,
+variable and fleet, so a violation is known to fail.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ import yaml
 
 from cutover import search_attributes
 from cutover.cli import parser
-from cutover.site import load_site
+from cutover.cli.service import _role_problem
+from cutover.fleet import data_queue
+from cutover.site import SiteConfig, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -48,6 +54,11 @@ WORKER_ENV_READERS = (
 )
 ENV_NAME = re.compile(r"\b(?:CUTOVER|TEMPORAL)_[A-Z0-9_]*[A-Z0-9]\b")
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+DATA_UNIT = SYSTEMD / "cutover-data-worker@.service"
+#: Flags that differ by a worker's role (the rest are the same for every worker).
+ROLE_FLAGS = {"--role", "--data-host", "--staging-dir", "--max-copies"}
+#: Worker Deployment versioning: orchestration workers only, never a data host.
+VERSIONING = {"--deployment", "--build-id", "CUTOVER_DEPLOYMENT", "CUTOVER_BUILD_ID"}
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "ClusterIssuer", "Kustomization"}
 
 
@@ -114,6 +125,56 @@ def worker_container() -> dict[str, Any]:
 
 def env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def data_hosts() -> dict[str, Any]:
+    return kind(manifests(), "StatefulSet", "cutover-data")
+
+
+def data_container() -> dict[str, Any]:
+    (c,) = [c for c in containers(data_hosts()) if c["name"] == "worker"]
+    return c
+
+
+def shipped_site(tmp: Path) -> SiteConfig:
+    """The site in ConfigMap cutover-site, loaded by the product's own model."""
+    for name, text in kind(manifests(), "ConfigMap", "cutover-site")["data"].items():
+        (tmp / name).write_text(text, encoding="utf-8")
+    return load_site(tmp / "site.yaml")
+
+
+def pod_names(sts: dict[str, Any]) -> list[str]:
+    """A StatefulSet's pod names: <name>-0 .. <name>-<replicas-1>."""
+    return [f"{sts['metadata']['name']}-{i}" for i in range(int(sts["spec"]["replicas"]))]
+
+
+def expand(argv: list[str], variables: dict[str, str]) -> list[str]:
+    """What the process gets: Kubernetes' $(VAR) in args, systemd's %i in ExecStart."""
+    out = []
+    for a in argv:
+        for k, v in variables.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out
+
+
+def fleet_problems(sts: dict[str, Any], site: SiteConfig) -> list[str]:
+    """Where the data hosts' StatefulSet and the site's fleet disagree."""
+    fleet = [h.name for h in site.fleet.dataHosts] if site.fleet else []
+    problems = []
+    if pod_names(sts) != fleet:
+        problems.append(f"pods {pod_names(sts)} but the site's fleet.dataHosts are {fleet}")
+    for c in containers(sts):
+        argv = cutover_argv([*c.get("command", []), *c.get("args", [])])
+        if argv is None:
+            continue
+        if option(argv, "--data-host") != "$(POD_NAME)":
+            problems.append("--data-host is not $(POD_NAME): pod names are the host names")
+        pod_name = [e for e in c.get("env", []) if e["name"] == "POD_NAME"]
+        field = pod_name[0].get("valueFrom", {}).get("fieldRef", {}) if pod_name else {}
+        if field.get("fieldPath") != "metadata.name":
+            problems.append("POD_NAME is not the pod's metadata.name")
+    return problems
 
 
 def unit(path: Path) -> list[tuple[str, str, str]]:
@@ -285,7 +346,7 @@ def test_every_manifest_names_its_kind_and_namespace() -> None:
             assert d["metadata"].get("namespace"), f"{d['kind']} {d['metadata']['name']}"
     kinds = {d["kind"] for d in manifests()}
     need = {"Namespace", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim"}
-    need |= {"Deployment", "Service", "NetworkPolicy", "Kustomization"}
+    need |= {"Deployment", "StatefulSet", "Service", "NetworkPolicy", "Kustomization"}
     assert need <= kinds
 
 
@@ -315,8 +376,8 @@ def test_the_image_built_is_the_image_deployed() -> None:
 def test_every_cutover_command_line_parses_with_the_real_cli() -> None:
     found = list(cutover_invocations())
     where = {w for w, _ in found}
-    assert "Deployment/cutover-worker/worker" in where
-    assert {"cutover-worker.service", "cutover-server.service"} <= where
+    assert {"Deployment/cutover-worker/worker", "StatefulSet/cutover-data/worker"} <= where
+    assert {"cutover-worker.service", "cutover-server.service", DATA_UNIT.name} <= where
     for place, argv in found:
         assert not cli_problems(argv), f"{place}: {cli_problems(argv)}"
 
@@ -349,9 +410,9 @@ def test_the_worker_environment_file_lists_every_variable_the_worker_reads() -> 
     assert {"TEMPORAL_ADDRESS", "TEMPORAL_TLS_CERT", "CUTOVER_WORKER_KEY"} <= read
     listed = set(ENV_NAME.findall((SYSTEMD / "worker.env").read_text(encoding="utf-8")))
     assert read <= listed, f"worker.env does not list {read - listed}"
-    for _, key, value in unit(SYSTEMD / "cutover-worker.service"):
-        if key == "EnvironmentFile":
-            assert value.lstrip("-") == "/etc/cutover/worker.env"
+    for path in (SYSTEMD / "cutover-worker.service", DATA_UNIT):
+        files = unit_values(path, "EnvironmentFile")
+        assert [f.lstrip("-") for f in files] == ["/etc/cutover/worker.env"], path.name
 
 
 def test_temporal_values_persist_to_postgresql_with_a_fixed_shard_count() -> None:
@@ -527,14 +588,201 @@ def test_systemd_worker_is_hardened_and_writes_only_its_state() -> None:
     for flag in ("--audit-log", "--site-archive"):
         p = PurePosixPath(option(argv, flag))
         assert any(PurePosixPath(s) in (p, *p.parents) for s in state), f"{flag} {p}"
-    # the same worker as on Kubernetes: same flags (values may differ per host)
+    # the same worker as on Kubernetes: same flags (values may differ per host; the role
+    # comes from worker.env here)
     k8s = cutover_argv([*worker_container()["command"], *worker_container()["args"]])
     assert k8s is not None
-    assert {a for a in argv if a.startswith("--")} == {a for a in k8s if a.startswith("--")}
+
+    def flags(a: list[str]) -> set[str]:
+        return {f for f in a if f.startswith("--")} - ROLE_FLAGS - VERSIONING
+
+    assert flags(argv) == flags(k8s)
 
 
-@pytest.mark.parametrize("name", ["cutover-worker.service", "cutover-server.service"])
+@pytest.mark.parametrize(
+    "name", ["cutover-worker.service", "cutover-server.service", DATA_UNIT.name]
+)
 def test_systemd_units_have_their_sections(name: str) -> None:
     sections = {s for s, _, _ in unit(SYSTEMD / name)}
     assert sections == {"Unit", "Service", "Install"}
     assert unit_values(SYSTEMD / name, "WantedBy") == ["multi-user.target"]
+
+
+# ---------------------------------------------------------------- the worker fleet (issue 17)
+
+
+def worker_runs() -> Iterator[tuple[str, list[str], dict[str, str]]]:
+    """Every `cutover worker` as its process sees it: (where, argv, CUTOVER_* environment),
+    with $(POD_NAME) the StatefulSet's first pod and a unit's %i the site's second host."""
+    for w in (d for d in manifests() if d["kind"] in WORKLOADS):
+        pod = pod_names(w)[0] if w["kind"] == "StatefulSet" else w["metadata"]["name"]
+        for c in containers(w):
+            argv = cutover_argv([*c.get("command", []), *c.get("args", [])])
+            if argv is not None and argv[0] == "worker":
+                e = {k: v for k, v in env(c).items() if k.startswith("CUTOVER_")}
+                yield f"{w['kind']}/{w['metadata']['name']}", expand(argv, {"$(POD_NAME)": pod}), e
+    for path in (SYSTEMD / "cutover-worker.service", DATA_UNIT):
+        (argv,) = [a for w, a in cutover_invocations() if w == path.name]
+        yield path.name, expand(argv, {"%i": "cutover-data-1"}), {}
+
+
+def test_every_worker_passes_the_clis_role_checks_against_the_shipped_site(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = shipped_site(tmp_path)
+    assert site.fleet is not None, "the shipped site has data hosts (data-hosts.yaml)"
+    roles = {}
+    for where, argv, variables in worker_runs():
+        for name in ("CUTOVER_WORKER_ROLE", "CUTOVER_DATA_HOST", "CUTOVER_STAGING_DIR",
+                     "CUTOVER_MAX_COPIES", "CUTOVER_DEPLOYMENT", "CUTOVER_BUILD_ID"):  # fmt: skip
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        args = parser().parse_args(argv)  # the flags' defaults read the environment
+        assert _role_problem(args, [site]) is None, f"{where}: {_role_problem(args, [site])}"
+        roles[where] = args.role
+        if args.data_host is not None:
+            assert data_queue(args.task_queue, args.data_host) == f"cutover-data-{args.data_host}"
+    assert roles["Deployment/cutover-worker"] == "orchestration"
+    assert roles["StatefulSet/cutover-data"] == "data"
+    assert roles[DATA_UNIT.name] == "data"
+
+
+def test_role_checks_reject_a_data_host_the_site_does_not_name(tmp_path: Path) -> None:
+    site = shipped_site(tmp_path)
+    ok = parser().parse_args(["worker", "--role", "data", "--data-host", "cutover-data-0",
+                              "--staging-dir", "/s", "--task-queue", "cutover"])  # fmt: skip
+    assert _role_problem(ok, [site]) is None
+    bad = parser().parse_args(["worker", "--role", "data", "--data-host", "cutover-data-7",
+                               "--staging-dir", "/s", "--task-queue", "cutover"])  # fmt: skip
+    assert "not in its fleet.dataHosts" in str(_role_problem(bad, [site]))
+
+
+def test_data_host_pod_names_are_the_sites_data_hosts(tmp_path: Path) -> None:
+    sts, site = data_hosts(), shipped_site(tmp_path)
+    assert fleet_problems(sts, site) == []
+    # the StatefulSet's governing Service: headless, selecting exactly its pods
+    svc = kind(manifests(), "Service", sts["spec"]["serviceName"])
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # no other workload's selector takes the data hosts' pods (metrics Service, policy)
+    worker_svc = kind(manifests(), "Service", "cutover-worker-metrics")
+    assert not worker_svc["spec"]["selector"].items() <= labels.items()
+
+
+def test_fleet_checker_rejects_a_statefulset_the_site_does_not_match(tmp_path: Path) -> None:
+    sts, site = data_hosts(), shipped_site(tmp_path)
+    more = {**sts, "spec": {**sts["spec"], "replicas": len(pod_names(sts)) + 1}}
+    assert any("fleet.dataHosts" in p for p in fleet_problems(more, site))
+    c = data_container()
+    fixed = [*c["args"]]
+    fixed[fixed.index("--data-host") + 1] = "conv-01"
+    tpl = sts["spec"]["template"]
+    named = {**sts, "spec": {**sts["spec"], "template": {**tpl, "spec": {
+        **tpl["spec"], "containers": [{**c, "args": fixed}]}}}}  # fmt: skip
+    assert any("$(POD_NAME)" in p for p in fleet_problems(named, site))
+
+
+def test_data_hosts_stage_apart_on_the_shared_staging_volume(tmp_path: Path) -> None:
+    sts, c, site = data_hosts(), data_container(), shipped_site(tmp_path)
+    argv = cutover_argv([*c["command"], *c["args"]])
+    assert argv is not None
+    spec = pod_spec(sts)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    templates = {t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+
+    def volume_of(path: str) -> str:
+        """The volume mounted deepest on the way to `path`."""
+        p = PurePosixPath(path)
+        found = [m for m in mounts if PurePosixPath(m) in (p, *p.parents)]
+        assert found, f"{path} is on no mounted volume"
+        return str(mounts[max(found, key=len)])
+
+    # staging: its own directory (named after the pod) under the site's stagingDir, on
+    # the same ReadWriteMany claim the orchestration worker mounts there (the KVM hosts
+    # and the orchestration worker read the pools under it at the same path)
+    staging = option(argv, "--staging-dir")
+    assert "$(POD_NAME)" in staging
+    assert site.stagingDir is not None
+    assert PurePosixPath(site.stagingDir) in PurePosixPath(staging).parents
+    claim = volumes[volume_of(staging)]["persistentVolumeClaim"]["claimName"]
+    w_mounts = {m["mountPath"]: m["name"] for m in worker_container()["volumeMounts"]}
+    w_volumes = {v["name"]: v for v in pod_spec(worker())["volumes"]}
+    w_claim = w_volumes[w_mounts[site.stagingDir]]["persistentVolumeClaim"]["claimName"]
+    assert claim == w_claim
+    assert (
+        "ReadWriteMany" in kind(manifests(), "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    )
+    # what one worker process owns (audit log, site archive): a volume per pod
+    for flag in ("--audit-log", "--site-archive"):
+        assert volume_of(option(argv, flag)) in templates, flag
+    # the same image, queue, Temporal connection and Secrets as the orchestration worker
+    assert c["image"] == worker_container()["image"]
+    k8s = cutover_argv([*worker_container()["command"], *worker_container()["args"]])
+    assert k8s is not None and option(argv, "--task-queue") == option(k8s, "--task-queue")
+    for var in ("TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY",
+                "TEMPORAL_TLS_CA"):  # fmt: skip
+        assert env(c)[var] == env(worker_container())[var], var
+    secrets = {v["secret"]["secretName"] for v in volumes.values() if "secret" in v}
+    w_secrets = {v["secret"]["secretName"] for v in w_volumes.values() if "secret" in v}
+    assert secrets <= w_secrets and "cutover-dns-tsig" not in secrets
+    # a new image replaces no data host mid-copy: pods are replaced when deleted
+    assert sts["spec"]["updateStrategy"]["type"] == "OnDelete"
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert (
+        pod_spec(sts)["securityContext"]["runAsUser"]
+        == pod_spec(worker())["securityContext"]["runAsUser"]
+    )
+
+
+def test_only_orchestration_workers_are_versioned() -> None:
+    # a data host on build B would not take the steps of cutovers pinned to build A
+    data = [
+        (w, a, v) for w, a, v in worker_runs() if "--role" in a and option(a, "--role") == "data"
+    ]
+    assert {w for w, _, _ in data} == {"StatefulSet/cutover-data", DATA_UNIT.name}
+    for where, argv, variables in data:
+        assert not VERSIONING & ({*argv} | set(variables)), where
+    # nor through any variable the data hosts' manifest sets (secretKeyRef, configMapKeyRef)
+    assert not VERSIONING & set(ENV_NAME.findall(yaml.safe_dump(data_hosts())))
+    # the orchestration worker's build is its image's tag: one build per image
+    e = env(worker_container())
+    assert e["CUTOVER_DEPLOYMENT"]
+    assert e["CUTOVER_BUILD_ID"] == worker_container()["image"].rsplit(":", 1)[1]
+
+
+def test_systemd_data_host_instances_keep_apart() -> None:
+    (argv,) = [a for w, a in cutover_invocations() if w == DATA_UNIT.name]
+    assert option(argv, "--role") == "data" and option(argv, "--data-host") == "%i"
+    service = {k: v for s, k, v in unit(DATA_UNIT) if s == "Service"}
+    state = [PurePosixPath(f"/var/lib/{d}") for d in service["StateDirectory"].split()]
+    for flag in ("--staging-dir", "--audit-log", "--site-archive"):
+        p = PurePosixPath(option(argv, flag))
+        assert "%i" in str(p), f"{flag}: two instances would share {p}"
+        assert any(s in (p, *p.parents) for s in state), f"{flag} {p} outside StateDirectory"
+    # hardened as the worker unit is
+    worker = {k: v for s, k, v in unit(SYSTEMD / "cutover-worker.service") if s == "Service"}
+    hardening = {k for k in worker if k.startswith(("Protect", "Restrict", "Private", "System"))}
+    hardening |= {"NoNewPrivileges", "CapabilityBoundingSet", "User"}
+    assert {k: service.get(k) for k in hardening} == {k: worker[k] for k in hardening}
+    # its own metrics port: it may share a machine with cutover-worker.service
+    (worker_argv,) = [a for w, a in cutover_invocations() if w == "cutover-worker.service"]
+    assert option(argv, "--metrics-address") != option(worker_argv, "--metrics-address")
+
+
+def test_data_hosts_network_policy_allows_metrics_in_and_the_data_path_out() -> None:
+    labels = data_hosts()["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [
+        d for d in manifests()
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]  # fmt: skip
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (port,) = [p["containerPort"] for p in data_container()["ports"] if p["name"] == "metrics"]
+    assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {port}
+    egress = {p["port"] for r in policy["spec"]["egress"] for p in r.get("ports", [])}
+    assert {53, 7233, 443} <= egress and {22, 16514} & egress
