@@ -1,8 +1,8 @@
 """Why a long-lived dev server slows down: batches of raw sagas on one server or fresh ones.
 
     .venv/bin/python -m bench.decay [--apps 400] [--batches 3] [--mode same|restart|fresh]
-        [--k 26] [--concurrency 100] [--delete-between] [--pragma K=V] [--dynamic-config K=V]
-        [--json]
+        [--k 26] [--concurrency 100] [--delete-between] [--pause-between S] [--drain-timers]
+        [--pragma K=V] [--dynamic-config K=V] [--keep-db DIR] [--json]
 
 `--batches` batches of `--apps` runs of `bench.raw_saga.RawSagaWorkflow` (K no-op activities
 one after another, at most `--concurrency` in flight), one in-process worker:
@@ -14,13 +14,18 @@ one after another, at most `--concurrency` in flight), one in-process worker:
 
 `--delete-between` deletes every workflow of a batch after it (what retention does when it
 expires them) and waits until visibility counts none, before the next batch; the deletion's
-time is reported apart. `--pragma` and `--dynamic-config` add `--sqlite-pragma` and
-`--dynamic-config-value` flags to the server's command (`cutover.server.command`).
+time is reported apart. `--drain-timers` sits idle after each batch until the server's timer
+queue has caught up (no stored timer 15 s overdue) and reports how long that took.
+`--pragma` and `--dynamic-config` add `--sqlite-pragma` and `--dynamic-config-value` flags to
+the server's command (`cutover.server.command`).
 
 Per batch: wall s, activities/s, completed activities per minute in the first and the last
 fifth of the batch, the server's and this process's CPU seconds per 1,000 activities, the
-database and WAL file sizes after it, and the persistence operations that took the most time
-(count and mean latency, from the server's Prometheus endpoint).
+database and WAL file sizes after it, the timer backlog (stored timers already due and how
+late the oldest is, at the end and at worst during the batch, read from the SQLite file: every
+workflow task and activity attempt stores a timeout timer the timer queue must process later),
+and the persistence operations that took the most time (count and mean latency, from the
+server's Prometheus endpoint).
 
 Helpers used by `bench.wave` live here too: `DevServer` (a headless dev server on its own
 temp SQLite file, metrics on a known port, stopped by its process group) and `Completions`
@@ -31,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import re
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -128,6 +135,10 @@ class DevServer:
             out[name] = path.stat().st_size if path.exists() else 0
         return out
 
+    def timers(self) -> TimerBacklog:
+        """The server's timer queue as stored: see `TimerBacklog.read`."""
+        return TimerBacklog.read(self.db)
+
     def persistence(self) -> dict[str, tuple[float, float]]:
         """operation -> (calls, seconds) so far, from `persistence_latency` (all labels)."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -137,6 +148,93 @@ class DevServer:
         except OSError:
             return {}
         return parse_persistence(text)
+
+
+@dataclass
+class TimerBacklog:
+    """The dev server's `timer_tasks` table, read from its SQLite file (read-only, WAL).
+
+    Every workflow task and every activity attempt stores a timeout timer, and every closed
+    workflow a retention timer (at close + the namespace's retention). A timer stays in the
+    table until the timer queue has processed it and range-deleted its slice: `due` counts
+    the stored timers whose time has passed, `lag_seconds` is how far the oldest is behind.
+    """
+
+    total: int
+    due: int
+    lag_seconds: float
+    #: rows in the tables that grow with stored history
+    executions: int = 0
+    history_nodes: int = 0
+
+    @classmethod
+    def read(cls, db: Path) -> TimerBacklog:
+        if not db.exists():
+            return cls(0, 0, 0.0)
+        now = dt.datetime.now(dt.UTC)
+        try:
+            c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return cls(0, 0, 0.0)
+        try:
+            # Stored as text, "YYYY-MM-DD HH:MM:SS.fff+00:00": compares as text.
+            stamp = now.strftime("%Y-%m-%d %H:%M:%S")
+            oldest, total = c.execute(
+                "SELECT min(visibility_timestamp), count(*) FROM timer_tasks"
+            ).fetchone()
+            (due,) = c.execute(
+                "SELECT count(*) FROM timer_tasks WHERE visibility_timestamp < ?", (stamp,)
+            ).fetchone()
+            (executions,) = c.execute("SELECT count(*) FROM executions").fetchone()
+            (nodes,) = c.execute("SELECT count(*) FROM history_node").fetchone()
+        except sqlite3.Error:
+            return cls(0, 0, 0.0)
+        finally:
+            c.close()
+        lag = (now - dt.datetime.fromisoformat(oldest)).total_seconds() if oldest else 0.0
+        return cls(total, due, round(max(0.0, lag), 1), executions, nodes)
+
+
+class BacklogSampler:
+    """Samples a server's TimerBacklog every `every` seconds (in a thread); keeps the peak."""
+
+    def __init__(self, server: DevServer, every: float = 5.0) -> None:
+        self.server, self.every = server, every
+        self.samples: list[tuple[float, TimerBacklog]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            b = await asyncio.to_thread(self.server.timers)
+            self.samples.append((time.monotonic(), b))
+            await asyncio.sleep(self.every)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def peak_due(self) -> int:
+        return max((b.due for _, b in self.samples), default=0)
+
+    @property
+    def peak_lag(self) -> float:
+        return max((b.lag_seconds for _, b in self.samples), default=0.0)
+
+
+async def drain_timers(server: DevServer, timeout: float, lag: float = 15.0) -> float:
+    """Wait (idle) until the oldest stored timer is under `lag` s late; the seconds taken."""
+    t0 = time.monotonic()
+    while (await asyncio.to_thread(server.timers)).lag_seconds >= lag:
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"the timer queue still lags after {timeout:g}s")
+        await asyncio.sleep(2)
+    return time.monotonic() - t0
 
 
 _METRIC = re.compile(r"^persistence_latency(?:_seconds)?_(sum|count)\{([^}]*)\}\s+(\S+)")
@@ -256,6 +354,13 @@ class Batch:
     db_after: dict[str, int]
     server_rss_after: int
     top_persistence: list[dict[str, Any]]
+    #: timer_tasks at the batch's end, and the most overdue timers seen during it
+    timers_after: TimerBacklog
+    peak_due_timers: int = 0
+    peak_timer_lag_seconds: float = 0.0
+    #: --drain-timers: idle seconds until the timer queue caught up, and the table then
+    drain_seconds: float | None = None
+    timers_drained: TimerBacklog | None = None
     delete_seconds: float | None = None
     deleted: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -348,11 +453,17 @@ class Session:
 
 
 async def measure(
-    s: Session, index: int, apps: int, k: int, concurrency: int, delete: bool, pause: float
-) -> Batch:
+    s: Session, index: int, apps: int, k: int, concurrency: int, delete: bool, pause: float,
+    drain: bool = False,
+) -> Batch:  # fmt: skip
     before = await asyncio.to_thread(s.server.persistence)
+    sampler = BacklogSampler(s.server)
+    sampler.start()
     cpu0, wcpu0 = s.server.cpu_seconds(), time.process_time()
-    ids, t0, t1 = await raw_batch(s.client, s.task_queue, apps, k, concurrency)
+    try:
+        ids, t0, t1 = await raw_batch(s.client, s.task_queue, apps, k, concurrency)
+    finally:
+        await sampler.stop()
     cpu1, wcpu1 = s.server.cpu_seconds(), time.process_time()
     after = await asyncio.to_thread(s.server.persistence)
     done = apps * k
@@ -367,9 +478,15 @@ async def measure(
         db_after=s.server.db_bytes(),
         server_rss_after=s.server.rss_bytes(),
         top_persistence=persistence_delta(before, after),
+        timers_after=await asyncio.to_thread(s.server.timers),
+        peak_due_timers=sampler.peak_due,
+        peak_timer_lag_seconds=sampler.peak_lag,
     )
     if pause:
         await asyncio.sleep(pause)  # idle: the server catches up on its timer queue
+    if drain:
+        batch.drain_seconds = round(await drain_timers(s.server, timeout=3600), 1)
+        batch.timers_drained = await asyncio.to_thread(s.server.timers)
     if delete:
         ids += s.warm_ids  # so that visibility can count down to none
         s.warm_ids = []
@@ -381,7 +498,7 @@ async def measure(
 
 async def bench(
     d: Path, mode: str, batches: int, apps: int, k: int, concurrency: int, delete: bool,
-    pause: float, extra: Sequence[str],
+    pause: float, extra: Sequence[str], drain: bool = False,
 ) -> list[Batch]:  # fmt: skip
     out: list[Batch] = []
 
@@ -393,13 +510,13 @@ async def bench(
         async with Session(d / "temporal.db", extra) as s:
             await warm(s)
             for i in range(batches):
-                out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause))
+                out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause, drain))
         return out
     for i in range(batches):
         db = d / ("temporal.db" if mode == "restart" else f"temporal-{i + 1}.db")
         async with Session(db, extra) as s:
             await warm(s)
-            out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause))
+            out.append(await measure(s, i + 1, apps, k, concurrency, delete, pause, drain))
     return out
 
 
@@ -417,6 +534,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--delete-between", action="store_true", help="delete each batch after it")
     p.add_argument("--pause-between", type=float, default=0, metavar="S",
                    help="sit idle S seconds after each batch")  # fmt: skip
+    p.add_argument("--drain-timers", action="store_true",
+                   help="after each batch, sit idle until the server's timer queue has caught "
+                   "up (no stored timer 15 s overdue); the wait is reported")  # fmt: skip
     p.add_argument("--pragma", action="append", default=[], metavar="K=V",
                    help="an extra --sqlite-pragma for the server")  # fmt: skip
     p.add_argument("--dynamic-config", action="append", default=[], metavar="K=V",
@@ -437,7 +557,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         out = asyncio.run(
             asyncio.wait_for(
                 bench(where, args.mode, args.batches, args.apps, args.k, args.concurrency,
-                      args.delete_between, args.pause_between, extra),
+                      args.delete_between, args.pause_between, extra, args.drain_timers),
                 args.timeout,
             )
         )  # fmt: skip
@@ -456,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "concurrency": args.concurrency,
                     "delete_between": args.delete_between,
                     "pause_between": args.pause_between,
+                    "drain_timers": args.drain_timers,
                     "server_flags": extra,
                     "batches": [b.as_json() for b in out],
                 },
@@ -471,12 +592,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(f"{'batch':>5}{'wall s':>8}{'act/s':>8}{'1st 5th/min':>12}{'last 5th/min':>13}"
           f"{'srv cpu/1k':>11}{'wkr cpu/1k':>11}{'db MiB':>8}{'wal MiB':>8}"
-          f"{'delete s':>9}")  # fmt: skip
+          f"{'due timers':>11}{'lag s':>7}{'drain s':>8}{'delete s':>9}")  # fmt: skip
     for b in out:
         print(
             f"{b.index:>5}{b.wall_seconds:>8.1f}{b.activities_per_s:>8.1f}{b.decay.first:>12.0f}"
             f"{b.decay.last:>13.0f}{b.server_cpu_per_1k:>11.2f}{b.worker_cpu_per_1k:>11.2f}"
             f"{b.db_after['db'] / mib:>8.1f}{b.db_after['wal'] / mib:>8.1f}"
+            f"{b.timers_after.due:>11}{b.timers_after.lag_seconds:>7.0f}"
+            f"{'' if b.drain_seconds is None else b.drain_seconds:>8}"
             f"{'' if b.delete_seconds is None else b.delete_seconds:>9}"
         )
         ops = ", ".join(

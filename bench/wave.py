@@ -11,7 +11,8 @@ stopped by its process group at the end).
 - wave: one `WaveWorkflow` of `--apps` applications, each the test seed runbook
   (`tests.factories.SEED`: K activities per cutover, counted from the World), a rollback
   window of ~0, `--concurrency` cutovers at once, continue-as-new every
-  `--can-after` finished cutovers (the wave drains its running cutovers first).
+  `--can-after` finished cutovers (without a drain: the next run re-attaches the cutovers
+  still running, patch `wave-reattach`).
 - raw: `--apps` runs of `bench.raw_saga.RawSagaWorkflow` with K no-op activities each, one
   after another (the orchestration bench's baseline), at most `--concurrency` in flight
   (a new one starts when one ends), i.e. the same activity count and the same parallelism.
@@ -25,9 +26,11 @@ repetition a new one), as the bench first did: their ratio includes the decay.
 Reported per side: wall seconds, cutovers (workflows) per second, activities per second,
 completed activities per minute in the first and the last fifth of the side's run (every
 completion timestamped by the worker: `bench.decay.Completions`), the server's CPU seconds
-and its database size after the side; the wave/raw ratio of activities/s (target >= 0.8)
-per repetition and over all of them (total activities over total wall time per side); peak
-RSS of this process (worker and client) and of the Temporal server (sampled every 0.5 s).
+and its database size after the side, the server's timer backlog at the side's end (stored
+timers already due, how late the oldest is: `bench.decay.TimerBacklog`); the wave/raw ratio
+of activities/s (target >= 0.8) per repetition and over all of them (total activities over
+total wall time per side); peak RSS of this process (worker and client) and of the Temporal
+server (sampled every 0.5 s).
 Logs go to stderr (`--log-level`, default WARNING): stdout carries only the report.
 """
 
@@ -53,7 +56,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from bench.decay import Completions, Decay, DevServer
+from bench.decay import BacklogSampler, Completions, Decay, DevServer, TimerBacklog
 from bench.orchestration import connect_when_ready, logs_to_stderr
 from bench.raw_saga import RAW_ACTIVITIES, RawSagaWorkflow
 from cutover.catalog import VERIFY_NOT_MIGRATED
@@ -89,6 +92,9 @@ class Side:
     server_cpu_seconds: float
     db_bytes_after: int
     peak_server_rss: int
+    #: the server's stored timers at the side's end (overdue ones: the timer queue's backlog)
+    timers_after: TimerBacklog
+    peak_timer_lag_seconds: float
 
     @property
     def workflows_per_s(self) -> float:
@@ -284,8 +290,10 @@ async def run_side(env: Env, name: str, a: Args, repetition: int, position: int,
     """One side on env's server: (the side, the wave's runs or 0, this process's peak RSS)."""
     inp = wave_input(env.task_queue, a.apps, a.concurrency, a.can_after) if name == "wave" else None
     peak = Peak(env.server.proc.pid)
+    sampler = BacklogSampler(env.server)
     cpu0 = env.server.cpu_seconds()
     peak.start()
+    sampler.start()
     runs = 0
     try:
         if inp is None:
@@ -300,6 +308,7 @@ async def run_side(env: Env, name: str, a: Args, repetition: int, position: int,
             types = env.wave_types
     finally:
         peak.stop()
+        await sampler.stop()
     side = Side(
         name=name,
         repetition=repetition,
@@ -312,6 +321,8 @@ async def run_side(env: Env, name: str, a: Args, repetition: int, position: int,
         server_cpu_seconds=round(env.server.cpu_seconds() - cpu0, 1),
         db_bytes_after=sum(env.server.db_bytes().values()),
         peak_server_rss=peak.server,
+        timers_after=await asyncio.to_thread(env.server.timers),
+        peak_timer_lag_seconds=sampler.peak_lag,
     )
     return side, runs, peak.worker
 
@@ -437,13 +448,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(f"{'rep':>3} {'side':<5}{'server':>8}{'activities':>11}{'wall s':>8}{'cutovers/s':>11}"
           f"{'act/s':>8}{'1st 5th/min':>12}{'last 5th/min':>13}{'last/1st':>9}"
-          f"{'srv cpu s':>10}{'db MiB':>8}")  # fmt: skip
+          f"{'srv cpu s':>10}{'db MiB':>8}{'due timers':>11}{'lag s':>7}")  # fmt: skip
     for s in sides:
         print(
             f"{s.repetition:>3} {s.name:<5}{s.server:>8}{s.activities:>11}{s.wall_seconds:>8.1f}"
             f"{s.workflows_per_s:>11.2f}{s.activities_per_s:>8.1f}{s.decay.first:>12.0f}"
             f"{s.decay.last:>13.0f}{s.decay.last_over_first:>9.2f}{s.server_cpu_seconds:>10.1f}"
-            f"{s.db_bytes_after / MIB:>8.1f}"
+            f"{s.db_bytes_after / MIB:>8.1f}{s.timers_after.due:>11}"
+            f"{s.timers_after.lag_seconds:>7.0f}"
         )
     reps = ", ".join(f"{r:.2f}" for r in per_rep)
     print(f"ratio wave/raw activities/s: {overall:.2f} (by repetition: {reps}; "
