@@ -15,23 +15,38 @@ bash scripts/setup.sh
 CUTOVER=.venv/bin/cutover
 STATE=.cutover
 mkdir -p "$STATE"
-worker=""
+# CUTOVER_LAB_DATA_HOSTS=N: one orchestration worker and N data hosts (issue 17), each a
+# `cutover worker --role data` process with its own staging directory; default 0: one
+# `--role all` worker.
+DATA_HOSTS=${CUTOVER_LAB_DATA_HOSTS:-0}
+workers=()
 cleanup() {
-  if [ -n "$worker" ]; then
-    kill "$worker" 2>/dev/null || true
-    wait "$worker" 2>/dev/null || true
-  fi
+  for w in "${workers[@]}"; do
+    kill "$w" 2>/dev/null || true
+    wait "$w" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 
 t0=$(date +%s)
 echo "== bringing the lab up (Temporal, vSphere simulator, libvirtd, BIND, HAProxy, apps)"
-$CUTOVER lab up
+$CUTOVER lab up --data-hosts "$DATA_HOSTS"
 t1=$(date +%s)
 
-echo "== starting a worker (the lab's site, key and audit log; JSON logs in $STATE/lab/worker.log)"
-$CUTOVER worker >"$STATE/lab/worker.log" 2>&1 &
-worker=$!
+if [ "$DATA_HOSTS" -gt 0 ]; then
+  echo "== starting an orchestration worker and $DATA_HOSTS data hosts (JSON logs in $STATE/lab/*.log)"
+  $CUTOVER worker --role orchestration >"$STATE/lab/worker.log" 2>&1 &
+  workers+=($!)
+  for i in $(seq 1 "$DATA_HOSTS"); do
+    $CUTOVER worker --role data --data-host "lab-data-$i" \
+      --staging-dir "/var/lib/cutover/lab/hosts/lab-data-$i/staging" >"$STATE/lab/data-$i.log" 2>&1 &
+    workers+=($!)
+  done
+else
+  echo "== starting a worker (the lab's site, key and audit log; JSON logs in $STATE/lab/worker.log)"
+  $CUTOVER worker >"$STATE/lab/worker.log" 2>&1 &
+  workers+=($!)
+fi
 
 echo "== validating the wave and its runbooks against the lab's site and its workload policies"
 # the inventory: the VMs' devices, which the policies' gpuScheduling limits

@@ -46,7 +46,7 @@ def fleet_site(
         "storageMappings": [
             {
                 "sourceDatastore": "LocalDS_0",
-                "targetPool": f"cutover-fleet-{queue}",
+                "targetPool": f"cutover-test-fleet-{queue}",  # dropped by drop_pools
                 "format": "raw",
             }
         ],

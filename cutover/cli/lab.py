@@ -42,7 +42,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     try:
         if args.lab_command == "up":
-            state = stack.up(disk_mib=args.disk_mib, libvirt_uri=args.libvirt_uri)
+            state = stack.up(
+                disk_mib=args.disk_mib, libvirt_uri=args.libvirt_uri, data_hosts=args.data_hosts
+            )
             print(f"lab up: Temporal UI http://127.0.0.1:{stack.UI_PORT}, site {state['site']}")
             for a in state["apps"]:
                 print(f"  {a['name']:<10} VM {a['vm']:<16} {a['url']}  ({a['scenario']})")
@@ -56,6 +58,9 @@ def cmd_lab(args: argparse.Namespace) -> int:
             print(f"  keys: {op} starts and steers (--key, or export CUTOVER_KEY={op}), "
                   f"{ok} approves; {wk} signs the worker's audit log "
                   f"{_rel(stack.audit_log_file())}")  # fmt: skip
+            for h in state.get("dataHosts") or []:
+                print(f"  data host {h}: cutover worker --role data --data-host {h} "
+                      f"--staging-dir {_rel(stack.data_host_staging(h))}")  # fmt: skip
             return EXIT_OK
         if args.lab_command in ("break", "fix"):
             print(stack.day_two_knob(args.knob, broken=args.lab_command == "break"))
@@ -99,6 +104,11 @@ def register(cli: Group) -> None:
                      json_flag=False)  # fmt: skip
     up.add_argument("--disk-mib", type=int, default=128, help="size of each source VM's disk")
     up.add_argument("--libvirt-uri", help="use this libvirtd instead of starting one")
+    up.add_argument("--data-hosts", type=int, default=0, metavar="N",
+                    help="the site names N data hosts (lab-data-1, ...): run `cutover worker "
+                    "--role orchestration` and, for each, `cutover worker --role data "
+                    "--data-host lab-data-I --staging-dir /var/lib/cutover/lab/hosts/lab-data-I/"
+                    "staging` (default 0: one `--role all` worker does everything)")  # fmt: skip
     lab.command("down", "remove what cutovers made, stop what `up` started (by PID)", cmd_lab,
                 json_flag=False)  # fmt: skip
     lab.command("status", "which lab processes run, where things are", cmd_lab)

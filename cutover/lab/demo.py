@@ -108,6 +108,27 @@ def check_world(state: dict[str, Any], outcomes: dict[str, str],
     return problems
 
 
+def fleet_problems(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """With data hosts (`lab up --data-hosts N`): each cutover's data steps on one host,
+    and no staging left on any host once the wave is done."""
+    hosts = state.get("dataHosts") or []
+    if not hosts:
+        return []
+    problems: list[str] = []
+    for name, r in results.items():
+        ran = {s.host for s in r.steps if s.host is not None}
+        if r.dataHost is None or ran != {r.dataHost}:
+            problems.append(f"{name}: data steps ran on {sorted(ran)}, data host {r.dataHost}")
+        else:
+            print(f"  {name}: every data step on {r.dataHost}")
+    for h in hosts:
+        apps = stack.data_host_staging(h) / "apps"
+        left = sorted(p.name for p in apps.iterdir()) if apps.is_dir() else []
+        if left:
+            problems.append(f"data host {h} still stages {left}")
+    return problems
+
+
 def leftovers(state: dict[str, Any]) -> list[str]:
     """After `lab down`: anything the run created that is still there."""
     found: list[str] = []
@@ -302,8 +323,15 @@ def main() -> int:
     problems = summary(state, results)
     print("== checking the world (LB, DNS, what users get, source disks)")
     outcomes = {n: r.outcome.value for n, r in results.items()}
-    written = {n: r.targetWrittenBytes or 0 for n, r in results.items()}
+    # what the product kept of the target's writes (a rollback before the traffic switch
+    # discards them by design: no user reached the target, only its own boot journal)
+    written = {
+        n: r.targetWrittenBytes or 0
+        for n, r in results.items()
+        if (r.targetWrites or "").startswith("kept")
+    }
     problems += check_world(state, outcomes, out["expected_source"], written)
+    problems += fleet_problems(state, results)
     for p in problems:
         print(f"  PROBLEM: {p}")
     if not problems:

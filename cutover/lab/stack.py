@@ -429,8 +429,28 @@ def day_two_checks(day: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def data_host_staging(name: str) -> Path:
+    """A lab data host's own staging directory (`lab up --data-hosts N`)."""
+    return DATA / "hosts" / name / "staging"
+
+
+def _fleet(state: dict[str, Any]) -> dict[str, Any]:
+    """`lab up --data-hosts N`: the site's fleet (issue 17); none by default."""
+    hosts = state.get("dataHosts") or []
+    if not hosts:
+        return {}
+    return {
+        "fleet": {
+            "dataHosts": [{"name": h} for h in hosts],
+            "limits": {"perDataHost": 2, "perDatastore": 4},
+            "hostWaitSeconds": 60,
+        }
+    }
+
+
 def _site_base(state: dict[str, Any]) -> dict[str, Any]:
     return {
+        **_fleet(state),
         "name": "local-lab",
         "taskQueue": "cutover",
         "stagingDir": str(DATA / "staging"),
@@ -624,8 +644,11 @@ def up(
     concurrency: int | None = None,
     window_minutes: float = 0.5,
     day_two: bool = True,
+    data_hosts: int = 0,
 ) -> dict[str, Any]:
     """Start the lab (cleaning what a crashed one left first); returns its state.
+    `data_hosts`: the site names that many data hosts (`lab-data-1`, ...) in its fleet:
+    run one orchestration worker and a data worker for each (`data_host_staging`).
     `libvirt_uri`: use that libvirtd instead of starting one (one libvirtd per host: the
     test suite runs the lab on its own daemon). `day_two`: also the seed's application and
     the landing zone's services its checks verify (`cutover.lab.landing`)."""
@@ -637,6 +660,7 @@ def up(
                 raise LabError(f"port {port} is in use: stop what listens there first")
     LAB.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"dir": str(LAB), "pids": {}, "apps": []}
+    state["dataHosts"] = [f"lab-data-{i}" for i in range(1, data_hosts + 1)]
     state["keys"] = {name: _lab_key(name) for name in (OPERATOR, APPROVER, WORKER)}
     (LAB / "workload-policies.yaml").write_text(
         yaml.safe_dump_all(workload_policies(), sort_keys=False)
