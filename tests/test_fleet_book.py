@@ -90,3 +90,30 @@ def test_a_fleet_names_each_host_once_in_a_valid_form() -> None:
         Fleet.model_validate({"dataHosts": [{"name": "Bad Host"}]})
     with pytest.raises(ValidationError, match="dataHosts"):
         Fleet.model_validate({"dataHosts": []})
+
+
+def test_a_worker_role_that_cannot_serve_its_sites_is_refused_naming_the_fix() -> None:
+    import argparse
+
+    from cutover.cli.service import _role_problem
+    from cutover.site import SiteConfig
+
+    plain = SiteConfig.model_validate({"name": "dc1"})
+    fleet = SiteConfig.model_validate({"name": "dc2", "fleet": {"dataHosts": [{"name": "h1"}]}})
+
+    def args(**kw: object) -> argparse.Namespace:
+        base = {"role": "all", "data_host": None, "staging_dir": None, "max_copies": None,
+                "deployment": None, "build_id": None}  # fmt: skip
+        return argparse.Namespace(**{**base, **kw})
+
+    assert _role_problem(args(), [plain]) is None
+    assert "run --role all" in str(_role_problem(args(role="orchestration"), [plain]))
+    assert _role_problem(args(role="orchestration"), [fleet]) is None
+    assert "needs --data-host" in str(_role_problem(args(role="data"), [fleet]))
+    assert "needs --staging-dir" in str(_role_problem(args(role="data", data_host="h1"), [fleet]))
+    ok = args(role="data", data_host="h1", staging_dir="/srv/h1")
+    assert _role_problem(ok, [fleet]) is None
+    assert "it names: h1" in str(_role_problem(args(**{**vars(ok), "data_host": "h9"}), [fleet]))
+    versioned = args(**{**vars(ok), "deployment": "d", "build_id": "b1"})
+    assert "a data host is not versioned" in str(_role_problem(versioned, [fleet]))
+    assert "needs --deployment" in str(_role_problem(args(build_id="b1"), [plain]))

@@ -12,7 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.worker import Interceptor, Worker
+from temporalio.common import VersioningBehavior
+from temporalio.worker import (
+    Interceptor,
+    Worker,
+    WorkerDeploymentConfig,
+    WorkerDeploymentVersion,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.checks import CheckActivities
@@ -86,6 +92,19 @@ def default_activities(
         # the rollbacks a wave relays are signed by the worker's key
         real += WaveActivities(client, signer=key or worker_key()).activities()
     return real
+
+
+def deployment_config(deployment: str, build_id: str) -> WorkerDeploymentConfig:
+    """Worker Deployment versioning (issue 17): this worker is `build_id` of `deployment`.
+    Every workflow is pinned to the build it started on: a cutover in its window finishes
+    on the code that began it, whatever is released meanwhile (old builds keep running
+    until their pinned runs end). Changes that must reach running waves go through
+    `workflow.patched` and the replay tests."""
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=deployment, build_id=build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
 
 
 def build_worker(

@@ -89,8 +89,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
                 default_activities(client, key),
                 store,
                 staging,
-                args.max_copies,
-                **versioning,
+                args.max_copies,  # never versioned: see _role_problem
             )
         )
 
@@ -141,6 +140,13 @@ def _role_problem(args: argparse.Namespace, sites: list[SiteConfig]) -> str | No
     """Why this role cannot serve these sites (named, with what to fix), or None."""
     if args.build_id is not None and args.deployment is None:
         return "--build-id needs --deployment NAME (the Worker Deployment it belongs to)"
+    if args.build_id is not None and args.role == "data":
+        # a cutover pinned to another build would send its data steps to a queue whose
+        # only worker never takes them: the host would count as lost (a rollback)
+        return (
+            "a data host is not versioned: drop --build-id/--deployment (only orchestration "
+            "workers are; data steps go to whatever data worker polls the host's queue)"
+        )
     if args.role == "data" and args.data_host is None:
         return "--role data needs --data-host NAME (one of the site's fleet.dataHosts)"
     if args.role == "orchestration" and args.data_host is not None:
@@ -170,22 +176,12 @@ def _role_problem(args: argparse.Namespace, sites: list[SiteConfig]) -> str | No
 
 
 def _versioning(args: argparse.Namespace) -> dict[str, Any]:
-    """Worker Deployment versioning: a cutover stays on the build it started on (pinned);
-    the wave and fleet workflows move to the current build (auto-upgrade, patched code)."""
+    """Worker Deployment versioning (`workers.worker.deployment_config`), when asked for."""
     if args.build_id is None:
         return {}
-    from temporalio.common import VersioningBehavior
-    from temporalio.worker import WorkerDeploymentConfig, WorkerDeploymentVersion
+    from workers.worker import deployment_config
 
-    return {
-        "deployment_config": WorkerDeploymentConfig(
-            version=WorkerDeploymentVersion(
-                deployment_name=args.deployment, build_id=args.build_id
-            ),
-            use_worker_versioning=True,
-            default_versioning_behavior=VersioningBehavior.PINNED,
-        )
-    }
+    return {"deployment_config": deployment_config(args.deployment, args.build_id)}
 
 
 def _default_site() -> str:
