@@ -249,6 +249,11 @@ async def test_a_wave_on_two_data_hosts_runs_each_cutover_on_one_host_within_lim
                 await asyncio.sleep(0.3)
         results = [await result_of(client, f"cutover-{a}") for a in apps]
         fleet_state = await client.get_workflow_handle(fleet_workflow_id(queue)).query("state")
+        # the audit, read from the history: which host ran each data step
+        audit = await acli(temporal_server, "audit", apps[0], "--format", "json")
+        assert audit.returncode == 0, audit.stderr
+        report = json.loads(audit.stdout)
+        md = (await acli(temporal_server, "audit", apps[0], "--format", "md")).stdout
     finally:
         fleet.stop()
     hosts = set()
@@ -261,6 +266,10 @@ async def test_a_wave_on_two_data_hosts_runs_each_cutover_on_one_host_within_lim
             if s["name"].split(" ")[0] not in DATA_STEPS and s["kind"] != "check":
                 assert s["host"] is None, s
     assert hosts == {"h1", "h2"}  # spread: the least-loaded host takes the next cutover
+    audited = {s["name"]: s["dataHost"] for s in report["steps"]}
+    assert audited["pre_copy"] == results[0]["dataHost"], report["steps"]
+    assert audited["power_on_target"] is None  # orchestration's
+    assert "Data host" in md and results[0]["dataHost"] in md
     never_over(results, 1)
     # `wave status` showed the fleet: cutovers per host and each limit, never over it
     assert any(f["hosts"] for f in seen), seen

@@ -76,9 +76,26 @@ def entry_hash(fields: Mapping[str, Any]) -> str:
     return digest({k: v for k, v in fields.items() if k not in ("hash", "signature")})
 
 
+#: Report fields added after records were first written (issue 17: each step's data host):
+#: left out while unset, so older records still read as equal to their report.
+_LATER_STEP_FIELDS = ("dataHost",)
+
+
+def _without_later_fields(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {
+            k: _without_later_fields(v)
+            for k, v in data.items()
+            if not (k in _LATER_STEP_FIELDS and v is None)
+        }
+    if isinstance(data, list):
+        return [_without_later_fields(v) for v in data]
+    return data
+
+
 def report_digest(report: BaseModel) -> str:
     """The digest recorded for an audit report (its JSON form)."""
-    return digest(report.model_dump(mode="json"))
+    return digest(_without_later_fields(report.model_dump(mode="json")))
 
 
 @dataclass

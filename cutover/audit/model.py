@@ -74,6 +74,8 @@ class StepAudit(_R):
     changed: bool | None = None
     details: dict[str, str | int | float | bool] = Field(default_factory=dict)
     worker: str | None = None
+    #: the data host whose queue ran it (a site with a fleet, issue 17)
+    dataHost: str | None = None
     scheduledEventId: int
     startedEventId: int | None = None
     closedEventId: int | None = None

@@ -206,6 +206,7 @@ class _Reader:
         self._raw_result: Any = None
         self._events = 0
         self._run = ""
+        self._data_prefix: str | None = None
         self._checks_before_undo: int | None = None
         self._signals: list[SignalRecord] = []
 
@@ -326,6 +327,7 @@ class _Reader:
         a = e.workflow_execution_started_event_attributes
         # original_execution_run_id: this run's own ID (kept across resets).
         self._run = a.original_execution_run_id
+        self._data_prefix = f"{a.task_queue.name}-data-"  # a data host's queue (issue 17)
         if not self.runs:
             self._rep.update(
                 workflowType=a.workflow_type.name,
@@ -352,12 +354,15 @@ class _Reader:
                 else None
             )
             kind = _kind(name, summary)
+        queue = a.task_queue.name
+        prefix = self._data_prefix
         step = StepAudit(
             name=name,
             kind=kind,
             activityId=a.activity_id,
             scheduledAt=_time(e),
             scheduledEventId=e.event_id,
+            dataHost=queue[len(prefix) :] if prefix and queue.startswith(prefix) else None,
         )
         if isinstance(inp, StepInput):
             step.passNumber = inp.passNumber

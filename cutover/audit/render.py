@@ -183,6 +183,10 @@ def _step_table(steps: Sequence[StepAudit]) -> tuple[list[str], list[list[str]]]
         ]
         for s in steps
     ]
+    if any(s.dataHost for s in steps):  # a fleet (issue 17): which host ran each data step
+        header.insert(2, "Data host")
+        for row, s in zip(rows, steps, strict=True):
+            row.insert(2, s.dataHost or "-")
     return header, rows
 
 

@@ -124,11 +124,15 @@ async def cmd_status(args: argparse.Namespace) -> int:
             *(["  left where:", *(f"    {line}" for line in st.leftWhere)] if st.leftWhere else []),
             *([f"  warning: {st.snapshotWarning}"] if st.snapshotWarning else []),
             *([f"  current step: {st.currentStep}"] if st.currentStep else []),
+            *([f"  data host: {st.dataHost}"] if st.dataHost else []),
             *([f"  approved by: {st.approvedBy}"] if st.approvedBy else []),
             *([f"  rollback window closes: {st.windowClosesAt}"] if st.windowClosesAt else []),
             *([f"  rollback reason: {st.rollbackReason}"] if st.rollbackReason else []),
             *([f"  window check rounds: {st.checkRounds}"] if st.checkRounds else []),
-            *(f"  {s.kind:<12} {s.name:<40} {s.outcome}" for s in st.steps),
+            *(
+                f"  {s.kind:<12} {s.name:<40} {s.outcome}" + (f" on {s.host}" if s.host else "")
+                for s in st.steps
+            ),
             *(f"  check {c.describe()}" for c in st.checks),
         ]
     )
