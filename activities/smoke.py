@@ -16,8 +16,8 @@ host), and sampling it then would roll back a cutover that a few seconds would h
 through. It polls the URL, one request at a time with a short pause, until one answers the
 expected status or `ready_timeout` (30 s) passes; either way it then samples, so a target
 that never became ready still fails on its measured error rate, and the failure says it
-never answered. `ready_after_s`, `ready_within_bound` and `ready_polls` in the details say
-how the wait went.
+never answered. `ready_after_s`, `ready_within_bound`, `ready_polls` and `ready_last_error`
+(what it answered before, if not at once) in the details say how the wait went.
 
 A failure is an ApplicationError of type `SmokeTestFailed` naming what was measured and what
 was expected; its details, and a passing step's `details`, carry the numbers.
@@ -59,7 +59,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Readiness:
     """How the wait for the target went: whether one request answered the expected status
-    within the bound, after how long, in how many requests, and the last problem seen."""
+    within the bound, after how long, in how many requests, and the last problem seen (None
+    when the first request answered)."""
 
     ready: bool
     after_s: float
@@ -183,7 +184,7 @@ class SmokeActivities:
             polls += 1
             waited = time.monotonic() - start
             if probe.sent and not probe.errors:
-                return Readiness(True, waited, polls, self.ready_timeout, None)
+                return Readiness(True, waited, polls, self.ready_timeout, last)
             last = next(iter(probe.error_kinds), "not sent")
             if activity.in_activity():
                 activity.heartbeat({"smoke_test": url, "waiting": "target ready", "last": last})

@@ -302,6 +302,8 @@ async def test_smoke_test_passes_on_a_healthy_target(app: App) -> None:
     d = res.details
     assert d["samples"] == 50 and d["errors"] == 0 and d["baseline"] is False
     assert d["url"] == f"{app.url}/healthz" and 0 < d["p95_ms"] < 500
+    assert d["ready_within_bound"] is True and d["ready_polls"] == 1
+    assert "ready_last_error" not in d  # ready at the first request
     # no fact: the runbook's reserved address
     again = await smoke(smoke_input({}, endpoint={"targetAddress": app.address}, samples=5))
     assert again.details["samples"] == 5

@@ -86,7 +86,7 @@ async def test_smoke_test_waits_for_a_target_that_answers_503_while_it_boots(app
     assert d["errors"] == 0 and d["samples"] == 20
     assert d["ready_within_bound"] is True and d["ready_bound_s"] == 30
     assert 1.9 <= d["ready_after_s"] < 10, d
-    assert d["ready_polls"] >= 3 and "ready_last_error" not in d
+    assert d["ready_polls"] >= 3 and d["ready_last_error"] == "status 503"
     # the wait asked one request at a time; every 503 was one of its requests, not a sample
     assert app.served[503] == d["ready_polls"] - 1 and app.served[200] == 21
     assert app.paths == {"/ready": d["ready_polls"] + 20}
@@ -139,6 +139,7 @@ async def test_smoke_test_counts_a_refused_connection_as_not_ready(
     d: dict[str, Any] = res.details
     assert d["errors"] == 0 and d["ready_within_bound"] is True
     assert 1.4 <= d["ready_after_s"] < 10 and d["ready_polls"] >= 2, d
+    assert d["ready_last_error"] == "Connection refused"
     assert set(waiting(beats)) == {"Connection refused"}
 
 
