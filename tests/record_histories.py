@@ -1,5 +1,5 @@
 """Record workflow histories for the replay test:
-python -m tests.record_histories [waves|safety|stale-close]
+python -m tests.record_histories [waves|safety|stale-close|fleet]
 
 `waves` records only the wave scenarios (wave_*.json), leaving the cutover ones as they are;
 `safety` only the cutover scenarios of the `safety-v2` patch (v2_*.json); `stale-close` only
@@ -54,6 +54,9 @@ async def main(mode: str = "") -> None:
                 return
             if mode == "reattach":
                 await reattach(client)
+                return
+            if mode == "fleet":
+                await fleet(client)
                 return
             await waves(client)
             if mode == "waves":
@@ -313,6 +316,39 @@ async def reattach(client: Client) -> None:
         await wave.result()
         await write(wave, "v3_wave_reattach_first_run")
         await write(client.get_workflow_handle(wave.id), "v3_wave_reattach_last_run")
+
+
+async def fleet(client: Client) -> None:
+    """Issue 17: a cutover on a site with a fleet of two data hosts, the first of which
+    looks live but takes nothing (its worker stopped): the warm data path moves to the
+    second host; copies take permits from the fleet's ledger."""
+    import uuid
+
+    from cutover.fleet import Fleet, fleet_workflow_id
+    from workers.fleet import build_data_worker
+    from workers.sites import shared
+    from workers.worker import build_worker
+
+    world = World()
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    inp = cutover_input(queue)
+    fleet_site = Fleet.model_validate(
+        {"dataHosts": [{"name": "h1"}, {"name": "h2"}], "limits": {"perDataHost": 1},
+         "hostWaitSeconds": 5}
+    )  # fmt: skip
+    assert inp.site is not None
+    inp = inp.model_copy(update={"site": inp.site.model_copy(update={"fleet": fleet_site})})
+    with tempfile.TemporaryDirectory() as staging:
+        h1 = build_data_worker(client, queue, "h1", world.activities(), shared(), Path(staging))
+        async with h1:
+            await asyncio.sleep(2)  # it polled: it counts as live for a while
+        h2 = build_data_worker(client, queue, "h2", world.activities(), shared(), Path(staging))
+        async with build_worker(client, queue, activities=world.activities()), h2:
+            handle = await start(client, inp)
+            result = await handle.result()
+            assert result.dataHost == "h2", result
+            await write(handle, "v4_fleet_host_moved")
+            await write(client.get_workflow_handle(fleet_workflow_id(queue)), "v4_fleet_ledger")
 
 
 async def write(handle: object, name: str) -> None:

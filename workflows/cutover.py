@@ -919,7 +919,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
     @workflow.signal(name=SIGNAL_GRANT)
     def fleet_grant(self, grant: FleetGrant) -> None:
         """The fleet workflow's answer to this cutover's request (issue 17)."""
-        if grant.token.startswith(f"{self._id}/"):
+        if grant.token.startswith(f"{workflow.info().run_id}/"):  # one this run asked for
             self._grants[grant.token] = grant
 
     @workflow.query(

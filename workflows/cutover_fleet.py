@@ -92,7 +92,9 @@ class CutoverFleet:
 
     def _token(self: _Cutover, what: str) -> str:
         self._fleet_seq += 1
-        return f"{self._id}/{workflow.info().run_id}/{what}-{self._fleet_seq}"
+        # the run ID (not the workflow ID) makes it unique across the fleet and stays the
+        # same when the run's history is replayed
+        return f"{workflow.info().run_id}/{what}-{self._fleet_seq}"
 
     async def _route(
         self: _Cutover, name: str, on_data_host: bool = False
