@@ -24,7 +24,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, FailureError, TimeoutType
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
-from workflows.cutover_text import RollbackNow
+from workflows.cutover_text import RollbackNow, cause
 
 with workflow.unsafe.imports_passed_through():
     from cutover import facts as F
@@ -109,7 +109,10 @@ class CutoverFleet:
         if host is None and name in STAGING_UNDOS:
             return None  # no host was ever assigned: nothing was staged (never pick for an undo)
         if host is None:
-            host = await CutoverFleet._pick_host(self, fleet)
+            try:
+                host = await CutoverFleet._pick_host(self, fleet)
+            except ActivityError as err:  # Temporal itself did not answer (bounded retries)
+                raise RollbackNow(f"could not pick a data host for {name}: {cause(err)}") from None
         wait = timedelta(seconds=fleet.hostWaitSeconds)
         return host, data_queue(workflow.info().task_queue, host), wait
 
@@ -202,6 +205,16 @@ class CutoverFleet:
         resources = fleet.copy_resources(host, esxi, datastores)
         if not resources:
             return None
+        try:
+            return await CutoverFleet._copy_permits(self, fleet, name, label, resources)
+        except ActivityError as err:
+            raise RollbackNow(
+                f"{label}: could not ask the fleet for permits: {cause(err)}"
+            ) from None
+
+    async def _copy_permits(
+        self: _Cutover, fleet: Fleet, name: str, label: str, resources: dict[str, int]
+    ) -> str:
         token = CutoverFleet._token(self, "copy")
         req = FleetRequest(
             token=token,

@@ -16,7 +16,7 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import FailureError
+from temporalio.exceptions import ActivityError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from cutover.fleet import (
@@ -109,12 +109,17 @@ class FleetWorkflow:
         await asyncio.gather(*(tell(r, h) for r, h in granted))
 
     async def _sweep(self) -> None:
-        closed: list[str] = await workflow.execute_activity(
-            FLEET_CLOSED_HOLDERS,
-            HoldersQuery(holders=self._book.holders()),
-            result_type=list[str],
-            start_to_close_timeout=timedelta(seconds=30),
-        )
+        try:
+            closed: list[str] = await workflow.execute_activity(
+                FLEET_CLOSED_HOLDERS,
+                HoldersQuery(holders=self._book.holders()),
+                result_type=list[str],
+                start_to_close_timeout=timedelta(seconds=30),
+                # bounded: grants and releases wait while it runs; the next sweep retries
+                schedule_to_close_timeout=timedelta(minutes=1),
+            )
+        except ActivityError:
+            return
         for holder in closed:
             self._book.release(FleetRelease(holder=holder))
             self._dirty = True
