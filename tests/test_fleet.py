@@ -36,7 +36,13 @@ VM2 = "DC0_C0_H0_VM2"
 
 
 def fleet_site(
-    tmp: Path, queue: str, sim: Any, libvirt_uri: str, staging: Path, near_h1: bool = False
+    tmp: Path,
+    queue: str,
+    sim: Any,
+    libvirt_uri: str,
+    staging: Path,
+    near_h1: bool = False,
+    host_wait: int = 8,
 ) -> Path:
     site: dict[str, Any] = {
         "name": f"fleet-{queue}",
@@ -67,7 +73,7 @@ def fleet_site(
                 {"name": "h2"},
             ],
             "limits": {"perDataHost": 1, "perDatastore": 2},
-            "hostWaitSeconds": 8,
+            "hostWaitSeconds": host_wait,
         },
     }
     path = tmp / "fleet-site.yaml"
@@ -358,3 +364,41 @@ async def test_data_host_killed_mid_copy_moves_warm_cutover_and_rolls_back_one_i
                 await asyncio.sleep(0.2)
     finally:
         fleet.stop()
+
+
+async def test_a_data_host_killed_mid_copy_and_back_within_the_bound_keeps_its_cutover(
+    client: Client,
+    raw_client: Client,
+    temporal_server: DevServer,
+    tmp_path: Path,
+    fleet_env: tuple[Any, dict[str, str]],
+    libvirtd_uri: str,
+    qemu_dir: Path,
+) -> None:
+    sim, env = fleet_env
+    big_disk(sim, VM0)
+    queue = f"flt-{uuid.uuid4().hex[:8]}"
+    site = fleet_site(tmp_path, queue, sim, libvirtd_uri, qemu_dir, near_h1=True, host_wait=60)
+    fleet = Fleet(tmp_path, env, queue, site)
+    h1 = qemu_dir / "h1"
+    try:
+        await fleet.start("orch", "--role", "orchestration")
+        await fleet.data_host("h1", h1)
+        await fleet.data_host("h2", qemu_dir / "h2")
+        app, rb = runbook(tmp_path, VM0)
+        handle = await start(temporal_server, raw_client, queue, site, rb, app)
+        async with asyncio.timeout(60):
+            while not list((h1 / "apps" / app).glob("*.raw")):
+                await asyncio.sleep(0.05)
+        fleet.kill9("h1")
+        await fleet.data_host("h1", h1)  # back at once: well within hostWaitSeconds
+        result = await result_of(client, handle.id)
+    finally:
+        fleet.stop()
+    assert result["outcome"] == "COMPLETED", result["reason"]
+    steps = data_records(result)
+    assert {s["host"] for s in steps} == {"h1"}, steps  # it stayed on its host
+    assert all(s["outcome"] == "ok" for s in steps), steps
+    copy = next(s for s in steps if s["name"] == "pre_copy")
+    assert (copy["attempts"] or 0) >= 2, copy  # the copy was retried there, not moved
+    assert not list((h1 / "apps").glob("*"))  # finalize removed its staging
