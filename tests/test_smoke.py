@@ -87,8 +87,7 @@ async def test_smoke_test_waits_for_a_target_that_answers_503_while_it_boots(app
     assert d["ready_within_bound"] is True and d["ready_bound_s"] == 30
     assert 1.9 <= d["ready_after_s"] < 10, d
     assert d["ready_polls"] >= 3 and d["ready_last_error"] == "status 503"
-    # the wait asked one request at a time; every 503 was one of its requests, not a sample
-    assert app.served[503] == d["ready_polls"] - 1 and app.served[200] == 21
+    # the wait's requests (every 503 among them: no sample errs), then the 20 samples
     assert app.paths == {"/ready": d["ready_polls"] + 20}
     assert set(waiting(beats)) == {"status 503"}
 
