@@ -29,13 +29,15 @@ first, then the kill side once.
 
 Reported per side: wall seconds (wave start to result), cutovers/min, outcomes; per host:
 cutovers (each result's `dataHost`), data steps and copies run there (the step records'
-`host`), copy seconds and their share of the host's slots, peak concurrent copies (the
-workers' own start/end times, after their copy limit; and the step records') against the
-limit, staging left after the wave. Kill side: the victim, when, what ran there, the extra
-wall time over the fleet side, each cutover that had a data step there (moved off it while
-warm, placed on it after its death, rolled back, finished there before; how long it waited
-on the dead host and for which steps), staging undos left to its cleanup, staging on each
-host before and after its restart. Logs go to stderr; stdout carries only the report.
+`host`), copy seconds and their share of the host's slots, peak concurrent copies against
+the limit (worker: the workers' own start/end times, after their copy limit; granted: a
+step record's start, once its permit is granted, to the worker's end of that copy;
+records: the step records' start to end), staging left after the wave. Kill side: the
+victim, when, what ran there, the extra wall time over the fleet side, each cutover that had
+a data step there (moved off it while warm, placed on it after its death, rolled back,
+finished there before; how long it waited on the dead host and for which steps), staging
+undos left to its cleanup, staging on each host before and after its restart. Logs go to
+stderr; stdout carries only the report.
 """
 
 from __future__ import annotations
@@ -252,16 +254,34 @@ def peak(spans: Sequence[tuple[float, float]]) -> int:
     return max((sum(1 for a, b in spans if a <= t0 < b) for t0, _ in spans), default=0)
 
 
-def record_peaks(results: Sequence[CutoverResult]) -> dict[str, int]:
-    """Peak concurrent copies per host from the step records (permit held to step end)."""
+def record_peaks(
+    results: Sequence[CutoverResult], events: Sequence[dict[str, Any]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Peak concurrent copies per host from the step records: (record start to record end,
+    record start to the worker's end of that copy). A record starts once its permit is
+    granted; its end is stamped after the permit's release is acknowledged, so the first
+    measure can count a copy that already gave its permit back; the second cannot (the
+    permit is released after the worker finished): it is what the ledger granted."""
+    ends: dict[tuple[str, str, str], float] = {}
+    for e in events:
+        if e["ev"] == "end" and e.get("outcome") == "ok":
+            ends[(e["host"], e["app"], e["step"])] = e["t"]
     spans: dict[str, list[tuple[float, float]]] = {}
+    held: dict[str, list[tuple[float, float]]] = {}
     for r in results:
         for s in r.steps:
-            if s.name.split(" ")[0] in COPY_STEPS and s.host and s.endedAt:
-                spans.setdefault(s.host, []).append(
-                    (s.startedAt.timestamp(), s.endedAt.timestamp())
-                )
-    return {h: peak(ss) for h, ss in sorted(spans.items())}
+            step = s.name.split(" ")[0]
+            if step not in COPY_STEPS or not s.host or not s.endedAt:
+                continue
+            t0 = s.startedAt.timestamp()
+            spans.setdefault(s.host, []).append((t0, s.endedAt.timestamp()))
+            end = ends.get((s.host, r.application, step))
+            if s.outcome == "ok" and end is not None:
+                held.setdefault(s.host, []).append((t0, end))
+    return (
+        {h: peak(ss) for h, ss in sorted(spans.items())},
+        {h: peak(ss) for h, ss in sorted(held.items())},
+    )
 
 
 def is_data(name: str) -> bool:
@@ -279,6 +299,7 @@ class HostFigures:
     copy_seconds: float = 0.0
     peak_copies_worker: int = 0
     peak_copies_records: int = 0
+    peak_copies_granted: int = 0
     #: copy seconds over (copy slots x the wave's wall time)
     copy_utilization: float = 0.0
     gib_moved: float = 0.0
@@ -611,6 +632,20 @@ def kill_figures(k: KillFigures, results: Sequence[CutoverResult], killed_at: fl
                 # ROLLED_BACK: from the quiesce until the source served again
                 "downtime_s": r.downtimeSeconds,
                 "on_victim": [f"{s.name} {s.outcome} {s.seconds or 0:.1f}s" for s in on_v],
+                # s after the kill: the source restarted, and the cutover's last step ended
+                "source_restarted_s": next(
+                    (
+                        round(s.endedAt.timestamp() - killed_at, 1)
+                        for s in r.steps
+                        if s.name == "restart_source" and s.endedAt
+                    ),
+                    None,
+                ),
+                "last_step_ended_s": round(
+                    max((s.endedAt.timestamp() for s in r.steps if s.endedAt), default=0.0)
+                    - killed_at,
+                    1,
+                ),
             }
         )
     k.host_wait_seconds = round(k.host_wait_seconds, 1)
@@ -643,7 +678,7 @@ async def run_side(d: Path, a: Args, side: str, rep: int, sizes: dict[str, int])
         fleet_after = await env.fleet_state()
         events = read_events([env.events(h) for h in env.hosts])
     spans = copy_spans(events)
-    rpeaks = record_peaks(results)
+    rpeaks, granted = record_peaks(results, events)
     hosts = {h: HostFigures(staging_left=left[h]) for h in env.hosts}
     for r in results:
         if r.dataHost in hosts:
@@ -662,6 +697,7 @@ async def run_side(d: Path, a: Args, side: str, rep: int, sizes: dict[str, int])
         f.gib_moved = round(f.gib_moved, 1)
         f.peak_copies_worker = peak(spans.get(h, []))
         f.peak_copies_records = rpeaks.get(h, 0)
+        f.peak_copies_granted = granted.get(h, 0)
         f.copy_utilization = round(f.copy_seconds / (a.per_host * (t1 - t0)), 2)
     outcomes = Counter(str(r.outcome) for r in results)
     failures = [f"{r.application}: {r.reason[:160]}" for r in results
@@ -728,7 +764,8 @@ def print_table(a: Args, sides: Sequence[Side], summ: dict[str, Any]) -> None:
         f"hostWaitSeconds {a.host_wait}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
         f"commit {commit() or '?'}"
     )
-    print(f"{'rep':>3} {'side':<6}{'procs':>6}{'copies':>7}{'wall s':>8}{'cut/min':>8}  outcomes")
+    print(f"{'rep':>3} {'side':<6}{'procs':>6}{'copies':>7}{'wall s':>8}{'cut/min':>8}  outcomes"
+          "  (peak copies: worker/granted/records)")  # fmt: skip
     for s in sides:
         oc = ", ".join(f"{k} {v}" for k, v in sorted(s.outcomes.items()))
         print(f"{s.repetition:>3} {s.name:<6}{s.processes:>6}{s.copy_capacity:>7}"
@@ -738,7 +775,8 @@ def print_table(a: Args, sides: Sequence[Side], summ: dict[str, Any]) -> None:
                 f"      {h:<6} cutovers {f.cutovers:>3}  data steps {f.data_steps:>3}  copies "
                 f"{f.copies:>3} ({f.copy_seconds:>6.1f} s, {f.gib_moved:>5.1f} GiB, "
                 f"{f.copy_utilization:.0%} of its slots)  peak "
-                f"copies {f.peak_copies_worker}/{f.peak_copies_records} (limit {a.per_host})  "
+                f"copies {f.peak_copies_worker}/{f.peak_copies_granted}/{f.peak_copies_records} "
+                f"(limit {a.per_host})  "
                 f"staging left {f.staging_left['apps']} apps"
             )
         for line in s.failures:
