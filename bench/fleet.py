@@ -141,6 +141,7 @@ class Worker:
         self.name, self.argv, self.dir, self.env = name, argv, d, env
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.killed: dict[int, float] = {}
 
     def _launch(self, ready: Path) -> subprocess.Popen[bytes]:
         with open(self.dir / f"{self.name}.log", "ab") as log:
@@ -164,6 +165,7 @@ class Worker:
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
+            self.killed[self.proc.pid] = time.time()  # the events' pid: python runs as it
             self.proc.wait()
         self.proc = None
 
@@ -230,13 +232,16 @@ def read_events(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: e["t"])
 
 
-def copy_spans(events: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+def copy_spans(
+    events: Sequence[dict[str, Any]], killed: dict[int, float]
+) -> dict[str, list[tuple[float, float]]]:
     """host -> (start, end) of each copy attempt as its worker ran it (after the worker's
-    copy limit); an attempt whose worker was killed ends at the last event seen."""
+    copy limit); an attempt whose worker was killed (`killed`: pid -> when) ends then."""
     open_: dict[tuple[int, str, str, int], tuple[str, float]] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
-    last = max((e["t"] for e in events), default=0.0)
+    last: dict[int, float] = {}
     for e in events:
+        last[e["pid"]] = e["t"]
         if e.get("step") not in COPY_STEPS or e["ev"] not in ("start", "end"):
             continue
         key = (e["pid"], e["app"], e["step"], e["attempt"])
@@ -245,8 +250,8 @@ def copy_spans(events: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, 
         elif key in open_:
             host, t0 = open_.pop(key)
             spans.setdefault(host, []).append((t0, e["t"]))
-    for host, t0 in open_.values():
-        spans.setdefault(host, []).append((t0, last))
+    for (pid, _, _, _), (host, t0) in open_.items():
+        spans.setdefault(host, []).append((t0, killed.get(pid, last[pid])))
     return spans
 
 
@@ -319,6 +324,8 @@ class KillFigures:
     placed_after_death: list[str] = field(default_factory=list)
     rolled_back: list[str] = field(default_factory=list)
     finished_there_before: list[str] = field(default_factory=list)
+    resumed_there: list[str] = field(default_factory=list)
+    placed_after_restart: list[str] = field(default_factory=list)
     other: list[str] = field(default_factory=list)
     staging_undos_left: int = 0
     host_wait_seconds: float = 0.0
@@ -596,6 +603,7 @@ class Killer:
 
 def kill_figures(k: KillFigures, results: Sequence[CutoverResult], killed_at: float) -> None:
     v = k.victim
+    down_until = k.restarted_at_s - k.killed_at_s if k.restarted_at_s is not None else float("inf")
     for r in results:
         data = [s for s in r.steps if is_data(s.name)]
         on_v = [s for s in data if s.host == v]
@@ -607,16 +615,26 @@ def kill_figures(k: KillFigures, results: Sequence[CutoverResult], killed_at: fl
         k.host_wait_seconds += waited
         app = r.application
         first = min(s.startedAt.timestamp() for s in on_v) - killed_at
+        # a step the victim completed after its death: it ran there after its restart
+        ran_after = any(
+            s.outcome == "ok" and s.endedAt and s.endedAt.timestamp() > killed_at for s in on_v
+        )
         if r.outcome == Outcome.ROLLED_BACK:
             k.rolled_back.append(app)
             why = r.reason.split(";")[0][:100]
             k.reasons[why] = k.reasons.get(why, 0) + 1
-        elif r.dataHost != v and r.outcome == Outcome.COMPLETED:
-            (k.placed_after_death if first > 0 else k.moved_off).append(app)
-        elif r.dataHost == v and r.outcome == Outcome.COMPLETED:
-            k.finished_there_before.append(app)
-        else:
+        elif r.outcome != Outcome.COMPLETED:
             k.other.append(f"{app}: {r.outcome} {r.reason[:120]}")
+        elif first >= down_until:
+            k.placed_after_restart.append(app)  # an ordinary cutover on the host come back
+        elif first > 0:
+            k.placed_after_death.append(app)  # then moved, or the host was back in time
+        elif r.dataHost != v:
+            k.moved_off.append(app)
+        elif not ran_after:
+            k.finished_there_before.append(app)  # its staging undos maybe left there
+        else:
+            k.resumed_there.append(app)  # waited for the restarted host, went on there
         hosts: list[str] = []
         for s in data:
             if s.host and (not hosts or hosts[-1] != s.host):
@@ -677,7 +695,7 @@ async def run_side(d: Path, a: Args, side: str, rep: int, sizes: dict[str, int])
             kill_figures(killer.figures, results, killer.killed_at)
         fleet_after = await env.fleet_state()
         events = read_events([env.events(h) for h in env.hosts])
-    spans = copy_spans(events)
+    spans = copy_spans(events, {p: t for w in env.workers.values() for p, t in w.killed.items()})
     rpeaks, granted = record_peaks(results, events)
     hosts = {h: HostFigures(staging_left=left[h]) for h in env.hosts}
     for r in results:
@@ -788,7 +806,9 @@ def print_table(a: Args, sides: Sequence[Side], summ: dict[str, Any]) -> None:
                 f"{k.running_at_kill}; {k.completed_at_kill} completed), restarted at "
                 f"+{k.restarted_at_s} s; moved off {len(k.moved_off)}, placed there after its "
                 f"death {len(k.placed_after_death)}, rolled back {len(k.rolled_back)}, "
-                f"finished there before {len(k.finished_there_before)}, other {len(k.other)}; "
+                f"finished there before {len(k.finished_there_before)}, resumed there after "
+                f"its restart {len(k.resumed_there)}, placed there after its restart "
+                f"{len(k.placed_after_restart)}, other {len(k.other)}; "
                 f"staging undos left to its cleanup {k.staging_undos_left}; waited on it "
                 f"{k.host_wait_seconds} s in all"
             )
@@ -804,7 +824,8 @@ def print_table(a: Args, sides: Sequence[Side], summ: dict[str, Any]) -> None:
             print(
                 f"      staging on {k.victim}: {before.get('apps')} apps "
                 f"({before.get('apparent_mib')} MiB) before its restart, {after.get('apps')} "
-                f"after its cleanup ({k.cleanup_seconds} s after the start)"
+                f"after its restart and the wave's end (its cleanup ran "
+                f"{k.cleanup_seconds} s after its start)"
             )
     cost = (
         f"a data host's kill -9 cost {summ['kill_extra_wall_seconds']:+.1f} s "
