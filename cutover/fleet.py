@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
@@ -163,6 +164,18 @@ class FleetRelease(_Model):
     token: StrictStr | None = None
 
 
+class FleetLost(_Model):
+    """A cutover found `host` gone (it did not take a step within hostWaitSeconds)."""
+
+    host: StrictStr
+    reportedBy: StrictStr
+
+
+#: A host reported lost is not offered to other cutovers for this long (unless no other
+#: host is left): long enough for its last poll to age out of the liveness check.
+SUSPECT_FOR = timedelta(seconds=180)
+
+
 class Held(_Model):
     request: FleetRequest
     host: StrictStr | None = None
@@ -178,6 +191,11 @@ class FleetBook(_Model):
 
     held: dict[str, Held] = Field(default_factory=dict)
     waiting: list[FleetRequest] = Field(default_factory=list)
+    #: hosts a cutover reported lost, and when
+    suspects: dict[str, datetime] = Field(default_factory=dict)
+
+    def lost(self, host: str, at: datetime) -> None:
+        self.suspects[host] = at
 
     def in_use(self) -> dict[str, int]:
         use: dict[str, int] = {}
@@ -214,8 +232,11 @@ class FleetBook(_Model):
         ]
         return gone
 
-    def grant(self) -> list[tuple[FleetRequest, str | None]]:
-        """Grant every waiting request that fits now, in order; return them."""
+    def grant(self, now: datetime | None = None) -> list[tuple[FleetRequest, str | None]]:
+        """Grant every waiting request that fits now, in order; return them. A host reported
+        lost within SUSPECT_FOR is picked only when no other is offered."""
+        if now is not None:
+            self.suspects = {h: t for h, t in self.suspects.items() if now - t < SUSPECT_FOR}
         granted: list[tuple[FleetRequest, str | None]] = []
         use = self.in_use()
         blocked: set[str] = set()  # resources an earlier waiter needs
@@ -225,7 +246,8 @@ class FleetBook(_Model):
             req = self.waiting[i]
             if req.kind == "host":
                 load = self.load()
-                host = min(req.pick, key=lambda h: (load.get(h, 0), req.pick.index(h)))
+                pick = [h for h in req.pick if h not in self.suspects] or req.pick
+                host = min(pick, key=lambda h: (load.get(h, 0), req.pick.index(h)))
                 self.held[req.token] = Held(request=req, host=host)
                 granted.append((req, host))
                 continue
@@ -260,6 +282,8 @@ class FleetState(_Model):
     hosts: dict[str, int]  # cutovers per data host
     resources: list[ResourceUse]
     waiting: int
+    #: hosts reported lost recently (not offered while another host is)
+    lost: list[str] = Field(default_factory=list)
 
 
 def fleet_state(book: FleetBook) -> FleetState:
@@ -281,6 +305,7 @@ def fleet_state(book: FleetBook) -> FleetState:
             for r in sorted(set(use) | set(waits))
         ],
         waiting=len(book.waiting),
+        lost=sorted(book.suspects),
     )
 
 
@@ -296,6 +321,7 @@ FLEET_CLOSED_HOLDERS = "fleet_closed_holders"
 FLEET_WORKFLOW = "CutoverFleet"
 SIGNAL_REQUEST = "request"
 SIGNAL_RELEASE = "release"
+SIGNAL_LOST = "lost"
 QUERY_STATE = "state"
 #: The signal a cutover gets its grants by.
 SIGNAL_GRANT = "fleet_grant"

@@ -117,3 +117,23 @@ def test_a_worker_role_that_cannot_serve_its_sites_is_refused_naming_the_fix() -
     versioned = args(**{**vars(ok), "deployment": "d", "build_id": "b1"})
     assert "a data host is not versioned" in str(_role_problem(versioned, [fleet]))
     assert "needs --deployment" in str(_role_problem(args(build_id="b1"), [plain]))
+
+
+def test_a_host_reported_lost_is_offered_only_when_no_other_is_and_for_a_while() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cutover.fleet import SUSPECT_FOR
+
+    t0 = datetime(2026, 12, 5, tzinfo=UTC)
+    book = FleetBook()
+    book.lost("h1", t0)
+    book.add(FleetRequest(token="a", holder="wa", kind="host", pick=["h1", "h2"]))
+    assert [h for _, h in book.grant(t0 + timedelta(seconds=1))] == ["h2"]  # h1 is idler
+    book.add(FleetRequest(token="b", holder="wb", kind="host", pick=["h1"]))
+    assert [h for _, h in book.grant(t0 + timedelta(seconds=2))] == ["h1"]  # the only one
+    assert fleet_state(book).lost == ["h1"]
+    book.add(FleetRequest(token="c", holder="wc", kind="host", pick=["h1", "h2"]))
+    later = t0 + SUSPECT_FOR + timedelta(seconds=1)
+    book.release(FleetRelease(holder="wb"))
+    assert [h for _, h in book.grant(later)] == ["h1"]  # forgiven: least loaded again
+    assert fleet_state(book).lost == []

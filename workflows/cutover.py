@@ -673,6 +673,28 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
         if route is None and name in STAGING_UNDOS and self._fleet() is not None:
             # no data host was ever assigned: nothing was staged anywhere
             return cast(R, StepResult(step=name, changed=False, details={"dataHost": "none"}))
+        if (
+            route is not None
+            and name in STAGING_UNDOS
+            and route[0] in self._dead_hosts
+            and workflow.patched("fleet-lost-host-report")
+        ):
+            # its host is gone for this cutover: waiting on it again would only hold the
+            # rollback (and, before the source's restart, the downtime)
+            now = workflow.now()
+            self._records.append(
+                StepRecord(
+                    name=label,
+                    kind=kind,
+                    startedAt=now,
+                    endedAt=now,
+                    outcome="skipped",
+                    host=route[0],
+                    error=f"data host {route[0]} was lost; left to its staging cleanup",
+                )
+            )
+            self._log(logging.WARNING, "staging undo left", step=label, host=route[0])
+            return cast(R, StepResult(step=name, changed=False, details={"leftTo": route[0]}))
         permit = await self._permits(name, label) if route is not None else None
         record = StepRecord(
             name=label,
@@ -703,7 +725,7 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
             )
         except ActivityError as err:
             record.endedAt, record.outcome, record.error = workflow.now(), "failed", _cause(err)
-            lost = self._lost(err, route, label) if route is not None else None
+            lost = self._lost(err, route, name, label) if route is not None else None
             if lost is not None and name == RUN_CHECK:
                 record.error = lost.reason  # a check that could not run: it fails
             elif lost is not None:
@@ -713,11 +735,13 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
                     record.outcome = "skipped"
                     record.error = f"{lost.reason}; left to {lost.host}'s staging cleanup"
                     self._log(logging.WARNING, "staging undo left", step=label, host=lost.host)
+                    await self._host_lost(lost.host)
                     return cast(
                         R,
                         StepResult(step=name, changed=False, details={"leftTo": lost.host}),
                     )
                 self._log(logging.WARNING, "data host lost", step=label, host=lost.host)
+                await self._host_lost(lost.host)
                 raise lost from None
             self._log(logging.WARNING, "step failed", step=label, kind=kind, error=record.error)
             raise

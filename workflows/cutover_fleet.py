@@ -34,12 +34,14 @@ with workflow.unsafe.imports_passed_through():
         DATA_STEPS,
         FLEET_LIVE_HOSTS,
         FLEET_REQUEST,
+        SIGNAL_LOST,
         SIGNAL_RELEASE,
         STAGING_UNDOS,
         URGENT_STEPS,
         Fleet,
         FleetCall,
         FleetGrant,
+        FleetLost,
         FleetRelease,
         FleetRequest,
         LiveHostsQuery,
@@ -246,23 +248,42 @@ class CutoverFleet:
             await CutoverFleet._release(self, None)
 
     def _lost(
-        self: _Cutover, err: ActivityError, route: tuple[str, str, timedelta], step: str
+        self: _Cutover,
+        err: ActivityError,
+        route: tuple[str, str, timedelta],
+        name: str,
+        label: str,
     ) -> HostLost | None:
-        """A HostLost when `err` says the host's worker never took the step."""
+        """A HostLost (for the step `name`, its record `label`) when `err` says the host's
+        worker never took the step."""
         cause = err.cause
         if not (isinstance(cause, ActivityTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START):
             return None
         host, queue, wait = route
         return HostLost(
             host,
-            step,
-            f"data host {host} did not take {step} within {wait.total_seconds():g} s "
+            name,
+            f"data host {host} did not take {label} within {wait.total_seconds():g} s "
             f"(no worker polls {queue})",
         )
 
+    async def _host_lost(self: _Cutover, host: str) -> None:
+        """This cutover takes `host` for gone: no later step waits on it again (its staging
+        undos are left to its cleanup at once), and the fleet's ledger stops offering it to
+        other cutovers for a while (each would wait `hostWaitSeconds` on it)."""
+        if host in self._dead_hosts:
+            return
+        self._dead_hosts.append(host)
+        if workflow.patched("fleet-lost-host-report"):
+            handle = workflow.get_external_workflow_handle(
+                fleet_workflow_id(workflow.info().task_queue)
+            )
+            with contextlib.suppress(FailureError):
+                await handle.signal(SIGNAL_LOST, FleetLost(host=host, reportedBy=self._id))
+
     async def _move_host(self: _Cutover, lost: HostLost) -> None:
         """The warm data path starts again from the pre-copy on another host."""
-        self._dead_hosts.append(lost.host)
+        await CutoverFleet._host_lost(self, lost.host)
         self._facts = {
             k: v for k, v in self._facts.items() if k != DATA_HOST and not k.startswith(_HOST_FACTS)
         }

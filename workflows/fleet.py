@@ -24,11 +24,13 @@ with workflow.unsafe.imports_passed_through():
         FLEET_WORKFLOW,
         QUERY_STATE,
         SIGNAL_GRANT,
+        SIGNAL_LOST,
         SIGNAL_RELEASE,
         SIGNAL_REQUEST,
         FleetBook,
         FleetGrant,
         FleetInput,
+        FleetLost,
         FleetRelease,
         FleetRequest,
         FleetState,
@@ -60,6 +62,10 @@ class FleetWorkflow:
     def release(self, rel: FleetRelease) -> None:
         self._book.release(rel)
         self._dirty = True
+
+    @workflow.signal(name=SIGNAL_LOST)
+    def lost(self, report: FleetLost) -> None:
+        self._book.lost(report.host, workflow.now())
 
     @workflow.query(name=QUERY_STATE)
     def state(self) -> FleetState:
@@ -95,7 +101,7 @@ class FleetWorkflow:
                 )
 
     async def _grant(self) -> None:
-        granted = self._book.grant()
+        granted = self._book.grant(workflow.now())
 
         async def tell(req: FleetRequest, host: str | None) -> None:
             handle = workflow.get_external_workflow_handle(req.holder)

@@ -157,6 +157,7 @@ def append(
     throughEventId is already there (a retry after a crash): (that entry, False)."""
     key_of = (record["workflowId"], record["runId"], record["throughEventId"])
     created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh state dir or --audit-log path
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes (also when we die)

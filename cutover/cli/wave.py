@@ -310,7 +310,8 @@ async def _fleet_state(client: Client, task_queue: str) -> FleetState | None:
 
 def fleet_text(state: FleetState) -> list[str]:
     hosts = ", ".join(f"{h} {n}" for h, n in sorted(state.hosts.items())) or "none"
-    lines = [f"  fleet: cutovers per data host: {hosts}; {state.waiting} request(s) waiting"]
+    lost = f"; lost recently: {', '.join(state.lost)}" if state.lost else ""
+    lines = [f"  fleet: cutovers per data host: {hosts}; {state.waiting} request(s) waiting{lost}"]
     for r in state.resources:
         limit = f"/{r.limit}" if r.limit is not None else ""
         waits = f", {r.waiting} waiting" if r.waiting else ""
