@@ -745,10 +745,12 @@ class AppCutoverWorkflow(CutoverWindow, CutoverUndo, CutoverV1, CutoverFleet):
                 raise lost from None
             self._log(logging.WARNING, "step failed", step=label, kind=kind, error=record.error)
             raise
+        else:
+            # stamped before the permit goes back: the next holder's record starts after it
+            record.endedAt, record.outcome = workflow.now(), "ok"
         finally:
             if permit is not None:
                 await self._release(permit)
-        record.endedAt, record.outcome = workflow.now(), "ok"
         if isinstance(result, StepResult):
             record.attempts, record.changed = result.attempt, result.changed
             moved = result.details.get("bytesMoved")
