@@ -108,6 +108,17 @@ def check_world(state: dict[str, Any], outcomes: dict[str, str],
     return problems
 
 
+def kept_writes(results: dict[str, Any]) -> dict[str, int]:
+    """What each target wrote, where the product kept it: the writes `check_world` expects
+    back on a rolled-back source. A rollback before the traffic switch discards them by
+    design (no user reached the target: only its guest's own boot journal)."""
+    return {
+        n: r.targetWrittenBytes or 0
+        for n, r in results.items()
+        if (r.targetWrites or "").startswith("kept")
+    }
+
+
 def fleet_problems(state: dict[str, Any], results: dict[str, Any]) -> list[str]:
     """With data hosts (`lab up --data-hosts N`): each cutover's data steps on one host,
     and no staging left on any host once the wave is done."""
@@ -323,13 +334,7 @@ def main() -> int:
     problems = summary(state, results)
     print("== checking the world (LB, DNS, what users get, source disks)")
     outcomes = {n: r.outcome.value for n, r in results.items()}
-    # what the product kept of the target's writes (a rollback before the traffic switch
-    # discards them by design: no user reached the target, only its own boot journal)
-    written = {
-        n: r.targetWrittenBytes or 0
-        for n, r in results.items()
-        if (r.targetWrites or "").startswith("kept")
-    }
+    written = kept_writes(results)
     problems += check_world(state, outcomes, out["expected_source"], written)
     problems += fleet_problems(state, results)
     for p in problems:
