@@ -247,8 +247,7 @@ def sim_activities(
 async def _main(a: argparse.Namespace) -> None:
     # imported here: a module-level import of the worker stack would slow `--help`
     from bench.orchestration import connect_when_ready, logs_to_stderr
-    from cutover import logs
-    from workers.fleet import CLEAN_EVERY, build_data_worker, clean_staging, for_role
+    from workers.fleet import build_data_worker, clean_forever, for_role
     from workers.sites import SiteStore, default_archive
     from workers.worker import build_worker
 
@@ -270,16 +269,10 @@ async def _main(a: argparse.Namespace) -> None:
         workers.append(build_data_worker(client, a.task_queue, host, acts, store, staging,
                                          a.max_copies))  # fmt: skip
 
-        async def clean_forever() -> None:
-            while True:
-                try:
-                    removed = await clean_staging(client, staging, host)
-                    _event(events, ev="cleaned", host=host, removed=[p.name for p in removed])
-                except Exception as err:  # as cutover worker: keep cleaning later
-                    logs.get_logger().warning("staging cleanup failed", error=str(err))
-                await asyncio.sleep(CLEAN_EVERY.total_seconds())
+        def record(removed: list[Path]) -> None:
+            _event(events, ev="cleaned", host=host, removed=[p.name for p in removed])
 
-        cleaner = asyncio.ensure_future(clean_forever())
+        cleaner = asyncio.ensure_future(clean_forever(client, staging, host, record))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

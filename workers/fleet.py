@@ -171,3 +171,22 @@ async def clean_staging(client: Client, staging_dir: Path, host: str) -> list[Pa
         why = "moved to " + str(holder) if running else "ended"
         log.info("staging removed", dir=str(app), workflow_id=wid, cutover=why)
     return removed
+
+
+async def clean_forever(
+    client: Client,
+    staging_dir: Path,
+    host: str,
+    removed: Callable[[list[Path]], None] | None = None,
+) -> None:
+    """`clean_staging` at once and every CLEAN_EVERY, for a data host's life; a failed pass
+    is logged and tried again later (it never stops the worker). `removed`: told each pass's
+    removals (benchmarks record them)."""
+    while True:
+        try:
+            gone = await clean_staging(client, staging_dir, host)
+            if removed is not None:
+                removed(gone)
+        except Exception as err:
+            log.warning("staging cleanup failed", host=host, error=str(err))
+        await asyncio.sleep(CLEAN_EVERY.total_seconds())

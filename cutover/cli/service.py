@@ -59,7 +59,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     key = worker_key(key_path)
     log = audit_log(log_path)
     audit = audit_activities(client, key, log)
-    from workers.fleet import build_data_worker, clean_staging, for_role
+    from workers.fleet import build_data_worker, clean_forever, for_role
     from workers.worker import default_activities
 
     role, host = args.role, args.data_host
@@ -92,18 +92,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
                 args.max_copies,  # never versioned: see _role_problem
             )
         )
-
-        async def clean_forever() -> None:
-            from workers.fleet import CLEAN_EVERY
-
-            while True:
-                try:
-                    await clean_staging(client, staging, host)
-                except Exception as err:  # keep cleaning later; never stop the worker
-                    logs.get_logger().warning("staging cleanup failed", error=str(err))
-                await asyncio.sleep(CLEAN_EVERY.total_seconds())
-
-        cleaner = asyncio.ensure_future(clean_forever())
+        cleaner = asyncio.ensure_future(clean_forever(client, staging, host))
     # SIGTERM (what process supervisors send) drains the worker instead of killing it
     # mid-task, and lets the tracer flush its last spans.
     stop = asyncio.Event()
